@@ -1,0 +1,221 @@
+"""What the gate decided for one request, and how that is told to the client.
+
+``ChargeResult`` is the decoded answer of the charge script. ``refusal`` turns a refused or failed
+request into an RFC 9457 problem (status, ``application/problem+json`` body, headers);
+``allowed_headers`` gives the figures an allowed request carries. The body's shape is
+``schemas/problem.schema.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class Reason(str, enum.Enum):
+    """Why a request was not proxied. The values are the stable ``reason`` codes of the problem body."""
+
+    UNAUTHENTICATED = "unauthenticated"
+    NO_SUBSCRIPTION = "no_subscription"
+    SUBSCRIPTION_INACTIVE = "subscription_inactive"
+    SUBSCRIPTION_EXPIRED = "subscription_expired"
+    PLAN_NOT_ENTITLED = "plan_not_entitled"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    INSUFFICIENT_CREDIT = "insufficient_credit"
+    STORE_UNAVAILABLE = "store_unavailable"
+    MISCONFIGURED = "misconfigured"
+    INTERNAL_ERROR = "internal_error"
+
+
+STATUS = {
+    Reason.UNAUTHENTICATED: 401,
+    Reason.STORE_UNAVAILABLE: 503,
+    Reason.MISCONFIGURED: 500,
+    Reason.INTERNAL_ERROR: 500,
+}
+PAYMENT_REQUIRED = 402
+
+TITLES = {
+    Reason.UNAUTHENTICATED: "Authentication required",
+    Reason.NO_SUBSCRIPTION: "No subscription",
+    Reason.SUBSCRIPTION_INACTIVE: "Subscription inactive",
+    Reason.SUBSCRIPTION_EXPIRED: "Subscription expired",
+    Reason.PLAN_NOT_ENTITLED: "Not included in your plan",
+    Reason.QUOTA_EXHAUSTED: "Quota exhausted",
+    Reason.INSUFFICIENT_CREDIT: "Insufficient credit",
+    Reason.STORE_UNAVAILABLE: "Billing temporarily unavailable",
+    Reason.MISCONFIGURED: "Gateway misconfigured",
+    Reason.INTERNAL_ERROR: "Gateway error",
+}
+
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    """The charge script's answer. Credits are integers; times are Unix seconds (0 = none)."""
+
+    allowed: bool
+    reason: Reason | None
+    plan: str
+    status: str
+    cost: int
+    balance: int
+    allowance: int
+    allowance_remaining: int
+    period_end: int
+    starts_at: int
+    expires_at: int
+    now: int
+    from_allowance: int
+    from_balance: int
+    charge_id: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A response that ends the request: status, JSON body and headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    def encoded(self) -> str:
+        return json.dumps(self.body, separators=(",", ":"), sort_keys=False)
+
+
+def rfc3339(epoch: int) -> str | None:
+    if epoch <= 0:
+        return None
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _detail(result: ChargeResult, entitled: Sequence[str]) -> str:
+    reason = result.reason
+    when = rfc3339(result.period_end)
+    if reason is Reason.NO_SUBSCRIPTION:
+        return "This account has no subscription. Subscribe to a plan to use this API."
+    if reason is Reason.SUBSCRIPTION_INACTIVE:
+        if result.starts_at > result.now:
+            return f"The subscription to plan '{result.plan}' starts at {rfc3339(result.starts_at)}."
+        return (
+            f"The subscription to plan '{result.plan}' is {result.status or 'not active'}. "
+            "Settle the account or reactivate the subscription to continue."
+        )
+    if reason is Reason.SUBSCRIPTION_EXPIRED:
+        return (
+            f"The subscription to plan '{result.plan}' expired at {rfc3339(result.expires_at)}. "
+            "Renew it to continue."
+        )
+    if reason is Reason.PLAN_NOT_ENTITLED:
+        return (
+            f"This API is not included in plan '{result.plan}'. "
+            f"It is included in: {', '.join(entitled)}. Change plan to use it."
+        )
+    if reason is Reason.QUOTA_EXHAUSTED:
+        tail = f" It renews at {when}." if when else ""
+        return (
+            f"The allowance of plan '{result.plan}' is used up ({result.allowance} credits per period) and "
+            f"the plan does not draw on prepaid credit.{tail} Upgrade the plan to continue now."
+        )
+    if reason is Reason.INSUFFICIENT_CREDIT:
+        return (
+            f"This request costs {result.cost} credits; the account has {result.balance} credits and "
+            f"{result.allowance_remaining} left in its allowance. Top up the balance to continue."
+        )
+    return "The request was refused."
+
+
+def retry_after(result: ChargeResult) -> int | None:
+    """Seconds until the refusal lifts by itself, when that time is known."""
+    if result.reason is Reason.QUOTA_EXHAUSTED and result.period_end > result.now:
+        return result.period_end - result.now
+    if result.reason is Reason.SUBSCRIPTION_INACTIVE and result.starts_at > result.now:
+        return result.starts_at - result.now
+    return None
+
+
+def refusal(
+    result: ChargeResult,
+    *,
+    type_base: str,
+    payment_url: str | None,
+    entitled: Sequence[str] = (),
+) -> Problem:
+    """The 402 problem for a refused charge."""
+    assert result.reason is not None
+    body: dict[str, Any] = {
+        "type": type_base + result.reason.value,
+        "title": TITLES[result.reason],
+        "status": PAYMENT_REQUIRED,
+        "detail": _detail(result, entitled),
+        "reason": result.reason.value,
+        "plan": result.plan or None,
+        "cost": result.cost,
+        "balance": result.balance,
+        "allowance_remaining": result.allowance_remaining,
+        "period_end": rfc3339(result.period_end),
+        "payment_url": payment_url,
+    }
+    if result.reason is Reason.PLAN_NOT_ENTITLED:
+        body["plans"] = list(entitled)
+    headers = {"Content-Type": PROBLEM_JSON}
+    seconds = retry_after(result)
+    if seconds is not None:
+        headers["Retry-After"] = str(seconds)
+    return Problem(PAYMENT_REQUIRED, body, headers)
+
+
+def failure(reason: Reason, detail: str, *, type_base: str, retry_after_seconds: int | None = None) -> Problem:
+    """A problem that is not about payment: unauthenticated, store unavailable, gateway errors."""
+    status = STATUS[reason]
+    body: dict[str, Any] = {
+        "type": type_base + reason.value,
+        "title": TITLES[reason],
+        "status": status,
+        "detail": detail,
+        "reason": reason.value,
+    }
+    headers = {"Content-Type": PROBLEM_JSON}
+    if retry_after_seconds is not None:
+        headers["Retry-After"] = str(retry_after_seconds)
+    return Problem(status, body, headers)
+
+
+COST_HEADER = "X-Credit-Cost"
+BALANCE_HEADER = "X-Credit-Balance"
+ALLOWANCE_HEADER = "X-Credit-Allowance-Remaining"
+PERIOD_END_HEADER = "X-Credit-Period-End"
+CHARGE_ID_HEADER = "X-Credit-Charge-Id"
+ACCOUNT_HEADER = "X-Credit-Account"
+PLAN_HEADER = "X-Credit-Plan"
+
+
+def client_headers(result: ChargeResult) -> dict[str, str]:
+    """What an allowed response tells the client about its credit."""
+    headers = {
+        COST_HEADER: str(result.cost),
+        BALANCE_HEADER: str(result.balance),
+        ALLOWANCE_HEADER: str(result.allowance_remaining),
+    }
+    period_end = rfc3339(result.period_end)
+    if period_end:
+        headers[PERIOD_END_HEADER] = period_end
+    return headers
+
+
+def upstream_headers(account: str, result: ChargeResult | None) -> dict[str, str]:
+    """What the upstream may trust: they replace any copy the client sent.
+
+    ``result`` is None when the request went through unmetered (store down, ``fault_tolerant`` on):
+    the plan and charge id are then sent empty, never left as the client wrote them.
+    """
+    return {
+        ACCOUNT_HEADER: account,
+        PLAN_HEADER: result.plan if result else "",
+        CHARGE_ID_HEADER: result.charge_id if result else "",
+    }

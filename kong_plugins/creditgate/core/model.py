@@ -1,0 +1,143 @@
+"""Plans, subscriptions and account names: plain values with their rules."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from creditgate.core.periods import Period
+from creditgate.errors import InvalidDocument
+
+# Credits are integers. Redis Lua numbers are doubles, exact up to 2**53: stay well below.
+MAX_CREDITS = 10**15
+PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+MAX_ACCOUNT_LENGTH = 256
+
+
+class Status(str, enum.Enum):
+    """A subscription's status, as billing systems name them."""
+
+    ACTIVE = "active"
+    TRIALING = "trialing"
+    PAST_DUE = "past_due"
+    SUSPENDED = "suspended"
+    CANCELED = "canceled"
+
+    @property
+    def chargeable(self) -> bool:
+        return self in (Status.ACTIVE, Status.TRIALING)
+
+
+def credits(value: object, where: str, *, minimum: int = 0) -> int:
+    """An amount of credits, checked: an integer (never a float, never a bool) within bounds."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidDocument(f"must be a whole number of credits, got {value!r}", where)
+    if not minimum <= value <= MAX_CREDITS:
+        raise InvalidDocument(f"must be between {minimum} and {MAX_CREDITS}, got {value}", where)
+    return value
+
+
+def check_plan_name(name: object, where: str = "name") -> str:
+    if not isinstance(name, str) or not PLAN_NAME.match(name):
+        raise InvalidDocument(
+            f"must be 1-64 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit; got {name!r}",
+            where,
+        )
+    return name
+
+
+def check_account(account: object, where: str = "account") -> str:
+    if not isinstance(account, str) or not account or len(account) > MAX_ACCOUNT_LENGTH:
+        raise InvalidDocument(f"must be a non-empty string of at most {MAX_ACCOUNT_LENGTH} characters", where)
+    if any(ord(ch) < 32 for ch in account):
+        raise InvalidDocument("must not contain control characters", where)
+    return account
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a subscription includes: an allowance renewed every period, and whether prepaid credit may
+    pay for what the allowance does not cover."""
+
+    name: str
+    period: Period = Period.MONTH
+    allowance: int = 0
+    prepaid: bool = True
+    title: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        check_plan_name(self.name)
+        if not isinstance(self.period, Period):
+            raise InvalidDocument(f"must be one of {[p.value for p in Period]}", "period")
+        credits(self.allowance, "allowance")
+        if not isinstance(self.prepaid, bool):
+            raise InvalidDocument("must be true or false", "prepaid")
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> Plan:
+        """A plan from its JSON document (see ``schemas/plan.schema.json``)."""
+        if not isinstance(doc, Mapping):
+            raise InvalidDocument("a plan must be an object")
+        unknown = set(doc) - {"name", "period", "allowance", "prepaid", "title", "description"}
+        if unknown:
+            raise InvalidDocument(f"unknown field(s) {sorted(unknown)}")
+        try:
+            period = Period(doc.get("period", Period.MONTH.value))
+        except ValueError:
+            raise InvalidDocument(
+                f"must be one of {[p.value for p in Period]}, got {doc.get('period')!r}", "period"
+            ) from None
+        for text in ("title", "description"):
+            if not isinstance(doc.get(text, ""), str):
+                raise InvalidDocument("must be a string", text)
+        return cls(
+            name=doc.get("name"),  # type: ignore[arg-type]  # checked in __post_init__
+            period=period,
+            allowance=doc.get("allowance", 0),
+            prepaid=doc.get("prepaid", True),
+            title=doc.get("title", ""),
+            description=doc.get("description", ""),
+        )
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "period": self.period.value,
+            "allowance": self.allowance,
+            "prepaid": self.prepaid,
+            "title": self.title,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """An account's subscription to a plan. Times are Unix seconds, UTC; the anchor is when periods start."""
+
+    account: str
+    plan: str
+    status: Status = Status.ACTIVE
+    starts_at: int = 0
+    anchor: int = 0
+    expires_at: int | None = None
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        check_account(self.account)
+        check_plan_name(self.plan, "plan")
+        if not isinstance(self.status, Status):
+            raise InvalidDocument(f"must be one of {[s.value for s in Status]}", "status")
+        for name in ("starts_at", "anchor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidDocument("must be a Unix time in whole seconds", name)
+        if self.expires_at is not None and (
+            isinstance(self.expires_at, bool) or not isinstance(self.expires_at, int) or self.expires_at <= 0
+        ):
+            raise InvalidDocument("must be a Unix time in whole seconds", "expires_at")
+        if self.expires_at is not None and self.expires_at <= self.starts_at:
+            raise InvalidDocument("must be after starts_at", "expires_at")

@@ -1,0 +1,44 @@
+"""The exceptions credit-gate raises.
+
+    CreditGateError                 base of everything below
+    ├── ConfigError                 a plugin or CLI setting an operator must fix
+    ├── InvalidDocument             a plan, subscription or amount that breaks the rules
+    ├── NotFound                    an unknown plan or account
+    ├── Conflict                    refused by the current state (plan in use, balance too low)
+    └── StoreError                  Redis could not be reached or answered with an error
+        └── StoreTimeout            Redis did not answer within the configured timeout
+"""
+
+from __future__ import annotations
+
+
+class CreditGateError(Exception):
+    """Base of every error credit-gate raises on purpose."""
+
+
+class ConfigError(CreditGateError):
+    """A setting is wrong; the message names it and says what is expected."""
+
+
+class InvalidDocument(CreditGateError):
+    """A document or value breaks the rules; ``where`` names the field."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(f"{where}: {message}" if where else message)
+        self.where = where
+
+
+class NotFound(CreditGateError):
+    """The named plan or account does not exist."""
+
+
+class Conflict(CreditGateError):
+    """The operation is refused by the current state, which the message describes."""
+
+
+class StoreError(CreditGateError):
+    """Redis failed; the outcome of a write that raised this is unknown."""
+
+
+class StoreTimeout(StoreError):
+    """Redis did not answer in time."""

@@ -1,0 +1,65 @@
+"""Every Redis key credit-gate uses, in one place.
+
+All keys of one account share the hash tag ``{<account>}`` so that each script touches a single Redis
+Cluster slot. Account names are percent-encoded inside the tag: a name containing ``{``, ``}``, ``:``
+or ``%`` can neither break the tag nor collide with another account's keys.
+
+    <prefix>:{<account>}:account        hash: subscription, plan terms, balance, period usage
+    <prefix>:{<account>}:ledger         stream: every change of the account's credit
+    <prefix>:{<account>}:keys           hash: idempotency key -> ledger id
+    <prefix>:{<account>}:usage:<day>    hash: "<route>|requests|credits|refused" -> count, per UTC day
+    <prefix>:plan:<name>                string: the plan's JSON document
+    <prefix>:plans                      set: plan names
+    <prefix>:plan:<name>:accounts       set: accounts subscribed to the plan
+    <prefix>:accounts                   set: every account the operators created
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from urllib.parse import quote
+
+SAFE = "-._~@+="
+
+
+def account_tag(account: str) -> str:
+    return quote(account, safe=SAFE)
+
+
+def utc_day(epoch: int) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y%m%d")
+
+
+@dataclass(frozen=True)
+class AccountKeys:
+    state: str
+    ledger: str
+    idempotency: str
+    usage_prefix: str
+
+    def usage(self, epoch: int) -> str:
+        return self.usage_prefix + utc_day(epoch)
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def account(self, account: str) -> AccountKeys:
+        base = f"{self.prefix}:{{{account_tag(account)}}}:"
+        return AccountKeys(base + "account", base + "ledger", base + "keys", base + "usage:")
+
+    def plan(self, name: str) -> str:
+        return f"{self.prefix}:plan:{name}"
+
+    def plan_accounts(self, name: str) -> str:
+        return f"{self.prefix}:plan:{name}:accounts"
+
+    @property
+    def plans(self) -> str:
+        return f"{self.prefix}:plans"
+
+    @property
+    def accounts(self) -> str:
+        return f"{self.prefix}:accounts"

@@ -1,0 +1,21 @@
+-- plan_terms.lua: copy a changed plan's terms into one subscribed account, if it is still on that plan.
+--
+-- KEYS[1]  the account's hash
+-- ARGV[1]  plan name
+-- ARGV[2]  period: "day", "week", "month" or "none"
+-- ARGV[3]  allowance per period: credits
+-- ARGV[4]  prepaid flag: "1" or "0"
+--
+-- A change of period length restarts the period (usage 0). Returns 1 if updated, 0 if the account is
+-- no longer on that plan.
+
+local account_key = KEYS[1]
+local current = redis.call('HMGET', account_key, 'plan', 'period')
+if current[1] ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', account_key, 'period', ARGV[2], 'allowance', ARGV[3], 'prepaid', ARGV[4])
+if current[2] ~= ARGV[2] then
+  redis.call('HSET', account_key, 'used', 0, 'period_start', 0, 'period_end', 0)
+end
+return 1

@@ -1,0 +1,319 @@
+"""The Redis store: every read and write of credit-gate's data, each write one Lua script.
+
+The store knows keys, scripts and replies; it decides nothing (the scripts keep the money rules, the
+core explains them). Commands are never re-sent by the client: redis-py retries timeouts and
+connection errors by default, and a re-sent charge whose first reply was lost would be applied twice.
+A failed call raises ``StoreError`` and its outcome is unknown; the ledger tells what happened.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from creditgate.core.config import RedisSettings
+from creditgate.core.decision import ChargeResult, Reason
+from creditgate.core.model import Plan, Status, Subscription
+from creditgate.core.periods import Period
+from creditgate.errors import StoreError, StoreTimeout
+from creditgate.store.keys import Keys
+
+USAGE_TTL_SECONDS = 400 * 86_400
+DEFAULT_LEDGER_RETENTION = 10_000
+
+
+def _script_source(name: str) -> str:
+    lua = resources.files("creditgate.store") / "lua"
+    return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def connect(settings: RedisSettings) -> redis.Redis:
+    """A client with a connection pool, short timeouts and no automatic re-sending of commands."""
+    ssl_options: dict[str, Any] = {}
+    if settings.ssl:
+        ssl_options = {
+            "ssl": True,
+            "ssl_cert_reqs": "required" if settings.ssl_verify else "none",
+            "ssl_check_hostname": settings.ssl_verify,
+            "ssl_ca_certs": settings.ca_file,
+        }
+    return redis.Redis(
+        host=settings.server_name if settings.ssl and settings.server_name else settings.host,
+        port=settings.port,
+        db=settings.database,
+        username=settings.username,
+        password=settings.password,
+        socket_connect_timeout=settings.connect_timeout / 1000,
+        socket_timeout=settings.read_timeout / 1000,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        driver_info=None,  # no CLIENT SETINFO round trips on each new connection
+        **ssl_options,
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _charge_result(reply: Sequence[Any]) -> ChargeResult:
+    """Decode charge.lua's fixed-shape reply."""
+    reason = _text(reply[1])
+    return ChargeResult(
+        allowed=int(reply[0]) == 1,
+        reason=Reason(reason) if reason else None,
+        plan=_text(reply[2]),
+        status=_text(reply[3]),
+        cost=int(reply[4]),
+        balance=int(reply[5]),
+        allowance=int(reply[6]),
+        allowance_remaining=int(reply[7]),
+        period_end=int(reply[8]),
+        starts_at=int(reply[9]),
+        expires_at=int(reply[10]),
+        now=int(reply[11]),
+        from_allowance=int(reply[12]),
+        from_balance=int(reply[13]),
+        charge_id=_text(reply[14]),
+    )
+
+
+@dataclass(frozen=True)
+class CreditResult:
+    """What a grant, adjustment or refund did: ``applied`` False means the idempotency key was seen."""
+
+    applied: bool
+    balance: int
+    ledger_id: str
+
+
+class InsufficientBalance(Exception):
+    def __init__(self, balance: int) -> None:
+        super().__init__(balance)
+        self.balance = balance
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """An account's hash, decoded. Absent fields are their zero values."""
+
+    account: str
+    plan: str
+    status: str
+    starts_at: int
+    anchor: int
+    expires_at: int
+    period: str
+    allowance: int
+    prepaid: bool
+    balance: int
+    used: int
+    period_start: int
+    period_end: int
+    ledger_base: int
+    exists: bool
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    account: str
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def amount(self) -> int:
+        return int(self.fields.get("amount", "0"))
+
+
+class RedisStore:
+    """credit-gate's data in one Redis (or Redis Cluster) database, under one key prefix."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "credit-gate") -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self._charge = client.register_script(_script_source("charge"))
+        self._credit = client.register_script(_script_source("credit"))
+        self._subscribe = client.register_script(_script_source("subscribe"))
+        self._plan_terms = client.register_script(_script_source("plan_terms"))
+        self._set_status = client.register_script(_script_source("set_status"))
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings, prefix: str = "credit-gate") -> RedisStore:
+        return cls(connect(settings), prefix)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except redis.exceptions.TimeoutError as error:
+            raise StoreTimeout(f"Redis did not answer in time: {error}") from error
+        except redis.exceptions.RedisError as error:
+            raise StoreError(f"Redis failed: {error}") from error
+        except OSError as error:
+            raise StoreError(f"Redis failed: {error}") from error
+
+    def _run(self, command: str, *args: Any) -> Any:
+        try:
+            return self.client.execute_command(command, *args)
+        except redis.exceptions.TimeoutError as error:
+            raise StoreTimeout(f"Redis did not answer in time: {error}") from error
+        except (redis.exceptions.RedisError, OSError) as error:
+            raise StoreError(f"Redis failed: {error}") from error
+
+    # The hot path: one script, one round trip.
+
+    def charge(
+        self,
+        account: str,
+        cost: int,
+        *,
+        now: int,
+        entitled: Sequence[str] = (),
+        route: str = "global",
+        ledger_retention: int = DEFAULT_LEDGER_RETENTION,
+    ) -> ChargeResult:
+        keys = self.keys.account(account)
+        reply = self._call(
+            self._charge,
+            [keys.state, keys.ledger, keys.usage(now)],
+            [now, cost, ",".join(entitled), route, ledger_retention, USAGE_TTL_SECONDS],
+        )
+        return _charge_result(reply)
+
+    # Operators' writes.
+
+    def credit(
+        self,
+        account: str,
+        kind: str,
+        amount: int,
+        *,
+        now: int,
+        note: str = "",
+        idempotency_key: str = "",
+        reference: str = "",
+        ledger_retention: int = DEFAULT_LEDGER_RETENTION,
+    ) -> CreditResult:
+        """Change a balance by ``amount`` (signed); raises InsufficientBalance rather than go below 0."""
+        keys = self.keys.account(account)
+        outcome, balance, ledger_id = self._call(
+            self._credit,
+            [keys.state, keys.ledger, keys.idempotency],
+            [kind, amount, note, idempotency_key, now, ledger_retention, reference],
+        )
+        if int(outcome) == -1:
+            raise InsufficientBalance(int(balance))
+        return CreditResult(int(outcome) == 1, int(balance), _text(ledger_id))
+
+    def put_plan(self, plan: Plan) -> None:
+        self._run("SET", self.keys.plan(plan.name), json.dumps(plan.to_document(), sort_keys=True))
+        self._run("SADD", self.keys.plans, plan.name)
+
+    def get_plan(self, name: str) -> Plan | None:
+        raw = self._run("GET", self.keys.plan(name))
+        return Plan.from_document(json.loads(raw)) if raw else None
+
+    def plan_names(self) -> list[str]:
+        return sorted(_text(name) for name in self._run("SMEMBERS", self.keys.plans))
+
+    def delete_plan(self, name: str) -> None:
+        self._run("DEL", self.keys.plan(name))
+        self._run("SREM", self.keys.plans, name)
+
+    def plan_accounts(self, name: str) -> list[str]:
+        return sorted(_text(a) for a in self._run("SMEMBERS", self.keys.plan_accounts(name)))
+
+    def sync_plan_terms(self, plan: Plan, account: str) -> bool:
+        keys = self.keys.account(account)
+        updated = self._call(
+            self._plan_terms,
+            [keys.state],
+            [plan.name, plan.period.value, plan.allowance, "1" if plan.prepaid else "0"],
+        )
+        return int(updated) == 1
+
+    def subscribe(self, subscription: Subscription, plan: Plan) -> str:
+        """Set the subscription and copy the plan's terms; returns the previous plan name or ""."""
+        keys = self.keys.account(subscription.account)
+        previous = _text(
+            self._call(
+                self._subscribe,
+                [keys.state],
+                [
+                    plan.name,
+                    subscription.status.value,
+                    subscription.starts_at,
+                    subscription.anchor,
+                    subscription.expires_at or 0,
+                    plan.period.value,
+                    plan.allowance,
+                    "1" if plan.prepaid else "0",
+                ],
+            )
+        )
+        if previous and previous != plan.name:
+            self._run("SREM", self.keys.plan_accounts(previous), subscription.account)
+        self._run("SADD", self.keys.plan_accounts(plan.name), subscription.account)
+        self._run("SADD", self.keys.accounts, subscription.account)
+        return previous
+
+    def set_status(self, account: str, status: Status) -> str:
+        """Returns the previous status, or "" when the account has no subscription."""
+        return _text(self._call(self._set_status, [self.keys.account(account).state], [status.value]))
+
+    def add_account(self, account: str) -> None:
+        self._run("SADD", self.keys.accounts, account)
+
+    def account_names(self) -> list[str]:
+        return sorted(_text(a) for a in self._run("SMEMBERS", self.keys.accounts))
+
+    # Reads.
+
+    def account_state(self, account: str) -> AccountState:
+        raw = {_text(k): _text(v) for k, v in self._run("HGETALL", self.keys.account(account).state).items()}
+
+        def number(name: str) -> int:
+            return int(raw.get(name) or 0)
+
+        return AccountState(
+            account=account,
+            plan=raw.get("plan", ""),
+            status=raw.get("status", ""),
+            starts_at=number("starts_at"),
+            anchor=number("anchor"),
+            expires_at=number("expires_at"),
+            period=raw.get("period", Period.NONE.value),
+            allowance=number("allowance"),
+            prepaid=raw.get("prepaid") == "1",
+            balance=number("balance"),
+            used=number("used"),
+            period_start=number("period_start"),
+            period_end=number("period_end"),
+            ledger_base=number("ledger_base"),
+            exists=bool(raw),
+        )
+
+    def ledger(self, account: str, start: str = "-", end: str = "+", batch: int = 1000) -> Iterator[LedgerEntry]:
+        """The account's ledger entries between two stream ids, oldest first, read in batches."""
+        key = self.keys.account(account).ledger
+        cursor = start
+        while True:
+            entries = self._run("XRANGE", key, cursor, end, "COUNT", batch)
+            for entry_id, fields in entries:
+                yield LedgerEntry(account, _text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+            if len(entries) < batch:
+                return
+            cursor = "(" + _text(entries[-1][0])
+
+    def usage(self, account: str, day_epoch: int) -> dict[str, int]:
+        raw = self._run("HGETALL", self.keys.account(account).usage(day_epoch))
+        return {_text(k): int(v) for k, v in raw.items()}
