@@ -22,72 +22,166 @@ priority = 1
 _PROBLEM_TYPE_BASE = "urn:credit-gate:problem:"
 
 Schema: list[dict[str, Any]] = [
-    {"cost": {
-        "type": "integer", "default": 1, "required": True, "between": [0, 1_000_000_000],
-        "description": "Credits charged for each request through this plugin instance.",
-    }},
-    {"plans": {
-        "type": "array", "elements": {"type": "string"}, "default": [], "required": True,
-        "description": "Plans this route or service is sold in; empty means any plan. "
-                       "An account on another plan is refused with 402 plan_not_entitled.",
-    }},
-    {"account_by": {
-        "type": "string", "default": "consumer_id", "required": True,
-        "one_of": ["consumer_id", "consumer_username", "consumer_custom_id", "credential_id"],
-        "description": "Which authenticated identity names the account that pays: the consumer's id, "
-                       "username or custom_id, or the credential's id (one balance per API key).",
-    }},
-    {"payment_url": {
-        "type": "string",
-        "description": "Where a refused client can pay or top up; sent as payment_url in every 402 body.",
-    }},
-    {"problem_type_base": {
-        "type": "string", "default": _PROBLEM_TYPE_BASE, "required": True,
-        "description": "Prefix of the problem type URI; the reason code is appended.",
-    }},
-    {"fault_tolerant": {
-        "type": "boolean", "default": False, "required": True,
-        "description": "When Redis fails: false refuses with 503 store_unavailable; "
-                       "true proxies the request unmetered and logs it.",
-    }},
-    {"hide_client_headers": {
-        "type": "boolean", "default": False, "required": True,
-        "description": "Do not send the X-Credit-* figures to the client.",
-    }},
-    {"key_prefix": {
-        "type": "string", "default": "credit-gate", "required": True,
-        "description": "Prefix of every Redis key; the CLI must use the same.",
-    }},
-    {"ledger_retention": {
-        "type": "integer", "default": 10_000, "required": True, "between": [100, 10_000_000],
-        "description": "Ledger entries kept per account; older ones are folded into the opening balance.",
-    }},
-    {"redis": {
-        "type": "record", "required": True,
-        "description": "Where balances live.",
-        "fields": [
-            {"host": {"type": "string", "default": "127.0.0.1", "required": True,
-                      "description": "Redis host name or address."}},
-            {"port": {"type": "integer", "default": 6379, "required": True, "between": [1, 65535],
-                      "description": "Redis port."}},
-            {"username": {"type": "string", "description": "Redis ACL user name."}},
-            {"password": {"type": "string", "referenceable": True, "description": "Redis password."}},
-            {"database": {"type": "integer", "default": 0, "required": True, "between": [0, 15],
-                          "description": "Redis database number."}},
-            {"connect_timeout": {"type": "integer", "default": 200, "required": True, "between": [1, 60_000],
-                                 "description": "Milliseconds to wait for a connection to Redis."}},
-            {"read_timeout": {"type": "integer", "default": 200, "required": True, "between": [1, 60_000],
-                              "description": "Milliseconds to wait for a Redis answer."}},
-            {"ssl": {"type": "boolean", "default": False, "required": True,
-                     "description": "Connect to Redis over TLS."}},
-            {"ssl_verify": {"type": "boolean", "default": True, "required": True,
-                            "description": "Verify the Redis server's TLS certificate."}},
-            {"server_name": {"type": "string",
-                             "description": "Name to verify in Redis's TLS certificate (SNI)."}},
-            {"ca_file": {"type": "string",
-                         "description": "PEM file of the CA that signed Redis's certificate."}},
-        ],
-    }},
+    {
+        "cost": {
+            "type": "integer",
+            "default": 1,
+            "required": True,
+            "between": [0, 1_000_000_000],
+            "description": "Credits charged for each request through this plugin instance.",
+        }
+    },
+    {
+        "plans": {
+            "type": "array",
+            "elements": {"type": "string"},
+            "default": [],
+            "required": True,
+            "description": "Plans this route or service is sold in; empty means any plan. "
+            "An account on another plan is refused with 402 plan_not_entitled.",
+        }
+    },
+    {
+        "account_by": {
+            "type": "string",
+            "default": "consumer_id",
+            "required": True,
+            "one_of": ["consumer_id", "consumer_username", "consumer_custom_id", "credential_id"],
+            "description": "Which authenticated identity names the account that pays: the consumer's id, "
+            "username or custom_id, or the credential's id (one balance per API key).",
+        }
+    },
+    {
+        "payment_url": {
+            "type": "string",
+            "description": "Where a refused client can pay or top up; sent as payment_url in every 402 body.",
+        }
+    },
+    {
+        "problem_type_base": {
+            "type": "string",
+            "default": _PROBLEM_TYPE_BASE,
+            "required": True,
+            "description": "Prefix of the problem type URI; the reason code is appended.",
+        }
+    },
+    {
+        "fault_tolerant": {
+            "type": "boolean",
+            "default": False,
+            "required": True,
+            "description": "When Redis fails: false refuses with 503 store_unavailable; "
+            "true proxies the request unmetered and logs it.",
+        }
+    },
+    {
+        "hide_client_headers": {
+            "type": "boolean",
+            "default": False,
+            "required": True,
+            "description": "Do not send the X-Credit-* figures to the client.",
+        }
+    },
+    {
+        "key_prefix": {
+            "type": "string",
+            "default": "credit-gate",
+            "required": True,
+            "description": "Prefix of every Redis key; the CLI must use the same.",
+        }
+    },
+    {
+        "ledger_retention": {
+            "type": "integer",
+            "default": 10_000,
+            "required": True,
+            "between": [100, 10_000_000],
+            "description": "Ledger entries kept per account; older ones are folded into the opening balance.",
+        }
+    },
+    {
+        "redis": {
+            "type": "record",
+            "required": True,
+            "description": "Where balances live.",
+            "fields": [
+                {
+                    "host": {
+                        "type": "string",
+                        "default": "127.0.0.1",
+                        "required": True,
+                        "description": "Redis host name or address.",
+                    }
+                },
+                {
+                    "port": {
+                        "type": "integer",
+                        "default": 6379,
+                        "required": True,
+                        "between": [1, 65535],
+                        "description": "Redis port.",
+                    }
+                },
+                {"username": {"type": "string", "description": "Redis ACL user name."}},
+                {"password": {"type": "string", "referenceable": True, "description": "Redis password."}},
+                {
+                    "database": {
+                        "type": "integer",
+                        "default": 0,
+                        "required": True,
+                        "between": [0, 15],
+                        "description": "Redis database number.",
+                    }
+                },
+                {
+                    "connect_timeout": {
+                        "type": "integer",
+                        "default": 200,
+                        "required": True,
+                        "between": [1, 60_000],
+                        "description": "Milliseconds to wait for a connection to Redis.",
+                    }
+                },
+                {
+                    "read_timeout": {
+                        "type": "integer",
+                        "default": 200,
+                        "required": True,
+                        "between": [1, 60_000],
+                        "description": "Milliseconds to wait for a Redis answer.",
+                    }
+                },
+                {
+                    "ssl": {
+                        "type": "boolean",
+                        "default": False,
+                        "required": True,
+                        "description": "Connect to Redis over TLS.",
+                    }
+                },
+                {
+                    "ssl_verify": {
+                        "type": "boolean",
+                        "default": True,
+                        "required": True,
+                        "description": "Verify the Redis server's TLS certificate.",
+                    }
+                },
+                {
+                    "server_name": {
+                        "type": "string",
+                        "description": "Name to verify in Redis's TLS certificate (SNI).",
+                    }
+                },
+                {
+                    "ca_file": {
+                        "type": "string",
+                        "description": "PEM file of the CA that signed Redis's certificate.",
+                    }
+                },
+            ],
+        }
+    },
 ]
 
 

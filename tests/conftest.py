@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+
 import pytest
 import redis
-
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.store.redis_store import RedisStore
+
 from tests.redis_servers import RedisServer
 
 
@@ -58,4 +59,3 @@ def clock() -> Clock:
 @pytest.fixture
 def admin(store: RedisStore, clock: Clock) -> Admin:
     return Admin(store, clock=clock)
-

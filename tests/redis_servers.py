@@ -30,7 +30,9 @@ class RedisServer:
 
     def __init__(self, directory: Path, port: int | None = None, extra: list[str] | None = None) -> None:
         if REDIS_SERVER is None:
-            raise RuntimeError("redis-server is not installed: `apt-get install redis-server` (the tests need it)")
+            raise RuntimeError(
+                "redis-server is not installed: `apt-get install redis-server` (the tests need it)"
+            )
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -44,12 +46,18 @@ class RedisServer:
     def start(self) -> RedisServer:
         argv = [
             str(REDIS_SERVER),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "no",
-            "--logfile", str(self.log),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(self.log),
             *self.extra,
         ]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

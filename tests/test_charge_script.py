@@ -6,18 +6,20 @@ import random
 import threading
 
 import redis
-
 from creditgate.admin import Admin
 from creditgate.core.decision import Reason
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period, window_at
 from creditgate.store.redis_store import RedisStore, _script_source
+
 from tests.conftest import Clock
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
-def seed(admin: Admin, account: str = "acme", *, plan: Plan | None = None, balance: int = 0, **sub: object) -> None:
+def seed(
+    admin: Admin, account: str = "acme", *, plan: Plan | None = None, balance: int = 0, **sub: object
+) -> None:
     plan = plan or Plan("pro", period=Period.MONTH, allowance=0, prepaid=True)
     admin.apply_plan(plan)
     admin.subscribe(account, plan.name, starts_at=sub.pop("starts_at", T0), **sub)  # type: ignore[arg-type]
@@ -57,12 +59,24 @@ def test_refuses_with_insufficient_credit_and_charges_nothing(admin: Admin, stor
 def test_the_allowance_pays_before_the_balance(admin: Admin, store: RedisStore) -> None:
     seed(admin, plan=Plan("starter", period=Period.DAY, allowance=5, prepaid=True), balance=10)
     first = store.charge("acme", 4, now=T0 + 1)
-    assert (first.from_allowance, first.from_balance, first.allowance_remaining, first.balance) == (4, 0, 1, 10)
+    assert (first.from_allowance, first.from_balance, first.allowance_remaining, first.balance) == (
+        4,
+        0,
+        1,
+        10,
+    )
     second = store.charge("acme", 3, now=T0 + 2)
-    assert (second.from_allowance, second.from_balance, second.allowance_remaining, second.balance) == (1, 2, 0, 8)
+    assert (second.from_allowance, second.from_balance, second.allowance_remaining, second.balance) == (
+        1,
+        2,
+        0,
+        8,
+    )
 
 
-def test_refuses_with_quota_exhausted_when_the_plan_has_no_prepaid_use(admin: Admin, store: RedisStore) -> None:
+def test_refuses_with_quota_exhausted_when_the_plan_has_no_prepaid_use(
+    admin: Admin, store: RedisStore
+) -> None:
     seed(admin, plan=Plan("free", period=Period.DAY, allowance=2, prepaid=False), balance=100)
     assert store.charge("acme", 2, now=T0 + 10).allowed
     result = store.charge("acme", 1, now=T0 + 20)
@@ -130,7 +144,10 @@ def test_expiry_takes_effect_at_the_second(admin: Admin, store: RedisStore) -> N
 
 def test_a_plan_not_entitled_to_the_route_is_refused(admin: Admin, store: RedisStore) -> None:
     seed(admin, balance=10)
-    assert store.charge("acme", 1, now=T0 + 1, entitled=["enterprise", "team"]).reason is Reason.PLAN_NOT_ENTITLED
+    assert (
+        store.charge("acme", 1, now=T0 + 1, entitled=["enterprise", "team"]).reason
+        is Reason.PLAN_NOT_ENTITLED
+    )
     assert store.charge("acme", 1, now=T0 + 1, entitled=["team", "pro"]).allowed
 
 
@@ -141,7 +158,9 @@ def test_a_free_request_is_allowed_without_a_charge(admin: Admin, store: RedisSt
     assert [e.fields["kind"] for e in store.ledger("acme")] == ["period_reset"]
 
 
-def test_charges_go_on_after_a_script_flush(admin: Admin, store: RedisStore, redis_client: redis.Redis) -> None:
+def test_charges_go_on_after_a_script_flush(
+    admin: Admin, store: RedisStore, redis_client: redis.Redis
+) -> None:
     seed(admin, balance=10)
     assert store.charge("acme", 1, now=T0 + 1).allowed
     redis_client.script_flush()
@@ -207,7 +226,10 @@ def test_a_grant_retried_with_the_same_key_counts_once(admin: Admin, store: Redi
 
 def test_racing_grants_with_one_key_count_once(admin: Admin, store: RedisStore) -> None:
     seed(admin)
-    threads = [threading.Thread(target=admin.grant, args=("acme", 7), kwargs={"idempotency_key": "k"}) for _ in range(20)]
+    threads = [
+        threading.Thread(target=admin.grant, args=("acme", 7), kwargs={"idempotency_key": "k"})
+        for _ in range(20)
+    ]
     for t in threads:
         t.start()
     for t in threads:

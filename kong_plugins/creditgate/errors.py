@@ -1,12 +1,12 @@
 """The exceptions credit-gate raises.
 
-    CreditGateError                 base of everything below
-    ├── ConfigError                 a plugin or CLI setting an operator must fix
-    ├── InvalidDocument             a plan, subscription or amount that breaks the rules
-    ├── NotFound                    an unknown plan or account
-    ├── Conflict                    refused by the current state (plan in use, balance too low)
-    └── StoreError                  Redis could not be reached or answered with an error
-        └── StoreTimeout            Redis did not answer within the configured timeout
+CreditGateError                 base of everything below
+├── ConfigError                 a plugin or CLI setting an operator must fix
+├── InvalidDocument             a plan, subscription or amount that breaks the rules
+├── NotFound                    an unknown plan or account
+├── Conflict                    refused by the current state (plan in use, balance too low)
+└── StoreError                  Redis could not be reached or answered with an error
+    └── StoreTimeout            Redis did not answer within the configured timeout
 """
 
 from __future__ import annotations

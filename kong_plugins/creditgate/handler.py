@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from creditgate.core.config import AccountBy, ConfigError, GateConfig, RedisSettings, parse_config
+from creditgate.core.config import AccountBy, GateConfig, RedisSettings, parse_config
 from creditgate.core.decision import (
     ChargeResult,
     Problem,
@@ -32,7 +32,7 @@ from creditgate.core.decision import (
     refusal,
     upstream_headers,
 )
-from creditgate.errors import StoreError
+from creditgate.errors import ConfigError, StoreError
 from creditgate.store.redis_store import RedisStore
 
 DEFAULT_TYPE_BASE = "urn:credit-gate:problem:"
@@ -101,11 +101,14 @@ class Gate:
         except Exception as error:  # a bug or an unusable setting: refuse, never pass
             self.config_error = f"{type(error).__name__}: {error}"
         if self.config_error:
-            _stderr(f"invalid configuration, every request through this instance is refused: {self.config_error}")
+            _stderr(
+                f"invalid configuration, every request through this instance is refused: {self.config_error}"
+            )
 
     # The phase
 
     def access(self, kong: Any) -> None:
+        identity: Mapping[str, Any] | Exception | None
         try:
             identity = self._read_identity(kong)
         except Exception as error:
@@ -127,7 +130,7 @@ class Gate:
 
     # The decision: no PDK calls below this line until _apply.
 
-    def _decide(self, identity: Mapping[str, Any] | None | Exception) -> Action:
+    def _decide(self, identity: Mapping[str, Any] | Exception | None) -> Action:
         if isinstance(identity, Exception):
             return self._internal_error(identity)
         config = self.config

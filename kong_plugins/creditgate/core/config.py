@@ -145,7 +145,8 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
     key_prefix = _str(raw, "key_prefix", "credit-gate") or ""
     if not KEY_PREFIX.match(key_prefix):
         raise ConfigError(
-            f"key_prefix must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', ':', '-' (no braces), got {key_prefix!r}"
+            "key_prefix must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', ':', '-' (no braces), "
+            f"got {key_prefix!r}"
         )
 
     # Where the charge is attributed in the ledger and usage, from the ids Kong adds to the config.

@@ -170,7 +170,9 @@ def refusal(
     return Problem(PAYMENT_REQUIRED, body, headers)
 
 
-def failure(reason: Reason, detail: str, *, type_base: str, retry_after_seconds: int | None = None) -> Problem:
+def failure(
+    reason: Reason, detail: str, *, type_base: str, retry_after_seconds: int | None = None
+) -> Problem:
     """A problem that is not about payment: unauthenticated, store unavailable, gateway errors."""
     status = STATUS[reason]
     body: dict[str, Any] = {

@@ -43,7 +43,8 @@ def credits(value: object, where: str, *, minimum: int = 0) -> int:
 def check_plan_name(name: object, where: str = "name") -> str:
     if not isinstance(name, str) or not PLAN_NAME.match(name):
         raise InvalidDocument(
-            f"must be 1-64 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit; got {name!r}",
+            "must be 1-64 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit; "
+            f"got {name!r}",
             where,
         )
     return name

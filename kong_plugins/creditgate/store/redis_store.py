@@ -12,18 +12,17 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from creditgate.core.config import RedisSettings
 from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.model import Plan, Status, Subscription
 from creditgate.core.periods import Period
 from creditgate.errors import StoreError, StoreTimeout
 from creditgate.store.keys import Keys
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 USAGE_TTL_SECONDS = 400 * 86_400
 DEFAULT_LEDGER_RETENTION = 10_000
@@ -163,7 +162,7 @@ class RedisStore:
 
     def _run(self, command: str, *args: Any) -> Any:
         try:
-            return self.client.execute_command(command, *args)
+            return cast(Any, self.client).execute_command(command, *args)
         except redis.exceptions.TimeoutError as error:
             raise StoreTimeout(f"Redis did not answer in time: {error}") from error
         except (redis.exceptions.RedisError, OSError) as error:
@@ -302,7 +301,9 @@ class RedisStore:
             exists=bool(raw),
         )
 
-    def ledger(self, account: str, start: str = "-", end: str = "+", batch: int = 1000) -> Iterator[LedgerEntry]:
+    def ledger(
+        self, account: str, start: str = "-", end: str = "+", batch: int = 1000
+    ) -> Iterator[LedgerEntry]:
         """The account's ledger entries between two stream ids, oldest first, read in batches."""
         key = self.keys.account(account).ledger
         cursor = start

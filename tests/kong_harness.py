@@ -1,0 +1,1665 @@
+"""Kong's side of the external-plugin protocol, played against the real kong-pdk plugin server.
+
+Kong cannot run in the test environment, so the tests start the real plugin server process and talk to
+its real unix socket exactly as Kong 3.9's Lua code does (``kong/runloop/plugin_servers/rpc/mp_rpc.lua``
+and ``kong/runloop/plugin_servers/plugin.lua``):
+
+* the wire is MessagePack-RPC, one keepalive-pooled connection borrowed per call;
+* instances are started with the whole plugin config as JSON and cached per plugin id, re-created when the
+  config sequence changes or when the server answers "no plugin instance";
+* an event is a ``plugin.HandleEvent`` followed by one ``plugin.Step*`` per PDK call, answered by a
+  simulated request;
+* ``kong.response.exit``/``error`` in the access phase store a delayed response and end the event;
+* the ``log`` phase runs "later", as in Kong's timer, where only saved request data is reachable;
+* any other failure makes Kong proxy the request WITHOUT the plugin: the harness raises
+  :class:`KongWouldBypass` so that a test can never mistake it for success.
+
+Public entry points: :class:`PluginServerProcess`, :func:`dump`, :class:`PluginInfo`,
+:class:`PluginConfig`, :class:`KongRequest`, :class:`KongSide` and :class:`Outcome`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, unquote_plus
+
+import msgpack
+
+__all__ = [
+    "Headers",
+    "KongRequest",
+    "KongRpcError",
+    "KongRpcTimeout",
+    "KongSide",
+    "KongWouldBypass",
+    "LogLine",
+    "Outcome",
+    "PdkCall",
+    "PluginConfig",
+    "PluginInfo",
+    "PluginServerProcess",
+    "PluginServerStartError",
+    "RequestRun",
+    "dump",
+]
+
+DEFAULT_READ_TIMEOUT = 60.0
+"""nginx's default ``lua_socket_read_timeout``: how long Kong waits for each RPC answer."""
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------------------
+
+
+class KongRpcError(Exception):
+    """An RPC call failed: connection refused or lost, protocol error, or an error answer from the server.
+
+    ``remote`` is True when the plugin server itself answered with an error string.
+    """
+
+    def __init__(self, message: str, *, method: str = "", remote: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.remote = remote
+
+
+class KongRpcTimeout(KongRpcError):
+    """No answer within the read timeout (Kong: ``receiveany`` times out, the call returns "no data")."""
+
+
+class KongWouldBypass(Exception):
+    """Real Kong would log this error and proxy the request WITHOUT running the plugin.
+
+    Raised instead of returning an outcome, because for a gate this is a silent fail-open.
+    """
+
+    def __init__(self, error: str, *, phase: str, outcome: Outcome, cause: BaseException | None = None) -> None:
+        super().__init__(f"Kong would proxy the request without the plugin ({phase} phase): {error}")
+        self.error = error
+        self.phase = phase
+        self.outcome = outcome
+        self.cause = cause
+
+
+class PluginServerStartError(RuntimeError):
+    """The plugin server did not come up (its log is part of the message)."""
+
+
+class _LuaError(Exception):
+    """A Lua ``error()`` inside a PDK function: aborts Kong's handler; the Python event is left hanging."""
+
+
+class _EventEnded(Exception):
+    """``kong.response.exit``/``error``: Kong's coroutine yields and never sends another Step."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plugin server process
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _flag_value(argv: Sequence[str], names: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+class PluginServerProcess:
+    """Starts a dedicated kong-pdk plugin server and waits until its socket accepts connections.
+
+    ``argv`` is the server command line. The prefix and socket name are taken from ``--kong-prefix`` /
+    ``--socket-name`` in ``argv``, or appended from ``prefix`` / ``socket_name`` when given. stdout and
+    stderr go to ``<prefix>/<socket name>.log`` so a failing test can print them (:meth:`log_text`).
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        prefix: str | os.PathLike[str] | None = None,
+        socket_name: str | None = None,
+        start_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+        env: Mapping[str, str] | None = None,
+        start: bool = True,
+    ) -> None:
+        command = list(argv)
+        if prefix is not None:
+            command += ["--kong-prefix", os.fspath(prefix)]
+        if socket_name is not None:
+            command += ["--socket-name", socket_name]
+        found_prefix = _flag_value(command, ("--kong-prefix", "-kong-prefix", "-p"))
+        found_socket = _flag_value(command, ("--socket-name",))
+        if found_prefix is None or found_socket is None:
+            raise ValueError("the plugin server needs an explicit --kong-prefix and --socket-name")
+        self.argv: list[str] = command
+        self.prefix = Path(found_prefix)
+        self.socket_path: str = str(self.prefix / found_socket)
+        self.log_path = self.prefix / f"{found_socket}.log"
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.env = dict(env) if env is not None else None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        if start:
+            self.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid, or None when it is not running."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def log_text(self) -> str:
+        """Everything the server wrote so far (all starts)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> None:
+        """Spawn the server and wait, bounded, until its socket accepts a connection."""
+        if self.running():
+            raise RuntimeError("plugin server already running")
+        self.prefix.mkdir(parents=True, exist_ok=True)  # kong-pdk refuses to start without it
+        self._close_log()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self._log.write(f"--- harness: starting {self.argv!r}\n".encode())
+        self._log.flush()
+        self._proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise PluginServerStartError(
+                    f"plugin server exited with {self._proc.returncode} before listening on "
+                    f"{self.socket_path}\n--- server log ---\n{self.log_text()}"
+                )
+            if _socket_accepts(self.socket_path):
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                raise PluginServerStartError(
+                    f"plugin server did not listen on {self.socket_path} within {self.start_timeout}s"
+                    f"\n--- server log ---\n{self.log_text()}"
+                )
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``stop_timeout``."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(self.stop_timeout)
+        self._close_log()
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash: the socket file stays behind, connections are reset."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(self.stop_timeout)
+        self._close_log()
+
+    def restart(self) -> None:
+        """Stop (if running) and start again; the new server numbers its instances from 0."""
+        self.stop()
+        self.start()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> PluginServerProcess:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def _socket_accepts(path: str) -> bool:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(1.0)
+        sock.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def dump(argv: Sequence[str], timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Run the query command (``argv + ["--dump"]``) and return the parsed JSON list.
+
+    Kong 3.9 uses only the first entry (see :meth:`PluginInfo.from_dump`).
+    """
+    proc = subprocess.run([*argv, "--dump"], capture_output=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"query command failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}")
+    entries = json.loads(proc.stdout)
+    if not isinstance(entries, list) or not entries:
+        raise RuntimeError(f"query command did not print a non-empty JSON list: {proc.stdout!r}")
+    return entries
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What Kong learns from the query command: the FIRST entry of the dumped list."""
+
+    name: str
+    priority: int
+    version: str | None
+    phases: tuple[str, ...]
+    schema: Mapping[str, Any]
+
+    @classmethod
+    def from_dump(cls, entries: Sequence[Mapping[str, Any]]) -> PluginInfo:
+        first = entries[0]
+        return cls(
+            name=first["Name"],
+            priority=first["Priority"],
+            version=first.get("Version"),
+            phases=tuple(first.get("Phases") or ()),
+            schema=first["Schema"],
+        )
+
+    @classmethod
+    def query(cls, argv: Sequence[str]) -> PluginInfo:
+        return cls.from_dump(dump(argv))
+
+    @property
+    def config_fields(self) -> list[Mapping[str, Any]]:
+        """``Schema.fields[<config>].config.fields``: a list of ``{name: {type, default, ...}}``."""
+        for entry in self.schema.get("fields", []):
+            if "config" in entry:
+                fields: list[Mapping[str, Any]] = entry["config"].get("fields") or []
+                return fields
+        return []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plugin configuration and instances
+# ---------------------------------------------------------------------------------------------------------
+
+_seq_counter = itertools.count(1)
+_seq_lock = threading.Lock()
+
+
+def _next_seq() -> int:
+    with _seq_lock:
+        return next(_seq_counter)
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """One plugin entity as Kong's plugins iterator sees it.
+
+    ``seq`` plays Kong's ``__seq__``: it changes whenever Kong rebuilds the iterator (any config change),
+    which makes Kong start a new instance and close the old one. Use :meth:`changed`.
+    """
+
+    config: Mapping[str, Any] = field(default_factory=dict)
+    plugin_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    seq: int = field(default_factory=_next_seq)
+    route_id: str | None = None
+    service_id: str | None = None
+    consumer_id: str | None = None
+    instance_name: str | None = None
+
+    def changed(self, **updates: Any) -> PluginConfig:
+        """The same plugin entity after an Admin API / declarative update: new ``__seq__``."""
+        return PluginConfig(
+            config={**self.config, **updates},
+            plugin_id=self.plugin_id,
+            seq=_next_seq(),
+            route_id=self.route_id,
+            service_id=self.service_id,
+            consumer_id=self.consumer_id,
+            instance_name=self.instance_name,
+        )
+
+    @property
+    def is_global(self) -> bool:
+        return self.route_id is None and self.service_id is None and self.consumer_id is None
+
+
+def fill_schema(fields: Sequence[Mapping[str, Any]], given: Mapping[str, Any], path: str = "config") -> dict:
+    """Kong's schema processing of a config record: every field present, defaults filled, unset as null.
+
+    Unknown and missing required fields raise ``ValueError`` (Kong would reject the config).
+    """
+    specs: dict[str, Mapping[str, Any]] = {}
+    for entry in fields:
+        ((name, spec),) = entry.items()
+        specs[name] = spec
+    unknown = set(given) - set(specs)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {sorted(unknown)}")
+    out: dict[str, Any] = {}
+    for name, spec in specs.items():
+        nested = spec.get("fields") if spec.get("type") == "record" else None
+        if name in given:
+            value = given[name]
+            if nested is not None and isinstance(value, Mapping):
+                value = fill_schema(nested, value, f"{path}.{name}")
+            out[name] = copy.deepcopy(value)
+        elif spec.get("default") is not None:
+            out[name] = copy.deepcopy(spec["default"])
+        elif spec.get("required"):
+            raise ValueError(f"{path}.{name}: required field missing")
+        elif nested is not None:
+            out[name] = fill_schema(nested, {}, f"{path}.{name}")  # Kong expands a missing record
+        else:
+            out[name] = None
+    return out
+
+
+@dataclass
+class StartedInstance:
+    """One ``plugin.StartInstance`` the harness made: what was sent and what the server answered."""
+
+    plugin_id: str
+    seq: int
+    instance_id: int
+    config_json: str
+    answer: Mapping[str, Any]
+
+
+@dataclass
+class _InstanceInfo:
+    """Kong's ``running_instances[plugin_id]`` entry; ``id is None`` means someone is starting it."""
+
+    seq: int
+    plugin_id: str
+    id: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Headers and Lua value conversion
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _norm(name: str) -> str:
+    """nginx/Kong header lookups are case-insensitive and accept ``_`` for ``-``."""
+    return name.lower().replace("_", "-")
+
+
+HeaderInput = Mapping[str, Any] | Iterable[tuple[str, str]]
+
+
+class Headers:
+    """Ordered, case-insensitive multi-map of HTTP headers."""
+
+    def __init__(self, items: HeaderInput | Headers | None = None) -> None:
+        self._items: list[tuple[str, str]] = []
+        if isinstance(items, Headers):
+            self._items = list(items._items)
+        elif isinstance(items, Mapping):
+            for name, value in items.items():
+                self.add(name, value)
+        elif items is not None:
+            for name, value in items:
+                self.add(name, value)
+
+    def get(self, name: str) -> str | None:
+        """First value, like ``ngx.req.get_headers()[name]`` reduced to one value."""
+        values = self.get_all(name)
+        return values[0] if values else None
+
+    def get_all(self, name: str) -> list[str]:
+        key = _norm(name)
+        return [v for n, v in self._items if _norm(n) == key]
+
+    def joined(self, name: str) -> str | None:
+        """nginx >= 1.23 ``$http_<name>``: all values joined (``"; "`` for cookies, else ``", "``)."""
+        values = self.get_all(name)
+        if not values:
+            return None
+        return ("; " if _norm(name) == "cookie" else ", ").join(values)
+
+    def set(self, name: str, value: Any) -> None:
+        """Replace every occurrence of ``name`` (case-insensitive)."""
+        self.remove(name)
+        self.add(name, value)
+
+    def add(self, name: str, value: Any) -> None:
+        values = value if isinstance(value, list | tuple) else [value]
+        for v in values:
+            self._items.append((name, _header_text(v)))
+
+    def remove(self, name: str) -> None:
+        key = _norm(name)
+        self._items = [(n, v) for n, v in self._items if _norm(n) != key]
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def copy(self) -> Headers:
+        return Headers(self)
+
+    def to_lua(self, max_headers: int = 100) -> dict[str, str | list[str]]:
+        """``ngx.req.get_headers()``: lowercase names, a string or a list for repeated headers."""
+        out: dict[str, str | list[str]] = {}
+        for name, value in self._items[:max_headers]:
+            key = name.lower()
+            current = out.get(key)
+            if current is None:
+                out[key] = value
+            elif isinstance(current, list):
+                current.append(value)
+            else:
+                out[key] = [current, value]
+        return out
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self.get_all(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(n.lower() for n, _ in self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Headers):
+            return self._items == other._items
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+def _lua_number(value: float) -> str:
+    """LuaJIT's ``tostring`` of a number (``%.14g``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text = f"{value:.14g}"
+    return text
+
+
+def _header_text(value: Any) -> str:
+    """Kong's ``normalize_multi_header``: numbers and booleans become strings."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return _lua_number(value)
+    raise _LuaError(f"invalid header value: got {type(value).__name__}, expected string, number or boolean")
+
+
+def _validate_header(name: Any, value: Any) -> None:
+    """Kong's ``checks.validate_header``: a Lua error on a bad name or value."""
+    if not isinstance(name, str):
+        raise _LuaError(f"invalid header name {name!r}: got {type(name).__name__}, expected string")
+    ok_scalar = (str, int, float, bool)
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, ok_scalar) for v in values):
+        raise _LuaError(
+            f'invalid header value for "{name}": got {_lua_type(value)}, expected array of string, '
+            "string, number or boolean"
+        )
+
+
+def _lua_type(value: Any) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str | bytes):
+        return "string"
+    return "table"
+
+
+def _lua_tostring(value: Any) -> str:
+    """How ``kong.log.*`` renders each argument (Lua ``tostring``)."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool | int | float):
+        return _lua_number(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value
+    return f"table: 0x{id(value) & 0xFFFFFFFF:08x}"
+
+
+_MAXINT = 2**53
+
+
+def lua_roundtrip(value: Any, *, keep_null: bool = False) -> Any:
+    """A value as it comes back after a trip through Lua (lua-MessagePack in, out).
+
+    ``nil`` map entries vanish (unless ``keep_null``: entities hold ``cjson.null``), an empty table is
+    packed as an empty ARRAY, integral floats become integers, byte strings come back as text.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) < _MAXINT else value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    if isinstance(value, Mapping):
+        out = {
+            k: lua_roundtrip(v, keep_null=keep_null) for k, v in value.items() if keep_null or v is not None
+        }
+        return out if out else []
+    if isinstance(value, list | tuple):
+        return [lua_roundtrip(v, keep_null=keep_null) for v in value]
+    return str(value)
+
+
+def fix_mmap(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Kong's ``fix_mmap``: a string value becomes ``[string]``, a bare ``true`` flag ``[]``.
+
+    An empty map stays a map (Kong packs it explicitly as one).
+    """
+    if value is None:
+        return None
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if v is True:
+            out[k] = []
+        elif isinstance(v, str):
+            out[k] = [v]
+        else:
+            out[k] = v
+    return out
+
+
+def cjson_encode(value: Any) -> str:
+    """lua-cjson's encoding of a table: compact, ``/`` escaped."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The simulated request
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _default_route() -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "name": "harness-route",
+        "paths": ["/"],
+        "protocols": ["http", "https"],
+        "strip_path": True,
+        "preserve_host": False,
+    }
+
+
+def _default_service() -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "name": "harness-service",
+        "protocol": "http",
+        "host": "upstream.test",
+        "port": 80,
+        "path": None,
+    }
+
+
+@dataclass
+class KongRequest:
+    """One client request as Kong sees it when the plugin runs.
+
+    ``consumer``/``credential`` are what an auth plugin stored (``kong.client.get_consumer()``); entity
+    dicts may hold ``None`` for null columns, as Kong's cached entities hold ``cjson.null``.
+    ``query`` is the raw query string without ``?``.
+    """
+
+    method: str = "GET"
+    path: str = "/"
+    query: str = ""
+    headers: HeaderInput | Headers = field(default_factory=dict)
+    body: bytes = b""
+    consumer: Mapping[str, Any] | None = None
+    credential: Mapping[str, Any] | None = None
+    route: Mapping[str, Any] | None = field(default_factory=_default_route)
+    service: Mapping[str, Any] | None = field(default_factory=_default_service)
+    client_ip: str = "127.0.0.1"
+    forwarded_ip: str | None = None
+    scheme: str = "http"
+    host: str | None = None
+    port: int = 8000
+    kong_request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    nginx_vars: Mapping[str, str] = field(default_factory=dict)
+    ngx_ctx: Mapping[str, Any] = field(default_factory=dict)
+    start_time: float = field(default_factory=time.time)
+
+
+@dataclass
+class LogLine:
+    phase: str
+    level: str
+    message: str
+
+
+@dataclass
+class PdkCall:
+    phase: str
+    method: str
+    args: list[Any]
+
+
+@dataclass
+class Outcome:
+    """What happened to one request (or one phase of it), as Kong and the client would see it.
+
+    ``status``/``body``/``headers`` describe the plugin's exit (``status`` is None when the request was
+    proxied); ``client_status``/``client_body``/``response_headers`` are what the client receives.
+    ``round_trips`` counts every RPC call made while running the events (``HandleEvent`` and each
+    ``Step*``, failed ones and retries included); ``StartInstance``/``CloseInstance`` are listed apart in
+    ``instance_calls``. ``errors`` holds everything real Kong would log as an error (unknown PDK method,
+    Lua error, timer abort...): a well-behaved plugin leaves it empty.
+    """
+
+    status: int | None = None
+    body: Any = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    exit_method: str | None = None
+    proxied: bool = False
+    client_status: int | None = None
+    client_body: bytes = b""
+    upstream_headers: Headers = field(default_factory=Headers)
+    response_headers: Headers = field(default_factory=Headers)
+    log_lines: list[LogLine] = field(default_factory=list)
+    pdk_calls: list[PdkCall] = field(default_factory=list)
+    rpcs: list[tuple[str, str]] = field(default_factory=list)
+    round_trips: int = 0
+    round_trips_by_phase: dict[str, int] = field(default_factory=dict)
+    instance_calls: list[str] = field(default_factory=list)
+    event_ids: dict[str, int] = field(default_factory=dict)
+    phases_run: list[str] = field(default_factory=list)
+    serialize_values: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def methods(self) -> list[str]:
+        """PDK method names called, in order, all phases."""
+        return [c.method for c in self.pdk_calls]
+
+    def methods_in(self, phase: str) -> list[str]:
+        return [c.method for c in self.pdk_calls if c.phase == phase]
+
+    def rpc_methods(self, phase: str | None = None) -> list[str]:
+        """RPC methods sent to the server (``plugin.HandleEvent``, ``plugin.Step``...)."""
+        return [m for p, m in self.rpcs if phase is None or p == phase]
+
+    def logs(self, level: str | None = None) -> list[str]:
+        return [line.message for line in self.log_lines if level is None or line.level == level]
+
+    def assert_clean(self) -> None:
+        """Fail when Kong would have logged an error for this request."""
+        if self.errors:
+            raise AssertionError("Kong would log errors: " + "; ".join(self.errors))
+
+
+# Kong phase names and the PDK phase groups of kong/pdk/private/phases.lua that matter here.
+_REQUEST = frozenset({"rewrite", "access", "response", "header_filter", "body_filter", "log"})
+_AUTH_AND_LATER = frozenset({"access", "response", "header_filter", "body_filter", "log"})
+_BEFORE_CONTENT = frozenset({"rewrite", "access", "response"})
+_REWRITE_ACCESS_HEADER = frozenset({"rewrite", "access", "response", "header_filter"})
+_HEADER_BODY_LOG = frozenset({"response", "header_filter", "body_filter", "log"})
+_SERVICE_REQUEST = frozenset({"rewrite", "access"})
+_ANY = frozenset({"certificate", "preread", *_REQUEST})
+
+_STEP_METHOD = {
+    "kong.client.get_credential": "plugin.StepCredential",
+    "kong.client.load_consumer": "plugin.StepConsumer",
+    "kong.client.get_consumer": "plugin.StepConsumer",
+    "kong.client.authenticate": "plugin.StepCredential",
+    "kong.node.get_memory_stats": "plugin.StepMemoryStats",
+    "kong.router.get_route": "plugin.StepRoute",
+    "kong.router.get_service": "plugin.StepService",
+    "kong.request.get_query": "plugin.StepMultiMap",
+    "kong.request.get_headers": "plugin.StepMultiMap",
+    "kong.response.get_headers": "plugin.StepMultiMap",
+    "kong.service.response.get_headers": "plugin.StepMultiMap",
+}
+"""``by_pdk_method`` of mp_rpc.lua's ``get_step_method``."""
+
+_LOG_LEVELS = ("debug", "info", "notice", "warn", "err", "crit", "alert", "emerg")
+
+_HTTP_MESSAGES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    402: "Payment required",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    429: "Too many requests",
+    500: "An unexpected error occurred",
+    502: "An invalid response was received from the upstream server",
+    503: "The upstream server is currently unavailable",
+    504: "The upstream server is timing out",
+}
+
+_JSON_CT = "application/json; charset=utf-8"
+_ERROR_TEMPLATES = {
+    "application/json": '{\n  "message":"%s",\n  "request_id":"%s"\n}',
+    "text/plain": "%s\nrequest_id: %s\n",
+    "text/html": (
+        "<!doctype html>\n<html>\n  <head>\n    <meta charset=\"utf-8\">\n    <title>Error</title>\n"
+        "  </head>\n  <body>\n    <h1>Error</h1>\n    <p>%s.</p>\n    <p>request_id: %s</p>\n"
+        "  </body>\n</html>\n"
+    ),
+}
+
+
+@dataclass
+class _PdkMethod:
+    fn: Callable[..., Any]
+    phases: frozenset[str]
+    in_log_timer: bool
+    """True when it works in Kong's log timer: an ``exposed_api`` override, or no request needed."""
+
+
+class RequestRun:
+    """Mutable state of one request across its phases (``ngx.ctx``, ``kong.ctx.shared``, headers...).
+
+    Created by :meth:`KongSide.new_run`; pass it to :meth:`KongSide.run_phase` for each phase and call
+    :meth:`proxy` between access and log to simulate the upstream answer.
+    """
+
+    def __init__(self, request: KongRequest, node_id: str) -> None:
+        self.request = request
+        self.node_id = node_id
+        self.outcome = Outcome()
+        self.request_headers = Headers(request.headers)  # ngx.req.set_header edits these in place
+        self.ctx_shared: dict[str, Any] = {}
+        self.ngx_ctx: dict[str, Any] = dict(request.ngx_ctx)
+        self.consumer = request.consumer
+        self.credential = request.credential
+        self.upstream_status: int | None = None
+        self.upstream_headers = Headers()
+        self.upstream_body = b""
+        self._response_ops: list[tuple[str, str, Any]] = []
+        self.exited = False
+        self.unexpected = False
+        self.phase = ""
+        self.saved: dict[str, Any] | None = None  # Kong's save_for_later data in the log timer
+        self._methods = self._build_methods()
+
+    # -- request lifecycle --------------------------------------------------------------------------------
+
+    def proxy(self, status: int = 200, headers: HeaderInput | None = None, body: bytes = b"") -> None:
+        """Simulate the upstream answer of a request the plugin let through."""
+        if self.exited:
+            raise RuntimeError("the request was answered by Kong; it cannot be proxied")
+        self.outcome.proxied = True
+        self.outcome.upstream_headers = self.request_headers.copy()
+        self.upstream_status = status
+        self.upstream_headers = Headers(headers)
+        self.upstream_body = body
+        self.outcome.client_status = status
+        self.outcome.client_body = body
+        self.outcome.response_headers = self.client_response_headers()
+
+    def client_response_headers(self) -> Headers:
+        """Upstream headers (if proxied), then the plugin's ``kong.response`` header edits, then exit's."""
+        headers = self.upstream_headers.copy() if self.outcome.proxied else Headers()
+        for op, name, value in self._response_ops:
+            if op == "set":
+                headers.set(name, value)
+            elif op == "add":
+                headers.add(name, value)
+            else:
+                headers.remove(name)
+        return headers
+
+    def _exit(self, method: str, status: int, body: Any, headers: Mapping[str, Any] | None) -> None:
+        """Kong's delayed response, flushed by ``send()`` after the access phase."""
+        out = self.outcome
+        out.status, out.body, out.exit_method = status, body, method
+        out.headers = dict(headers or {})
+        for name, value in (headers or {}).items():
+            if name.lower().replace("_", "-") != "transfer-encoding":
+                self._response_ops.append(("set", name, value))
+        given = {n.lower().replace("_", "-") for n in (headers or {})}
+        if isinstance(body, Mapping | list):
+            raw = cjson_encode(body).encode()
+            if "content-type" not in given:
+                self._response_ops.append(("set", "Content-Type", _JSON_CT))
+        else:
+            raw = body.encode() if isinstance(body, str) else b""
+        if "content-length" not in given:
+            self._response_ops.append(("set", "Content-Length", str(len(raw))))
+        self.exited = True
+        out.client_status = status
+        out.client_body = raw
+        out.response_headers = self.client_response_headers()
+
+    def _unexpected_error(self, message: str) -> None:
+        """A Lua error in the access coroutine: Kong answers 500 and marks the request KONG_UNEXPECTED."""
+        self.outcome.errors.append(message)
+        if self.phase in ("rewrite", "access") and not self.exited:
+            self._exit("lua-error", 500, {"message": "An unexpected error occurred"}, None)
+            self.unexpected = True
+
+    def save_for_later(self) -> None:
+        """plugin.lua's ``build_phases`` for ``log``: the data the timer will see."""
+        self.saved = {
+            "serialize_data": self.serialize(),
+            "request_headers": self.request_headers.copy(),
+            "response_headers": self.client_response_headers(),
+            "response_status": self.outcome.client_status,
+            "req_start_time": self.request.start_time,
+        }
+
+    # -- PDK dispatch -------------------------------------------------------------------------------------
+
+    def call_pdk(self, method: str, args: list[Any]) -> Any:
+        """Run one PDK call the way ``call_pdk_method`` does; may raise ``_LuaError``/``_EventEnded``."""
+        self.outcome.pdk_calls.append(PdkCall(self.phase, method, list(args)))
+        spec = self._methods.get(method)
+        if spec is None:
+            # Kong: kong.log.err("could not find pdk method: ", cmd) and answers nil.
+            self.outcome.errors.append(f"could not find pdk method: {method} (or not simulated by the harness)")
+            return None
+        if self.phase not in spec.phases:
+            allowed = ", ".join(sorted(spec.phases))
+            raise _LuaError(f"{method}: function cannot be called in {self.phase} phase (only in: {allowed})")
+        if self.saved is not None and not spec.in_log_timer:
+            raise _LuaError(f"{method}: no request found (Kong runs the log phase in a timer with saved data)")
+        return spec.fn(*args)
+
+    def _build_methods(self) -> dict[str, _PdkMethod]:
+        m: dict[str, _PdkMethod] = {}
+
+        def reg(name: str, fn: Callable[..., Any], phases: frozenset[str] = _ANY, timer: bool = False) -> None:
+            m[name] = _PdkMethod(fn, phases, timer)
+
+        req = self.request
+
+        # kong.client
+        reg("kong.client.get_consumer", lambda: self._entity(self.consumer), _AUTH_AND_LATER, True)
+        reg("kong.client.get_credential", lambda: self._entity(self.credential), _AUTH_AND_LATER, True)
+        reg("kong.client.authenticate", self._authenticate, frozenset({"access"}))
+        reg("kong.client.get_ip", lambda: req.client_ip)
+        reg("kong.client.get_forwarded_ip", lambda: req.forwarded_ip or req.client_ip)
+        reg("kong.client.get_port", lambda: 40000)
+        reg("kong.client.get_forwarded_port", lambda: 40000)
+        reg("kong.client.get_protocol", lambda *_: req.scheme)
+        # kong.request
+        reg("kong.request.get_method", lambda: req.method.upper(), _REQUEST)
+        reg("kong.request.get_path", lambda: _normalize_path(req.path), _REQUEST)
+        reg("kong.request.get_raw_path", lambda: req.path, _REQUEST)
+        reg("kong.request.get_path_with_query", self._path_with_query, _REQUEST)
+        reg("kong.request.get_raw_query", lambda: req.query, _REQUEST)
+        reg("kong.request.get_query", self._get_query, _REQUEST)
+        reg("kong.request.get_query_arg", self._get_query_arg, _REQUEST)
+        reg("kong.request.get_header", self._request_get_header, _REQUEST, True)
+        reg("kong.request.get_headers", self._request_get_headers, _REQUEST, True)
+        reg("kong.request.get_raw_body", lambda: req.body, _BEFORE_CONTENT)
+        reg("kong.request.get_scheme", lambda: req.scheme, _REQUEST)
+        reg("kong.request.get_host", self._host, _REQUEST)
+        reg("kong.request.get_port", lambda: req.port, _REQUEST)
+        reg("kong.request.get_forwarded_scheme", lambda: req.scheme, _REQUEST)
+        reg("kong.request.get_forwarded_host", self._host, _REQUEST)
+        reg("kong.request.get_forwarded_port", lambda: req.port, _REQUEST)
+        reg("kong.request.get_http_version", lambda: 1.1, _REQUEST)
+        reg("kong.request.get_start_time", lambda: int(req.start_time * 1000), _REQUEST, True)
+        reg("kong.request.get_uri_captures", lambda: {"unnamed": [], "named": []}, _REQUEST, True)
+        # kong.router
+        reg("kong.router.get_route", lambda: self._entity(req.route), _AUTH_AND_LATER, True)
+        reg("kong.router.get_service", lambda: self._entity(req.service), _AUTH_AND_LATER, True)
+        # kong.service.request (ngx.req.set_header: edits the request headers seen by everyone after)
+        reg("kong.service.request.set_header", self._svc_set_header, _SERVICE_REQUEST)
+        reg("kong.service.request.add_header", self._svc_add_header, _SERVICE_REQUEST)
+        reg("kong.service.request.clear_header", self._svc_clear_header, _SERVICE_REQUEST)
+        reg("kong.service.request.set_headers", self._svc_set_headers, _SERVICE_REQUEST)
+        # kong.response
+        reg("kong.response.set_header", self._resp_op("set"), _REWRITE_ACCESS_HEADER)
+        reg("kong.response.add_header", self._resp_op("add"), _REWRITE_ACCESS_HEADER)
+        reg("kong.response.clear_header", self._resp_clear, _REWRITE_ACCESS_HEADER)
+        reg("kong.response.set_headers", self._resp_set_headers, _REWRITE_ACCESS_HEADER)
+        reg("kong.response.exit", self._response_exit, _REWRITE_ACCESS_HEADER)
+        reg("kong.response.error", self._response_error, _REWRITE_ACCESS_HEADER)
+        reg("kong.response.get_status", self._resp_status, _ANY, True)
+        reg("kong.response.get_header", self._resp_header, _ANY, True)
+        reg("kong.response.get_headers", self._resp_headers, _ANY, True)
+        reg("kong.response.get_source", self._resp_source, _ANY, True)
+        # kong.service.response
+        reg("kong.service.response.get_status", lambda: self.upstream_status, _HEADER_BODY_LOG)
+        reg("kong.service.response.get_header", lambda n: self.upstream_headers.get(n), _HEADER_BODY_LOG)
+        reg(
+            "kong.service.response.get_headers",
+            lambda *_: fix_mmap(self.upstream_headers.to_lua()),
+            _HEADER_BODY_LOG,
+        )
+        # exposed_api overrides (plugin.lua): work in every phase and in the log timer
+        reg("kong.ctx.shared.get", lambda k=None: lua_roundtrip(self._ctx_shared().get(k)), _ANY, True)
+        reg("kong.ctx.shared.set", self._ctx_shared_set, _ANY, True)
+        reg("kong.nginx.get_ctx", lambda k=None: lua_roundtrip(self._ngx_ctx().get(k)), _ANY, True)
+        reg("kong.nginx.set_ctx", self._ngx_ctx_set, _ANY, True)
+        reg("kong.nginx.req_start_time", lambda: req.start_time, _ANY, True)
+        reg("kong.nginx.get_var", self._nginx_var, _ANY, False)  # ngx.var: no request in a timer
+        reg("kong.nginx.get_subsystem", lambda: "http", _ANY, True)
+        reg("kong.log.serialize", self._log_serialize, _ANY, True)
+        reg("kong.log.set_serialize_value", self._set_serialize_value, _REQUEST, True)
+        # kong.log.* and kong.node
+        reg("kong.log", self._logger("notice"), _ANY, True)
+        for level in _LOG_LEVELS:
+            reg(f"kong.log.{level}", self._logger(level), _ANY, True)
+        reg("kong.log.inspect", self._logger("debug"), _ANY, True)
+        reg("kong.node.get_id", lambda: self.node_id, _ANY, True)
+        reg("kong.node.get_hostname", socket.gethostname, _ANY, True)
+        return m
+
+    # -- implementations ----------------------------------------------------------------------------------
+
+    def _entity(self, value: Mapping[str, Any] | None) -> Any:
+        return None if value is None else lua_roundtrip(value, keep_null=True)
+
+    def _authenticate(self, consumer: Any = None, credential: Any = None) -> None:
+        if consumer is None and credential is None:
+            raise _LuaError("either credential or consumer must be provided")
+        self.consumer, self.credential = consumer, credential
+
+    def _host(self) -> str:
+        if self.request.host:
+            return self.request.host.lower()
+        host = self.request_headers.get("host") or "localhost"
+        return host.split(":", 1)[0].lower()
+
+    def _path_with_query(self) -> str:
+        return self.request.path + ("?" + self.request.query if self.request.query else "")
+
+    def _get_query(self, max_args: Any = None) -> dict[str, Any] | None:
+        return fix_mmap(_parse_query(self.request.query, _limit(max_args, 100)))
+
+    def _get_query_arg(self, name: Any = None) -> Any:
+        if not isinstance(name, str):
+            raise _LuaError("query argument name must be a string")
+        value = _parse_query(self.request.query, 100).get(name)
+        return value[0] if isinstance(value, list) else value
+
+    def _request_get_header(self, name: Any = None) -> str | None:
+        if self.saved is not None:  # exposed_api: saved.request_headers[name], first value
+            return self.saved["request_headers"].get(name) if isinstance(name, str) else None
+        if not isinstance(name, str):
+            raise _LuaError("header name must be a string")
+        return self.request_headers.joined(name)  # var["http_" .. name]: nginx joins repeated headers
+
+    def _request_get_headers(self, max_headers: Any = None) -> dict[str, Any] | None:
+        if self.saved is not None:
+            return fix_mmap(self.saved["request_headers"].to_lua())
+        return fix_mmap(self.request_headers.to_lua(_limit(max_headers, 100)))
+
+    def _svc_set_header(self, name: Any = None, value: Any = None) -> None:
+        _validate_header(name, value)
+        self.request_headers.set(name, value)
+
+    def _svc_add_header(self, name: Any = None, value: Any = None) -> None:
+        _validate_header(name, value)
+        self.request_headers.add(name, value)
+
+    def _svc_clear_header(self, name: Any = None) -> None:
+        if not isinstance(name, str):
+            raise _LuaError("header name must be a string")
+        self.request_headers.remove(name)
+
+    def _svc_set_headers(self, headers: Any = None) -> None:
+        if not isinstance(headers, Mapping):
+            raise _LuaError("headers must be a table")
+        for name, value in headers.items():
+            _validate_header(name, value)
+        for name, value in headers.items():
+            self.request_headers.set(name, value)
+
+    def _resp_op(self, op: str) -> Callable[..., None]:
+        def apply(name: Any = None, value: Any = None) -> None:
+            _validate_header(name, value)
+            self._response_ops.append((op, name, value))
+
+        return apply
+
+    def _resp_clear(self, name: Any = None) -> None:
+        if not isinstance(name, str):
+            raise _LuaError("header name must be a string")
+        self._response_ops.append(("clear", name, None))
+
+    def _resp_set_headers(self, headers: Any = None) -> None:
+        if not isinstance(headers, Mapping):
+            raise _LuaError("headers must be a table")
+        for name, value in headers.items():
+            _validate_header(name, value)
+        for name, value in headers.items():
+            self._response_ops.append(("set", name, value))
+
+    def _check_exit_args(self, status: Any, minimum: int, headers: Any) -> None:
+        if not isinstance(status, int) or isinstance(status, bool):
+            raise _LuaError("code must be a number")
+        if not minimum <= status <= 599:
+            raise _LuaError(f"code must be a number between {minimum} and 599")
+        if headers is not None:
+            if not isinstance(headers, Mapping):
+                raise _LuaError("headers must be a nil or table")
+            for name, value in headers.items():
+                _validate_header(name, value)
+
+    def _response_exit(self, status: Any = None, body: Any = None, headers: Any = None) -> None:
+        self._check_exit_args(status, 100, headers)
+        if body is not None and not isinstance(body, str | Mapping | list):
+            raise _LuaError("body must be a nil, string or table")
+        self._exit("kong.response.exit", status, body, headers)
+        raise _EventEnded
+
+    def _response_error(self, status: Any = None, message: Any = None, headers: Any = None) -> None:
+        self._check_exit_args(status, 400, headers)
+        if isinstance(message, Mapping | list):
+            message = cjson_encode(message)
+        if message is not None and not isinstance(message, str):
+            raise _LuaError("message must be a nil, a string or a table")
+        headers = dict(headers or {})
+        content_type = headers.get("Content-Type")  # Kong looks up this exact key
+        if isinstance(content_type, list):
+            content_type = content_type[0]
+        if content_type is None:
+            content_type = _response_type(self.request_headers.to_lua().get("accept"))
+        headers["Content-Type"] = content_type
+        media = content_type.split(";", 1)[0].strip().lower()
+        template = _ERROR_TEMPLATES.get(media, _ERROR_TEMPLATES["application/json"])
+        text = message if message is not None else _HTTP_MESSAGES.get(
+            status, f"The upstream server responded with {status}"
+        )
+        self._exit("kong.response.error", status, template % (text, self.request.kong_request_id), headers)
+        raise _EventEnded
+
+    def _resp_status(self) -> int | None:
+        if self.saved is not None:
+            return self.saved["response_status"]
+        if self.phase not in _HEADER_BODY_LOG:
+            raise _LuaError(f"kong.response.get_status: function cannot be called in {self.phase} phase")
+        return self.outcome.client_status
+
+    def _resp_headers_now(self) -> Headers:
+        if self.saved is not None:
+            saved: Headers = self.saved["response_headers"]
+            return saved
+        if self.phase not in _HEADER_BODY_LOG:
+            raise _LuaError(f"kong.response.get_headers: function cannot be called in {self.phase} phase")
+        return self.client_response_headers()
+
+    def _resp_header(self, name: Any = None) -> str | None:
+        if not isinstance(name, str):
+            raise _LuaError("header name must be a string")
+        return self._resp_headers_now().get(name)
+
+    def _resp_headers(self, max_headers: Any = None) -> dict[str, Any] | None:
+        return fix_mmap(self._resp_headers_now().to_lua(_limit(max_headers, 100)))
+
+    def _resp_source(self) -> str:
+        if self.saved is None and self.phase not in _HEADER_BODY_LOG:
+            raise _LuaError(f"kong.response.get_source: function cannot be called in {self.phase} phase")
+        if self.unexpected:
+            return "error"
+        if self.exited:
+            return "exit"
+        return "service" if self.outcome.proxied else "error"
+
+    def _ctx_shared(self) -> dict[str, Any]:
+        return self.ctx_shared
+
+    def _ctx_shared_set(self, key: Any = None, value: Any = None) -> None:
+        self.ctx_shared[key] = value
+
+    def _ngx_ctx(self) -> dict[str, Any]:
+        return self.ngx_ctx
+
+    def _ngx_ctx_set(self, key: Any = None, value: Any = None) -> None:
+        self.ngx_ctx[key] = value
+
+    def _nginx_var(self, name: Any = None) -> str | None:
+        if not isinstance(name, str):
+            raise _LuaError("bad variable name")
+        req = self.request
+        if name in req.nginx_vars:
+            return req.nginx_vars[name]
+        if name.startswith("http_"):
+            return self.request_headers.joined(name[5:])
+        if name.startswith("upstream_http_"):
+            return self.upstream_headers.joined(name[14:]) if self.outcome.proxied else None
+        if name.startswith("arg_"):
+            for part in req.query.split("&"):
+                key, _, value = part.partition("=")
+                if key.lower() == name[4:].lower():
+                    return value
+            return None
+        table: dict[str, str | None] = {
+            "request_id": req.kong_request_id,
+            "kong_request_id": req.kong_request_id,
+            "remote_addr": req.forwarded_ip or req.client_ip,
+            "realip_remote_addr": req.client_ip,
+            "binary_remote_addr": None,
+            "host": self._host(),
+            "scheme": req.scheme,
+            "server_port": str(req.port),
+            "request_method": req.method.upper(),
+            "request_uri": self._path_with_query(),
+            "uri": _normalize_path(req.path),
+            "args": req.query or None,
+            "content_type": self.request_headers.get("content-type"),
+            "upstream_status": str(self.upstream_status) if self.upstream_status is not None else None,
+        }
+        return table.get(name)
+
+    def _logger(self, level: str) -> Callable[..., None]:
+        def log(*args: Any) -> None:
+            self.outcome.log_lines.append(LogLine(self.phase, level, "".join(_lua_tostring(a) for a in args)))
+
+        return log
+
+    def _set_serialize_value(self, key: Any = None, value: Any = None, _options: Any = None) -> None:
+        if not isinstance(key, str):
+            raise _LuaError("key must be a string")
+        self.outcome.serialize_values[key] = value
+
+    def serialize(self) -> dict[str, Any]:
+        """A subset of ``kong.log.serialize()`` (what a log plugin would ship)."""
+        req = self.request
+        data: dict[str, Any] = {
+            "request": {
+                "id": req.kong_request_id,
+                "method": req.method.upper(),
+                "uri": self._path_with_query(),
+                "url": f"{req.scheme}://{self._host()}:{req.port}{self._path_with_query()}",
+                "querystring": _parse_query(req.query, 100),
+                "headers": self.request_headers.to_lua(),
+                "size": len(req.body),
+            },
+            "response": {
+                "status": self.outcome.client_status,
+                "headers": self.client_response_headers().to_lua(),
+                "size": len(self.outcome.client_body),
+            },
+            "route": req.route,
+            "service": req.service,
+            "consumer": self.consumer,
+            "client_ip": req.client_ip,
+            "started_at": int(req.start_time * 1000),
+            "source": "error" if self.unexpected else "exit" if self.exited else "service",
+        }
+        for key, value in self.outcome.serialize_values.items():
+            target = data
+            *parents, last = key.split(".")
+            for part in parents:
+                target = target.setdefault(part, {})
+            target[last] = value
+        return data
+
+    def _log_serialize(self) -> str:
+        if self.saved is not None:
+            return cjson_encode(self.saved["serialize_data"])
+        if self.phase != "log":
+            raise _LuaError(f"kong.log.serialize: function cannot be called in {self.phase} phase")
+        return cjson_encode(self.serialize())
+
+
+def _limit(value: Any, default: int) -> int:
+    if value is None:
+        return default
+    if not isinstance(value, int) or not 1 <= value <= 1000:
+        raise _LuaError("max_args/max_headers must be a number between 1 and 1000")
+    return value
+
+
+def _parse_query(query: str, max_args: int) -> dict[str, Any]:
+    """``ngx.req.get_uri_args``: ``a=1&a=2&flag&empty=`` -> ``{a: [1, 2], flag: true, empty: ""}``."""
+    out: dict[str, Any] = {}
+    count = 0
+    for part in query.split("&"):
+        if not part or part.startswith("="):
+            continue
+        count += 1
+        if count > max_args:
+            break
+        if "=" in part:
+            raw_key, raw_value = part.split("=", 1)
+            key, value = unquote_plus(raw_key), unquote_plus(raw_value)
+        else:
+            key, value = unquote_plus(part), True
+        if key in out:
+            current = out[key]
+            out[key] = [*current, value] if isinstance(current, list) else [current, value]
+        else:
+            out[key] = value
+    return out
+
+
+_UNRESERVED = re.compile(r"%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
+
+
+def _normalize_path(path: str) -> str:
+    """kong.tools.uri.normalize: decode unreserved escapes, merge slashes, drop dot segments."""
+    path = _UNRESERVED.sub(lambda m: unquote(m.group(0)), path)
+    path = re.sub(r"%[0-9a-f]{2}", lambda m: m.group(0).upper(), path)
+    segments: list[str] = []
+    for seg in re.sub(r"/{2,}", "/", path).split("/"):
+        if seg == "..":
+            if len(segments) > 1:
+                segments.pop()
+        elif seg != ".":
+            segments.append(seg)
+    result = "/".join(segments)
+    if path.endswith(("/.", "/..")) and not result.endswith("/"):
+        result += "/"
+    return result or "/"
+
+
+def _response_type(accept: Any) -> str:
+    """kong.tools.utils.get_response_type: JSON unless the client prefers text or HTML."""
+    if isinstance(accept, list):
+        accept = accept[0] if accept else None
+    if isinstance(accept, str):
+        for media in (m.split(";", 1)[0].strip().lower() for m in accept.split(",")):
+            if media == "text/html":
+                return "text/html; charset=utf-8"
+            if media == "text/plain":
+                return "text/plain; charset=utf-8"
+            if media in ("application/json", "*/*"):
+                return _JSON_CT
+    return _JSON_CT
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kong's side
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _ConnectionPool:
+    """nginx's cosocket keepalive pool for the plugin server's socket (thread-safe, LIFO)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._idle: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.opened = 0
+
+    def get(self, timeout: float) -> socket.socket:
+        while True:
+            with self._lock:
+                sock = self._idle.pop() if self._idle else None
+            if sock is None:
+                break
+            if _idle_connection_alive(sock):
+                sock.settimeout(timeout)
+                return sock
+            sock.close()  # nginx drops keepalive connections the peer closed
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        with self._lock:
+            self.opened += 1
+        return sock
+
+    def put(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._idle.append(sock)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
+
+
+def _idle_connection_alive(sock: socket.socket) -> bool:
+    try:
+        sock.setblocking(False)
+        data = sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        try:
+            sock.setblocking(True)
+        except OSError:
+            pass
+    return False  # EOF, or stray bytes: unusable either way
+
+
+class KongSide:
+    """Kong's side of the plugin-server protocol for one plugin (one ``Rpc`` object of a Kong worker).
+
+    Thread-safe: many threads may run requests at once, as nginx runs many requests in a worker.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        plugin_info: PluginInfo,
+        *,
+        timeout: float = DEFAULT_READ_TIMEOUT,
+        node_id: str | None = None,
+        claim_wait: float = 10.0,
+    ) -> None:
+        self.socket_path = os.fspath(socket_path)
+        self.plugin_info = plugin_info
+        self.timeout = timeout
+        self.node_id = node_id or str(uuid.uuid4())
+        self.claim_wait = claim_wait  # plugin.lua's WAIT_TIME for an instance another request starts
+        self._pool = _ConnectionPool(self.socket_path)
+        self._msg_ids = itertools.count(1)
+        self._msg_lock = threading.Lock()
+        self._instances: dict[str, _InstanceInfo] = {}
+        self._instances_cond = threading.Condition()
+        self._started: list[StartedInstance] = []
+        self._closed_ids: list[int] = []
+        self.notifications: list[tuple[Any, Any]] = []
+
+    # -- wire ---------------------------------------------------------------------------------------------
+
+    def call(self, method: str, *args: Any, trace: Callable[[str], None] | None = None) -> Any:
+        """One MessagePack-RPC call on a pooled connection (Kong's ``Rpc:call``).
+
+        Raises :class:`KongRpcTimeout` when no answer comes within ``timeout``, :class:`KongRpcError` on a
+        connection failure or an error answer.
+        """
+        with self._msg_lock:
+            msg_id = next(self._msg_ids)
+        if trace is not None:
+            trace(method)
+        try:
+            sock = self._pool.get(self.timeout)
+        except OSError as exc:
+            raise KongRpcError(f"trying to connect: {exc}", method=method) from exc
+        payload = msgpack.packb([0, msg_id, method, list(args)], use_bin_type=True)
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        try:
+            sock.sendall(payload)
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise KongRpcError("no data (connection closed by the plugin server)", method=method)
+                unpacker.feed(chunk)
+                for message in unpacker:
+                    if message[0] == 2:  # notification [2, label, args]
+                        self.notifications.append((message[1], message[2]))
+                        continue
+                    if message[0] != 1 or message[1] != msg_id:
+                        raise KongRpcError(f"unexpected RPC message {message!r}", method=method)
+                    self._pool.put(sock)
+                    if message[2] is not None:
+                        raise KongRpcError(str(message[2]), method=method, remote=True)
+                    return message[3]
+        except TimeoutError as exc:
+            sock.close()
+            raise KongRpcTimeout(f"no data (timeout after {self.timeout}s)", method=method) from exc
+        except KongRpcError as exc:
+            if not exc.remote:
+                sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            raise KongRpcError(f"no data ({exc})", method=method) from exc
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._pool.close()
+
+    def __enter__(self) -> KongSide:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def connections_opened(self) -> int:
+        return self._pool.opened
+
+    # -- instances ----------------------------------------------------------------------------------------
+
+    def build_config(self, plugin: PluginConfig) -> dict[str, Any]:
+        """The table Kong JSON-encodes into ``StartInstance.Config``.
+
+        Every schema field (defaults filled, unset ones null) plus what Kong's plugins iterator adds. Keys
+        whose Lua value is nil (e.g. ``route_id`` of a plugin not bound to a route) are absent, as in cjson.
+        """
+        cfg = fill_schema(self.plugin_info.config_fields, plugin.config)
+        extra: dict[str, Any] = {
+            "route_id": plugin.route_id,
+            "service_id": plugin.service_id,
+            "consumer_id": plugin.consumer_id,
+            "plugin_instance_name": plugin.instance_name,
+            "__plugin_id": plugin.plugin_id,
+            "__key__": ":".join(
+                [
+                    "plugins",
+                    self.plugin_info.name,
+                    plugin.route_id or "",
+                    plugin.service_id or "",
+                    plugin.consumer_id or "",
+                    "",
+                    "00000000-0000-0000-0000-000000000000",
+                ]
+            ),
+            "__seq__": plugin.seq,
+        }
+        cfg.update({k: v for k, v in extra.items() if v is not None})
+        return cfg
+
+    @property
+    def started_instances(self) -> list[StartedInstance]:
+        with self._instances_cond:
+            return list(self._started)
+
+    @property
+    def closed_instance_ids(self) -> list[int]:
+        with self._instances_cond:
+            return list(self._closed_ids)
+
+    def cached_instance_id(self, plugin: PluginConfig) -> int | None:
+        with self._instances_cond:
+            info = self._instances.get(plugin.plugin_id)
+            return info.id if info is not None else None
+
+    def get_instance_id(self, plugin: PluginConfig, outcome: Outcome | None = None) -> int:
+        """plugin.lua's ``get_instance_id``: cached per plugin id, restarted when ``__seq__`` changes.
+
+        A failed StartInstance is a Lua ``error()`` in Kong (``_LuaError`` here); failing to claim an
+        instance another request is starting returns an error (``KongRpcError``).
+        """
+        key = plugin.plugin_id
+        deadline = time.monotonic() + self.claim_wait
+        with self._instances_cond:
+            info = self._instances.get(key)
+            while info is not None and info.id is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._instances.pop(key, None)
+                    raise KongRpcError(f"Could not claim instance_id for {self.plugin_info.name} (key: {key})")
+                self._instances_cond.wait(remaining)
+                info = self._instances.get(key)
+            if info is not None and info.id is not None and info.seq == plugin.seq:
+                return info.id
+            old_id = info.id if info is not None else None
+            if info is None:
+                info = _InstanceInfo(seq=plugin.seq, plugin_id=key)
+                self._instances[key] = info
+            else:
+                info.id = None
+        config_json = json.dumps(self.build_config(plugin))
+        if outcome is not None:
+            outcome.instance_calls.append("plugin.StartInstance")
+        try:
+            answer = self.call("plugin.StartInstance", {"Name": self.plugin_info.name, "Config": config_json})
+        except KongRpcError as exc:
+            with self._instances_cond:
+                if self._instances.get(key) is info:
+                    del self._instances[key]
+                self._instances_cond.notify_all()
+            raise _LuaError(f"starting instance: {exc}") from exc
+        with self._instances_cond:
+            info.id = int(answer["Id"])
+            info.seq = plugin.seq
+            self._started.append(StartedInstance(key, plugin.seq, info.id, config_json, answer))
+            self._instances_cond.notify_all()
+            new_id = info.id
+        if old_id is not None:
+            if outcome is not None:
+                outcome.instance_calls.append("plugin.CloseInstance")
+            try:
+                self.call("plugin.CloseInstance", old_id)
+                with self._instances_cond:
+                    self._closed_ids.append(old_id)
+            except KongRpcError:
+                pass  # Kong: "don't care if there's an error, maybe other thread closed it first"
+        return new_id
+
+    def reset_instances(self) -> None:
+        """plugin.lua's ``reset_instance``: forget EVERY instance of this plugin (not only the failing one)."""
+        with self._instances_cond:
+            self._instances.clear()
+            self._instances_cond.notify_all()
+
+    # -- events -------------------------------------------------------------------------------------------
+
+    def new_run(self, request: KongRequest) -> RequestRun:
+        return RequestRun(request, self.node_id)
+
+    def run_phase(self, plugin: PluginConfig, phase: str, request: KongRequest | RequestRun) -> Outcome:
+        """Run one phase's event as Kong does and return the request's (cumulative) outcome.
+
+        In ``rewrite``/``access``, an RPC failure raises :class:`KongWouldBypass`. ``log`` runs as Kong's
+        timer with saved data; its failures are only logged by Kong, so they land in ``outcome.errors``.
+        """
+        if phase not in self.plugin_info.phases:
+            raise ValueError(f"{self.plugin_info.name} has no {phase} phase (Phases: {self.plugin_info.phases})")
+        run = request if isinstance(request, RequestRun) else self.new_run(request)
+        out = run.outcome
+        run.phase = phase
+        out.phases_run.append(phase)
+        if phase == "log":
+            run.save_for_later()
+        try:
+            self._handle_event(plugin, phase, run, retried=False)
+        except _BypassError as exc:
+            if phase == "log":
+                out.errors.append(f"log timer: {exc.message}")
+            else:
+                raise KongWouldBypass(exc.message, phase=phase, outcome=out, cause=exc.cause) from exc.cause
+        finally:
+            run.saved = None
+        return out
+
+    def request(
+        self,
+        plugin: PluginConfig,
+        request: KongRequest,
+        upstream_status: int = 200,
+        upstream_headers: HeaderInput | None = None,
+        upstream_body: bytes = b"",
+    ) -> Outcome:
+        """A whole request: rewrite (global plugins only), access, upstream (if not exited), log.
+
+        Like Kong, the log phase runs for every request, also when the plugin (or a Lua error) answered it.
+        """
+        run = self.new_run(request)
+        phases = self.plugin_info.phases
+        if "rewrite" in phases and plugin.is_global:
+            self.run_phase(plugin, "rewrite", run)
+        if "access" in phases and not run.exited:
+            self.run_phase(plugin, "access", run)
+        if not run.exited:
+            run.proxy(upstream_status, upstream_headers, upstream_body)
+            if "response" in phases:
+                self.run_phase(plugin, "response", run)
+        if "log" in phases:
+            self.run_phase(plugin, "log", run)
+        return run.outcome
+
+    def _handle_event(self, plugin: PluginConfig, phase: str, run: RequestRun, retried: bool) -> None:
+        """mp_rpc.lua's ``Rpc:handle_event`` + ``bridge_loop``."""
+        out = run.outcome
+
+        def trace(method: str) -> None:
+            out.rpcs.append((phase, method))
+            out.round_trips += 1
+            out.round_trips_by_phase[phase] = out.round_trips_by_phase.get(phase, 0) + 1
+
+        try:
+            instance_id = self.get_instance_id(plugin, out)
+        except _LuaError as exc:
+            run._unexpected_error(f"{exc}")
+            return
+        except KongRpcError as exc:
+            raise _BypassError(exc.message, exc) from exc
+        try:
+            step_in = self.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": phase}, trace=trace)
+            event_id = step_in["EventId"]
+            out.event_ids[phase] = event_id
+            while step_in["Data"] != "ret":
+                data = step_in["Data"]
+                method = data["Method"]
+                args = data.get("Args") or []
+                try:
+                    result = run.call_pdk(method, list(args))
+                except _EventEnded:
+                    return  # coroutine.yield(): no further Step for this event
+                except _LuaError as exc:
+                    what = "log timer aborted" if phase == "log" else "lua error"
+                    run._unexpected_error(f"{what}: {exc}")
+                    return  # the Python handler is left waiting for an answer that never comes
+                if isinstance(result, str) and method.endswith("get_raw_body"):
+                    result = result.encode()  # fix_raw: raw bodies travel as msgpack binary
+                step_in = self.call(
+                    _STEP_METHOD.get(method, "plugin.Step"), {"EventId": event_id, "Data": result}, trace=trace
+                )
+        except KongRpcError as exc:
+            if "no plugin instance" in exc.message.lower():
+                self.reset_instances()
+                run.outcome.log_lines.append(LogLine(phase, "warn", exc.message))
+                if retried:
+                    raise _BypassError(f"{exc.message} (again after re-creating the instance)", exc) from exc
+                self._handle_event(plugin, phase, run, retried=True)
+                return
+            raise _BypassError(exc.message, exc) from exc
+
+
+class _BypassError(Exception):
+    def __init__(self, message: str, cause: BaseException | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cause = cause
