@@ -20,6 +20,7 @@ Public entry points: :class:`PluginServerProcess`, :func:`dump`, :class:`PluginI
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -88,7 +89,9 @@ class KongWouldBypass(Exception):
     Raised instead of returning an outcome, because for a gate this is a silent fail-open.
     """
 
-    def __init__(self, error: str, *, phase: str, outcome: Outcome, cause: BaseException | None = None) -> None:
+    def __init__(
+        self, error: str, *, phase: str, outcome: Outcome, cause: BaseException | None = None
+    ) -> None:
         super().__init__(f"Kong would proxy the request without the plugin ({phase} phase): {error}")
         self.error = error
         self.phase = phase
@@ -154,6 +157,8 @@ class PluginServerProcess:
         self.argv: list[str] = command
         self.prefix = Path(found_prefix)
         self.socket_path: str = str(self.prefix / found_socket)
+        if len(os.fsencode(self.socket_path)) > 107:  # sun_path limit: bind() would fail obscurely
+            raise ValueError(f"unix socket path too long ({len(self.socket_path)} bytes): {self.socket_path}")
         self.log_path = self.prefix / f"{found_socket}.log"
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -263,7 +268,8 @@ def dump(argv: Sequence[str], timeout: float = 10.0) -> list[dict[str, Any]]:
     """
     proc = subprocess.run([*argv, "--dump"], capture_output=True, timeout=timeout, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"query command failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}")
+        stderr = proc.stderr.decode(errors="replace")
+        raise RuntimeError(f"query command failed ({proc.returncode}): {stderr}")
     entries = json.loads(proc.stdout)
     if not isinstance(entries, list) or not entries:
         raise RuntimeError(f"query command did not print a non-empty JSON list: {proc.stdout!r}")
@@ -351,7 +357,9 @@ class PluginConfig:
         return self.route_id is None and self.service_id is None and self.consumer_id is None
 
 
-def fill_schema(fields: Sequence[Mapping[str, Any]], given: Mapping[str, Any], path: str = "config") -> dict:
+def fill_schema(
+    fields: Sequence[Mapping[str, Any]], given: Mapping[str, Any], path: str = "config"
+) -> dict[str, Any]:
     """Kong's schema processing of a config record: every field present, defaults filled, unset as null.
 
     Unknown and missing required fields raise ``ValueError`` (Kong would reject the config).
@@ -775,7 +783,7 @@ _ERROR_TEMPLATES = {
     "application/json": '{\n  "message":"%s",\n  "request_id":"%s"\n}',
     "text/plain": "%s\nrequest_id: %s\n",
     "text/html": (
-        "<!doctype html>\n<html>\n  <head>\n    <meta charset=\"utf-8\">\n    <title>Error</title>\n"
+        '<!doctype html>\n<html>\n  <head>\n    <meta charset="utf-8">\n    <title>Error</title>\n'
         "  </head>\n  <body>\n    <h1>Error</h1>\n    <p>%s.</p>\n    <p>request_id: %s</p>\n"
         "  </body>\n</html>\n"
     ),
@@ -890,19 +898,25 @@ class RequestRun:
         spec = self._methods.get(method)
         if spec is None:
             # Kong: kong.log.err("could not find pdk method: ", cmd) and answers nil.
-            self.outcome.errors.append(f"could not find pdk method: {method} (or not simulated by the harness)")
+            self.outcome.errors.append(
+                f"could not find pdk method: {method} (or not simulated by the harness)"
+            )
             return None
         if self.phase not in spec.phases:
             allowed = ", ".join(sorted(spec.phases))
             raise _LuaError(f"{method}: function cannot be called in {self.phase} phase (only in: {allowed})")
         if self.saved is not None and not spec.in_log_timer:
-            raise _LuaError(f"{method}: no request found (Kong runs the log phase in a timer with saved data)")
+            raise _LuaError(
+                f"{method}: no request found (Kong runs the log phase in a timer with saved data)"
+            )
         return spec.fn(*args)
 
     def _build_methods(self) -> dict[str, _PdkMethod]:
         m: dict[str, _PdkMethod] = {}
 
-        def reg(name: str, fn: Callable[..., Any], phases: frozenset[str] = _ANY, timer: bool = False) -> None:
+        def reg(
+            name: str, fn: Callable[..., Any], phases: frozenset[str] = _ANY, timer: bool = False
+        ) -> None:
             m[name] = _PdkMethod(fn, phases, timer)
 
         req = self.request
@@ -1096,15 +1110,18 @@ class RequestRun:
         headers["Content-Type"] = content_type
         media = content_type.split(";", 1)[0].strip().lower()
         template = _ERROR_TEMPLATES.get(media, _ERROR_TEMPLATES["application/json"])
-        text = message if message is not None else _HTTP_MESSAGES.get(
-            status, f"The upstream server responded with {status}"
+        text = (
+            message
+            if message is not None
+            else _HTTP_MESSAGES.get(status, f"The upstream server responded with {status}")
         )
         self._exit("kong.response.error", status, template % (text, self.request.kong_request_id), headers)
         raise _EventEnded
 
     def _resp_status(self) -> int | None:
         if self.saved is not None:
-            return self.saved["response_status"]
+            status: int | None = self.saved["response_status"]
+            return status
         if self.phase not in _HEADER_BODY_LOG:
             raise _LuaError(f"kong.response.get_status: function cannot be called in {self.phase} phase")
         return self.outcome.client_status
@@ -1245,6 +1262,7 @@ def _parse_query(query: str, max_args: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     count = 0
     for part in query.split("&"):
+        value: str | bool
         if not part or part.startswith("="):
             continue
         count += 1
@@ -1345,18 +1363,17 @@ class _ConnectionPool:
 
 
 def _idle_connection_alive(sock: socket.socket) -> bool:
+    """True when nothing is readable: no EOF from a dead server, no stray bytes."""
     try:
         sock.setblocking(False)
-        data = sock.recv(1, socket.MSG_PEEK)
+        sock.recv(1, socket.MSG_PEEK)
     except BlockingIOError:
         return True
     except OSError:
         return False
     finally:
-        try:
+        with contextlib.suppress(OSError):
             sock.setblocking(True)
-        except OSError:
-            pass
     return False  # EOF, or stray bytes: unusable either way
 
 
@@ -1509,7 +1526,8 @@ class KongSide:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._instances.pop(key, None)
-                    raise KongRpcError(f"Could not claim instance_id for {self.plugin_info.name} (key: {key})")
+                    name = self.plugin_info.name
+                    raise KongRpcError(f"Could not claim instance_id for {name} (key: {key})")
                 self._instances_cond.wait(remaining)
                 info = self._instances.get(key)
             if info is not None and info.id is not None and info.seq == plugin.seq:
@@ -1549,7 +1567,7 @@ class KongSide:
         return new_id
 
     def reset_instances(self) -> None:
-        """plugin.lua's ``reset_instance``: forget EVERY instance of this plugin (not only the failing one)."""
+        """plugin.lua's ``reset_instance``: forget EVERY instance of this plugin, not only the failing one."""
         with self._instances_cond:
             self._instances.clear()
             self._instances_cond.notify_all()
@@ -1566,7 +1584,8 @@ class KongSide:
         timer with saved data; its failures are only logged by Kong, so they land in ``outcome.errors``.
         """
         if phase not in self.plugin_info.phases:
-            raise ValueError(f"{self.plugin_info.name} has no {phase} phase (Phases: {self.plugin_info.phases})")
+            info = self.plugin_info
+            raise ValueError(f"{info.name} has no {phase} phase (Phases: {info.phases})")
         run = request if isinstance(request, RequestRun) else self.new_run(request)
         out = run.outcome
         run.phase = phase
@@ -1627,7 +1646,8 @@ class KongSide:
         except KongRpcError as exc:
             raise _BypassError(exc.message, exc) from exc
         try:
-            step_in = self.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": phase}, trace=trace)
+            event = {"InstanceId": instance_id, "EventName": phase}
+            step_in = self.call("plugin.HandleEvent", event, trace=trace)
             event_id = step_in["EventId"]
             out.event_ids[phase] = event_id
             while step_in["Data"] != "ret":
@@ -1644,9 +1664,8 @@ class KongSide:
                     return  # the Python handler is left waiting for an answer that never comes
                 if isinstance(result, str) and method.endswith("get_raw_body"):
                     result = result.encode()  # fix_raw: raw bodies travel as msgpack binary
-                step_in = self.call(
-                    _STEP_METHOD.get(method, "plugin.Step"), {"EventId": event_id, "Data": result}, trace=trace
-                )
+                step_method = _STEP_METHOD.get(method, "plugin.Step")
+                step_in = self.call(step_method, {"EventId": event_id, "Data": result}, trace=trace)
         except KongRpcError as exc:
             if "no plugin instance" in exc.message.lower():
                 self.reset_instances()

@@ -9,20 +9,21 @@ A failed call raises ``StoreError`` and its outcome is unknown; the ledger tells
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from creditgate.core.config import RedisSettings
 from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.model import Plan, Status, Subscription
 from creditgate.core.periods import Period
 from creditgate.errors import StoreError, StoreTimeout
 from creditgate.store.keys import Keys
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 USAGE_TTL_SECONDS = 400 * 86_400
 DEFAULT_LEDGER_RETENTION = 10_000
@@ -131,6 +132,32 @@ class LedgerEntry:
         return int(self.fields.get("amount", "0"))
 
 
+def _account_state(account: str, reply: Any) -> AccountState:
+    """Decode an account's hash (HGETALL's reply)."""
+    raw = {_text(k): _text(v) for k, v in reply.items()}
+
+    def number(name: str) -> int:
+        return int(raw.get(name) or 0)
+
+    return AccountState(
+        account=account,
+        plan=raw.get("plan", ""),
+        status=raw.get("status", ""),
+        starts_at=number("starts_at"),
+        anchor=number("anchor"),
+        expires_at=number("expires_at"),
+        period=raw.get("period", Period.NONE.value),
+        allowance=number("allowance"),
+        prepaid=raw.get("prepaid") == "1",
+        balance=number("balance"),
+        used=number("used"),
+        period_start=number("period_start"),
+        period_end=number("period_end"),
+        ledger_base=number("ledger_base"),
+        exists=bool(raw),
+    )
+
+
 class RedisStore:
     """credit-gate's data in one Redis (or Redis Cluster) database, under one key prefix."""
 
@@ -142,6 +169,8 @@ class RedisStore:
         self._subscribe = client.register_script(_script_source("subscribe"))
         self._plan_terms = client.register_script(_script_source("plan_terms"))
         self._set_status = client.register_script(_script_source("set_status"))
+        self._change_plan = client.register_script(_script_source("change_plan"))
+        self._import_row = client.register_script(_script_source("import_row"))
 
     @classmethod
     def from_settings(cls, settings: RedisSettings, prefix: str = "credit-gate") -> RedisStore:
@@ -278,28 +307,7 @@ class RedisStore:
     # Reads.
 
     def account_state(self, account: str) -> AccountState:
-        raw = {_text(k): _text(v) for k, v in self._run("HGETALL", self.keys.account(account).state).items()}
-
-        def number(name: str) -> int:
-            return int(raw.get(name) or 0)
-
-        return AccountState(
-            account=account,
-            plan=raw.get("plan", ""),
-            status=raw.get("status", ""),
-            starts_at=number("starts_at"),
-            anchor=number("anchor"),
-            expires_at=number("expires_at"),
-            period=raw.get("period", Period.NONE.value),
-            allowance=number("allowance"),
-            prepaid=raw.get("prepaid") == "1",
-            balance=number("balance"),
-            used=number("used"),
-            period_start=number("period_start"),
-            period_end=number("period_end"),
-            ledger_base=number("ledger_base"),
-            exists=bool(raw),
-        )
+        return _account_state(account, self._run("HGETALL", self.keys.account(account).state))
 
     def ledger(
         self, account: str, start: str = "-", end: str = "+", batch: int = 1000
@@ -318,3 +326,124 @@ class RedisStore:
     def usage(self, account: str, day_epoch: int) -> dict[str, int]:
         raw = self._run("HGETALL", self.keys.account(account).usage(day_epoch))
         return {_text(k): int(v) for k, v in raw.items()}
+
+    # Operators' views and bulk writes. Reads that span many keys go in one pipeline per batch.
+
+    def _pipeline(self, fill: Callable[[Any], None], *, transaction: bool = False) -> list[Any]:
+        try:
+            pipe = self.client.pipeline(transaction=transaction)
+            fill(pipe)
+            return list(pipe.execute())
+        except redis.exceptions.TimeoutError as error:
+            raise StoreTimeout(f"Redis did not answer in time: {error}") from error
+        except (redis.exceptions.RedisError, OSError) as error:
+            raise StoreError(f"Redis failed: {error}") from error
+
+    def account_states(self, accounts: Sequence[str]) -> list[AccountState]:
+        """Many accounts' hashes in one round trip."""
+
+        def fill(pipe: Any) -> None:
+            for account in accounts:
+                pipe.hgetall(self.keys.account(account).state)
+
+        return [_account_state(a, reply) for a, reply in zip(accounts, self._pipeline(fill), strict=True)]
+
+    def ledger_snapshot(self, account: str) -> tuple[AccountState, list[LedgerEntry]]:
+        """The account's hash and whole ledger read in one MULTI, so a concurrent charge cannot fall between
+        them: the two agree exactly (the ledger is bounded by the retention)."""
+        keys = self.keys.account(account)
+
+        def fill(pipe: Any) -> None:
+            pipe.hgetall(keys.state)
+            pipe.xrange(keys.ledger, "-", "+")
+
+        state, entries = self._pipeline(fill, transaction=True)
+        return _account_state(account, state), [_ledger_entry(account, e) for e in entries]
+
+    def ledger_tail(self, account: str, count: int, start: str = "-", end: str = "+") -> list[LedgerEntry]:
+        """The newest ``count`` entries between two stream ids, oldest first."""
+        entries = self._run("XREVRANGE", self.keys.account(account).ledger, end, start, "COUNT", count)
+        return [_ledger_entry(account, e) for e in reversed(entries)]
+
+    def usage_days(self, account: str, days: Sequence[int]) -> list[dict[str, int]]:
+        """The usage counters of each UTC day (any instant of the day), in one round trip."""
+        keys = self.keys.account(account)
+
+        def fill(pipe: Any) -> None:
+            for day in days:
+                pipe.hgetall(keys.usage(day))
+
+        return [{_text(k): int(v) for k, v in reply.items()} for reply in self._pipeline(fill)]
+
+    def change_plan(self, account: str, plan: Plan) -> str:
+        """Move a subscribed account to ``plan``; returns the previous plan, or "" for no subscription."""
+        previous = _text(
+            self._call(
+                self._change_plan,
+                [self.keys.account(account).state],
+                [plan.name, plan.period.value, plan.allowance, "1" if plan.prepaid else "0"],
+            )
+        )
+        if previous:
+            if previous != plan.name:
+                self._run("SREM", self.keys.plan_accounts(previous), account)
+            self._run("SADD", self.keys.plan_accounts(plan.name), account)
+        return previous
+
+    def import_row(
+        self,
+        account: str,
+        subscription: tuple[Subscription, Plan] | None,
+        grant: int,
+        *,
+        key: str,
+        note: str,
+        now: int,
+        ledger_retention: int = DEFAULT_LEDGER_RETENTION,
+    ) -> ImportOutcome:
+        """One import row (a subscription and an opening grant) in one script: applied wholly or not at all."""
+        keys = self.keys.account(account)
+        if subscription is None:
+            terms: list[Any] = ["", "", 0, 0, 0, "", 0, "0"]
+        else:
+            sub, plan = subscription
+            terms = [
+                plan.name,
+                sub.status.value,
+                sub.starts_at,
+                sub.anchor,
+                sub.expires_at or 0,
+                plan.period.value,
+                plan.allowance,
+                "1" if plan.prepaid else "0",
+            ]
+        previous, outcome, balance, ledger_id = self._call(
+            self._import_row,
+            [keys.state, keys.ledger, keys.idempotency],
+            [*terms, grant, key, note, now, ledger_retention],
+        )
+        # The index sets live on other Cluster slots, so they are kept outside the script; running the
+        # row again repairs them if this process dies in between.
+        previous_plan = _text(previous)
+        if subscription is not None:
+            plan_name = subscription[1].name
+            if previous_plan and previous_plan != plan_name:
+                self._run("SREM", self.keys.plan_accounts(previous_plan), account)
+            self._run("SADD", self.keys.plan_accounts(plan_name), account)
+        self._run("SADD", self.keys.accounts, account)
+        return ImportOutcome(previous_plan, int(outcome), int(balance), _text(ledger_id))
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    """What import_row.lua did: ``grant`` is 1 applied, 0 already applied under that key, 2 no grant."""
+
+    previous_plan: str
+    grant: int
+    balance: int
+    ledger_id: str
+
+
+def _ledger_entry(account: str, entry: Any) -> LedgerEntry:
+    entry_id, fields = entry
+    return LedgerEntry(account, _text(entry_id), {_text(k): _text(v) for k, v in fields.items()})

@@ -1,0 +1,53 @@
+"""What a native Kong install needs to run credit-gate's plugin server, as kong.conf lines or KONG_* variables.
+
+Kong starts one dedicated server per external plugin (``pluginserver_names``) and finds it by the
+socket under its prefix; the names of the settings are Kong's (``kong/templates/kong_defaults.lua``),
+with the server's name lower-cased and ``-`` written ``_``.
+"""
+
+from __future__ import annotations
+
+PLUGIN_NAME = "credit-gate"
+SERVER_COMMAND = "credit-gate-pluginserver"
+SOCKET_NAME = f"{PLUGIN_NAME}.sock"
+
+
+def start_command(prefix: str) -> str:
+    """The command Kong runs to start the plugin server: the one place its flags are put together."""
+    return f"{SERVER_COMMAND} --kong-prefix {prefix} --socket-name {SOCKET_NAME}"
+
+
+def query_command() -> str:
+    return f"{SERVER_COMMAND} --dump"
+
+
+def settings(prefix: str = "/usr/local/kong") -> list[tuple[str, str]]:
+    """The kong.conf settings, in the order an operator would write them."""
+    prefix = prefix.rstrip("/") or "/"
+    server = PLUGIN_NAME.replace("-", "_")
+    socket = f"{prefix}/{SOCKET_NAME}" if prefix != "/" else f"/{SOCKET_NAME}"
+    return [
+        ("plugins", f"bundled,{PLUGIN_NAME}"),
+        ("pluginserver_names", PLUGIN_NAME),
+        (f"pluginserver_{server}_socket", socket),
+        (f"pluginserver_{server}_start_cmd", start_command(prefix)),
+        (f"pluginserver_{server}_query_cmd", query_command()),
+    ]
+
+
+def kong_conf(prefix: str = "/usr/local/kong", env: bool = False) -> str:
+    """kong.conf lines (``name = value``) or, with ``env``, ``KONG_NAME=value`` lines for a shell or a unit."""
+    lines = []
+    for name, value in settings(prefix):
+        if env:
+            lines.append(f"KONG_{name.upper()}={_shell_quote(value)}")
+        else:
+            lines.append(f"{name} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _shell_quote(value: str) -> str:
+    """Single-quote a value that a shell would otherwise split, so the lines can be sourced as they are."""
+    if value and all(ch.isalnum() or ch in "-_./,:=@" for ch in value):
+        return value
+    return "'" + value.replace("'", "'\\''") + "'"

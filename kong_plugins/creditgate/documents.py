@@ -1,0 +1,97 @@
+"""Plan files: YAML or JSON, checked against ``schemas/plan.schema.json`` before anything is written.
+
+A file holds one plan, a list of plans, or ``{"plans": [...]}``. Every error names the file, the plan
+(by name, or by position when the name itself is wrong) and the field, so an operator can go straight
+to the line to fix. Either every plan in a file is valid and applied, or none is.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from creditgate.core.model import Plan
+from creditgate.errors import InvalidDocument
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    """One of the JSON Schemas shipped in the package (the same files as the repository's ``schemas/``)."""
+    text = (resources.files("creditgate") / "schemas" / f"{name}.schema.json").read_text()
+    document: dict[str, Any] = json.loads(text)
+    return document
+
+
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    document = schema(name)
+    cls = jsonschema.validators.validator_for(document)
+    return cls(document, format_checker=cls.FORMAT_CHECKER)
+
+
+def _pointer(path: Any) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def read_document(path: Path) -> Any:
+    """The parsed content of a YAML or JSON file (YAML is a superset of JSON; ``.json`` is parsed as JSON)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InvalidDocument(f"cannot read the file: {error.strerror or error}", str(path)) from None
+    except UnicodeDecodeError:
+        raise InvalidDocument("is not UTF-8 text", str(path)) from None
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        raise InvalidDocument(f"is not valid JSON: {error.msg} at line {error.lineno}", str(path)) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "syntax error"
+        raise InvalidDocument(f"is not valid YAML: {problem}{where}", str(path)) from None
+
+
+def plan_documents(content: Any, source: str) -> list[Any]:
+    if isinstance(content, dict) and set(content) == {"plans"}:
+        content = content["plans"]
+    if isinstance(content, dict):
+        return [content]
+    if isinstance(content, list) and content:
+        return content
+    raise InvalidDocument("must hold a plan, a list of plans, or {plans: [...]}", source)
+
+
+def parse_plans(content: Any, source: str) -> list[Plan]:
+    """Plans from parsed content, each checked against the plan schema and the core's rules."""
+    validator = _validator("plan")
+    plans: list[Plan] = []
+    seen: set[str] = set()
+    for index, document in enumerate(plan_documents(content, source)):
+        name = document.get("name") if isinstance(document, dict) else None
+        label = f"plan '{name}'" if isinstance(name, str) and name else f"plan #{index + 1}"
+        errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+        if errors:
+            error = errors[0]
+            field = _pointer(error.absolute_path) or "(the plan)"
+            raise InvalidDocument(f"{error.message}", f"{source}: {label}: {field}")
+        try:
+            plan = Plan.from_document(document)
+        except InvalidDocument as error:
+            raise InvalidDocument(str(error), f"{source}: {label}") from None
+        if plan.name in seen:
+            raise InvalidDocument("is defined twice in the file", f"{source}: {label}")
+        seen.add(plan.name)
+        plans.append(plan)
+    return plans
+
+
+def load_plans(path: Path) -> list[Plan]:
+    return parse_plans(read_document(path), str(path))

@@ -1,0 +1,23 @@
+-- change_plan.lua: move a subscribed account to another plan, keeping its status, times and balance.
+--
+-- KEYS[1]  the account's hash
+-- ARGV[1]  the new plan's name
+-- ARGV[2]  the new plan's period: "day", "week", "month" or "none"
+-- ARGV[3]  the new plan's allowance per period: credits
+-- ARGV[4]  the new plan's prepaid flag: "1" or "0"
+--
+-- Read and written in one script, so that a status change or a charge in between is never undone.
+-- As in subscribe.lua, the period's usage is kept (switching plans back and forth gains no allowance)
+-- unless the period's length changes. Returns the previous plan name, or "" when the account has no
+-- subscription (nothing is written).
+
+local account_key = KEYS[1]
+local current = redis.call('HMGET', account_key, 'plan', 'period')
+if not current[1] or current[1] == '' then
+  return ''
+end
+redis.call('HSET', account_key, 'plan', ARGV[1], 'period', ARGV[2], 'allowance', ARGV[3], 'prepaid', ARGV[4])
+if current[2] ~= ARGV[2] then
+  redis.call('HSET', account_key, 'used', 0, 'period_start', 0, 'period_end', 0)
+end
+return current[1]

@@ -1,0 +1,62 @@
+-- import_row.lua: apply one row of a bulk import (a subscription and an opening grant), all or nothing.
+--
+-- KEYS[1]  the account's hash
+-- KEYS[2]  the account's ledger stream
+-- KEYS[3]  the account's idempotency hash (key -> ledger id of the change it made)
+-- ARGV[1]  plan name, or "" to leave the subscription as it is
+-- ARGV[2]  status
+-- ARGV[3]  starts_at: Unix seconds
+-- ARGV[4]  anchor: Unix seconds
+-- ARGV[5]  expires_at: Unix seconds, 0 for none
+-- ARGV[6]  the plan's period: "day", "week", "month" or "none"
+-- ARGV[7]  the plan's allowance per period: credits
+-- ARGV[8]  the plan's prepaid flag: "1" or "0"
+-- ARGV[9]  grant: credits to add, integer >= 0 (0: no grant)
+-- ARGV[10] the grant's idempotency key (required when the grant is > 0)
+-- ARGV[11] the grant's note
+-- ARGV[12] now: Unix seconds
+-- ARGV[13] ledger retention: entries kept per account
+--
+-- Returns {previous plan or "", grant outcome, balance, ledger id}: grant outcome 1 = applied, 0 = the
+-- key was already applied (nothing granted, the ledger id is the first application's), 2 = no grant.
+--
+-- The subscription is written as subscribe.lua writes it and the grant as credit.lua writes it; one
+-- script makes the row atomic, so a row is either wholly applied or not at all, and running the same
+-- file again changes nothing (the same values, the same key).
+
+local account_key, ledger_key, keys_key = KEYS[1], KEYS[2], KEYS[3]
+local plan = ARGV[1]
+local amount = tonumber(ARGV[9])
+local key = ARGV[10]
+local note = ARGV[11]
+local now = tonumber(ARGV[12])
+local retention = tonumber(ARGV[13])
+
+local previous = ''
+if plan ~= '' then
+  local current = redis.call('HMGET', account_key, 'plan', 'anchor', 'period')
+  previous = current[1] or ''
+  redis.call('HSET', account_key,
+    'plan', plan, 'status', ARGV[2], 'starts_at', ARGV[3], 'anchor', ARGV[4], 'expires_at', ARGV[5],
+    'period', ARGV[6], 'allowance', ARGV[7], 'prepaid', ARGV[8])
+  if current[2] ~= ARGV[4] or current[3] ~= ARGV[6] then
+    redis.call('HSET', account_key, 'used', 0, 'period_start', 0, 'period_end', 0)
+  end
+end
+
+local balance = tonumber(redis.call('HGET', account_key, 'balance')) or 0
+if amount <= 0 then
+  return {previous, 2, balance, ''}
+end
+local first = redis.call('HGET', keys_key, key)
+if first then
+  return {previous, 0, balance, first}
+end
+balance = redis.call('HINCRBY', account_key, 'balance', fmt(amount))
+local fields = {'kind', 'grant', 'amount', fmt(amount), 'balance', fmt(balance), 'at', fmt(now), 'key', key}
+if note ~= '' then
+  table.insert(fields, 'note'); table.insert(fields, note)
+end
+local id = ledger_append(account_key, ledger_key, retention, fields)
+redis.call('HSET', keys_key, key, id)
+return {previous, 1, balance, id}
