@@ -59,3 +59,6 @@ def clock() -> Clock:
 @pytest.fixture
 def admin(store: RedisStore, clock: Clock) -> Admin:
     return Admin(store, clock=clock)
+
+
+from tests.gate_fixtures import kong, plugin_info, plugin_server  # noqa: E402, F401  (shared fixtures)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
 import redis
 from creditgate.admin import Admin
 from creditgate.core.decision import Reason
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period, window_at
+from creditgate.errors import StoreTimeout
 from creditgate.store.redis_store import RedisStore, _script_source
 
 from tests.conftest import Clock
@@ -243,3 +245,13 @@ def test_account_names_cannot_escape_their_hash_tag(admin: Admin, store: RedisSt
     assert store.charge("a}b:{c}%", 5, now=T0 + 1).allowed
     assert store.account_state("a").balance == 1
     assert store.keys.account("a}b:{c}%").state.count("{") == 1
+
+
+def test_a_charge_that_runs_after_its_deadline_applies_nothing(admin: Admin, store: RedisStore) -> None:
+    seed(admin, balance=10)
+    store.charge("acme", 1, now=T0 + 1)  # learns the offset to Redis's clock
+    store.charge_budget_ms = 100
+    store.clock.offset_ms = -10**9  # as if the charge reached Redis ten days after the caller gave up
+    with pytest.raises(StoreTimeout):
+        store.charge("acme", 1, now=T0 + 2)
+    assert store.account_state("acme").balance == 9

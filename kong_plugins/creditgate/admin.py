@@ -1,25 +1,164 @@
-"""The operators' Python API: plans, subscriptions and credits.
+"""The operators' Python API: plans, subscriptions, credits, the ledger and usage.
 
 This is what a billing integration imports, and what the ``credit-gate`` CLI is a thin layer over.
 Every method validates its input before touching Redis and raises a ``CreditGateError`` subclass with
-a message an operator can act on.
+a message an operator can act on. Times are Unix seconds; credits are integers.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from creditgate.core.config import RedisSettings
-from creditgate.core.model import Plan, Status, Subscription, check_account, credits
-from creditgate.errors import Conflict, InvalidDocument, NotFound
+from creditgate.core.config import KEY_PREFIX, RedisSettings
+from creditgate.core.inputs import format_instant
+from creditgate.core.model import Plan, Status, Subscription, check_account, check_plan_name, credits
+from creditgate.core.periods import DAY_SECONDS, Period, window_at
+from creditgate.errors import ConfigError, Conflict, InvalidDocument, NotFound
 from creditgate.store.redis_store import (
     DEFAULT_LEDGER_RETENTION,
+    USAGE_TTL_SECONDS,
     AccountState,
     CreditResult,
+    ImportOutcome,
     InsufficientBalance,
+    LedgerEntry,
     RedisStore,
 )
+
+MAX_USAGE_DAYS = USAGE_TTL_SECONDS // DAY_SECONDS
+USAGE_FIELDS = ("requests", "credits", "refused")
+
+
+@dataclass(frozen=True)
+class AccountView:
+    """An account as a charge made now would see it: the current period is worked out here, because the
+    charge script rolls a period over only on the first request after it ends."""
+
+    account: str
+    plan: str
+    status: str
+    starts_at: int
+    anchor: int
+    expires_at: int
+    period: str
+    allowance: int
+    used: int
+    remaining: int
+    period_start: int
+    period_end: int
+    prepaid: bool
+    balance: int
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self.plan)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "balance": self.balance,
+            "subscription": {
+                "plan": self.plan,
+                "status": self.status,
+                "starts_at": format_instant(self.starts_at),
+                "anchor": format_instant(self.anchor),
+                "expires_at": format_instant(self.expires_at),
+            }
+            if self.subscribed
+            else None,
+            "period": {
+                "length": self.period,
+                "start": format_instant(self.period_start),
+                "end": format_instant(self.period_end),
+                "allowance": self.allowance,
+                "used": self.used,
+                "remaining": self.remaining,
+                "prepaid": self.prepaid,
+            }
+            if self.subscribed
+            else None,
+        }
+
+
+def account_view(state: AccountState, now: int) -> AccountView:
+    used, start, end = state.used, state.period_start, state.period_end
+    try:
+        period = Period(state.period)
+    except ValueError:
+        period = Period.NONE
+    if state.plan and period is not Period.NONE and (end == 0 or now >= end or now < start):
+        window = window_at(period, state.anchor, now)
+        used, start, end = 0, window.start, window.end
+    elif period is Period.NONE:
+        start, end = state.anchor, 0
+    return AccountView(
+        account=state.account,
+        plan=state.plan,
+        status=state.status,
+        starts_at=state.starts_at,
+        anchor=state.anchor,
+        expires_at=state.expires_at,
+        period=period.value,
+        allowance=state.allowance,
+        used=used,
+        remaining=max(state.allowance - used, 0),
+        period_start=start,
+        period_end=end,
+        prepaid=state.prepaid,
+        balance=state.balance,
+    )
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """Whether replaying an account's ledger gives its balance: ``ledger_base`` (what retention folded
+    away) plus every remaining entry's amount."""
+
+    account: str
+    balance: int
+    ledger_base: int
+    entries: int
+    replayed: int
+
+    @property
+    def ok(self) -> bool:
+        return self.replayed == self.balance
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One account's use of one route on one UTC day (``day`` is YYYY-MM-DD)."""
+
+    day: str
+    account: str
+    route: str
+    requests: int
+    credits: int
+    refused: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "day": self.day,
+            "account": self.account,
+            "route": self.route,
+            "requests": self.requests,
+            "credits": self.credits,
+            "refused": self.refused,
+        }
+
+
+def stream_bound(epoch: int | None, *, end: bool) -> str:
+    """The stream id bound for "recorded at or after ``epoch``" (start) or "before ``epoch``" (end).
+
+    Stream ids are the milliseconds at which Redis appended the entry, so ranges are exact and an
+    export resumed from the previous ``until`` neither skips nor repeats an entry.
+    """
+    if epoch is None:
+        return "+" if end else "-"
+    return str(epoch * 1000 - 1) if end else str(epoch * 1000)
 
 
 class Admin:
@@ -37,8 +176,23 @@ class Admin:
         self.clock = clock
 
     @classmethod
-    def connect(cls, settings: RedisSettings, prefix: str = "credit-gate", **options: object) -> Admin:
-        return cls(RedisStore.from_settings(settings, prefix), **options)  # type: ignore[arg-type]
+    def connect(
+        cls,
+        settings: RedisSettings,
+        prefix: str = "credit-gate",
+        *,
+        ledger_retention: int = DEFAULT_LEDGER_RETENTION,
+        clock: Callable[[], float] = time.time,
+    ) -> Admin:
+        """An Admin on a new client; ``prefix`` and ``ledger_retention`` must match the plugin's config."""
+        if not KEY_PREFIX.match(prefix):
+            raise ConfigError(
+                f"key prefix must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', ':', '-', got {prefix!r}"
+            )
+        return cls(RedisStore.from_settings(settings, prefix), ledger_retention=ledger_retention, clock=clock)
+
+    def close(self) -> None:
+        self.store.close()
 
     def now(self) -> int:
         return int(self.clock())
@@ -54,6 +208,7 @@ class Admin:
         return [a for a in self.store.plan_accounts(plan.name) if self.store.sync_plan_terms(plan, a)]
 
     def plan(self, name: str) -> Plan:
+        check_plan_name(name, "plan")
         plan = self.store.get_plan(name)
         if plan is None:
             raise NotFound(f"no plan named '{name}'; `credit-gate plans list` shows the plans")
@@ -62,9 +217,19 @@ class Admin:
     def plans(self) -> list[Plan]:
         return [p for p in (self.store.get_plan(n) for n in self.store.plan_names()) if p is not None]
 
+    def plan_subscribers(self, name: str) -> list[str]:
+        """Accounts currently subscribed to the plan (the index set, checked against each account)."""
+        accounts = self.store.plan_accounts(name)
+        return [s.account for s in self.store.account_states(accounts) if s.plan == name]
+
     def delete_plan(self, name: str, *, force: bool = False) -> None:
+        """Delete a plan; refused while accounts are subscribed to it, unless forced.
+
+        A forced deletion leaves those accounts on the plan's last terms (they are copied into each
+        account), so they go on being charged as before; apply the plan again to change them.
+        """
         self.plan(name)
-        subscribed = [a for a in self.store.plan_accounts(name) if self.store.account_state(a).plan == name]
+        subscribed = self.plan_subscribers(name)
         if subscribed and not force:
             raise Conflict(
                 f"plan '{name}' is used by {len(subscribed)} account(s) (e.g. {subscribed[0]}); "
@@ -72,7 +237,7 @@ class Admin:
             )
         self.store.delete_plan(name)
 
-    # Subscriptions
+    # Accounts and subscriptions
 
     def subscribe(
         self,
@@ -98,6 +263,16 @@ class Admin:
         self.store.subscribe(subscription, plan)
         return subscription
 
+    def change_plan(self, account: str, plan_name: str) -> str:
+        """Move a subscribed account to another plan, keeping its status, start, anchor, expiry and
+        balance; returns the previous plan."""
+        check_account(account)
+        plan = self.plan(plan_name)
+        previous = self.store.change_plan(account, plan)
+        if not previous:
+            raise NotFound(f"account '{account}' has no subscription; subscribe it to a plan first")
+        return previous
+
     def set_status(self, account: str, status: Status) -> str:
         check_account(account)
         previous = self.store.set_status(account, status)
@@ -109,15 +284,38 @@ class Admin:
         check_account(account)
         state = self.store.account_state(account)
         if not state.exists:
-            raise NotFound(f"no account named '{account}'")
+            raise NotFound(f"no account named '{account}'; `credit-gate accounts` lists the accounts")
         return state
+
+    def view(self, account: str) -> AccountView:
+        """Balance, the current period's allowance (used, left, end) and the subscription."""
+        return account_view(self.account(account), self.now())
+
+    def accounts(self, batch: int = 500) -> list[AccountView]:
+        names = self.store.account_names()
+        now = self.now()
+        views: list[AccountView] = []
+        for i in range(0, len(names), batch):
+            views += [account_view(s, now) for s in self.store.account_states(names[i : i + batch]) if s.exists]
+        return views
 
     # Credits
 
-    def grant(self, account: str, amount: int, *, note: str = "", idempotency_key: str = "") -> CreditResult:
-        """Top up a balance. The same idempotency key counts once, however often it is retried."""
+    def grant(
+        self,
+        account: str,
+        amount: int,
+        *,
+        note: str = "",
+        idempotency_key: str = "",
+        create: bool = True,
+    ) -> CreditResult:
+        """Top up a balance. The same idempotency key counts once, however often it is retried, also
+        when the retries race. ``create=False`` refuses an account that does not exist yet (a typo)."""
         check_account(account)
         credits(amount, "amount", minimum=1)
+        if not create:
+            self.account(account)
         result = self.store.credit(
             account,
             "grant",
@@ -136,6 +334,7 @@ class Admin:
         """Take credits away; refused, with nothing changed, if the balance would go below zero."""
         check_account(account)
         credits(amount, "amount", minimum=1)
+        self.account(account)
         try:
             return self.store.credit(
                 account,
@@ -148,8 +347,149 @@ class Admin:
             )
         except InsufficientBalance as error:
             raise Conflict(
-                f"account '{account}' has {error.balance} credits; cannot take away {amount}"
+                f"account '{account}' has {error.balance} credits; cannot take away {amount} "
+                "(the balance never goes below zero)"
             ) from None
 
+    # The ledger
 
-__all__ = ["Admin", "InvalidDocument"]
+    def ledger(
+        self, account: str, *, since: int | None = None, until: int | None = None, limit: int = 50
+    ) -> list[LedgerEntry]:
+        """The newest ``limit`` entries recorded in ``[since, until)``, oldest first."""
+        self.account(account)
+        if limit < 1:
+            raise InvalidDocument("must be at least 1", "limit")
+        return self.store.ledger_tail(
+            account, limit, stream_bound(since, end=False), stream_bound(until, end=True)
+        )
+
+    def ledger_entries(
+        self,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        accounts: Sequence[str] | None = None,
+    ) -> Iterator[LedgerEntry]:
+        """Every entry recorded in ``[since, until)``, account by account, each account's oldest first.
+
+        Read in batches, so an export of any size runs in constant memory.
+        """
+        if since is not None and until is not None and until <= since:
+            raise InvalidDocument("must be after since", "until")
+        names = list(accounts) if accounts else self.store.account_names()
+        for account in names:
+            check_account(account)
+            yield from self.store.ledger(
+                account, stream_bound(since, end=False), stream_bound(until, end=True)
+            )
+
+    def verify_ledger(self, account: str) -> LedgerCheck:
+        """Replay an account's ledger against its balance, from one consistent snapshot."""
+        check_account(account)
+        state, entries = self.store.ledger_snapshot(account)
+        if not state.exists:
+            raise NotFound(f"no account named '{account}'; `credit-gate accounts` lists the accounts")
+        replayed = state.ledger_base + sum(e.amount for e in entries)
+        return LedgerCheck(account, state.balance, state.ledger_base, len(entries), replayed)
+
+    # Usage
+
+    def usage(
+        self, *, since: int, until: int, accounts: Iterable[str] | None = None
+    ) -> list[UsageRow]:
+        """Requests, credits and refusals per account, route and UTC day, for the days that overlap
+        ``[since, until)``, from the counters the charge script keeps (the ledger is never scanned)."""
+        if until <= since:
+            raise InvalidDocument("must be after since", "until")
+        first = since - since % DAY_SECONDS
+        days = list(range(first, until, DAY_SECONDS))
+        if len(days) > MAX_USAGE_DAYS:
+            raise InvalidDocument(
+                f"covers {len(days)} days; usage is kept for {MAX_USAGE_DAYS} days, ask for fewer", "since"
+            )
+        if accounts is None:
+            names = self.store.account_names()
+        else:
+            names = [check_account(a) for a in accounts]
+            for name in names:
+                self.account(name)
+        rows: list[UsageRow] = []
+        for account in names:
+            for day, counters in zip(days, self.store.usage_days(account, days), strict=True):
+                rows += _usage_rows(format_instant(day) or "", account, counters)
+        rows.sort(key=lambda r: (r.day, r.account, r.route))
+        return rows
+
+    # Bulk import
+
+    def import_account(
+        self,
+        account: str,
+        *,
+        plan: str | None = None,
+        status: Status | None = None,
+        starts_at: int | None = None,
+        anchor: int | None = None,
+        expires_at: int | None = None,
+        balance: int = 0,
+        idempotency_key: str | None = None,
+        note: str = "import",
+    ) -> ImportOutcome:
+        """Create or update one account from an import: its subscription and an opening balance.
+
+        Idempotent: what is not given keeps its current value (or the default for a new account), and the
+        balance is granted once per idempotency key (default ``import:<account>``: an account's opening
+        balance is imported once, however often the file is run). Applied in one script: all or nothing.
+        """
+        check_account(account)
+        credits(balance, "balance")
+        if plan is None:
+            if status is not None or starts_at is not None or anchor is not None or expires_at is not None:
+                raise InvalidDocument("is needed to set status, starts_at, anchor or expires_at", "plan")
+            subscription = None
+        else:
+            chosen = self.plan(plan)
+            current = self.store.account_state(account)
+            had = bool(current.plan)
+            start = starts_at if starts_at is not None else current.starts_at if had else self.now()
+            if anchor is None:
+                anchor = current.anchor if had and starts_at is None else start
+            if expires_at is None and had and current.expires_at:
+                expires_at = current.expires_at
+            subscription = (
+                Subscription(
+                    account=account,
+                    plan=chosen.name,
+                    status=status or (Status(current.status) if had and current.status else Status.ACTIVE),
+                    starts_at=start,
+                    anchor=anchor,
+                    expires_at=expires_at,
+                ),
+                chosen,
+            )
+        key = idempotency_key or f"import:{account}"
+        return self.store.import_row(
+            account,
+            subscription,
+            balance,
+            key=key,
+            note=note,
+            now=self.now(),
+            ledger_retention=self.ledger_retention,
+        )
+
+
+def _usage_rows(day: str, account: str, counters: dict[str, int]) -> list[UsageRow]:
+    by_route: dict[str, dict[str, int]] = {}
+    for name, value in counters.items():
+        route, _, field = name.rpartition("|")
+        if field in USAGE_FIELDS:
+            by_route.setdefault(route, {})[field] = value
+    return [
+        UsageRow(day[:10], account, route, c.get("requests", 0), c.get("credits", 0), c.get("refused", 0))
+        for route, c in sorted(by_route.items())
+    ]
+
+
+__all__ = ["AccountView", "Admin", "InvalidDocument", "LedgerCheck", "UsageRow"]

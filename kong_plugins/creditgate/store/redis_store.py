@@ -9,6 +9,7 @@ A failed call raises ``StoreError`` and its outcome is unknown; the ledger tells
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -66,6 +67,8 @@ def _text(value: Any) -> str:
 def _charge_result(reply: Sequence[Any]) -> ChargeResult:
     """Decode charge.lua's fixed-shape reply."""
     reason = _text(reply[1])
+    if reason == "deadline_passed":
+        raise StoreTimeout("Redis ran the charge after the caller's deadline; nothing was charged")
     return ChargeResult(
         allowed=int(reply[0]) == 1,
         reason=Reason(reason) if reason else None,
@@ -158,12 +161,41 @@ def _account_state(account: str, reply: Any) -> AccountState:
     )
 
 
-class RedisStore:
-    """credit-gate's data in one Redis (or Redis Cluster) database, under one key prefix."""
+class RedisClock:
+    """The offset between this host's clock and Redis's, learnt from the charge replies.
 
-    def __init__(self, client: redis.Redis, prefix: str = "credit-gate") -> None:
+    A charge carries a deadline on Redis's clock, after which the caller has given up; each reply
+    carries Redis's time, from which the offset is kept up to date at no extra round trip. The error
+    of the estimate is at most half a round trip.
+    """
+
+    def __init__(self) -> None:
+        self.offset_ms: float | None = None
+
+    def observe(self, redis_ms: int, sent_ms: float, received_ms: float) -> None:
+        if received_ms - sent_ms < 50:
+            self.offset_ms = redis_ms - (sent_ms + received_ms) / 2
+
+    def deadline(self, sent_ms: float, budget_ms: float) -> int:
+        """The Redis time after which a charge sent at ``sent_ms`` must not apply; 0 while unknown."""
+        if self.offset_ms is None or budget_ms <= 0:
+            return 0
+        return int(sent_ms + self.offset_ms + budget_ms)
+
+
+class RedisStore:
+    """credit-gate's data in one Redis (or Redis Cluster) database, under one key prefix.
+
+    ``timeout_ms`` is the client's read timeout: charges sent with it carry a deadline a little
+    shorter, so that a charge Redis runs after the caller stopped waiting is never applied.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = "credit-gate", *, timeout_ms: int = 0) -> None:
         self.client = client
         self.keys = Keys(prefix)
+        self.clock = RedisClock()
+        # Leave the reply time to travel back before the client's own timeout fires.
+        self.charge_budget_ms = timeout_ms - max(timeout_ms / 5, 5) if timeout_ms else 0
         self._charge = client.register_script(_script_source("charge"))
         self._credit = client.register_script(_script_source("credit"))
         self._subscribe = client.register_script(_script_source("subscribe"))
@@ -174,7 +206,7 @@ class RedisStore:
 
     @classmethod
     def from_settings(cls, settings: RedisSettings, prefix: str = "credit-gate") -> RedisStore:
-        return cls(connect(settings), prefix)
+        return cls(connect(settings), prefix, timeout_ms=settings.read_timeout)
 
     def close(self) -> None:
         self.client.close()
@@ -210,11 +242,14 @@ class RedisStore:
         ledger_retention: int = DEFAULT_LEDGER_RETENTION,
     ) -> ChargeResult:
         keys = self.keys.account(account)
+        sent_ms = time.time() * 1000
+        deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
         reply = self._call(
             self._charge,
             [keys.state, keys.ledger, keys.usage(now)],
-            [now, cost, ",".join(entitled), route, ledger_retention, USAGE_TTL_SECONDS],
+            [now, cost, ",".join(entitled), route, ledger_retention, USAGE_TTL_SECONDS, deadline],
         )
+        self.clock.observe(int(reply[15]), sent_ms, time.time() * 1000)
         return _charge_result(reply)
 
     # Operators' writes.

@@ -9,10 +9,15 @@
 -- ARGV[4]  where the request was charged ("route:<id>", "service:<id>", "global"), for usage and ledger
 -- ARGV[5]  ledger retention: entries kept per account
 -- ARGV[6]  usage retention: seconds a day's usage hash is kept
+-- ARGV[7]  deadline: milliseconds on Redis's clock after which the caller has stopped waiting, 0 = none
 --
 -- Returns {allowed (1|0), reason ("" when allowed), plan, status, cost, balance, allowance,
 --          allowance_remaining, period_end, starts_at, expires_at, now, from_allowance, from_balance,
---          ledger id ("" when nothing was charged)}
+--          ledger id ("" when nothing was charged), Redis's clock in milliseconds}
+--
+-- The deadline closes the "refused but charged" hole: a caller that timed out answers 503 and
+-- proxies nothing, so a script that only runs after that (Redis was paused, or the command sat in a
+-- slow network) must not charge. It refuses with reason "deadline_passed" and writes nothing.
 --
 -- The allowance of the current period pays first, prepaid balance the rest (when the plan allows
 -- prepaid use). Nothing is written unless the whole cost can be paid: the balance never goes below
@@ -26,6 +31,10 @@ local entitled = ARGV[3]
 local route = ARGV[4]
 local retention = tonumber(ARGV[5])
 local usage_ttl = tonumber(ARGV[6])
+local deadline = tonumber(ARGV[7])
+
+local clock = redis.call('TIME')
+local redis_ms = tonumber(clock[1]) * 1000 + floordiv(tonumber(clock[2]), 1000)
 
 local f = redis.call('HMGET', account_key,
   'plan', 'status', 'starts_at', 'anchor', 'expires_at', 'period', 'allowance', 'prepaid',
@@ -60,7 +69,11 @@ local function answer(allowed, reason, from_allowance, from_balance, ledger_id)
   local remaining = allowance - used
   if remaining < 0 then remaining = 0 end
   return {allowed, reason, plan, status, cost, balance, allowance, remaining, period_end, starts_at,
-          expires_at, now, from_allowance, from_balance, ledger_id}
+          expires_at, now, from_allowance, from_balance, ledger_id, redis_ms}
+end
+
+if deadline > 0 and redis_ms > deadline then
+  return {0, 'deadline_passed', '', '', cost, 0, 0, 0, 0, 0, 0, now, 0, 0, '', redis_ms}
 end
 
 local function refuse(reason)

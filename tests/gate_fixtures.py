@@ -1,0 +1,61 @@
+"""Fixtures that run the real credit-gate plugin server and play Kong's side against it."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from creditgate.core.config import RedisSettings
+from tests.kong_harness import KongSide, PluginConfig, PluginInfo, PluginServerProcess
+
+# The console script pip installed next to this Python: the same command Kong's start_cmd runs.
+PLUGIN_SERVER = [str(Path(sys.executable).with_name("credit-gate-pluginserver"))]
+
+
+def short_dir() -> Path:
+    """A temporary directory with a short path: unix socket paths are limited to 107 bytes."""
+    return Path(tempfile.mkdtemp(prefix="cg-"))
+
+
+def start_plugin_server(*flags: str) -> PluginServerProcess:
+    return PluginServerProcess([*PLUGIN_SERVER, *flags], prefix=short_dir(), socket_name="credit-gate.sock")
+
+
+def gate_config(settings: RedisSettings, **config: Any) -> PluginConfig:
+    """A credit-gate plugin entry pointed at the test's Redis, as a route-level plugin by default."""
+    redis = {
+        "host": settings.host,
+        "port": settings.port,
+        "connect_timeout": settings.connect_timeout,
+        "read_timeout": settings.read_timeout,
+    }
+    redis.update(config.pop("redis", {}))
+    route_id = config.pop("route_id", "route-1")
+    return PluginConfig(config={"redis": redis, **config}, route_id=route_id)
+
+
+@pytest.fixture(scope="session")
+def plugin_info() -> PluginInfo:
+    return PluginInfo.query(PLUGIN_SERVER)
+
+
+@pytest.fixture(scope="module")
+def plugin_server() -> Iterator[PluginServerProcess]:
+    server = start_plugin_server()
+    yield server
+    server.stop()
+    shutil.rmtree(Path(server.socket_path).parent, ignore_errors=True)
+
+
+@pytest.fixture
+def kong(plugin_server: PluginServerProcess, plugin_info: PluginInfo) -> Iterator[KongSide]:
+    if not plugin_server.running():
+        plugin_server.start()
+    with KongSide(plugin_server.socket_path, plugin_info, timeout=10.0) as side:
+        yield side

@@ -1,0 +1,124 @@
+"""Redis failing under the gate: every request is answered within its timeout, as fault_tolerant says."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from creditgate.admin import Admin
+from creditgate.core.config import RedisSettings
+from creditgate.core.model import Plan
+from creditgate.store.redis_store import RedisStore
+from tests.gate_fixtures import gate_config
+from tests.kong_harness import KongRequest, KongSide, Outcome
+from tests.redis_servers import RedisServer
+
+ACCOUNT = {"id": "acme", "username": "acme", "custom_id": None}
+TIMEOUT_MS = 150
+MARGIN_S = 0.35
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, which the test may stop, pause and restart."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.resume() if server.process and server.process.poll() is None else None
+    server.stop()
+
+
+@pytest.fixture
+def own_settings(own_redis: RedisServer) -> RedisSettings:
+    return RedisSettings(port=own_redis.port, connect_timeout=TIMEOUT_MS, read_timeout=TIMEOUT_MS)
+
+
+@pytest.fixture
+def funded(own_settings: RedisSettings) -> Iterator[Admin]:
+    admin = Admin(RedisStore.from_settings(own_settings))
+    admin.apply_plan(Plan("pro"))
+    admin.subscribe("acme", "pro", starts_at=admin.now() - 10)
+    admin.grant("acme", 1000)
+    yield admin
+    admin.store.close()
+
+
+def timed(kong: KongSide, settings: RedisSettings, **config: object) -> tuple[Outcome, float]:
+    started = time.monotonic()
+    outcome = kong.request(gate_config(settings, **config), KongRequest(consumer=ACCOUNT))
+    return outcome, time.monotonic() - started
+
+
+def balance(settings: RedisSettings) -> int:
+    store = RedisStore.from_settings(settings)
+    try:
+        return store.account_state("acme").balance
+    finally:
+        store.close()
+
+
+def test_redis_down_refuses_with_503_within_the_timeout_and_charging_resumes_after(
+    kong: KongSide, own_redis: RedisServer, own_settings: RedisSettings, funded: Admin
+) -> None:
+    assert timed(kong, own_settings)[0].proxied
+    own_redis.stop()
+    for _ in range(5):
+        outcome, elapsed = timed(kong, own_settings)
+        assert outcome.status == 503
+        body = json.loads(outcome.body)
+        assert body["reason"] == "store_unavailable"
+        assert outcome.headers["Retry-After"] == "1"
+        assert elapsed < TIMEOUT_MS / 1000 + MARGIN_S
+        assert any("store unavailable" in line for line in outcome.logs("err"))
+    own_redis.start()
+    funded.grant("acme", 1)  # the restarted Redis is empty: re-seed it
+    funded.apply_plan(Plan("pro"))
+    funded.subscribe("acme", "pro", starts_at=funded.now() - 10)
+    assert timed(kong, own_settings)[0].proxied
+    assert balance(own_settings) == 0
+
+
+def test_redis_down_with_fault_tolerant_proxies_unmetered_and_logs_it(
+    kong: KongSide, own_redis: RedisServer, own_settings: RedisSettings, funded: Admin
+) -> None:
+    own_redis.stop()
+    outcome, elapsed = timed(kong, own_settings, fault_tolerant=True)
+    assert outcome.proxied
+    assert elapsed < TIMEOUT_MS / 1000 + MARGIN_S
+    assert outcome.upstream_headers.get("X-Credit-Plan") == ""
+    assert any("UNMETERED" in line for line in outcome.logs("warn"))
+
+
+def test_a_paused_redis_answers_every_request_within_the_read_timeout(
+    kong: KongSide, own_redis: RedisServer, own_settings: RedisSettings, funded: Admin
+) -> None:
+    assert timed(kong, own_settings)[0].proxied
+    own_redis.pause()
+    try:
+        for _ in range(3):
+            outcome, elapsed = timed(kong, own_settings)
+            assert outcome.status == 503
+            assert elapsed < TIMEOUT_MS / 1000 + MARGIN_S
+    finally:
+        own_redis.resume()
+    assert timed(kong, own_settings)[0].proxied
+
+
+def test_charges_that_redis_runs_after_the_gate_gave_up_are_not_applied(
+    kong: KongSide, own_redis: RedisServer, own_settings: RedisSettings, funded: Admin
+) -> None:
+    assert timed(kong, own_settings)[0].proxied  # the gate learns Redis's clock
+    own_redis.pause()
+    try:
+        refused = [timed(kong, own_settings)[0].status for _ in range(3)]
+    finally:
+        own_redis.resume()
+    assert refused == [503, 503, 503]
+    # The three charges reach Redis only now, after their deadline: none is applied.
+    assert timed(kong, own_settings)[0].proxied
+    assert balance(own_settings) == 1000 - 2
+    charges = [e for e in funded.store.ledger("acme") if e.fields["kind"] == "charge"]
+    assert len(charges) == 2
