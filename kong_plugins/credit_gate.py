@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from creditgate.core.redis_settings import REDIS_FIELDS
 from creditgate.handler import Gate
 
 version = "0.1.0"
@@ -104,82 +105,7 @@ Schema: list[dict[str, Any]] = [
             "type": "record",
             "required": True,
             "description": "Where balances live.",
-            "fields": [
-                {
-                    "host": {
-                        "type": "string",
-                        "default": "127.0.0.1",
-                        "required": True,
-                        "description": "Redis host name or address.",
-                    }
-                },
-                {
-                    "port": {
-                        "type": "integer",
-                        "default": 6379,
-                        "required": True,
-                        "between": [1, 65535],
-                        "description": "Redis port.",
-                    }
-                },
-                {"username": {"type": "string", "description": "Redis ACL user name."}},
-                {"password": {"type": "string", "referenceable": True, "description": "Redis password."}},
-                {
-                    "database": {
-                        "type": "integer",
-                        "default": 0,
-                        "required": True,
-                        "between": [0, 15],
-                        "description": "Redis database number.",
-                    }
-                },
-                {
-                    "connect_timeout": {
-                        "type": "integer",
-                        "default": 200,
-                        "required": True,
-                        "between": [1, 60_000],
-                        "description": "Milliseconds to wait for a connection to Redis.",
-                    }
-                },
-                {
-                    "read_timeout": {
-                        "type": "integer",
-                        "default": 200,
-                        "required": True,
-                        "between": [1, 60_000],
-                        "description": "Milliseconds to wait for a Redis answer.",
-                    }
-                },
-                {
-                    "ssl": {
-                        "type": "boolean",
-                        "default": False,
-                        "required": True,
-                        "description": "Connect to Redis over TLS.",
-                    }
-                },
-                {
-                    "ssl_verify": {
-                        "type": "boolean",
-                        "default": True,
-                        "required": True,
-                        "description": "Verify the Redis server's TLS certificate.",
-                    }
-                },
-                {
-                    "server_name": {
-                        "type": "string",
-                        "description": "Name to verify in Redis's TLS certificate (SNI).",
-                    }
-                },
-                {
-                    "ca_file": {
-                        "type": "string",
-                        "description": "PEM file of the CA that signed Redis's certificate.",
-                    }
-                },
-            ],
+            "fields": REDIS_FIELDS,
         }
     },
 ]

@@ -1,0 +1,34 @@
+"""Reading typed values out of Kong's config JSON, where an unset field arrives as null."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from creditgate.errors import ConfigError
+
+
+def get_value(raw: Mapping[str, Any], name: str, default: Any) -> Any:
+    value = raw.get(name)
+    return default if value is None else value
+
+
+def get_int(raw: Mapping[str, Any], name: str, default: int, low: int, high: int, where: str = "") -> int:
+    value = get_value(raw, name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where}{name} must be a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
+def get_bool(raw: Mapping[str, Any], name: str, default: bool, where: str = "") -> bool:
+    value = get_value(raw, name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}{name} must be true or false, got {value!r}")
+    return value
+
+
+def get_str(raw: Mapping[str, Any], name: str, default: str | None, where: str = "") -> str | None:
+    value = get_value(raw, name, default)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where}{name} must be a string, got {value!r}")
+    return value or default
