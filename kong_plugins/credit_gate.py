@@ -84,6 +84,15 @@ Schema: list[dict[str, Any]] = [
         }
     },
     {
+        "upstream": {
+            "type": "string",
+            "description": "Fail-closed routing: the name of the Kong upstream that allowed requests go to. "
+            "The service's own host must then lead nowhere paid, so that a request Kong proxies "
+            "without the plugin (plugin server down, hung or erroring) never reaches the API. "
+            "Costs one PDK call per allowed request.",
+        }
+    },
+    {
         "key_prefix": {
             "type": "string",
             "default": "credit-gate",

@@ -705,6 +705,7 @@ class Outcome:
     client_body: bytes = b""
     upstream_headers: Headers = field(default_factory=Headers)
     response_headers: Headers = field(default_factory=Headers)
+    upstream_name: str | None = None
     log_lines: list[LogLine] = field(default_factory=list)
     pdk_calls: list[PdkCall] = field(default_factory=list)
     rpcs: list[tuple[str, str]] = field(default_factory=list)
@@ -958,6 +959,7 @@ class RequestRun:
         reg("kong.service.request.add_header", self._svc_add_header, _SERVICE_REQUEST)
         reg("kong.service.request.clear_header", self._svc_clear_header, _SERVICE_REQUEST)
         reg("kong.service.request.set_headers", self._svc_set_headers, _SERVICE_REQUEST)
+        reg("kong.service.set_upstream", self._set_upstream, _SERVICE_REQUEST)
         # kong.response
         reg("kong.response.set_header", self._resp_op("set"), _REWRITE_ACCESS_HEADER)
         reg("kong.response.add_header", self._resp_op("add"), _REWRITE_ACCESS_HEADER)
@@ -997,6 +999,11 @@ class RequestRun:
         return m
 
     # -- implementations ----------------------------------------------------------------------------------
+
+    def _set_upstream(self, name: str) -> bool:
+        """kong.service.set_upstream: the load-balancing step will use the named Upstream entity."""
+        self.outcome.upstream_name = name
+        return True
 
     def _entity(self, value: Mapping[str, Any] | None) -> Any:
         return None if value is None else lua_roundtrip(value, keep_null=True)

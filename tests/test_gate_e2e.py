@@ -202,3 +202,13 @@ def test_every_request_is_charged_after_the_plugin_server_restarts(
 def test_the_problem_schema_rejects_a_body_without_a_reason() -> None:
     with pytest.raises(jsonschema.ValidationError):
         validate_problem({"type": "urn:x", "title": "t", "status": 402, "detail": "d"})
+
+
+def test_with_an_upstream_configured_only_allowed_requests_are_routed_to_it(
+    kong: KongSide, settings: RedisSettings, paying: Admin
+) -> None:
+    allowed = call(kong, settings, upstream="paid-api")
+    refused = call(kong, settings, upstream="paid-api", cost=1000)
+    assert allowed.upstream_name == "paid-api"
+    assert allowed.methods[:2] == ["kong.client.get_consumer", "kong.service.set_upstream"]
+    assert refused.upstream_name is None

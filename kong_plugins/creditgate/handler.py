@@ -67,6 +67,7 @@ class Proxy:
 
     upstream: dict[str, str]
     client: dict[str, str] | None
+    route_to: str | None = None
     log: str | None = None
 
 
@@ -184,6 +185,7 @@ class Gate:
             return Proxy(
                 upstream=upstream_headers(account, result),
                 client=None if config.hide_client_headers else client_headers(result),
+                route_to=config.upstream,
             )
         return Refuse(
             refusal(
@@ -200,6 +202,7 @@ class Gate:
             return Proxy(
                 upstream=upstream_headers(account, None),
                 client=None,
+                route_to=config.upstream,
                 log=f"credit-gate: store unavailable, request proxied UNMETERED (fault_tolerant): {error}",
             )
         return Refuse(
@@ -234,6 +237,9 @@ class Gate:
                 problem = action.problem
                 kong.response.exit(problem.status, problem.encoded(), problem.headers)
                 return  # Kong sends nothing more for this event after exit.
+            if action.route_to:
+                # Fail-closed deployments: only an allowed request is sent to the paid upstream.
+                kong.service.set_upstream(action.route_to)
             kong.service.request.set_headers(action.upstream)
             if action.client:
                 kong.response.set_headers(action.client)

@@ -43,6 +43,7 @@ class GateConfig:
     problem_type_base: str = "urn:credit-gate:problem:"
     fault_tolerant: bool = False
     hide_client_headers: bool = False
+    upstream: str | None = None
     key_prefix: str = "credit-gate"
     ledger_retention: int = 10_000
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -101,6 +102,7 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
         problem_type_base=type_base,
         fault_tolerant=get_bool(raw, "fault_tolerant", False),
         hide_client_headers=get_bool(raw, "hide_client_headers", False),
+        upstream=get_str(raw, "upstream", None),
         key_prefix=key_prefix,
         ledger_retention=get_int(raw, "ledger_retention", 10_000, 100, 10_000_000),
         redis=parse_redis(raw.get("redis")),
