@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from creditgate import pdk_runtime
 from creditgate.core.redis_settings import REDIS_FIELDS
-from creditgate.handler import Gate
 
 version = "0.1.0"
 
@@ -124,6 +124,8 @@ class Plugin:
     """Kong's entry point: kong-pdk builds one per plugin instance and calls its phases."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        from creditgate.handler import Gate  # imported late: see main()
+
         self.gate = Gate(config)
 
     def access(self, kong: Any) -> None:
@@ -135,9 +137,14 @@ def main() -> None:
 
     Takes kong-pdk's flags (``--dump``, ``--kong-prefix``, ``--socket-name``, ``-g``, ``-m``, ``-v``).
     PDK calls return values and raise on error (``--no-lua-style``), which the gate relies on.
+    With ``-g`` the standard library is patched for gevent first, before redis-py is imported: this
+    module imports nothing heavy at its top for that reason.
     """
+    if pdk_runtime.wants_gevent(sys.argv[1:]):
+        pdk_runtime.patch_for_gevent()
     from kong_pdk.cli import start_dedicated_server
 
+    pdk_runtime.install_exit_fix()
     if "--no-lua-style" not in sys.argv:
         sys.argv.append("--no-lua-style")
     start_dedicated_server("credit-gate", Plugin, version, priority, Schema)

@@ -45,9 +45,13 @@ def plugin_info() -> PluginInfo:
     return PluginInfo.query(PLUGIN_SERVER)
 
 
-@pytest.fixture(scope="module")
-def plugin_server() -> Iterator[PluginServerProcess]:
-    server = start_plugin_server()
+# kong-pdk's concurrency modes the gate is tested in: threads (kong-pdk's default) and gevent.
+MODES = {"threads": (), "gevent": ("-g",)}
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def plugin_server(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
+    server = start_plugin_server(*MODES[request.param])
     yield server
     server.stop()
     shutil.rmtree(Path(server.socket_path).parent, ignore_errors=True)

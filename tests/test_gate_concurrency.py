@@ -6,23 +6,26 @@ import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import gate_config, start_plugin_server
+
+from tests.gate_fixtures import MODES, gate_config, start_plugin_server
 from tests.kong_harness import KongRequest, KongSide, PluginInfo
 
 ACCOUNT = {"id": "racer", "username": "racer", "custom_id": None}
 
 
+@pytest.mark.parametrize("mode", sorted(MODES))
 def test_two_plugin_servers_and_100_concurrent_requests_spend_exactly_the_balance(
-    settings: RedisSettings, admin: Admin, store: RedisStore, plugin_info: PluginInfo
+    settings: RedisSettings, admin: Admin, store: RedisStore, plugin_info: PluginInfo, mode: str
 ) -> None:
     admin.apply_plan(Plan("prepaid", allowance=0, prepaid=True))
     admin.subscribe("racer", "prepaid", starts_at=admin.now() - 10)
     admin.grant("racer", 40)
-    servers = [start_plugin_server(), start_plugin_server()]
+    servers = [start_plugin_server(*MODES[mode]), start_plugin_server(*MODES[mode])]
     sides = [KongSide(server.socket_path, plugin_info, timeout=10.0) for server in servers]
     plugin = gate_config(settings, cost=1)
     try:

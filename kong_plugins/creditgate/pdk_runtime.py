@@ -1,0 +1,65 @@
+"""How the plugin server runs: kong-pdk's concurrency mode, and a fix for one of its leaks.
+
+- gevent mode (``-g``): kong-pdk runs each event in a greenlet but does not monkey-patch, so a
+  blocking Redis call would stop every other request of the server while it waits. We patch the
+  standard library before anything else is imported, so that redis-py's socket I/O yields.
+- kong-pdk 0.36 ends each event by putting "ret" on the event's channel. After
+  ``kong.response.exit`` Kong sends nothing more and kong-pdk has dropped the event, so in gevent
+  mode (an unbuffered channel) that put blocks forever: one greenlet and its frames leaked per
+  refused request (the family of kong-python-pdk issue #59). ``install_exit_fix`` replaces the event
+  runner with one that does not send "ret" after a terminal call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+TERMINAL_METHODS = frozenset({"kong.response.exit", "kong.response.error"})
+GEVENT_FLAGS = frozenset({"-g", "--gevent"})
+
+
+def wants_gevent(argv: Sequence[str]) -> bool:
+    return any(flag in GEVENT_FLAGS for flag in argv)
+
+
+def patch_for_gevent() -> None:
+    """Make blocking I/O cooperative. Must run before redis-py, ssl or threading are used."""
+    from gevent import monkey
+
+    monkey.patch_all()
+
+
+class _ExitAwareChannel:
+    """The event's channel, noting whether the plugin has ended the request."""
+
+    __slots__ = ("_channel", "ended")
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+        self.ended = False
+
+    def put(self, message: Any) -> None:
+        if isinstance(message, dict) and message.get("Method") in TERMINAL_METHODS:
+            self.ended = True
+        self._channel.put(message)
+
+    def get(self) -> Any:
+        return self._channel.get()
+
+
+def run_event(phase: Callable[[Any], None], channel: Any, lua_style: bool) -> None:
+    """kong-pdk's event runner, minus the "ret" that nobody reads after an exit."""
+    from kong_pdk.pdk import Kong
+    from kong_pdk.server import MSG_RET
+
+    tracked = _ExitAwareChannel(channel)
+    phase(Kong(tracked, lua_style).kong)
+    if not tracked.ended:
+        channel.put(MSG_RET)
+
+
+def install_exit_fix() -> None:
+    import kong_pdk.server
+
+    kong_pdk.server._handler_event_func = run_event
