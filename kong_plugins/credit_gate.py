@@ -21,6 +21,7 @@ version = "0.1.0"
 priority = 1
 
 _PROBLEM_TYPE_BASE = "urn:credit-gate:problem:"
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 
 Schema: list[dict[str, Any]] = [
     {
@@ -76,6 +77,27 @@ Schema: list[dict[str, Any]] = [
         }
     },
     {
+        "breaker_failures": {
+            "type": "integer",
+            "default": 5,
+            "required": True,
+            "between": [0, 1000],
+            "description": "Redis failures (unreachable or too slow) in a row after which the gate stops "
+            "waiting on Redis for breaker_cooldown_ms and answers at once as fault_tolerant says; "
+            "0 turns the circuit breaker off.",
+        }
+    },
+    {
+        "breaker_cooldown_ms": {
+            "type": "integer",
+            "default": 1000,
+            "required": True,
+            "between": [10, 600_000],
+            "description": "Milliseconds the circuit stays open before one request probes Redis again; "
+            "its success closes the circuit, its failure opens it for another cool-down.",
+        }
+    },
+    {
         "hide_client_headers": {
             "type": "boolean",
             "default": False,
@@ -90,6 +112,136 @@ Schema: list[dict[str, Any]] = [
             "The service's own host must then lead nowhere paid, so that a request Kong proxies "
             "without the plugin (plugin server down, hung or erroring) never reaches the API. "
             "Costs one PDK call per allowed request.",
+        }
+    },
+    {
+        "enforce": {
+            "type": "boolean",
+            "default": True,
+            "required": True,
+            "description": "false is shadow mode: nothing is refused or charged; the X-Credit-Shadow "
+            "response header and the usage counters say what would have happened.",
+        }
+    },
+    {
+        "costs": {
+            "type": "array",
+            "default": [],
+            "required": True,
+            "description": "Cost rules tried in order before the flat cost: the first whose methods and "
+            "path match sets the cost. In a path, * is one segment and ** anything.",
+            "elements": {
+                "type": "record",
+                "fields": [
+                    {
+                        "methods": {
+                            "type": "array",
+                            "default": [],
+                            "required": True,
+                            "elements": {"type": "string", "one_of": sorted(_HTTP_METHODS)},
+                            "description": "HTTP methods the rule applies to; empty means any.",
+                        }
+                    },
+                    {"path": {"type": "string", "description": "Path pattern, e.g. /v1/models/*."}},
+                    {
+                        "cost": {
+                            "type": "integer",
+                            "required": True,
+                            "between": [0, 1_000_000_000],
+                            "description": "Credits a matching request costs.",
+                        }
+                    },
+                ],
+            },
+        }
+    },
+    {
+        "idempotency_window": {
+            "type": "integer",
+            "default": 0,
+            "required": True,
+            "between": [0, 604_800],
+            "description": "Seconds during which a retry with the same Idempotency-Key request header, "
+            "from the same account, is not charged again; 0 turns it off.",
+        }
+    },
+    {
+        "refund_on_failure": {
+            "type": "boolean",
+            "default": False,
+            "required": True,
+            "description": "Give the charge back when the upstream answers with one of refund_statuses "
+            "(needs the plugin server's --log-phase).",
+        }
+    },
+    {
+        "refund_statuses": {
+            "type": "array",
+            "default": ["5xx"],
+            "required": True,
+            "elements": {"type": "string"},
+            "description": 'Statuses that are refunded: exact ("503") or a class ("5xx").',
+        }
+    },
+    {
+        "settle_header": {
+            "type": "string",
+            "description": "Hold, then settle: the cost is held before the call and settled to the "
+            "integer the upstream sends in this response header (needs --log-phase).",
+        }
+    },
+    {
+        "settle_timeout": {
+            "type": "integer",
+            "default": 300,
+            "required": True,
+            "between": [1, 86_400],
+            "description": "Seconds a hold may be settled; an unsettled hold is final at its full amount.",
+        }
+    },
+    {
+        "pool_tag_prefix": {
+            "type": "string",
+            "description": "Pooled balances: a consumer tagged <prefix><pool> draws from the pool's account, "
+            "within the cap the pool sets for it. E.g. credit-pool:",
+        }
+    },
+    {
+        "warn_balance_below": {
+            "type": "integer",
+            "default": 0,
+            "required": True,
+            "between": [0, 1_000_000_000_000_000],
+            "description": "Warn (X-Credit-Warning: low_balance) when an allowed request leaves less; "
+            "0 is off.",
+        }
+    },
+    {
+        "warn_allowance_below": {
+            "type": "integer",
+            "default": 0,
+            "required": True,
+            "between": [0, 1_000_000_000_000_000],
+            "description": "Warn (low_allowance) when the period's allowance left falls below this; "
+            "0 is off.",
+        }
+    },
+    {
+        "warn_expiry_days": {
+            "type": "integer",
+            "default": 0,
+            "required": True,
+            "between": [0, 3650],
+            "description": "Warn (subscription_expiring) when the subscription ends within this many days.",
+        }
+    },
+    {
+        "rate_limit_headers": {
+            "type": "boolean",
+            "default": False,
+            "required": True,
+            "description": "Send the IETF RateLimit and RateLimit-Policy fields for the plan's "
+            "allowance, in credits.",
         }
     },
     {
@@ -121,21 +273,41 @@ Schema: list[dict[str, Any]] = [
 
 
 class Plugin:
-    """Kong's entry point: kong-pdk builds one per plugin instance and calls its phases."""
+    """Kong's entry point: kong-pdk builds one per plugin instance and calls its phases.
+
+    kong-pdk finds the phases by looking for methods, and every phase is one more round trip per
+    request, so this class has only ``access``; ``SettlingPlugin`` adds ``log``.
+    """
+
+    log_phase = False
 
     def __init__(self, config: dict[str, Any]) -> None:
         from creditgate.handler import Gate  # imported late: see main()
 
-        self.gate = Gate(config)
+        self.gate = Gate(config, log_phase=self.log_phase)
 
     def access(self, kong: Any) -> None:
         self.gate.access(kong)
 
 
+class SettlingPlugin(Plugin):
+    """The plugin with Kong's log phase, for refunds on failure and hold-then-settle (``--log-phase``)."""
+
+    log_phase = True
+
+    def log(self, kong: Any) -> None:
+        self.gate.log(kong)
+
+
+LOG_PHASE_FLAG = "--log-phase"
+
+
 def main() -> None:
     """``credit-gate-pluginserver``: kong-pdk's dedicated server for this plugin.
 
-    Takes kong-pdk's flags (``--dump``, ``--kong-prefix``, ``--socket-name``, ``-g``, ``-m``, ``-v``).
+    Takes kong-pdk's flags (``--dump``, ``--kong-prefix``, ``--socket-name``, ``-g``, ``-m``, ``-v``),
+    and ``--log-phase`` for the features that act after the response (give it to the query command
+    too: Kong learns the plugin's phases from the dump).
     PDK calls return values and raise on error (``--no-lua-style``), which the gate relies on.
     With ``-g`` the standard library is patched for gevent first, before redis-py is imported: this
     module imports nothing heavy at its top for that reason.
@@ -147,7 +319,11 @@ def main() -> None:
     pdk_runtime.install_exit_fix()
     if "--no-lua-style" not in sys.argv:
         sys.argv.append("--no-lua-style")
-    start_dedicated_server("credit-gate", Plugin, version, priority, Schema)
+    plugin = Plugin
+    if LOG_PHASE_FLAG in sys.argv:
+        sys.argv.remove(LOG_PHASE_FLAG)
+        plugin = SettlingPlugin
+    start_dedicated_server("credit-gate", plugin, version, priority, Schema)
 
 
 if __name__ == "__main__":

@@ -2,21 +2,35 @@
 
 Nothing here touches a Redis the machine already runs. A missing redis-server fails the test run
 loudly: the tests never skip and never stand in for Redis.
+
+- ``RedisServer``: one server, optionally TLS-only (``tls=TlsFiles``), which a test may stop, pause,
+  resume and restart.
+- ``RedisClusterServers``: a Redis Cluster of masters made with ``redis-cli --cluster create``.
+- ``SentinelSet``: a master, a replica and three sentinels that fail over for real.
+
+Every group starts within a bounded time and stops all its processes, also when its start fails.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
 REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
 
 
 def free_port() -> int:
@@ -25,10 +39,96 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class RedisServer:
-    """One redis-server on 127.0.0.1:<port>, with its data and log in ``directory``."""
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; fail loudly, naming ``what``, after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (redis.exceptions.RedisError, OSError):
+            pass
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
 
-    def __init__(self, directory: Path, port: int | None = None, extra: list[str] | None = None) -> None:
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A CA and a server certificate signed by it, as PEM files."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(directory: Path, names: tuple[str, ...], ips: tuple[str, ...] = ()) -> TlsFiles:
+    """A throw-away CA and a server certificate for ``names`` (DNS) and ``ips``, made with cryptography."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "credit-gate test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files
+
+
+class RedisServer:
+    """One redis-server on 127.0.0.1:<port>, with its data and log in ``directory``.
+
+    With ``tls`` the server listens on ``port`` for TLS only (plain TCP off) and ``client()`` speaks
+    TLS, trusting the test CA.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        extra: list[str] | None = None,
+        *,
+        tls: TlsFiles | None = None,
+    ) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError(
                 "redis-server is not installed: `apt-get install redis-server` (the tests need it)"
@@ -37,19 +137,36 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.extra = extra or []
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def log(self) -> Path:
         return self.directory / "redis.log"
 
-    def start(self) -> RedisServer:
-        argv = [
+    def argv(self) -> list[str]:
+        if self.tls is None:
+            listen = ["--port", str(self.port)]
+        else:
+            listen = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls.cert),
+                "--tls-key-file",
+                str(self.tls.key),
+                "--tls-ca-cert-file",
+                str(self.tls.ca),
+                "--tls-auth-clients",
+                "no",
+            ]
+        return [
             str(REDIS_SERVER),
             "--bind",
             "127.0.0.1",
-            "--port",
-            str(self.port),
+            *listen,
             "--dir",
             str(self.directory),
             "--save",
@@ -60,7 +177,9 @@ class RedisServer:
             str(self.log),
             *self.extra,
         ]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -73,8 +192,17 @@ class RedisServer:
         log = self.log.read_text() if self.log.exists() else ""
         raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
+    def client(self, **options: Any) -> redis.Redis:
+        if self.tls is not None:
+            options = {
+                "ssl": True,
+                "ssl_ca_certs": str(self.tls.ca),
+                "ssl_check_hostname": False,  # the certificate names the server, not 127.0.0.1
+                **options,
+            }
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2, **options
+        )
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -92,3 +220,191 @@ class RedisServer:
     def resume(self) -> None:
         assert self.process
         os.kill(self.process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, as in a crash, without telling its replicas."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def _stop_all(servers: list[RedisServer]) -> None:
+    for server in servers:
+        if server.process and server.process.poll() is None:
+            server.resume()  # a paused server ignores SIGTERM until resumed
+        server.stop()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` masters (no replicas) on loopback, created with redis-cli."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        if REDIS_CLI is None:
+            raise RuntimeError(
+                "redis-cli is not installed: `apt-get install redis-tools` (the tests need it)"
+            )
+        self.servers = [
+            RedisServer(
+                directory / f"node{i}",
+                extra=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    # The bus port defaults to port + 10000, out of range for a high free port.
+                    "--cluster-port",
+                    str(free_port()),
+                ],
+            )
+            for i in range(masters)
+        ]
+
+    @property
+    def nodes(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", server.port) for server in self.servers]
+
+    def start(self, timeout: float = 20) -> RedisClusterServers:
+        try:
+            for server in self.servers:
+                server.start()
+            create = subprocess.run(
+                [
+                    str(REDIS_CLI),
+                    "--cluster",
+                    "create",
+                    *(f"{host}:{port}" for host, port in self.nodes),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            if create.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}{create.stderr}")
+            wait_until(self._settled, timeout, "every cluster node to report cluster_state:ok")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _settled(self) -> bool:
+        for server in self.servers:
+            with server.client() as client:
+                info = client.cluster("INFO")  # parsed into a dict by redis-py
+                slots = client.execute_command("CLUSTER SLOTS")
+                if info.get("cluster_state") != "ok" or len(slots) != len(self.servers):
+                    return False
+        return True
+
+    def client(self) -> RedisCluster:
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self.nodes],
+            socket_timeout=2,
+            socket_connect_timeout=2,
+        )
+
+    def stop(self) -> None:
+        _stop_all(self.servers)
+
+
+class SentinelServer(RedisServer):
+    """A redis-server in sentinel mode, watching one master under ``name``."""
+
+    def __init__(self, directory: Path, name: str, master: RedisServer, down_after_ms: int) -> None:
+        super().__init__(directory)
+        self.name = name
+        self.master_port = master.port
+        self.down_after_ms = down_after_ms
+        self.myid = os.urandom(20).hex()
+        self.known: list[str] = []
+
+    def argv(self) -> list[str]:
+        # Sentinel rewrites its config file (what it learns of replicas and peers): one per sentinel.
+        conf = self.directory / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {self.directory}\n"
+            f"logfile {self.log}\n"
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master_port} 2\n"
+            f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.name} 10000\n"
+            f"sentinel parallel-syncs {self.name} 1\n"
+            f"sentinel myid {self.myid}\n" + "".join(f"{line}\n" for line in self.known)
+        )
+        return [str(REDIS_SERVER), str(conf), "--sentinel"]
+
+
+class SentinelSet:
+    """A master, one replica and three sentinels (quorum 2) on loopback."""
+
+    def __init__(self, directory: Path, name: str = "credit-gate", down_after_ms: int = 500) -> None:
+        self.name = name
+        # Redis 7 waits 5 s (repl-diskless-sync-delay) for more replicas before a first full sync.
+        fast_sync = ["--repl-diskless-sync-delay", "0"]
+        self.master = RedisServer(directory / "master", extra=fast_sync)
+        self.replica = RedisServer(
+            directory / "replica", extra=["--replicaof", "127.0.0.1", str(self.master.port), *fast_sync]
+        )
+        self.sentinels = [
+            SentinelServer(directory / f"sentinel{i}", name, self.master, down_after_ms) for i in range(3)
+        ]
+        # Told up front what they would otherwise learn from the master's INFO (every 10 s) and from
+        # each other's hello messages (every 2 s): the set is ready to fail over as soon as it starts.
+        for sentinel in self.sentinels:
+            sentinel.known = [f"sentinel known-replica {name} 127.0.0.1 {self.replica.port}"] + [
+                f"sentinel known-sentinel {name} 127.0.0.1 {peer.port} {peer.myid}"
+                for peer in self.sentinels
+                if peer is not sentinel
+            ]
+
+    @property
+    def sentinel_nodes(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", s.port) for s in self.sentinels]
+
+    def start(self, timeout: float = 20) -> SentinelSet:
+        try:
+            self.master.start()
+            self.replica.start()
+            wait_until(self._replica_in_sync, timeout, "the replica to sync with the master")
+            for sentinel in self.sentinels:
+                sentinel.start()
+            # A failover needs the sentinels to know the replica and each other (they find each
+            # other through hello messages on the master, every 2 s).
+            wait_until(self._sentinels_ready, timeout, "the sentinels to find the replica and each other")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _replica_in_sync(self) -> bool:
+        with self.replica.client() as client:
+            return client.info("replication").get("master_link_status") == "up"
+
+    def _sentinels_ready(self) -> bool:
+        for sentinel in self.sentinels:
+            with sentinel.client() as client:
+                state = client.sentinel_master(self.name)  # parsed into a dict by redis-py
+                if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < 2:
+                    return False
+        return True
+
+    def master_address(self) -> tuple[str, int]:
+        """The master's address as the first sentinel that answers reports it."""
+        for sentinel in self.sentinels:
+            if sentinel.process and sentinel.process.poll() is None:
+                with sentinel.client() as client:
+                    host, port = client.sentinel_get_master_addr_by_name(self.name)
+                    return str(host.decode() if isinstance(host, bytes) else host), int(port)
+        raise RuntimeError("no sentinel is running")
+
+    def wait_for_new_master(self, old_port: int, timeout: float = 20) -> tuple[str, int]:
+        wait_until(lambda: self.master_address()[1] != old_port, timeout, "the sentinels to fail over")
+        return self.master_address()
+
+    def stop(self) -> None:
+        _stop_all([*self.sentinels, self.replica, self.master])

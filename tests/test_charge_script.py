@@ -251,7 +251,7 @@ def test_a_charge_that_runs_after_its_deadline_applies_nothing(admin: Admin, sto
     seed(admin, balance=10)
     store.charge("acme", 1, now=T0 + 1)  # learns the offset to Redis's clock
     store.charge_budget_ms = 100
-    store.clock.offset_ms = -10**9  # as if the charge reached Redis ten days after the caller gave up
+    store.clock.offset_ms = -(10**9)  # as if the charge reached Redis ten days after the caller gave up
     with pytest.raises(StoreTimeout):
         store.charge("acme", 1, now=T0 + 2)
     assert store.account_state("acme").balance == 9

@@ -7,12 +7,12 @@ from typing import Any
 
 import jsonschema
 import pytest
-
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
+
 from tests.gate_fixtures import gate_config
 from tests.kong_harness import KongRequest, KongSide, Outcome
 from tests.test_decision import validate_problem
@@ -74,7 +74,11 @@ def test_an_allowed_request_costs_four_pdk_round_trips_and_a_refused_one_two(
     allowed = call(kong, settings)
     refused = call(kong, settings, cost=1000)
     assert allowed.round_trips == 4
-    assert allowed.methods == ["kong.client.get_consumer", "kong.service.request.set_headers", "kong.response.set_headers"]
+    assert allowed.methods == [
+        "kong.client.get_consumer",
+        "kong.service.request.set_headers",
+        "kong.response.set_headers",
+    ]
     assert refused.round_trips == 2
     assert refused.methods == ["kong.client.get_consumer", "kong.response.exit"]
 
@@ -125,13 +129,17 @@ def test_an_expired_subscription_is_refused(kong: KongSide, settings: RedisSetti
     assert problem(call(kong, settings))["reason"] == "subscription_expired"
 
 
-def test_a_route_sold_in_other_plans_names_them(kong: KongSide, settings: RedisSettings, paying: Admin) -> None:
+def test_a_route_sold_in_other_plans_names_them(
+    kong: KongSide, settings: RedisSettings, paying: Admin
+) -> None:
     body = problem(call(kong, settings, plans=["team", "enterprise"]))
     assert body["reason"] == "plan_not_entitled"
     assert body["plans"] == ["team", "enterprise"]
 
 
-def test_an_exhausted_quota_says_when_it_renews(kong: KongSide, settings: RedisSettings, admin: Admin) -> None:
+def test_an_exhausted_quota_says_when_it_renews(
+    kong: KongSide, settings: RedisSettings, admin: Admin
+) -> None:
     admin.apply_plan(Plan("free", period=Period.DAY, allowance=1, prepaid=False))
     admin.subscribe(ACME["id"], "free", starts_at=admin.now() - 10)
     assert call(kong, settings).proxied
@@ -150,7 +158,9 @@ def test_the_account_can_be_named_by_username_custom_id_or_credential(
     admin.apply_plan(Plan("pro"))
     admin.subscribe(account, "pro", starts_at=admin.now() - 10)
     admin.grant(account, 5)
-    outcome = call(kong, settings, account_by=account_by, credential={"id": "key-7", "consumer": {"id": ACME["id"]}})
+    outcome = call(
+        kong, settings, account_by=account_by, credential={"id": "key-7", "consumer": {"id": ACME["id"]}}
+    )
     assert outcome.proxied, outcome.body
     assert store.account_state(account).balance == 4
 

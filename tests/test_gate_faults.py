@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
+
 from tests.gate_fixtures import gate_config
 from tests.kong_harness import KongRequest, KongSide, Outcome
 from tests.redis_servers import RedisServer
@@ -47,6 +47,9 @@ def funded(own_settings: RedisSettings) -> Iterator[Admin]:
 
 
 def timed(kong: KongSide, settings: RedisSettings, **config: object) -> tuple[Outcome, float]:
+    # Each request here must meet Redis itself: the circuit breaker, which answers without Redis after
+    # repeated failures, is off here and tested in test_breaker.py.
+    config.setdefault("breaker_failures", 0)
     started = time.monotonic()
     outcome = kong.request(gate_config(settings, **config), KongRequest(consumer=ACCOUNT))
     return outcome, time.monotonic() - started

@@ -16,7 +16,7 @@ from creditgate.handler import Gate
 
 
 class RecordingKong:
-    """Answers PDK calls like Kong would and records them; ``kong.client.get_consumer`` returns ``consumer``."""
+    """Answers PDK calls like Kong would and records them; ``get_consumer`` returns ``consumer``."""
 
     def __init__(self, consumer: Any) -> None:
         self.consumer = consumer

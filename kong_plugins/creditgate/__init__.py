@@ -43,7 +43,21 @@ _HOMES = {
     "StoreTimeout": "creditgate.errors",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "Admin",
+    "ConfigError",
+    "Conflict",
+    "CreditGateError",
+    "InvalidDocument",
+    "NotFound",
+    "Period",
+    "Plan",
+    "RedisSettings",
+    "Status",
+    "StoreError",
+    "StoreTimeout",
+    "Subscription",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -296,8 +296,28 @@ class Admin:
         now = self.now()
         views: list[AccountView] = []
         for i in range(0, len(names), batch):
-            views += [account_view(s, now) for s in self.store.account_states(names[i : i + batch]) if s.exists]
+            views += [
+                account_view(s, now) for s in self.store.account_states(names[i : i + batch]) if s.exists
+            ]
         return views
+
+    # Pools
+
+    def set_member_cap(self, pool: str, member: str, cap: int | None) -> None:
+        """Cap what a member of a pool may draw per period of the pool's plan; None lifts the cap.
+
+        Membership itself comes from the consumer's tags in Kong (the plugin's ``pool_tag_prefix``);
+        the pool is an ordinary account with its own subscription and balance.
+        """
+        check_account(pool, "pool")
+        check_account(member, "member")
+        if cap is not None:
+            credits(cap, "cap")
+        self.store.set_member_cap(pool, member, cap)
+
+    def member_caps(self, pool: str) -> dict[str, int]:
+        check_account(pool, "pool")
+        return self.store.member_caps(pool)
 
     # Credits
 
@@ -395,9 +415,7 @@ class Admin:
 
     # Usage
 
-    def usage(
-        self, *, since: int, until: int, accounts: Iterable[str] | None = None
-    ) -> list[UsageRow]:
+    def usage(self, *, since: int, until: int, accounts: Iterable[str] | None = None) -> list[UsageRow]:
         """Requests, credits and refusals per account, route and UTC day, for the days that overlap
         ``[since, until)``, from the counters the charge script keeps (the ledger is never scanned)."""
         if until <= since:

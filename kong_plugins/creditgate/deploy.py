@@ -1,4 +1,4 @@
-"""What a native Kong install needs to run credit-gate's plugin server, as kong.conf lines or KONG_* variables.
+"""What a native Kong install needs to run credit-gate's plugin server: kong.conf lines or KONG_* variables.
 
 Kong starts one dedicated server per external plugin (``pluginserver_names``) and finds it by the
 socket under its prefix; the names of the settings are Kong's (``kong/templates/kong_defaults.lua``),
@@ -36,7 +36,7 @@ def settings(prefix: str = "/usr/local/kong") -> list[tuple[str, str]]:
 
 
 def kong_conf(prefix: str = "/usr/local/kong", env: bool = False) -> str:
-    """kong.conf lines (``name = value``) or, with ``env``, ``KONG_NAME=value`` lines for a shell or a unit."""
+    """kong.conf lines (``name = value``), or with ``env`` ``KONG_NAME=value`` lines for a shell or a unit."""
     lines = []
     for name, value in settings(prefix):
         if env:

@@ -80,8 +80,8 @@ def parse_plans(content: Any, source: str) -> list[Plan]:
         errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
         if errors:
             error = errors[0]
-            field = _pointer(error.absolute_path) or "(the plan)"
-            raise InvalidDocument(f"{error.message}", f"{source}: {label}: {field}")
+            field = _pointer(error.absolute_path)
+            raise InvalidDocument(error.message, f"{source}: {label}" + (f": {field}" if field else ""))
         try:
             plan = Plan.from_document(document)
         except InvalidDocument as error:

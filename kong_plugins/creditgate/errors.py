@@ -6,7 +6,8 @@ CreditGateError                 base of everything below
 ├── NotFound                    an unknown plan or account
 ├── Conflict                    refused by the current state (plan in use, balance too low)
 └── StoreError                  Redis could not be reached or answered with an error
-    └── StoreTimeout            Redis did not answer within the configured timeout
+    ├── StoreTimeout            Redis did not answer within the configured timeout
+    └── StoreUnavailable        not tried: the circuit breaker is open after repeated failures
 """
 
 from __future__ import annotations
@@ -42,3 +43,7 @@ class StoreError(CreditGateError):
 
 class StoreTimeout(StoreError):
     """Redis did not answer in time."""
+
+
+class StoreUnavailable(StoreError):
+    """Redis was not asked: it failed repeatedly and the circuit breaker is cooling down."""

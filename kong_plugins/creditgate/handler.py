@@ -10,11 +10,19 @@ Rules this module keeps, all from kong-pdk 0.36 and Kong's plugin-server protoco
   answer (402, 401, 500, 503) or, with ``fault_tolerant``, a logged pass-through.
 - ``kong.response.exit`` ends the event on Kong's side: no PDK call may follow it.
 - Per request: one PDK call to learn the identity, one Redis script, then one or two PDK calls to set
-  the headers (upstream, client) or one to refuse.
+  the headers (upstream, client) or one to refuse. Opt-in features add what they read: the method
+  and path for cost rules, the Idempotency-Key header, the upstream for fail-closed routing.
+- The log phase (refunds, settlements) runs only when the plugin server was started with
+  ``--log-phase``; it trusts nothing a client could send: the charge it settles is named by a token
+  the access phase signed.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
 import sys
 import threading
 import time
@@ -29,10 +37,15 @@ from creditgate.core.decision import (
     Reason,
     client_headers,
     failure,
+    rate_limit_headers,
     refusal,
+    shadow_headers,
     upstream_headers,
+    warning_headers,
 )
+from creditgate.core.pricing import parse_settled_cost
 from creditgate.errors import ConfigError, StoreError
+from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.redis_store import RedisStore
 
 DEFAULT_TYPE_BASE = "urn:credit-gate:problem:"
@@ -42,20 +55,29 @@ class _StoreRegistry:
     """One Redis client (and its connection pool) per distinct Redis setting, shared by instances.
 
     Kong re-creates every plugin instance on any configuration change; sharing the pools keeps
-    connections from churning each time.
+    connections from churning each time. The store owns the circuit breaker, so every instance on
+    one Redis sees the same circuit (instances with other breaker settings get a store of their own).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stores: dict[tuple[RedisSettings, str], RedisStore] = {}
+        self._stores: dict[tuple[RedisSettings, str, int, int], RedisStore] = {}
 
-    def get(self, settings: RedisSettings, prefix: str) -> RedisStore:
+    def get(self, config: GateConfig) -> RedisStore:
+        key = (config.redis, config.key_prefix, config.breaker_failures, config.breaker_cooldown_ms)
         with self._lock:
-            store = self._stores.get((settings, prefix))
+            store = self._stores.get(key)
             if store is None:
-                store = RedisStore.from_settings(settings, prefix)
-                self._stores[(settings, prefix)] = store
+                breaker = CircuitBreaker(
+                    config.breaker_failures, config.breaker_cooldown_ms, on_change=_breaker_changed
+                )
+                store = RedisStore.from_settings(config.redis, config.key_prefix, breaker=breaker)
+                self._stores[key] = store
             return store
+
+
+def _breaker_changed(old: BreakerState, new: BreakerState, why: str) -> None:
+    _stderr(f"Redis circuit {old.value} -> {new.value}: {why}")
 
 
 STORES = _StoreRegistry()
@@ -69,6 +91,7 @@ class Proxy:
     client: dict[str, str] | None
     route_to: str | None = None
     log: str | None = None
+    log_level: str = "warn"
 
 
 @dataclass(frozen=True)
@@ -77,9 +100,60 @@ class Refuse:
 
     problem: Problem
     log: str | None = None
+    log_level: str = "err"
 
 
 Action = Proxy | Refuse
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the access phase read from Kong: the identity always, the rest only when a feature needs it."""
+
+    identity: Mapping[str, Any] | None
+    method: str = ""
+    path: str = ""
+    idempotency_key: str | None = None
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+TOKEN_HEADER = "X-Credit-Charge-Token"
+MEMBER_HEADER = "X-Credit-Member"
+
+# Signs the charge tokens the log phase trusts. Access and log phases of one request run on the same
+# Kong node, hence the same plugin server; after a restart in between, the token no longer verifies
+# and the charge stands (logged), which is the safe side for a money path.
+_TOKEN_KEY = os.urandom(32)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_charge(account: str, charge_id: str, cost: int) -> str:
+    payload = f"{_b64(account.encode())}.{charge_id}.{cost}"
+    mac = hmac.new(_TOKEN_KEY, payload.encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{payload}.{mac}"
+
+
+def verify_charge(token: str) -> tuple[str, str, int] | None:
+    """The (account, charge id, cost) a token names, or None when it was not signed here."""
+    parts = token.split(".")
+    if len(parts) != 4:
+        return None
+    payload = ".".join(parts[:3])
+    mac = hmac.new(_TOKEN_KEY, payload.encode(), hashlib.sha256).hexdigest()[:32]
+    if not hmac.compare_digest(mac, parts[3]) or not parts[2].isdigit():
+        return None
+    try:
+        account = _unb64(parts[0]).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return account, parts[1], int(parts[2])
 
 
 def _stderr(message: str) -> None:
@@ -90,13 +164,18 @@ def _stderr(message: str) -> None:
 class Gate:
     """One plugin instance: its parsed config and its store. Never raises."""
 
-    def __init__(self, raw_config: Mapping[str, Any]) -> None:
+    def __init__(self, raw_config: Mapping[str, Any], *, log_phase: bool = False) -> None:
         self.config: GateConfig | None = None
         self.config_error: str | None = None
         self.store: RedisStore | None = None
         try:
             self.config = parse_config(raw_config)
-            self.store = STORES.get(self.config.redis, self.config.key_prefix)
+            if self.config.needs_log_phase and not log_phase:
+                raise ConfigError(
+                    "refund_on_failure and settle_header act after the response, in Kong's log phase: "
+                    "run the plugin server with --log-phase (in both the start and the query command)"
+                )
+            self.store = STORES.get(self.config)
         except ConfigError as error:
             self.config_error = str(error)
         except Exception as error:  # a bug or an unusable setting: refuse, never pass
@@ -106,34 +185,42 @@ class Gate:
                 f"invalid configuration, every request through this instance is refused: {self.config_error}"
             )
 
-    # The phase
+    # The access phase
 
     def access(self, kong: Any) -> None:
-        identity: Mapping[str, Any] | Exception | None
+        facts: RequestFacts | Exception
         try:
-            identity = self._read_identity(kong)
+            facts = self._read_request(kong)
         except Exception as error:
-            identity = error
+            facts = error
         try:
-            action = self._decide(identity)
+            action = self._decide(facts)
         except Exception as error:
             action = self._internal_error(error)
         self._apply(kong, action)
 
-    def _read_identity(self, kong: Any) -> Mapping[str, Any] | None:
-        """The authenticated consumer or credential, from Kong: the only source of identity."""
-        by = self.config.account_by if self.config else AccountBy.CONSUMER_ID
+    def _read_request(self, kong: Any) -> RequestFacts:
+        """Read from Kong what the decision needs; the identity first, and only from Kong."""
+        config = self.config
+        by = config.account_by if config else AccountBy.CONSUMER_ID
+        identity: Mapping[str, Any] | None
         if by is AccountBy.CREDENTIAL_ID:
-            credential: Mapping[str, Any] | None = kong.client.get_credential()
-            return credential
-        consumer: Mapping[str, Any] | None = kong.client.get_consumer()
-        return consumer
+            identity = kong.client.get_credential()
+        else:
+            identity = kong.client.get_consumer()
+        if config is None or not identity:
+            return RequestFacts(identity)
+        pricing = config.pricing
+        method = kong.request.get_method() if pricing.needs_method else ""
+        path = kong.request.get_path() if pricing.needs_path else ""
+        key = kong.request.get_header(IDEMPOTENCY_HEADER) if config.idempotency_window else None
+        return RequestFacts(identity, method or "", path or "", key or None)
 
     # The decision: no PDK calls below this line until _apply.
 
-    def _decide(self, identity: Mapping[str, Any] | Exception | None) -> Action:
-        if isinstance(identity, Exception):
-            return self._internal_error(identity)
+    def _decide(self, facts: RequestFacts | Exception) -> Action:
+        if isinstance(facts, Exception):
+            return self._internal_error(facts)
         config = self.config
         if config is None or self.store is None:
             return Refuse(
@@ -144,7 +231,7 @@ class Gate:
                 ),
                 log=f"credit-gate: invalid configuration: {self.config_error}",
             )
-        account = self._account(identity, config.account_by)
+        account = self._account(facts.identity, config.account_by)
         if account is None:
             return Refuse(
                 failure(
@@ -153,18 +240,27 @@ class Gate:
                     type_base=config.problem_type_base,
                 )
             )
+        payer, member = self._payer(facts.identity, account, config.pool_tag_prefix)
+        cost = config.pricing.cost_of(facts.method, facts.path)
         try:
             result = self.store.charge(
-                account,
-                config.cost,
+                payer,
+                cost,
                 now=int(time.time()),
                 entitled=config.plans,
                 route=config.route,
                 ledger_retention=config.ledger_retention,
+                shadow=not config.enforce,
+                idempotency_key=facts.idempotency_key,
+                idempotency_window=config.idempotency_window,
+                member=member,
+                hold_seconds=config.settle_timeout if config.settle_header else 0,
             )
         except StoreError as error:
-            return self._store_failure(config, account, error)
-        return self._act(config, account, result)
+            return self._store_failure(config, payer, member, error)
+        if not config.enforce:
+            return self._shadow(config, payer, member, result)
+        return self._act(config, payer, member, result)
 
     @staticmethod
     def _account(identity: Mapping[str, Any] | None, by: AccountBy) -> str | None:
@@ -180,30 +276,64 @@ class Gate:
         return value if isinstance(value, str) and value else None
 
     @staticmethod
-    def _act(config: GateConfig, account: str, result: ChargeResult) -> Action:
-        if result.allowed:
-            return Proxy(
-                upstream=upstream_headers(account, result),
-                client=None if config.hide_client_headers else client_headers(result),
-                route_to=config.upstream,
-            )
-        return Refuse(
-            refusal(
-                result,
-                type_base=config.problem_type_base,
-                payment_url=config.payment_url,
-                entitled=config.plans,
-            )
-        )
+    def _payer(identity: Mapping[str, Any] | None, account: str, prefix: str | None) -> tuple[str, str]:
+        """The account that pays and the pool member, from the tags Kong has on the consumer or credential.
+
+        A consumer tagged ``<prefix><pool>`` draws from the pool's account; no Redis lookup needed.
+        """
+        if prefix and identity:
+            for tag in identity.get("tags") or ():
+                if isinstance(tag, str) and tag.startswith(prefix) and len(tag) > len(prefix):
+                    return tag[len(prefix) :], account
+        return account, ""
 
     @staticmethod
-    def _store_failure(config: GateConfig, account: str, error: StoreError) -> Action:
-        if config.fault_tolerant:
+    def _upstream(payer: str, member: str, result: ChargeResult | None) -> dict[str, str]:
+        headers = upstream_headers(payer, result)
+        headers[MEMBER_HEADER] = member
+        return headers
+
+    def _act(self, config: GateConfig, payer: str, member: str, result: ChargeResult) -> Action:
+        if result.allowed:
+            upstream = self._upstream(payer, member, result)
+            if config.needs_log_phase and result.charge_id and not result.replayed:
+                upstream[TOKEN_HEADER] = sign_charge(payer, result.charge_id, result.cost)
+            client = {} if config.hide_client_headers else client_headers(result)
+            client.update(warning_headers(result, config.warnings))
+            if config.rate_limit_headers:
+                client.update(rate_limit_headers(result))
+            return Proxy(upstream=upstream, client=client or None, route_to=config.upstream)
+        problem = refusal(
+            result,
+            type_base=config.problem_type_base,
+            payment_url=config.payment_url,
+            entitled=config.plans,
+        )
+        if config.rate_limit_headers:
+            problem.headers.update(rate_limit_headers(result))
+        return Refuse(problem)
+
+    def _shadow(self, config: GateConfig, payer: str, member: str, result: ChargeResult) -> Action:
+        """Shadow mode: say what would have happened, refuse and charge nothing."""
+        log = None
+        if not result.allowed:
+            assert result.reason is not None
+            log = f"credit-gate shadow: would refuse account '{payer}' with {result.reason.value}"
+        return Proxy(
+            upstream=self._upstream(payer, member, None),
+            client=shadow_headers(result),
+            route_to=config.upstream,
+            log=log,
+            log_level="notice",
+        )
+
+    def _store_failure(self, config: GateConfig, payer: str, member: str, error: StoreError) -> Action:
+        if config.fault_tolerant or not config.enforce:
             return Proxy(
-                upstream=upstream_headers(account, None),
+                upstream=self._upstream(payer, member, None),
                 client=None,
                 route_to=config.upstream,
-                log=f"credit-gate: store unavailable, request proxied UNMETERED (fault_tolerant): {error}",
+                log=f"credit-gate: store unavailable, request proxied UNMETERED: {error}",
             )
         return Refuse(
             failure(
@@ -232,7 +362,7 @@ class Gate:
     def _apply(kong: Any, action: Action) -> None:
         try:
             if action.log:
-                kong.log.err(action.log) if isinstance(action, Refuse) else kong.log.warn(action.log)
+                getattr(kong.log, action.log_level)(action.log)
             if isinstance(action, Refuse):
                 problem = action.problem
                 kong.response.exit(problem.status, problem.encoded(), problem.headers)
@@ -245,3 +375,59 @@ class Gate:
                 kong.response.set_headers(action.client)
         except Exception as error:  # the channel to Kong itself failed: nothing more can be sent
             _stderr(f"could not apply the decision: {type(error).__name__}: {error}")
+
+    # The log phase: refunds and settlements, after the response.
+
+    def log(self, kong: Any) -> None:
+        config = self.config
+        if config is None or self.store is None or not config.needs_log_phase:
+            return  # nothing to do: the event ends without a PDK call
+        try:
+            self._settle(kong, config, self.store)
+        except Exception as error:
+            _stderr(f"log phase failed, the charge stands: {type(error).__name__}: {error}")
+
+    def _settle(self, kong: Any, config: GateConfig, store: RedisStore) -> None:
+        token = kong.request.get_header(TOKEN_HEADER)
+        if not token:
+            return  # not charged through this instance: refused, replayed, free or unmetered
+        charge = verify_charge(str(token))
+        if charge is None:
+            kong.log.warn("credit-gate: a charge token did not verify (client-sent, or the server restarted)")
+            return
+        account, charge_id, held = charge
+        status = kong.response.get_status()
+        if config.refund is not None and config.refund.refunds(status):
+            final, refund, note = 0, True, None
+        elif config.settle_header:
+            raw = kong.response.get_header(config.settle_header)
+            final, problem = parse_settled_cost(raw, held)
+            refund, note = (
+                False,
+                (
+                    f"settle header {config.settle_header}: {problem}; settled at the hold"
+                    if problem
+                    else None
+                ),
+            )
+        else:
+            return
+        if note:
+            kong.log.warn(f"credit-gate: {note}")
+        if final == held:
+            return  # nothing to give back
+        try:
+            outcome = store.settle(
+                account,
+                charge_id,
+                final,
+                now=int(time.time()),
+                refund=refund,
+                window_seconds=max(config.settle_timeout, 86_400) if refund else config.settle_timeout,
+                ledger_retention=config.ledger_retention,
+            )
+        except StoreError as error:
+            kong.log.err(f"credit-gate: could not settle charge {charge_id} of '{account}': {error}")
+            return
+        if outcome.outcome != "applied":
+            kong.log.warn(f"credit-gate: charge {charge_id} of '{account}' not settled: {outcome.outcome}")

@@ -56,9 +56,7 @@ class ImportReport:
             "applied": self.applied,
             "granted_credits": self.granted_credits,
             "grants_already_applied": self.grants_already_applied,
-            "rejected": [
-                {"line": r.line, "account": r.account, "error": r.error} for r in self.rejected
-            ],
+            "rejected": [{"line": r.line, "account": r.account, "error": r.error} for r in self.rejected],
         }
 
 
@@ -134,9 +132,7 @@ def apply_row(admin: Admin, row: dict[str, str]) -> tuple[int, bool]:
     return (balance if outcome.grant == 1 else 0), outcome.grant == 0
 
 
-def import_csv(
-    admin: Admin, path: Path, *, advance: Callable[[], None] | None = None
-) -> ImportReport:
+def import_csv(admin: Admin, path: Path, *, advance: Callable[[], None] | None = None) -> ImportReport:
     """Import every row of ``path``; bad rows are reported, never half-applied.
 
     A Redis failure stops the import (every following row would fail too): the rows before it are

@@ -28,9 +28,7 @@ def settings_from_url(
     except ValueError as error:
         raise ConfigError(f"Redis URL {redacted(url)!r} is not valid: {error}") from None
     if parts.scheme not in ("redis", "rediss"):
-        raise ConfigError(
-            f"Redis URL must start with redis:// or rediss:// (TLS), got {redacted(url)!r}"
-        )
+        raise ConfigError(f"Redis URL must start with redis:// or rediss:// (TLS), got {redacted(url)!r}")
     if parts.query or parts.fragment:
         raise ConfigError("Redis URL takes no query (use --ssl-verify, --server-name, --ca-file instead)")
     path = parts.path.strip("/")

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from creditgate.core.decision import Warnings
 from creditgate.core.model import check_plan_name
+from creditgate.core.pricing import Pricing, RefundPolicy, parse_refund_statuses, parse_rules
 from creditgate.core.redis_settings import RedisSettings as RedisSettings  # re-exported
 from creditgate.core.redis_settings import parse_redis
 from creditgate.core.values import get_bool, get_int, get_str, get_value
@@ -36,18 +38,38 @@ class AccountBy(str, enum.Enum):
 class GateConfig:
     """Everything one plugin instance needs, immutable."""
 
-    cost: int = 1
     plans: tuple[str, ...] = ()
     account_by: AccountBy = AccountBy.CONSUMER_ID
     payment_url: str | None = None
     problem_type_base: str = "urn:credit-gate:problem:"
     fault_tolerant: bool = False
+    breaker_failures: int = 5
+    breaker_cooldown_ms: int = 1000
     hide_client_headers: bool = False
     upstream: str | None = None
+    enforce: bool = True
+    pricing: Pricing = field(default_factory=lambda: Pricing(1))
+    idempotency_window: int = 0
+    refund: RefundPolicy | None = None
+    settle_header: str | None = None
+    settle_timeout: int = 300
+    pool_tag_prefix: str | None = None
+    warnings: Warnings = field(default_factory=Warnings)
+    rate_limit_headers: bool = False
     key_prefix: str = "credit-gate"
     ledger_retention: int = 10_000
     redis: RedisSettings = field(default_factory=RedisSettings)
     route: str = "global"
+
+    @property
+    def cost(self) -> int:
+        """The flat cost: what a request no cost rule matches costs."""
+        return self.pricing.cost
+
+    @property
+    def needs_log_phase(self) -> bool:
+        """Refunds and settlements happen after the response, in Kong's log phase."""
+        return self.enforce and (self.refund is not None or self.settle_header is not None)
 
 
 def parse_config(raw: Mapping[str, Any]) -> GateConfig:
@@ -95,14 +117,30 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
     attribution = f"route:{route}" if route else f"service:{service}" if service else "global"
 
     return GateConfig(
-        cost=get_int(raw, "cost", 1, 0, 1_000_000_000),
         plans=plans,
         account_by=account_by,
         payment_url=payment_url,
         problem_type_base=type_base,
         fault_tolerant=get_bool(raw, "fault_tolerant", False),
+        breaker_failures=get_int(raw, "breaker_failures", 5, 0, 1000),
+        breaker_cooldown_ms=get_int(raw, "breaker_cooldown_ms", 1000, 10, 600_000),
         hide_client_headers=get_bool(raw, "hide_client_headers", False),
         upstream=get_str(raw, "upstream", None),
+        enforce=get_bool(raw, "enforce", True),
+        pricing=Pricing(get_int(raw, "cost", 1, 0, 1_000_000_000), parse_rules(get_value(raw, "costs", []))),
+        idempotency_window=get_int(raw, "idempotency_window", 0, 0, 7 * 86_400),
+        refund=parse_refund_statuses(get_value(raw, "refund_statuses", ["5xx"]))
+        if get_bool(raw, "refund_on_failure", False)
+        else None,
+        settle_header=get_str(raw, "settle_header", None),
+        settle_timeout=get_int(raw, "settle_timeout", 300, 1, 86_400),
+        pool_tag_prefix=get_str(raw, "pool_tag_prefix", None),
+        warnings=Warnings(
+            balance_below=get_int(raw, "warn_balance_below", 0, 0, 10**15),
+            allowance_below=get_int(raw, "warn_allowance_below", 0, 0, 10**15),
+            expiry_days=get_int(raw, "warn_expiry_days", 0, 0, 3650),
+        ),
+        rate_limit_headers=get_bool(raw, "rate_limit_headers", False),
         key_prefix=key_prefix,
         ledger_retention=get_int(raw, "ledger_retention", 10_000, 100, 10_000_000),
         redis=parse_redis(raw.get("redis")),

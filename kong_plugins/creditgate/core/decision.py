@@ -26,6 +26,7 @@ class Reason(str, enum.Enum):
     PLAN_NOT_ENTITLED = "plan_not_entitled"
     QUOTA_EXHAUSTED = "quota_exhausted"
     INSUFFICIENT_CREDIT = "insufficient_credit"
+    MEMBER_CAP_REACHED = "member_cap_reached"
     STORE_UNAVAILABLE = "store_unavailable"
     MISCONFIGURED = "misconfigured"
     INTERNAL_ERROR = "internal_error"
@@ -47,6 +48,7 @@ TITLES = {
     Reason.PLAN_NOT_ENTITLED: "Not included in your plan",
     Reason.QUOTA_EXHAUSTED: "Quota exhausted",
     Reason.INSUFFICIENT_CREDIT: "Insufficient credit",
+    Reason.MEMBER_CAP_REACHED: "Member cap reached",
     Reason.STORE_UNAVAILABLE: "Billing temporarily unavailable",
     Reason.MISCONFIGURED: "Gateway misconfigured",
     Reason.INTERNAL_ERROR: "Gateway error",
@@ -74,6 +76,10 @@ class ChargeResult:
     from_allowance: int
     from_balance: int
     charge_id: str
+    period_start: int = 0
+    replayed: bool = False
+    member_used: int = 0
+    member_cap: int = -1  # -1: no cap
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,13 @@ def _detail(result: ChargeResult, entitled: Sequence[str]) -> str:
             f"The allowance of plan '{result.plan}' is used up ({result.allowance} credits per period) and "
             f"the plan does not draw on prepaid credit.{tail} Upgrade the plan to continue now."
         )
+    if reason is Reason.MEMBER_CAP_REACHED:
+        tail = f" It renews at {when}." if when else ""
+        return (
+            f"This member has used {result.member_used} of the {result.member_cap} credits its pool allows "
+            f"it per period, and this request costs {result.cost}.{tail} "
+            "Ask the pool's owner to raise the cap."
+        )
     if reason is Reason.INSUFFICIENT_CREDIT:
         return (
             f"This request costs {result.cost} credits; the account has {result.balance} credits and "
@@ -132,7 +145,8 @@ def _detail(result: ChargeResult, entitled: Sequence[str]) -> str:
 
 def retry_after(result: ChargeResult) -> int | None:
     """Seconds until the refusal lifts by itself, when that time is known."""
-    if result.reason is Reason.QUOTA_EXHAUSTED and result.period_end > result.now:
+    renews = (Reason.QUOTA_EXHAUSTED, Reason.MEMBER_CAP_REACHED)
+    if result.reason in renews and result.period_end > result.now:
         return result.period_end - result.now
     if result.reason is Reason.SUBSCRIPTION_INACTIVE and result.starts_at > result.now:
         return result.starts_at - result.now
@@ -197,17 +211,79 @@ ACCOUNT_HEADER = "X-Credit-Account"
 PLAN_HEADER = "X-Credit-Plan"
 
 
+WARNING_HEADER = "X-Credit-Warning"
+SHADOW_HEADER = "X-Credit-Shadow"
+REPLAYED_HEADER = "X-Credit-Replayed"
+DAY_SECONDS = 86_400
+
+
+@dataclass(frozen=True)
+class Warnings:
+    """When an allowed response warns the client that it is nearing the wall (0 turns a warning off)."""
+
+    balance_below: int = 0
+    allowance_below: int = 0
+    expiry_days: int = 0
+
+    def of(self, result: ChargeResult) -> list[str]:
+        found = []
+        if self.balance_below and result.balance < self.balance_below:
+            found.append("low_balance")
+        if (
+            self.allowance_below
+            and result.allowance > 0
+            and result.allowance_remaining < self.allowance_below
+        ):
+            found.append("low_allowance")
+        if (
+            self.expiry_days
+            and result.expires_at
+            and result.expires_at - result.now <= self.expiry_days * DAY_SECONDS
+        ):
+            found.append("subscription_expiring")
+        return found
+
+
 def client_headers(result: ChargeResult) -> dict[str, str]:
     """What an allowed response tells the client about its credit."""
     headers = {
-        COST_HEADER: str(result.cost),
+        COST_HEADER: str(0 if result.replayed else result.cost),
         BALANCE_HEADER: str(result.balance),
         ALLOWANCE_HEADER: str(result.allowance_remaining),
     }
     period_end = rfc3339(result.period_end)
     if period_end:
         headers[PERIOD_END_HEADER] = period_end
+    if result.replayed:
+        headers[REPLAYED_HEADER] = "true"
     return headers
+
+
+def warning_headers(result: ChargeResult, warnings: Warnings) -> dict[str, str]:
+    found = warnings.of(result)
+    return {WARNING_HEADER: ", ".join(found)} if found else {}
+
+
+def rate_limit_headers(result: ChargeResult) -> dict[str, str]:
+    """The IETF ``RateLimit-Policy`` and ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-headers)
+    for the plan's allowance, in credits; nothing for a plan without a renewed allowance."""
+    if result.allowance <= 0 or result.period_end <= 0 or not result.plan:
+        return {}
+    policy = '"' + result.plan + '"'  # plan names are [a-z0-9_.-]: a valid sf-string as is
+    window = max(result.period_end - result.period_start, 0)
+    reset = max(result.period_end - result.now, 0)
+    return {
+        "RateLimit-Policy": f'{policy};q={result.allowance};w={window};qu="credits"',
+        "RateLimit": f"{policy};r={result.allowance_remaining};t={reset}",
+    }
+
+
+def shadow_headers(result: ChargeResult) -> dict[str, str]:
+    """What shadow mode tells the client would have happened."""
+    if result.allowed:
+        return {SHADOW_HEADER: f"would_charge; cost={result.cost}"}
+    assert result.reason is not None
+    return {SHADOW_HEADER: f"would_refuse; reason={result.reason.value}"}
 
 
 def upstream_headers(account: str, result: ChargeResult | None) -> dict[str, str]:

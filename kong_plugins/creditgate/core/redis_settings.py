@@ -3,16 +3,41 @@
 Kong's schema fragment for the record (``REDIS_FIELDS``), the parsed value (``RedisSettings``) and its
 parser live together so that a new connection option is added in one place. Clients are built from
 ``RedisSettings`` by ``creditgate.store.redis_store.connect``, for the plugin and the CLI alike.
+
+Three topologies, chosen by which fields are set (the names are Kong's own, from the Redis settings of
+its Enterprise plugins):
+
+- standalone: ``host`` and ``port``;
+- Sentinel: ``sentinel_master`` and ``sentinel_nodes`` (the master is asked of the sentinels);
+- Cluster: ``cluster_nodes`` (seed nodes; the slot map is asked of them).
+
+TLS (``ssl``, ``ssl_verify``, ``ca_file``, ``server_name``) and the ACL user (``username``,
+``password``) apply to every topology.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from creditgate.core.values import get_bool, get_int, get_str
 from creditgate.errors import ConfigError
+
+Topology = Literal["standalone", "sentinel", "cluster"]
+
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class Node:
+    """A sentinel or a Cluster seed node."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -30,6 +55,20 @@ class RedisSettings:
     ssl_verify: bool = True
     server_name: str | None = None
     ca_file: str | None = None
+    sentinel_master: str | None = None
+    sentinel_nodes: tuple[Node, ...] = ()
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    cluster_nodes: tuple[Node, ...] = ()
+    cluster_max_redirections: int = 5
+
+    @property
+    def topology(self) -> Topology:
+        if self.cluster_nodes:
+            return "cluster"
+        if self.sentinel_master:
+            return "sentinel"
+        return "standalone"
 
 
 # The `redis` record of the plugin's Kong schema.
@@ -108,10 +147,116 @@ REDIS_FIELDS: list[dict[str, Any]] = [
             "description": "PEM file of the CA that signed Redis's certificate.",
         }
     },
+    {
+        "sentinel_master": {
+            "type": "string",
+            "description": "Sentinel: the name of the monitored master (as in sentinel.conf). "
+            "Set it with sentinel_nodes; host and port are then ignored.",
+        }
+    },
+    {
+        "sentinel_nodes": {
+            "type": "array",
+            "elements": {
+                "type": "record",
+                "fields": [
+                    {
+                        "host": {
+                            "type": "string",
+                            "default": "127.0.0.1",
+                            "required": True,
+                            "description": "A sentinel's host name or address.",
+                        }
+                    },
+                    {
+                        "port": {
+                            "type": "integer",
+                            "default": SENTINEL_PORT,
+                            "required": True,
+                            "between": [1, 65535],
+                            "description": "A sentinel's port.",
+                        }
+                    },
+                ],
+            },
+            "description": "Sentinel: the sentinels asked for the current master's address.",
+        }
+    },
+    {
+        "sentinel_username": {
+            "type": "string",
+            "description": "Sentinel: ACL user name on the sentinels, if they require one.",
+        }
+    },
+    {
+        "sentinel_password": {
+            "type": "string",
+            "referenceable": True,
+            "description": "Sentinel: password on the sentinels, if they require one.",
+        }
+    },
+    {
+        "cluster_nodes": {
+            "type": "array",
+            "elements": {
+                "type": "record",
+                "fields": [
+                    {
+                        "ip": {
+                            "type": "string",
+                            "default": "127.0.0.1",
+                            "required": True,
+                            "description": "A Cluster node's host name or address.",
+                        }
+                    },
+                    {
+                        "port": {
+                            "type": "integer",
+                            "default": 6379,
+                            "required": True,
+                            "between": [1, 65535],
+                            "description": "A Cluster node's port.",
+                        }
+                    },
+                ],
+            },
+            "description": "Redis Cluster: seed nodes the slot map is learnt from (any few nodes will do). "
+            "host, port and database are then ignored.",
+        }
+    },
+    {
+        "cluster_max_redirections": {
+            "type": "integer",
+            "default": 5,
+            "required": True,
+            "between": [1, 100],
+            "description": "Redis Cluster: MOVED/ASK/TRYAGAIN redirections followed for one command "
+            "(a redirected command was not run, so following it never charges twice).",
+        }
+    },
 ]
 
 
+def _nodes(raw: Mapping[str, Any], name: str, host_field: str, default_port: int) -> tuple[Node, ...]:
+    value = raw.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"redis.{name} must be a list of {{{host_field}, port}} records, got {value!r}")
+    nodes: list[Node] = []
+    for i, item in enumerate(value):
+        where = f"redis.{name}[{i}]."
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"redis.{name}[{i}] must be a {{{host_field}, port}} record, got {item!r}")
+        host = get_str(item, host_field, "127.0.0.1", where) or "127.0.0.1"
+        nodes.append(Node(host, get_int(item, "port", default_port, 1, 65535, where)))
+    if len(set(nodes)) != len(nodes):
+        raise ConfigError(f"redis.{name} lists a node twice: {', '.join(map(str, nodes))}")
+    return tuple(nodes)
+
+
 def parse_redis(raw: Mapping[str, Any] | None) -> RedisSettings:
+    """The ``redis`` record, with the rules across its fields that Kong's schema cannot state."""
     raw = raw or {}
     if not isinstance(raw, Mapping):
         raise ConfigError("redis must be a record of settings")
@@ -128,5 +273,49 @@ def parse_redis(raw: Mapping[str, Any] | None) -> RedisSettings:
         ssl_verify=get_bool(raw, "ssl_verify", True, where),
         server_name=get_str(raw, "server_name", None, where),
         ca_file=get_str(raw, "ca_file", None, where),
+        sentinel_master=get_str(raw, "sentinel_master", None, where),
+        sentinel_nodes=_nodes(raw, "sentinel_nodes", "host", SENTINEL_PORT),
+        sentinel_username=get_str(raw, "sentinel_username", None, where),
+        sentinel_password=get_str(raw, "sentinel_password", None, where),
+        cluster_nodes=_nodes(raw, "cluster_nodes", "ip", 6379),
+        cluster_max_redirections=get_int(raw, "cluster_max_redirections", 5, 1, 100, where),
     )
+    _check_topology(settings)
     return settings
+
+
+def _check_topology(settings: RedisSettings) -> None:
+    sentinel = bool(settings.sentinel_master or settings.sentinel_nodes)
+    if settings.sentinel_master and not settings.sentinel_nodes:
+        raise ConfigError(
+            "redis.sentinel_master is set but redis.sentinel_nodes is empty: list the sentinels "
+            "({host, port}) that know the master"
+        )
+    if settings.sentinel_nodes and not settings.sentinel_master:
+        raise ConfigError(
+            "redis.sentinel_nodes is set but redis.sentinel_master is not: give the master's name "
+            "as the sentinels know it (sentinel.conf `sentinel monitor <name> ...`)"
+        )
+    if not sentinel and (settings.sentinel_username or settings.sentinel_password):
+        raise ConfigError(
+            "redis.sentinel_username/sentinel_password are set without redis.sentinel_master: "
+            "they are only used to talk to sentinels"
+        )
+    if sentinel and settings.cluster_nodes:
+        raise ConfigError(
+            "redis has both sentinel (sentinel_master, sentinel_nodes) and cluster_nodes set: "
+            "choose one topology"
+        )
+    if settings.cluster_nodes and settings.database != 0:
+        raise ConfigError(
+            f"redis.database is {settings.database} but Redis Cluster has only database 0: "
+            "set database to 0 (or remove cluster_nodes)"
+        )
+    if settings.cluster_nodes and settings.ssl and settings.server_name:
+        # redis-py builds each Cluster node's connection itself and checks its certificate against
+        # the address the cluster reports for the node; it has no hook for another name.
+        raise ConfigError(
+            "redis.server_name cannot be used with cluster_nodes: each node's certificate is checked "
+            "against the address the cluster announces for it (cluster-announce-hostname); "
+            "remove server_name"
+        )

@@ -8,6 +8,9 @@ or ``%`` can neither break the tag nor collide with another account's keys.
     <prefix>:{<account>}:ledger         stream: every change of the account's credit
     <prefix>:{<account>}:keys           hash: idempotency key -> ledger id
     <prefix>:{<account>}:usage:<day>    hash: "<route>|requests|credits|refused" -> count, per UTC day
+    <prefix>:{<account>}:members        hash: pool members' caps and period use
+    <prefix>:{<account>}:request:<hash> string: the charge a request's Idempotency-Key answered with
+    <prefix>:{<account>}:settled:<id>   string: the settlement of charge <id> (settled at most once)
     <prefix>:plan:<name>                string: the plan's JSON document
     <prefix>:plans                      set: plan names
     <prefix>:plan:<name>:accounts       set: accounts subscribed to the plan
@@ -17,6 +20,7 @@ or ``%`` can neither break the tag nor collide with another account's keys.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -37,9 +41,19 @@ class AccountKeys:
     ledger: str
     idempotency: str
     usage_prefix: str
+    members: str
+    base: str
 
     def usage(self, epoch: int) -> str:
         return self.usage_prefix + utc_day(epoch)
+
+    def request(self, idempotency_key: str) -> str:
+        """The key of a client's Idempotency-Key, hashed: any value the client sends makes a safe name."""
+        digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return f"{self.base}request:{digest}"
+
+    def settled(self, charge_id: str) -> str:
+        return f"{self.base}settled:{charge_id}"
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,9 @@ class Keys:
 
     def account(self, account: str) -> AccountKeys:
         base = f"{self.prefix}:{{{account_tag(account)}}}:"
-        return AccountKeys(base + "account", base + "ledger", base + "keys", base + "usage:")
+        return AccountKeys(
+            base + "account", base + "ledger", base + "keys", base + "usage:", base + "members", base
+        )
 
     def plan(self, name: str) -> str:
         return f"{self.prefix}:plan:{name}"

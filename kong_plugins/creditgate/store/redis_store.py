@@ -9,25 +9,44 @@ A failed call raises ``StoreError`` and its outcome is unknown; the ledger tells
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
 import redis
+from redis._parsers import Encoder
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.connection import SSLConnection
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from creditgate.core.config import RedisSettings
 from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.model import Plan, Status, Subscription
 from creditgate.core.periods import Period
-from creditgate.errors import StoreError, StoreTimeout
+from creditgate.errors import StoreError, StoreTimeout, StoreUnavailable
+from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.keys import Keys
 
 USAGE_TTL_SECONDS = 400 * 86_400
 DEFAULT_LEDGER_RETENTION = 10_000
+
+# Errors that mean "Redis could not be reached or did not answer in time", as opposed to an error
+# reply (Redis is up). Only these count towards the circuit breaker. RedisClusterException is not a
+# RedisError: redis-py raises it when no seed node answers and when a slot has no node.
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,  # also AuthenticationError, BusyLoadingError, MasterNotFoundError
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+)
 
 
 def _script_source(name: str) -> str:
@@ -35,29 +54,199 @@ def _script_source(name: str) -> str:
     return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
-def connect(settings: RedisSettings) -> redis.Redis:
-    """A client with a connection pool, short timeouts and no automatic re-sending of commands."""
-    ssl_options: dict[str, Any] = {}
-    if settings.ssl:
-        ssl_options = {
-            "ssl": True,
-            "ssl_cert_reqs": "required" if settings.ssl_verify else "none",
-            "ssl_check_hostname": settings.ssl_verify,
-            "ssl_ca_certs": settings.ca_file,
-        }
-    return redis.Redis(
-        host=settings.server_name if settings.ssl and settings.server_name else settings.host,
+class _NamedSSLConnection(SSLConnection):
+    """TLS to the configured address, with SNI and the certificate check against ``server_name``.
+
+    redis-py sends SNI and checks the certificate against the address it connects to
+    (``SSLConnection._wrap_socket_with_ssl`` passes ``server_hostname=self.host``); Kong's
+    ``server_name`` names the certificate while ``host`` (or the master a sentinel reports, an
+    address) says where to connect.
+    """
+
+    def __init__(self, *, ssl_server_name: str, **kwargs: Any) -> None:
+        self.ssl_server_name = ssl_server_name
+        super().__init__(**kwargs)
+
+    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
+        address = self.host
+        self.host = self.ssl_server_name
+        try:
+            return cast(Any, super())._wrap_socket_with_ssl(sock)
+        finally:
+            self.host = address
+
+
+class _NamedSentinelSSLConnection(SentinelManagedConnection, _NamedSSLConnection):
+    """A connection to the master a sentinel reports, TLS checked against ``server_name``."""
+
+
+def _common(settings: RedisSettings) -> dict[str, Any]:
+    """Options every data connection shares, whatever the topology."""
+    return {
+        "username": settings.username,
+        "password": settings.password,
+        "socket_connect_timeout": settings.connect_timeout / 1000,
+        "socket_timeout": settings.read_timeout / 1000,
+        "health_check_interval": 0,
+        "driver_info": None,  # no CLIENT SETINFO round trips on each new connection
+    }
+
+
+def _tls(settings: RedisSettings) -> dict[str, Any]:
+    if not settings.ssl:
+        return {}
+    return {
+        "ssl_cert_reqs": "required" if settings.ssl_verify else "none",
+        "ssl_check_hostname": settings.ssl_verify,
+        "ssl_ca_certs": settings.ca_file,
+    }
+
+
+def _no_retry() -> Retry:
+    # redis-py retries timeouts and connection errors by re-sending the command (10 times by
+    # default in redis-py 8): a charge whose reply was lost would be applied again.
+    return Retry(NoBackoff(), 0)
+
+
+class LazyCluster:
+    """A RedisCluster built on first use, and built again on a later call if Redis was unreachable.
+
+    redis-py's RedisCluster asks its seed nodes for the slot map in its constructor and raises when
+    none answers; built eagerly, a plugin instance started during a Cluster outage would stay broken
+    after the Cluster came back. Scripts are registered against this object: hashing a script needs
+    only the encoder, and Script sends EVALSHA/SCRIPT LOAD through the attributes forwarded below.
+    """
+
+    def __init__(self, build: Callable[[], RedisCluster]) -> None:
+        self._build = build
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+        # The encoder RedisCluster builds for itself with its default options.
+        self._encoder = cast(Any, Encoder)("utf-8", "strict", False)
+
+    @property
+    def cluster(self) -> RedisCluster:
+        client = self._client
+        if client is None:
+            # Built outside the lock so that concurrent requests do not queue behind one attempt's
+            # connect timeouts; the first to finish wins and the others close theirs.
+            built = self._build()
+            with self._lock:
+                if self._client is None:
+                    self._client = built
+                    return built
+                client = self._client
+            built.close()
+        return client
+
+    def get_encoder(self) -> Any:
+        return self._encoder
+
+    def register_script(self, script: str) -> Script:
+        return Script(cast(Any, self), script)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cluster, name)
+
+
+Client = redis.Redis | LazyCluster
+
+
+def connect(settings: RedisSettings) -> Client:
+    """A client for the settings' topology, with a connection pool, short timeouts and no automatic
+    re-sending of commands.
+
+    Nothing here talks to Redis: connections are made on first use, so an instance built while
+    Redis is down works once Redis is back.
+    """
+    if settings.topology == "cluster":
+        return LazyCluster(lambda: _cluster(settings))
+    if settings.topology == "sentinel":
+        return _sentinel_master(settings)
+    client = redis.Redis(
+        host=settings.host,
         port=settings.port,
         db=settings.database,
-        username=settings.username,
-        password=settings.password,
-        socket_connect_timeout=settings.connect_timeout / 1000,
-        socket_timeout=settings.read_timeout / 1000,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        driver_info=None,  # no CLIENT SETINFO round trips on each new connection
-        **ssl_options,
+        retry=_no_retry(),
+        ssl=settings.ssl,
+        **_common(settings),
+        **_tls(settings),
     )
+    if settings.ssl and settings.server_name:
+        # The pool has made no connection yet: its connections will check server_name.
+        pool = client.connection_pool
+        pool.connection_class = _NamedSSLConnection
+        pool.connection_kwargs["ssl_server_name"] = settings.server_name
+    return client
+
+
+def _sentinel_master(settings: RedisSettings) -> redis.Redis:
+    """The current master, as the sentinels report it.
+
+    redis-py asks a sentinel for the master's address on each new connection; after a failover the
+    old master's connections fail (connection refused, or READONLY, which redis-py's
+    SentinelManagedConnection turns into a ConnectionError and a reconnect), so the next request
+    reaches the new master. Those failing requests are answered 503 (or passed through with
+    fault_tolerant), never re-sent.
+    """
+    sentinel_options: dict[str, Any] = {
+        "username": settings.sentinel_username,
+        "password": settings.sentinel_password,
+        "socket_connect_timeout": settings.connect_timeout / 1000,
+        "socket_timeout": settings.read_timeout / 1000,
+        "retry": _no_retry(),
+        "health_check_interval": 0,
+        "driver_info": None,
+        "ssl": settings.ssl,
+        **_tls(settings),
+    }
+    sentinel = cast(Any, Sentinel)(
+        [(node.host, node.port) for node in settings.sentinel_nodes], sentinel_kwargs=sentinel_options
+    )
+    master_options: dict[str, Any] = {
+        "db": settings.database,
+        "retry": _no_retry(),
+        **_common(settings),
+        **_tls(settings),
+    }
+    if settings.ssl and settings.server_name:
+        master_options["connection_class"] = _NamedSentinelSSLConnection
+        master_options["ssl_server_name"] = settings.server_name
+    else:
+        master_options["ssl"] = settings.ssl
+    master: redis.Redis = sentinel.master_for(settings.sentinel_master, **master_options)
+    return master
+
+
+def _cluster(settings: RedisSettings) -> RedisCluster:
+    """A Redis Cluster client that follows redirections but never re-sends a command after an error.
+
+    - MOVED and ASK (and TRYAGAIN) answers mean the node did not run the command: following them
+      cannot apply a charge twice. redis-py follows up to ``RedisClusterRequestTTL`` - 1 of them per
+      command; Kong's ``cluster_max_redirections`` sets it.
+    - A connection error or timeout leaves the outcome unknown: ``retry`` with 0 retries stops
+      RedisCluster from running the command again (it would otherwise refresh the slot map and
+      re-send up to 10 times). The slot map is still refreshed, so the next request finds the node
+      that took the slot over.
+    - ``require_full_coverage`` False: with a master down, accounts on the other masters' slots are
+      still charged; those on its slots get the failure answer until a replica takes over.
+    """
+    client = RedisCluster(
+        startup_nodes=[cast(Any, ClusterNode)(node.host, node.port) for node in settings.cluster_nodes],
+        retry=_no_retry(),
+        require_full_coverage=False,
+        ssl=settings.ssl,
+        **_common(settings),
+        **_tls(settings),
+    )
+    client.RedisClusterRequestTTL = settings.cluster_max_redirections + 1
+    return client
 
 
 def _text(value: Any) -> str:
@@ -78,14 +267,28 @@ def _charge_result(reply: Sequence[Any]) -> ChargeResult:
         balance=int(reply[5]),
         allowance=int(reply[6]),
         allowance_remaining=int(reply[7]),
-        period_end=int(reply[8]),
-        starts_at=int(reply[9]),
-        expires_at=int(reply[10]),
-        now=int(reply[11]),
-        from_allowance=int(reply[12]),
-        from_balance=int(reply[13]),
-        charge_id=_text(reply[14]),
+        period_start=int(reply[8]),
+        period_end=int(reply[9]),
+        starts_at=int(reply[10]),
+        expires_at=int(reply[11]),
+        now=int(reply[12]),
+        from_allowance=int(reply[13]),
+        from_balance=int(reply[14]),
+        charge_id=_text(reply[15]),
+        replayed=int(reply[17]) == 1,
+        member_used=int(reply[18]),
+        member_cap=int(reply[19]),
     )
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    """What settling a charge did. ``outcome``: applied, already, unknown, late or invalid."""
+
+    outcome: str
+    given_back: int
+    balance: int
+    ledger_id: str
 
 
 @dataclass(frozen=True)
@@ -188,15 +391,27 @@ class RedisStore:
 
     ``timeout_ms`` is the client's read timeout: charges sent with it carry a deadline a little
     shorter, so that a charge Redis runs after the caller stopped waiting is never applied.
+
+    ``breaker``, when given, is asked before every call and told how it went: while it is open the
+    store raises ``StoreUnavailable`` at once instead of waiting on an unreachable Redis.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "credit-gate", *, timeout_ms: int = 0) -> None:
+    def __init__(
+        self,
+        client: Client,
+        prefix: str = "credit-gate",
+        *,
+        timeout_ms: int = 0,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.client = client
+        self.breaker = breaker
         self.keys = Keys(prefix)
         self.clock = RedisClock()
         # Leave the reply time to travel back before the client's own timeout fires.
         self.charge_budget_ms = timeout_ms - max(timeout_ms / 5, 5) if timeout_ms else 0
         self._charge = client.register_script(_script_source("charge"))
+        self._settle = client.register_script(_script_source("settle"))
         self._credit = client.register_script(_script_source("credit"))
         self._subscribe = client.register_script(_script_source("subscribe"))
         self._plan_terms = client.register_script(_script_source("plan_terms"))
@@ -205,29 +420,50 @@ class RedisStore:
         self._import_row = client.register_script(_script_source("import_row"))
 
     @classmethod
-    def from_settings(cls, settings: RedisSettings, prefix: str = "credit-gate") -> RedisStore:
-        return cls(connect(settings), prefix, timeout_ms=settings.read_timeout)
+    def from_settings(
+        cls, settings: RedisSettings, prefix: str = "credit-gate", *, breaker: CircuitBreaker | None = None
+    ) -> RedisStore:
+        return cls(connect(settings), prefix, timeout_ms=settings.read_timeout, breaker=breaker)
 
     def close(self) -> None:
         self.client.close()
 
-    def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    @contextmanager
+    def _redis(self) -> Iterator[None]:
+        """Around every call: the breaker's say, and driver errors as StoreError."""
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            raise StoreUnavailable(
+                f"circuit open after repeated Redis failures; Redis is tried again in "
+                f"{breaker.retry_after_ms()} ms"
+            )
         try:
+            yield
+        except UNREACHABLE as error:
+            if breaker is not None:
+                breaker.failed()
+            if isinstance(error, redis.exceptions.TimeoutError):
+                raise StoreTimeout(f"Redis did not answer in time: {error}") from error
+            raise StoreError(f"Redis failed: {error}") from error
+        except redis.exceptions.RedisError as error:  # an error reply: Redis itself is up
+            if breaker is not None:
+                breaker.succeeded()
+            raise StoreError(f"Redis failed: {error}") from error
+        except BaseException:
+            if breaker is not None:
+                breaker.succeeded()  # not Redis's fault; never leave a probe outstanding
+            raise
+        else:
+            if breaker is not None:
+                breaker.succeeded()
+
+    def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        with self._redis():
             return script(keys=keys, args=args)
-        except redis.exceptions.TimeoutError as error:
-            raise StoreTimeout(f"Redis did not answer in time: {error}") from error
-        except redis.exceptions.RedisError as error:
-            raise StoreError(f"Redis failed: {error}") from error
-        except OSError as error:
-            raise StoreError(f"Redis failed: {error}") from error
 
     def _run(self, command: str, *args: Any) -> Any:
-        try:
+        with self._redis():
             return cast(Any, self.client).execute_command(command, *args)
-        except redis.exceptions.TimeoutError as error:
-            raise StoreTimeout(f"Redis did not answer in time: {error}") from error
-        except (redis.exceptions.RedisError, OSError) as error:
-            raise StoreError(f"Redis failed: {error}") from error
 
     # The hot path: one script, one round trip.
 
@@ -240,17 +476,64 @@ class RedisStore:
         entitled: Sequence[str] = (),
         route: str = "global",
         ledger_retention: int = DEFAULT_LEDGER_RETENTION,
+        shadow: bool = False,
+        idempotency_key: str | None = None,
+        idempotency_window: int = 0,
+        member: str = "",
+        hold_seconds: int = 0,
     ) -> ChargeResult:
+        """Decide and charge one request in one script (see charge.lua for the rules)."""
         keys = self.keys.account(account)
+        window = idempotency_window if idempotency_key else 0
         sent_ms = time.time() * 1000
         deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
         reply = self._call(
             self._charge,
-            [keys.state, keys.ledger, keys.usage(now)],
-            [now, cost, ",".join(entitled), route, ledger_retention, USAGE_TTL_SECONDS, deadline],
+            [keys.state, keys.ledger, keys.usage(now), keys.request(idempotency_key or ""), keys.members],
+            [
+                now,
+                cost,
+                ",".join(entitled),
+                route,
+                ledger_retention,
+                USAGE_TTL_SECONDS,
+                deadline,
+                "shadow" if shadow else "charge",
+                window,
+                member,
+                hold_seconds,
+            ],
         )
-        self.clock.observe(int(reply[15]), sent_ms, time.time() * 1000)
+        self.clock.observe(int(reply[16]), sent_ms, time.time() * 1000)
         return _charge_result(reply)
+
+    def settle(
+        self,
+        account: str,
+        charge_id: str,
+        final_cost: int,
+        *,
+        now: int,
+        refund: bool = False,
+        window_seconds: int = 86_400,
+        ledger_retention: int = DEFAULT_LEDGER_RETENTION,
+    ) -> SettleResult:
+        """Lower a charge to ``final_cost`` (or refund it whole): at most once per charge, atomically."""
+        keys = self.keys.account(account)
+        outcome, given_back, balance, ledger_id = self._call(
+            self._settle,
+            [keys.state, keys.ledger, keys.settled(charge_id), keys.usage(now), keys.members],
+            [
+                charge_id,
+                final_cost,
+                "refund" if refund else "settle",
+                now,
+                ledger_retention,
+                USAGE_TTL_SECONDS,
+                window_seconds,
+            ],
+        )
+        return SettleResult(_text(outcome), int(given_back), int(balance), _text(ledger_id))
 
     # Operators' writes.
 
@@ -333,6 +616,18 @@ class RedisStore:
         """Returns the previous status, or "" when the account has no subscription."""
         return _text(self._call(self._set_status, [self.keys.account(account).state], [status.value]))
 
+    def set_member_cap(self, pool: str, member: str, cap: int | None) -> None:
+        """A pool member's cap per period of the pool's plan (None: no cap). One field: atomic as is."""
+        members = self.keys.account(pool).members
+        if cap is None:
+            self._run("HDEL", members, f"cap:{member}")
+        else:
+            self._run("HSET", members, f"cap:{member}", cap)
+
+    def member_caps(self, pool: str) -> dict[str, int]:
+        raw = self._run("HGETALL", self.keys.account(pool).members)
+        return {_text(k)[4:]: int(v) for k, v in raw.items() if _text(k).startswith("cap:")}
+
     def add_account(self, account: str) -> None:
         self._run("SADD", self.keys.accounts, account)
 
@@ -365,14 +660,10 @@ class RedisStore:
     # Operators' views and bulk writes. Reads that span many keys go in one pipeline per batch.
 
     def _pipeline(self, fill: Callable[[Any], None], *, transaction: bool = False) -> list[Any]:
-        try:
-            pipe = self.client.pipeline(transaction=transaction)
+        with self._redis():
+            pipe = cast(Any, self.client).pipeline(transaction=transaction)
             fill(pipe)
             return list(pipe.execute())
-        except redis.exceptions.TimeoutError as error:
-            raise StoreTimeout(f"Redis did not answer in time: {error}") from error
-        except (redis.exceptions.RedisError, OSError) as error:
-            raise StoreError(f"Redis failed: {error}") from error
 
     def account_states(self, accounts: Sequence[str]) -> list[AccountState]:
         """Many accounts' hashes in one round trip."""
@@ -436,7 +727,7 @@ class RedisStore:
         now: int,
         ledger_retention: int = DEFAULT_LEDGER_RETENTION,
     ) -> ImportOutcome:
-        """One import row (a subscription and an opening grant) in one script: applied wholly or not at all."""
+        """One import row (a subscription, an opening grant) in one script: applied wholly or not at all."""
         keys = self.keys.account(account)
         if subscription is None:
             terms: list[Any] = ["", "", 0, 0, 0, "", 0, "0"]
@@ -481,4 +772,8 @@ class ImportOutcome:
 
 def _ledger_entry(account: str, entry: Any) -> LedgerEntry:
     entry_id, fields = entry
+    if isinstance(fields, list):
+        # redis-py's ClusterPipeline in a transaction returns XRANGE's raw reply: fields as a flat
+        # [name, value, ...] list rather than the dict the other clients make of it.
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
     return LedgerEntry(account, _text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
