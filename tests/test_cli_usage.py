@@ -45,6 +45,11 @@ def test_usage_is_reported_per_day_account_and_route(cli: Cli) -> None:
             "requests": 2,
             "credits": 5,
             "refused": 1,
+            "member": None,
+            "refunded": 0,
+            "replayed": 0,
+            "shadow_allowed": 0,
+            "shadow_refused": 0,
         },
         {
             "day": "2026-01-01",
@@ -53,6 +58,11 @@ def test_usage_is_reported_per_day_account_and_route(cli: Cli) -> None:
             "requests": 1,
             "credits": 1,
             "refused": 0,
+            "member": None,
+            "refunded": 0,
+            "replayed": 0,
+            "shadow_allowed": 0,
+            "shadow_refused": 0,
         },
         {
             "day": "2026-01-02",
@@ -61,6 +71,11 @@ def test_usage_is_reported_per_day_account_and_route(cli: Cli) -> None:
             "requests": 1,
             "credits": 4,
             "refused": 0,
+            "member": None,
+            "refunded": 0,
+            "replayed": 0,
+            "shadow_allowed": 0,
+            "shadow_refused": 0,
         },
     ]
 
@@ -85,6 +100,11 @@ def test_usage_as_csv(cli: Cli) -> None:
         "requests": "2",
         "credits": "5",
         "refused": "1",
+        "member": "",
+        "refunded": "0",
+        "replayed": "0",
+        "shadow_allowed": "0",
+        "shadow_refused": "0",
     }
     assert len(rows) == 3
 

@@ -29,7 +29,17 @@ from creditgate.store.redis_store import (
 )
 
 MAX_USAGE_DAYS = USAGE_TTL_SECONDS // DAY_SECONDS
-USAGE_FIELDS = ("requests", "credits", "refused")
+# The charge and settle scripts' counters (see charge.lua, settle.lua): "<route>[|member:<m>]|<field>".
+USAGE_FIELDS = (
+    "requests",
+    "credits",
+    "refused",
+    "refunded",
+    "settled_back",
+    "replayed",
+    "shadow_allowed",
+    "shadow_refused",
+)
 
 
 @dataclass(frozen=True)
@@ -138,15 +148,29 @@ class UsageRow:
     requests: int
     credits: int
     refused: int
+    member: str = ""  # a pool member's own row; "" for the account as a whole
+    refunded: int = 0  # credits given back: refunds of failed calls and settlements below the hold
+    replayed: int = 0  # retries answered by an earlier charge (Idempotency-Key)
+    shadow_allowed: int = 0  # shadow mode: would have been charged
+    shadow_refused: int = 0  # shadow mode: would have been refused
+
+    @property
+    def net_credits(self) -> int:
+        return self.credits - self.refunded
 
     def to_json(self) -> dict[str, Any]:
         return {
             "day": self.day,
             "account": self.account,
             "route": self.route,
+            "member": self.member or None,
             "requests": self.requests,
             "credits": self.credits,
+            "refunded": self.refunded,
             "refused": self.refused,
+            "replayed": self.replayed,
+            "shadow_allowed": self.shadow_allowed,
+            "shadow_refused": self.shadow_refused,
         }
 
 
@@ -499,14 +523,28 @@ class Admin:
 
 
 def _usage_rows(day: str, account: str, counters: dict[str, int]) -> list[UsageRow]:
-    by_route: dict[str, dict[str, int]] = {}
+    by_route: dict[tuple[str, str], dict[str, int]] = {}
     for name, value in counters.items():
-        route, _, field = name.rpartition("|")
-        if field in USAGE_FIELDS:
-            by_route.setdefault(route, {})[field] = value
+        where, _, field = name.rpartition("|")
+        if field not in USAGE_FIELDS:
+            continue
+        route, _, member = where.partition("|member:")
+        by_route.setdefault((route, member), {})[field] = value
     return [
-        UsageRow(day[:10], account, route, c.get("requests", 0), c.get("credits", 0), c.get("refused", 0))
-        for route, c in sorted(by_route.items())
+        UsageRow(
+            day[:10],
+            account,
+            route,
+            c.get("requests", 0),
+            c.get("credits", 0),
+            c.get("refused", 0),
+            member=member,
+            refunded=c.get("refunded", 0) + c.get("settled_back", 0),
+            replayed=c.get("replayed", 0),
+            shadow_allowed=c.get("shadow_allowed", 0),
+            shadow_refused=c.get("shadow_refused", 0),
+        )
+        for (route, member), c in sorted(by_route.items())
     ]
 
 

@@ -536,6 +536,53 @@ def subscription(admin: Admin, account: str, as_json: bool) -> None:
         show_view(view, with_balance=False)
 
 
+# Pools
+
+CAP = _parsed(lambda text, where: parse_credits(text, where, minimum=0))
+
+
+@cli.command("pool-cap")
+@click.argument("pool")
+@click.argument("member")
+@click.argument("cap", required=False, callback=CAP)
+@click.option("--remove", is_flag=True, help="Lift the member's cap.")
+@json_option
+@pass_admin
+def pool_cap(admin: Admin, pool: str, member: str, cap: int | None, remove: bool, as_json: bool) -> None:
+    """Cap what MEMBER may draw from POOL per period of the pool's plan (CAP credits), or --remove it.
+
+    Membership comes from Kong: a consumer tagged <pool_tag_prefix><POOL> draws from POOL.
+    """
+    if (cap is None) == (not remove):
+        raise InvalidDocument("give a CAP, or --remove to lift the cap", "cap")
+    admin.set_member_cap(pool, member, None if remove else cap)
+    if as_json:
+        emit_json({"pool": pool, "member": member, "cap": None if remove else cap})
+    elif remove:
+        click.echo(f"Pool '{pool}': member '{member}' has no cap.")
+    else:
+        click.echo(f"Pool '{pool}': member '{member}' may draw {cap} credits per period.")
+
+
+@cli.command("pool-caps")
+@click.argument("pool")
+@json_option
+@pass_admin
+def pool_caps(admin: Admin, pool: str, as_json: bool) -> None:
+    """List the caps of POOL's members."""
+    caps = admin.member_caps(pool)
+    if as_json:
+        emit_json([{"member": m, "cap": c} for m, c in sorted(caps.items())])
+        return
+    if not caps:
+        click.echo(f"Pool '{pool}' caps no member.")
+        return
+    grid = table("member", "cap per period")
+    for member, cap in sorted(caps.items()):
+        grid.add_row(member, str(cap))
+    console().print(grid)
+
+
 # Credits
 
 
@@ -748,21 +795,40 @@ def usage(
         return
     if fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["day", "account", "route", "requests", "credits", "refused"])
+        columns = ["day", "account", "route", "member", "requests", "credits", "refunded", "refused"]
+        columns += ["replayed", "shadow_allowed", "shadow_refused"]
+        writer.writerow(columns)
         for r in rows:
-            writer.writerow([r.day, r.account, r.route, r.requests, r.credits, r.refused])
+            writer.writerow([r.to_json()[c] if c != "member" else r.member for c in columns])
         return
     out = console()
     if not rows:
         out.print(f"No usage from {when(since)} to {when(until)}.")
         return
-    grid = table("day", "account", "route", "requests", "credits", "refused")
+    grid = table("day", "account", "route", "member", "requests", "credits", "refunded", "refused")
     for r in rows:
-        grid.add_row(r.day, r.account, r.route, str(r.requests), str(r.credits), str(r.refused))
+        grid.add_row(
+            r.day,
+            r.account,
+            r.route,
+            r.member,
+            str(r.requests),
+            str(r.credits),
+            str(r.refunded),
+            str(r.refused),
+        )
     out.print(grid)
+    if any(r.shadow_allowed or r.shadow_refused for r in rows):
+        shadow = table("day", "account", "route", "would charge", "would refuse", title="Shadow mode")
+        for r in rows:
+            if r.shadow_allowed or r.shadow_refused:
+                shadow.add_row(r.day, r.account, r.route, str(r.shadow_allowed), str(r.shadow_refused))
+        out.print()
+        out.print(shadow)
     per_day: dict[str, int] = {}
     for r in rows:
-        per_day[r.day] = per_day.get(r.day, 0) + r.credits
+        if not r.member:  # a member's row repeats part of its pool's
+            per_day[r.day] = per_day.get(r.day, 0) + r.net_credits
     top = max(per_day.values()) or 1
     chart = table("day", "credits", "", title="Credits per day")
     for day, spent in sorted(per_day.items()):
