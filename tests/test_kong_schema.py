@@ -7,7 +7,7 @@ from pathlib import Path
 
 from credit_gate import Schema
 from creditgate.core.config import parse_config
-from creditgate.kong_schema import to_json_schema, validate
+from creditgate.kong_schema import to_json_schema, to_markdown, validate
 
 ROOT = Path(__file__).parent.parent
 
@@ -42,3 +42,9 @@ def test_kong_rejects_unknown_fields_and_wrong_types() -> None:
     assert "config.cost: expected an integer" in errors
     assert "config.colour: unknown field" in errors
     assert "config.redis.port: value should be between 1 and 65535" in errors
+
+
+def test_the_readme_config_table_is_generated_from_the_kong_schema() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- config-table:start -->\n", 1)[1].split("<!-- config-table:end -->", 1)[0]
+    assert table.strip() == to_markdown(Schema).strip(), "run: python -m creditgate.kong_schema --markdown"

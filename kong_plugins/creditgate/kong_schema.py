@@ -2,7 +2,7 @@
 
 The plugin's ``Schema`` (in ``credit_gate.py``) is the one source of truth. ``to_json_schema`` derives
 ``schemas/plugin-config.schema.json`` from it (``python -m creditgate.kong_schema`` rewrites the file;
-a test fails when the two differ). ``validate`` applies the rules Kong applies to a plugin's ``config``
+a test fails when the two differ), and ``to_markdown`` the README's config table (``--markdown``). ``validate`` applies the rules Kong applies to a plugin's ``config``
 in ``kong.yml`` before it ever reaches the plugin (``kong/db/schema/init.lua``): unknown fields are
 rejected, types are strict, missing fields take their defaults (a required record is expanded to get
 its nested defaults), required fields must be present, and ``between``, ``one_of``, ``len_min``
@@ -144,9 +144,45 @@ def validate(fields: KongFields, config: Mapping[str, Any] | None) -> tuple[dict
     return filled, errors
 
 
+def _markdown_type(field: Field) -> str:
+    kind = str(field["type"])
+    if kind in ("array", "set"):
+        inner = field["elements"]
+        return f"array of {'records' if inner['type'] == 'record' else inner['type'] + 's'}"
+    return kind
+
+
+def _markdown_rows(fields: KongFields, prefix: str = "") -> list[str]:
+    rows = []
+    for entry in fields:
+        ((name, field),) = entry.items()
+        default = json.dumps(field["default"]) if "default" in field else ""
+        if "one_of" in field:
+            default += " (one of: " + ", ".join(f"`{v}`" for v in field["one_of"]) + ")"
+        if "between" in field:
+            low, high = field["between"]
+            default += f" ({low} to {high})"
+        description = str(field.get("description", "")).replace("|", "\\|")
+        rows.append(f"| `{prefix}{name}` | {_markdown_type(field)} | {default.strip()} | {description} |")
+        if field["type"] == "record":
+            rows += _markdown_rows(field["fields"], f"{prefix}{name}.")
+        if field["type"] in ("array", "set") and field["elements"]["type"] == "record":
+            rows += _markdown_rows(field["elements"]["fields"], f"{prefix}{name}[].")
+    return rows
+
+
+def to_markdown(fields: KongFields) -> str:
+    """The config table of the README, from the same schema Kong validates against."""
+    header = ["| field | type | default | what it does |", "| --- | --- | --- | --- |"]
+    return "\n".join(header + _markdown_rows(fields)) + "\n"
+
+
 def main() -> None:
     from credit_gate import Schema
 
+    if "--markdown" in sys.argv[1:]:
+        sys.stdout.write(to_markdown(Schema))
+        return
     json.dump(to_json_schema(Schema), sys.stdout, indent=2)
     sys.stdout.write("\n")
 

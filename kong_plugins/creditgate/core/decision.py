@@ -30,6 +30,9 @@ class Reason(str, enum.Enum):
     STORE_UNAVAILABLE = "store_unavailable"
     MISCONFIGURED = "misconfigured"
     INTERNAL_ERROR = "internal_error"
+    # Never sent by the plugin: Kong's request-termination answers it in a fail-closed deployment when
+    # the plugin could not run (kong.yml, docs/fail-closed.md). Listed so clients see one vocabulary.
+    GATE_UNAVAILABLE = "gate_unavailable"
 
 
 STATUS = {
@@ -37,6 +40,7 @@ STATUS = {
     Reason.STORE_UNAVAILABLE: 503,
     Reason.MISCONFIGURED: 500,
     Reason.INTERNAL_ERROR: 500,
+    Reason.GATE_UNAVAILABLE: 503,
 }
 PAYMENT_REQUIRED = 402
 
@@ -52,6 +56,7 @@ TITLES = {
     Reason.STORE_UNAVAILABLE: "Billing temporarily unavailable",
     Reason.MISCONFIGURED: "Gateway misconfigured",
     Reason.INTERNAL_ERROR: "Gateway error",
+    Reason.GATE_UNAVAILABLE: "Billing gate unavailable",
 }
 
 PROBLEM_JSON = "application/problem+json"
@@ -100,6 +105,10 @@ def rfc3339(epoch: int) -> str | None:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def credits_text(amount: int) -> str:
+    return f"{amount} credit" if amount == 1 else f"{amount} credits"
+
+
 def _detail(result: ChargeResult, entitled: Sequence[str]) -> str:
     reason = result.reason
     when = rfc3339(result.period_end)
@@ -131,14 +140,15 @@ def _detail(result: ChargeResult, entitled: Sequence[str]) -> str:
     if reason is Reason.MEMBER_CAP_REACHED:
         tail = f" It renews at {when}." if when else ""
         return (
-            f"This member has used {result.member_used} of the {result.member_cap} credits its pool allows "
-            f"it per period, and this request costs {result.cost}.{tail} "
+            f"This member has used {result.member_used} of the {credits_text(result.member_cap)} "
+            "its pool allows it per period, and this request costs {result.cost}.{tail} "
             "Ask the pool's owner to raise the cap."
         )
     if reason is Reason.INSUFFICIENT_CREDIT:
         return (
-            f"This request costs {result.cost} credits; the account has {result.balance} credits and "
-            f"{result.allowance_remaining} left in its allowance. Top up the balance to continue."
+            f"This request costs {credits_text(result.cost)}; the account has "
+            f"{credits_text(result.balance)} and {result.allowance_remaining} left in its allowance. "
+            "Top up the balance to continue."
         )
     return "The request was refused."
 
