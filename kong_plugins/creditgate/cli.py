@@ -49,7 +49,20 @@ EXIT_STORE = 4
 EXIT_PROBLEMS = 5
 
 F = TypeVar("F", bound=Callable[..., Any])
-NUMERIC_COLUMNS = {"balance", "replayed", "entries", "amount", "allowance", "requests", "credits", "refused"}
+NUMERIC_COLUMNS = {
+    "balance",
+    "replayed",
+    "entries",
+    "amount",
+    "allowance",
+    "requests",
+    "credits",
+    "refused",
+    "refunded",
+    "would charge",
+    "would refuse",
+    "cap per period",
+}
 
 
 class Failure(click.ClickException):
