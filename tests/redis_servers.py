@@ -33,23 +33,43 @@ REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback port nothing listens on, never the same twice in a run: the kernel may hand a just
+    released port out again, and two servers of one group must not race for it."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``condition`` until it holds; fail loudly, naming ``what``, after ``timeout`` seconds."""
+def wait_until(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    logs: tuple[Path, ...] = (),
+) -> None:
+    """Poll ``condition`` until it holds; fail loudly, naming ``what`` and showing the servers' logs,
+    after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
+    last: BaseException | None = None
     while time.monotonic() < deadline:
         try:
             if condition():
                 return
-        except (redis.exceptions.RedisError, OSError):
-            pass
+        except (redis.exceptions.RedisError, OSError) as error:
+            last = error
         time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+    tails = "".join(
+        f"\n--- {log}\n" + "\n".join(log.read_text().splitlines()[-15:]) for log in logs if log.exists()
+    )
+    raise RuntimeError(f"timed out after {timeout} s waiting for {what} (last error: {last!r}){tails}")
 
 
 @dataclass(frozen=True)
@@ -183,12 +203,15 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                if self.client().ping():
-                    return self
+                # The pid, not a PING: a server already on this port would answer a PING too.
+                with self.client() as client:
+                    if int(client.info("server")["process_id"]) == self.process.pid:
+                        return self
             except redis.exceptions.RedisError:
-                time.sleep(0.02)
+                pass
             if self.process.poll() is not None:
                 break
+            time.sleep(0.02)
         log = self.log.read_text() if self.log.exists() else ""
         raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
 
@@ -285,7 +308,12 @@ class RedisClusterServers:
             )
             if create.returncode != 0:
                 raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}{create.stderr}")
-            wait_until(self._settled, timeout, "every cluster node to report cluster_state:ok")
+            wait_until(
+                self._settled,
+                timeout,
+                "every cluster node to report cluster_state:ok",
+                logs=tuple(s.log for s in self.servers),
+            )
         except BaseException:
             self.stop()
             raise
@@ -370,12 +398,22 @@ class SentinelSet:
         try:
             self.master.start()
             self.replica.start()
-            wait_until(self._replica_in_sync, timeout, "the replica to sync with the master")
+            wait_until(
+                self._replica_in_sync,
+                timeout,
+                "the replica to sync with the master",
+                logs=(self.master.log, self.replica.log),
+            )
             for sentinel in self.sentinels:
                 sentinel.start()
             # A failover needs the sentinels to know the replica and each other (they find each
             # other through hello messages on the master, every 2 s).
-            wait_until(self._sentinels_ready, timeout, "the sentinels to find the replica and each other")
+            wait_until(
+                self._sentinels_ready,
+                timeout,
+                "the sentinels to find the replica and each other",
+                logs=tuple(s.log for s in self.sentinels),
+            )
         except BaseException:
             self.stop()
             raise

@@ -255,3 +255,26 @@ def test_a_charge_that_runs_after_its_deadline_applies_nothing(admin: Admin, sto
     with pytest.raises(StoreTimeout):
         store.charge("acme", 1, now=T0 + 2)
     assert store.account_state("acme").balance == 9
+
+
+def test_a_burst_of_300_concurrent_charges_is_served_without_pool_errors(
+    admin: Admin, store: RedisStore
+) -> None:
+    seed(admin, balance=1_000)
+    barrier = threading.Barrier(300)
+    failures: list[BaseException] = []
+
+    def charge() -> None:
+        barrier.wait()
+        try:
+            store.charge("acme", 1, now=T0 + 1)
+        except Exception as error:  # the pool refusing a connection would land here
+            failures.append(error)
+
+    threads = [threading.Thread(target=charge) for _ in range(300)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert store.account_state("acme").balance == 700

@@ -275,6 +275,37 @@ def pass_admin(function: F) -> F:
     help="PEM file of the CA that signed Redis's certificate. Env: CREDIT_GATE_REDIS_CA_FILE.",
 )
 @click.option(
+    "--sentinel-master",
+    envvar="CREDIT_GATE_REDIS_SENTINEL_MASTER",
+    help="Sentinel: the master's name; the URL then gives only credentials, database and TLS. "
+    "Env: CREDIT_GATE_REDIS_SENTINEL_MASTER.",
+)
+@click.option(
+    "--sentinel",
+    "sentinels",
+    multiple=True,
+    metavar="HOST:PORT",
+    envvar="CREDIT_GATE_REDIS_SENTINELS",
+    help="Sentinel: a sentinel to ask for the master (repeatable; env: space-separated).",
+)
+@click.option(
+    "--sentinel-username", envvar="CREDIT_GATE_REDIS_SENTINEL_USERNAME", help="Sentinels' ACL user."
+)
+@click.option(
+    "--sentinel-password",
+    envvar="CREDIT_GATE_REDIS_SENTINEL_PASSWORD",
+    help="Sentinels' password (prefer the env var CREDIT_GATE_REDIS_SENTINEL_PASSWORD).",
+)
+@click.option(
+    "--cluster-node",
+    "cluster_nodes",
+    multiple=True,
+    metavar="HOST:PORT",
+    envvar="CREDIT_GATE_REDIS_CLUSTER_NODES",
+    help="Redis Cluster: a seed node (repeatable; env: space-separated); the URL then gives only "
+    "credentials and TLS.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(0.001, 60),
     default=2.0,
@@ -300,6 +331,11 @@ def cli(
     ssl_verify: bool,
     server_name: str | None,
     ca_file: str | None,
+    sentinel_master: str | None,
+    sentinels: tuple[str, ...],
+    sentinel_username: str | None,
+    sentinel_password: str | None,
+    cluster_nodes: tuple[str, ...],
     timeout: float,
     ledger_retention: int,
 ) -> None:
@@ -316,6 +352,11 @@ def cli(
             server_name=server_name,
             ca_file=ca_file,
             timeout_ms=max(int(timeout * 1000), 1),
+            sentinel_master=sentinel_master,
+            sentinels=sentinels,
+            sentinel_username=sentinel_username,
+            sentinel_password=sentinel_password,
+            cluster_nodes=cluster_nodes,
         )
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="--redis-url") from None

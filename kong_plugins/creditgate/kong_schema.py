@@ -2,11 +2,11 @@
 
 The plugin's ``Schema`` (in ``credit_gate.py``) is the one source of truth. ``to_json_schema`` derives
 ``schemas/plugin-config.schema.json`` from it (``python -m creditgate.kong_schema`` rewrites the file;
-a test fails when the two differ), and ``to_markdown`` the README's config table (``--markdown``). ``validate`` applies the rules Kong applies to a plugin's ``config``
-in ``kong.yml`` before it ever reaches the plugin (``kong/db/schema/init.lua``): unknown fields are
-rejected, types are strict, missing fields take their defaults (a required record is expanded to get
-its nested defaults), required fields must be present, and ``between``, ``one_of``, ``len_min``
-hold.
+a test fails when the two differ), and ``to_markdown`` the README's config table (``--markdown``).
+``validate`` applies the rules Kong applies to a plugin's ``config`` in ``kong.yml`` before it ever
+reaches the plugin (``kong/db/schema/init.lua``): unknown fields are rejected, types are strict,
+missing fields take their defaults (a required record is expanded to get its nested defaults),
+required fields must be present, and ``between``, ``one_of``, ``len_min`` hold.
 """
 
 from __future__ import annotations

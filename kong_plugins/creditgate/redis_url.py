@@ -6,10 +6,21 @@ only ever a way of writing the plugin's ``redis`` record: same fields, same TLS 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from creditgate.core.config import RedisSettings
+from creditgate.core.redis_settings import RedisSettings, parse_redis
 from creditgate.errors import ConfigError
+
+
+def parse_node(text: str, what: str) -> dict[str, Any]:
+    """``HOST:PORT`` (``[v6]:PORT``) as a node of the ``redis`` record."""
+    host, _, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
+    return {"host": host, "port": int(port)}
 
 
 def settings_from_url(
@@ -20,8 +31,19 @@ def settings_from_url(
     server_name: str | None = None,
     ca_file: str | None = None,
     timeout_ms: int = 2000,
+    sentinel_master: str | None = None,
+    sentinels: Sequence[str] = (),
+    sentinel_username: str | None = None,
+    sentinel_password: str | None = None,
+    cluster_nodes: Sequence[str] = (),
 ) -> RedisSettings:
-    """Settings from a URL; ``ssl`` None means "as the scheme says" (``rediss://`` is TLS)."""
+    """Settings from a URL; ``ssl`` None means "as the scheme says" (``rediss://`` is TLS).
+
+    With Sentinel (``sentinel_master`` and ``sentinels``) the URL gives the credentials, database and
+    TLS of the master, and its host is not used; with Cluster (``cluster_nodes``) the same, the nodes
+    being the seeds. The result goes through the plugin's own ``parse_redis``, so the CLI obeys the
+    same rules as the plugin's ``redis`` record.
+    """
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -36,25 +58,39 @@ def settings_from_url(
         raise ConfigError(f"the Redis URL's database must be a number from 0 to 15, got {path!r}")
     if not 1 <= timeout_ms <= 60_000:
         raise ConfigError(f"the Redis timeout must be from 0.001 to 60 seconds, got {timeout_ms / 1000}")
-    return RedisSettings(
-        host=parts.hostname or "127.0.0.1",
-        port=port or 6379,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-        database=int(path) if path else 0,
-        connect_timeout=timeout_ms,
-        read_timeout=timeout_ms,
-        ssl=parts.scheme == "rediss" if ssl is None else ssl,
-        ssl_verify=ssl_verify,
-        server_name=server_name,
-        ca_file=ca_file,
-    )
+    record: dict[str, Any] = {
+        "host": parts.hostname or "127.0.0.1",
+        "port": port or 6379,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password is not None else None,
+        "database": int(path) if path else 0,
+        "connect_timeout": timeout_ms,
+        "read_timeout": timeout_ms,
+        "ssl": parts.scheme == "rediss" if ssl is None else ssl,
+        "ssl_verify": ssl_verify,
+        "server_name": server_name,
+        "ca_file": ca_file,
+        "sentinel_master": sentinel_master,
+        "sentinel_nodes": [parse_node(n, "--sentinel") for n in sentinels],
+        "sentinel_username": sentinel_username,
+        "sentinel_password": sentinel_password,
+        "cluster_nodes": [
+            {"ip": node["host"], "port": node["port"]}
+            for node in (parse_node(n, "--cluster-node") for n in cluster_nodes)
+        ],
+    }
+    return parse_redis(record)
 
 
 def describe(settings: RedisSettings) -> str:
     """Where the settings point, for messages: never the password."""
     scheme = "rediss" if settings.ssl else "redis"
     user = f"{settings.username}@" if settings.username else ""
+    if settings.topology == "sentinel":
+        nodes = ",".join(str(n) for n in settings.sentinel_nodes)
+        return f"master '{settings.sentinel_master}' of sentinels {nodes} ({scheme}, db {settings.database})"
+    if settings.topology == "cluster":
+        return f"Redis Cluster {','.join(str(n) for n in settings.cluster_nodes)} ({scheme})"
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     return f"{scheme}://{user}{host}:{settings.port}/{settings.database}"
 

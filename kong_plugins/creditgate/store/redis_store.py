@@ -4,6 +4,10 @@ The store knows keys, scripts and replies; it decides nothing (the scripts keep 
 core explains them). Commands are never re-sent by the client: redis-py retries timeouts and
 connection errors by default, and a re-sent charge whose first reply was lost would be applied twice.
 A failed call raises ``StoreError`` and its outcome is unknown; the ledger tells what happened.
+
+``connect`` builds the client for the configured topology (standalone, Sentinel, Cluster; TLS and
+ACL user on each); the store runs unchanged on all three, since every script's keys share one
+account's hash tag. An optional ``CircuitBreaker`` makes the store fail at once while Redis is down.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.keys import Keys
 
 USAGE_TTL_SECONDS = 400 * 86_400
+MAX_CONNECTIONS = 4096  # per pool (per node on a Cluster); Redis's own default maxclients is 10000
 DEFAULT_LEDGER_RETENTION = 10_000
 
 # Errors that mean "Redis could not be reached or did not answer in time", as opposed to an error
@@ -89,6 +94,10 @@ def _common(settings: RedisSettings) -> dict[str, Any]:
         "socket_timeout": settings.read_timeout / 1000,
         "health_check_interval": 0,
         "driver_info": None,  # no CLIENT SETINFO round trips on each new connection
+        # redis-py 8 caps a pool at 100 connections and raises past it. Each request in flight in the
+        # plugin server holds one connection for its charge, and Kong may send far more than 100
+        # at once (threads or greenlets): a cap that low would turn a burst into 503s.
+        "max_connections": MAX_CONNECTIONS,
     }
 
 

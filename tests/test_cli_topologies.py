@@ -1,0 +1,68 @@
+"""The operators' CLI on Redis Cluster and behind Sentinel: the same options as the plugin's record."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from creditgate.cli import EXIT_INVALID, cli
+
+from tests.redis_servers import RedisClusterServers, SentinelSet
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cli-cluster")).start()
+    yield servers
+    servers.stop()
+
+
+def test_the_cli_grants_and_reads_balances_on_a_cluster(cluster: RedisClusterServers) -> None:
+    nodes = [f"--cluster-node={host}:{port}" for host, port in cluster.nodes[:2]]
+    accounts = [f"acct-{i}" for i in range(12)]  # spread over the three masters' slots
+    for account in accounts:
+        code, _, err = run(*nodes, "grant", account, "7", "--create", "--key", f"k-{account}")
+        assert code == 0, err
+    for account in accounts:
+        code, out, err = run(*nodes, "balance", account, "--json")
+        assert code == 0, err
+        assert json.loads(out)["balance"] == 7
+
+
+def test_the_cli_follows_the_master_the_sentinels_name(tmp_path: Path) -> None:
+    servers = SentinelSet(tmp_path / "sentinels").start()
+    try:
+        sentinels = [f"--sentinel={host}:{port}" for host, port in servers.sentinel_nodes]
+        code, out, err = run(
+            "--sentinel-master", servers.name, *sentinels, "grant", "acme", "5", "--create", "--json"
+        )
+        assert code == 0, err
+        host, port = servers.master_address()
+        assert servers.master.client().hget("credit-gate:{acme}:account", "balance") == b"5"
+        assert (host, port) == ("127.0.0.1", servers.master.port)
+        assert json.loads(out)["balance"] == 5
+    finally:
+        servers.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--sentinel=127.0.0.1:26379",), "sentinel_master"),
+        (("--sentinel-master=m",), "sentinel_nodes"),
+        (("--cluster-node=127.0.0.1",), "HOST:PORT"),
+        (("--cluster-node=127.0.0.1:7000", "--sentinel-master=m", "--sentinel=127.0.0.1:1"), "choose one"),
+    ],
+)
+def test_a_wrong_topology_is_one_clear_line(args: tuple[str, ...], message: str) -> None:
+    code, _, err = run(*args, "accounts")
+    assert code == EXIT_INVALID
+    assert message in err and err.count("\n") == 1
