@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
+
 from creditgate.cli import cli
 from creditgate.core.config import RedisSettings
 

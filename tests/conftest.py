@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.store.redis_store import RedisStore
-
 from tests.redis_servers import RedisServer
 
 

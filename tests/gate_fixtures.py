@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from creditgate.core.config import RedisSettings
 
+from creditgate.core.config import RedisSettings
 from tests.kong_harness import KongSide, PluginConfig, PluginInfo, PluginServerProcess
 
 # The console script pip installed next to this Python: the same command Kong's start_cmd runs.

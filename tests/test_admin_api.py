@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.inputs import format_instant, parse_credits, parse_instant
@@ -10,7 +11,6 @@ from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period
 from creditgate.errors import ConfigError, Conflict, InvalidDocument, NotFound
 from creditgate.store.redis_store import RedisStore
-
 from tests.conftest import Clock
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z

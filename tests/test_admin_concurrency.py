@@ -12,7 +12,6 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-
 from tests.cli_support import CONSOLE_SCRIPT, redis_url
 
 T0 = 1_767_225_600

@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-
 from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, start_plugin_server
 from tests.kong_harness import KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
 from tests.test_decision import validate_problem

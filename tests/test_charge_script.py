@@ -7,13 +7,13 @@ import threading
 
 import pytest
 import redis
+
 from creditgate.admin import Admin
 from creditgate.core.decision import Reason
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period, window_at
 from creditgate.errors import StoreTimeout
 from creditgate.store.redis_store import RedisStore, _script_source
-
 from tests.conftest import Clock
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.cli import EXIT_CONFLICT, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_PROBLEMS
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
-
 from tests.cli_support import Cli
 
 

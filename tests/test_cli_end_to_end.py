@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from creditgate.core.config import RedisSettings
-
 from tests.cli_support import Cli
 from tests.gate_fixtures import gate_config
 from tests.kong_harness import KongRequest, KongSide

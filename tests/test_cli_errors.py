@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from creditgate.cli import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_STORE
 from creditgate.core.config import RedisSettings
-
 from tests.cli_support import Cli
 from tests.redis_servers import RedisServer, free_port
 

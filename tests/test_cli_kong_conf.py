@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 
 from creditgate.deploy import kong_conf
-
 from tests.cli_support import CONSOLE_SCRIPT
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.cli import EXIT_CONFLICT, EXIT_INVALID, EXIT_NOT_FOUND
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
-
 from tests.cli_support import PLANS_YAML, Cli
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.cli import EXIT_INVALID
 from creditgate.core.config import RedisSettings
 from creditgate.store.redis_store import RedisStore
-
 from tests.cli_support import Cli
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.cli import EXIT_INVALID, EXIT_NOT_FOUND
 from creditgate.core.config import RedisSettings
@@ -12,7 +13,6 @@ from creditgate.core.inputs import format_instant
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period, window_at
 from creditgate.store.redis_store import RedisStore
-
 from tests.cli_support import Cli
 
 JAN_1 = 1_767_225_600  # 2026-01-01T00:00:00Z

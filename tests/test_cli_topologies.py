@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from creditgate.cli import EXIT_INVALID, cli
 
+from creditgate.cli import EXIT_INVALID, cli
 from tests.redis_servers import RedisClusterServers, SentinelSet
 
 

@@ -7,13 +7,13 @@ import io
 import time
 
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.cli import EXIT_INVALID, EXIT_NOT_FOUND
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import DAY_SECONDS, Period
 from creditgate.store.redis_store import RedisStore
-
 from tests.cli_support import Cli
 
 JAN_1 = 1_767_225_600  # 2026-01-01T00:00:00Z

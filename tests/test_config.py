@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from creditgate.core.config import AccountBy, parse_config
 from creditgate.errors import ConfigError
 

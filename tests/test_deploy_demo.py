@@ -17,11 +17,11 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.documents import load_plans
 from creditgate.store.redis_store import RedisStore
-
 from tests.test_deploy_kong_yml import GATE, ROOT, compose, kong_yml
 
 DEMO = ROOT / "deploy" / "demo"

@@ -14,8 +14,8 @@ import signal
 from typing import Any
 
 import pytest
-from creditgate.core.config import RedisSettings
 
+from creditgate.core.config import RedisSettings
 from tests.kong_harness import (
     KongRequest,
     KongSide,

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 import yaml
+
 from creditgate.core.config import parse_config
 from creditgate.errors import ConfigError
 from creditgate.kong_schema import validate
-
 from tests.gate_fixtures import PLUGIN_SERVER
 from tests.kong_harness import PluginConfig, PluginInfo
 from tests.test_decision import validate_problem

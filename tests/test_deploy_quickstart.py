@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from creditgate.core.config import RedisSettings
 
+from creditgate.core.config import RedisSettings
 from tests.kong_harness import KongRequest, KongSide, Outcome
 from tests.test_deploy_demo import run_seed
 from tests.test_deploy_gate import consumer

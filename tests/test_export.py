@@ -10,13 +10,13 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.cli import EXIT_INVALID
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.export import CSV_COLUMNS, split_global_id
 from creditgate.store.redis_store import RedisStore
-
 from tests.cli_support import Cli
 
 JAN_1 = 1_767_225_600  # 2026-01-01T00:00:00Z

@@ -7,11 +7,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
-
 from tests.gate_fixtures import MODES, gate_config, start_plugin_server
 from tests.kong_harness import KongRequest, KongSide, PluginInfo
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import jsonschema
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-
 from tests.gate_fixtures import gate_config
 from tests.kong_harness import KongRequest, KongSide, Outcome
 from tests.test_decision import validate_problem

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
-
 from tests.gate_fixtures import gate_config
 from tests.kong_harness import KongRequest, KongSide, Outcome
 from tests.redis_servers import RedisServer

@@ -6,13 +6,13 @@ import csv
 from pathlib import Path
 
 import pytest
+
 from creditgate.admin import Admin
 from creditgate.cli import EXIT_INVALID, EXIT_PROBLEMS, EXIT_STORE
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-
 from tests.cli_support import Cli
 from tests.redis_servers import free_port
 

@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
 from credit_gate import Schema
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings, parse_config
@@ -25,9 +28,6 @@ from creditgate.core.redis_settings import Node, parse_redis
 from creditgate.errors import ConfigError, StoreError
 from creditgate.kong_schema import validate
 from creditgate.store.redis_store import RedisStore
-from redis.cluster import RedisCluster
-from redis.crc import key_slot
-
 from tests.gate_fixtures import gate_config
 from tests.kong_harness import KongRequest, KongSide, Outcome
 from tests.redis_servers import (
