@@ -399,3 +399,13 @@ def test_round_trips_per_feature(kong: KongSide, settings: RedisSettings, funded
     settle = send(kong, settings, settle_header="X-Usage-Cost", upstream_headers={"X-Usage-Cost": "0"})
     assert settle.round_trips_by_phase == {"access": 4, "log": 4}
     assert send(kong, settings, upstream="paid").round_trips_by_phase["access"] == 5
+
+
+def test_an_idempotency_key_does_not_carry_over_to_another_route_or_cost(
+    kong: KongSide, settings: RedisSettings, funded: Admin, store: RedisStore
+) -> None:
+    key = {"Idempotency-Key": "k"}
+    send(kong, settings, cost=1, idempotency_window=60, headers=key)
+    send(kong, settings, cost=30, idempotency_window=60, headers=key)
+    send(kong, settings, cost=30, idempotency_window=60, headers=key, route_id="route-2")
+    assert balance(store) == 100 - 1 - 30 - 30

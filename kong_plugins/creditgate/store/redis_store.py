@@ -491,14 +491,24 @@ class RedisStore:
         member: str = "",
         hold_seconds: int = 0,
     ) -> ChargeResult:
-        """Decide and charge one request in one script (see charge.lua for the rules)."""
+        """Decide and charge one request in one script (see charge.lua for the rules).
+
+        An idempotency key answers only for a retry of the same route at the same cost: the key is
+        bound to both, so a key paid for on a cheap route cannot let a dearer request through.
+        """
         keys = self.keys.account(account)
         window = idempotency_window if idempotency_key else 0
         sent_ms = time.time() * 1000
         deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
         reply = self._call(
             self._charge,
-            [keys.state, keys.ledger, keys.usage(now), keys.request(idempotency_key or ""), keys.members],
+            [
+                keys.state,
+                keys.ledger,
+                keys.usage(now),
+                keys.request(f"{route}\0{cost}\0{idempotency_key or ''}"),
+                keys.members,
+            ],
             [
                 now,
                 cost,
