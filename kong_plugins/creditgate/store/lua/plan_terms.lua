@@ -7,12 +7,15 @@
 -- ARGV[4]  prepaid flag: "1" or "0"
 --
 -- A change of period length restarts the period (usage 0). Returns 1 if updated, 0 if the account is
--- no longer on that plan.
+-- no longer on that plan or its terms are already these.
 
 local account_key = KEYS[1]
-local current = redis.call('HMGET', account_key, 'plan', 'period')
+local current = redis.call('HMGET', account_key, 'plan', 'period', 'allowance', 'prepaid')
 if current[1] ~= ARGV[1] then
   return 0
+end
+if current[2] == ARGV[2] and current[3] == ARGV[3] and current[4] == ARGV[4] then
+  return 0  -- the terms did not change
 end
 redis.call('HSET', account_key, 'period', ARGV[2], 'allowance', ARGV[3], 'prepaid', ARGV[4])
 if current[2] ~= ARGV[2] then
