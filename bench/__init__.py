@@ -1,0 +1,13 @@
+"""The credit-gate benchmark: what the gate costs a plugin server, measured against a baseline plugin.
+
+``python -m bench`` (``make bench``) starts its own redis-server on a free loopback port, the real
+``credit-gate-pluginserver`` and a baseline plugin server that makes the same PDK calls as the gate's
+allowed path and nothing else, drives them through Kong's plugin-server protocol at several
+concurrencies, and prints a markdown table. Modules:
+
+- :mod:`bench.driver`: the Kong side, a lean MessagePack-RPC load driver in worker processes;
+- :mod:`bench.procs`: redis-server and plugin server processes, and what ``/proc`` says about them;
+- :mod:`bench.runner`: seeding, the measured windows, the ``--long`` and ``--overspend`` scenarios;
+- :mod:`bench.report`: the tables, the target checks and the JSON;
+- :mod:`bench.baseline_plugin`: the baseline plugin server.
+"""

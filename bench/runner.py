@@ -1,0 +1,475 @@
+"""The scenarios: the side-by-side table, ``--long`` (RSS over many requests) and ``--overspend``.
+
+A measured window is a fixed number of requests after a warm-up at the same concurrency. Around it
+the runner reads the plugin server's CPU (``/proc/<pid>/stat``, the server and its children) and RSS
+(``/proc/<pid>/status``), Redis's own counters (``INFO stats commandstats``), the redis-server's CPU
+and the driver's CPU, so every per-request figure is a delta divided by the requests of the window.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.driver import LoadDriver, Run, Target, rpc_call
+from bench.procs import (
+    BASELINE_SERVER,
+    GATE_SERVER,
+    PluginServer,
+    RedisServer,
+    cpu_seconds,
+    dump,
+    rss_kib,
+)
+from creditgate.admin import Admin
+from creditgate.core.config import RedisSettings
+from creditgate.core.model import Plan
+from creditgate.core.periods import Period
+
+PLAN = "bench-paid"
+PAYING = "bench-paying"  # a huge prepaid balance: every request is allowed
+BROKE = "bench-broke"  # balance 0 on a prepaid plan without allowance: insufficient_credit
+HUGE_BALANCE = 10**15
+ROUTE_ID = "bench-route"
+
+PATHS = ("baseline", "allowed", "refused")
+
+
+@dataclass(frozen=True)
+class Settings:
+    modes: tuple[str, ...] = ("threads", "gevent")
+    concurrencies: tuple[int, ...] = (1, 16, 64)
+    requests: int = 5_000
+    warmup: int = 1_000
+    drivers: int = 2
+    timeout: float = 60.0
+    cost: int = 1
+    redis_read_timeout_ms: int = 2_000
+    table: bool = True
+    long: bool = False
+    long_requests: int = 100_000
+    long_concurrency: int = 16
+    overspend: bool = False
+    overspend_balance: int = 1_000
+    overspend_requests: int = 5_000
+    overspend_concurrency: int = 64
+    overspend_servers: int = 3
+
+
+def consumer(account: str) -> dict[str, Any]:
+    """A consumer entity as Kong hands it over (``kong.client.get_consumer``)."""
+    return {"id": account, "username": account, "custom_id": None, "created_at": 1_767_225_600, "type": 0}
+
+
+def fill(fields: list[dict[str, Any]], given: dict[str, Any]) -> dict[str, Any]:
+    """Kong's processing of a config record: every schema field, defaults filled, unset ones null."""
+    out: dict[str, Any] = {}
+    for entry in fields:
+        ((name, spec),) = entry.items()
+        nested = spec.get("fields") if spec.get("type") == "record" else None
+        value = given.get(name, spec.get("default"))
+        if nested is not None:
+            value = fill(nested, value or {})
+        out[name] = value
+    return out
+
+
+def kong_config(fields: list[dict[str, Any]], given: dict[str, Any], plugin_id: str) -> str:
+    """``plugin.StartInstance``'s Config: the filled record plus what Kong's plugins iterator adds."""
+    config = fill(fields, given)
+    config.update({"route_id": ROUTE_ID, "__plugin_id": plugin_id, "__seq__": 1})
+    return json.dumps(config)
+
+
+def start_instance(server: PluginServer, name: str, config: str) -> Target:
+    answer = rpc_call(server.socket_path, "plugin.StartInstance", {"Name": name, "Config": config})
+    return Target(server.socket_path, int(answer["Id"]))
+
+
+@dataclass
+class Cell:
+    """One measured window: a plugin path at a concurrency in a mode."""
+
+    mode: str
+    concurrency: int
+    path: str
+    requests: int
+    completed: int
+    errors: int
+    first_error: str | None
+    timed_out: bool
+    statuses: dict[int, int]
+    refusal_reason: str | None
+    pdk_methods: list[str]
+    wall_seconds: float
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_us: float
+    driver_cpu_us: float
+    redis_cpu_us: float
+    pdk_round_trips: float
+    redis_round_trips: float
+    redis_reads: float
+    redis_script_calls: float
+    redis_setup_round_trips: float
+    redis_connections: int
+    redis_commands: dict[str, float]
+    redis_usec: dict[str, float]
+    rss_before_kib: int
+    rss_after_kib: int
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.skipped and not self.timed_out and self.errors == 0 and self.completed == self.requests
+        )
+
+
+def _reason(run: Run) -> str | None:
+    if run.exit_sample is None or len(run.exit_sample) < 2:
+        return None
+    body = run.exit_sample[1]
+    try:
+        reason = json.loads(body).get("reason")
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return reason if isinstance(reason, str) else None
+
+
+def failed_cell(mode: str, concurrency: int, path: str, why: str, *, timed_out: bool = False) -> Cell:
+    """A window that did not run (its server is wedged or gone) or whose warm-up got no answer."""
+    nan = float("nan")
+    return Cell(
+        mode, concurrency, path, 0, 0, 0, why, timed_out, {}, None, [], nan, nan, nan, nan, nan, nan, nan,
+        nan, nan, nan, nan, nan, 0, {}, {}, 0, 0, skipped=True,
+    )  # fmt: skip
+
+
+class Bench:
+    """One Redis, one set of driver processes, and the scenarios run against them."""
+
+    def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.redis = RedisServer()
+        self.redis_settings = RedisSettings(
+            host="127.0.0.1",
+            port=self.redis.port,
+            connect_timeout=1_000,
+            read_timeout=settings.redis_read_timeout_ms,
+        )
+        self.admin = Admin.connect(self.redis_settings)
+        self.driver = LoadDriver(settings.drivers)
+        self.gate_fields, self.gate_phases = dump(GATE_SERVER)
+        self.baseline_fields, _ = dump(BASELINE_SERVER)
+        if self.gate_phases != ["access"]:
+            # Kong would also run these for every request; the driver plays the access phase only.
+            self.progress(f"note: credit-gate reports phases {self.gate_phases}; only access is driven")
+        self._seed()
+
+    def close(self) -> None:
+        self.driver.close()
+        self.admin.close()
+        self.redis.stop()
+
+    def __enter__(self) -> Bench:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _seed(self) -> None:
+        """Through the operators' API, as a billing integration would."""
+        self.admin.apply_plan(Plan(PLAN, period=Period.MONTH, allowance=0, prepaid=True))
+        start = self.admin.now() - 60
+        self.admin.subscribe(PAYING, PLAN, starts_at=start)
+        self.admin.grant(PAYING, HUGE_BALANCE, note="benchmark")
+        self.admin.subscribe(BROKE, PLAN, starts_at=start)
+
+    def gate_config(self, plugin_id: str) -> str:
+        redis = {
+            "host": self.redis_settings.host,
+            "port": self.redis_settings.port,
+            "connect_timeout": self.redis_settings.connect_timeout,
+            "read_timeout": self.redis_settings.read_timeout,
+        }
+        return kong_config(self.gate_fields, {"cost": self.settings.cost, "redis": redis}, plugin_id)
+
+    @contextmanager
+    def servers(self, argv: list[str], name: str, mode: str, count: int = 1) -> Iterator[list[PluginServer]]:
+        started: list[PluginServer] = []
+        try:
+            for _ in range(count):
+                started.append(PluginServer(argv, name, mode))
+            yield started
+        finally:
+            for server in started:
+                server.stop()
+
+    def window_timeout(self, requests: int) -> float:
+        """A window's bound: the configured seconds, or more for long windows (at least 100 req/s)."""
+        return max(self.settings.timeout, requests / 100)
+
+    # One window
+
+    def measure(
+        self,
+        server: PluginServer,
+        targets: list[Target],
+        account: str | None,
+        *,
+        mode: str,
+        path: str,
+        requests: int,
+        concurrency: int,
+        warmup: int,
+    ) -> Cell:
+        who = consumer(account) if account else None
+        if warmup:
+            warm = self.driver.run(targets, who, warmup, concurrency, self.window_timeout(warmup))
+            if warm.timed_out or warm.completed == 0:
+                why = f"no answer during the warm-up ({warm.first_error or 'timed out'})"
+                return failed_cell(mode, concurrency, path, why, timed_out=warm.timed_out)
+        rss_before = rss_kib(server.pid)
+        cpu_before = cpu_seconds(server.pid)
+        redis_cpu_before = cpu_seconds(self.redis.pid)
+        redis_before = self.redis.stats()
+        run = self.driver.run(targets, who, requests, concurrency, self.window_timeout(requests))
+        redis_delta = self.redis.stats().since(redis_before)
+        redis_cpu = cpu_seconds(self.redis.pid) - redis_cpu_before
+        cpu = cpu_seconds(server.pid) - cpu_before
+        rss_after = rss_kib(server.pid)
+        n = max(1, run.completed)
+        return Cell(
+            mode=mode,
+            concurrency=concurrency,
+            path=path,
+            requests=requests,
+            completed=run.completed,
+            errors=run.errors,
+            first_error=run.first_error,
+            timed_out=run.timed_out,
+            statuses=run.statuses,
+            refusal_reason=_reason(run),
+            pdk_methods=[method for method, _ in run.sample_calls],
+            wall_seconds=run.wall_seconds,
+            requests_per_second=run.completed / run.wall_seconds if run.wall_seconds > 0 else float("nan"),
+            p50_ms=run.percentile_ms(0.50),
+            p99_ms=run.percentile_ms(0.99),
+            server_cpu_us=cpu / n * 1e6,
+            driver_cpu_us=run.driver_cpu_seconds / n * 1e6,
+            redis_cpu_us=redis_cpu / n * 1e6,
+            pdk_round_trips=run.round_trips / n,
+            redis_round_trips=redis_delta.writes / n,
+            redis_reads=redis_delta.reads / n,
+            redis_script_calls=redis_delta.script_calls / n,
+            redis_setup_round_trips=redis_delta.setup_round_trips / n,
+            redis_connections=redis_delta.connections,
+            redis_commands={k: v / n for k, v in redis_delta.calls.items()},
+            redis_usec={k: v / n for k, v in redis_delta.usec.items()},
+            rss_before_kib=rss_before,
+            rss_after_kib=rss_after,
+        )
+
+    # The table
+
+    def table(self) -> list[Cell]:
+        s = self.settings
+        cells: list[Cell] = []
+        for mode in s.modes:
+            with (
+                self.servers(GATE_SERVER, "credit-gate", mode) as (gate,),
+                self.servers(BASELINE_SERVER, "baseline", mode) as (baseline,),
+            ):
+                gate_target = start_instance(gate, "credit-gate", self.gate_config(f"gate-{mode}"))
+                base_target = start_instance(
+                    baseline, "baseline", kong_config(self.baseline_fields, {}, f"baseline-{mode}")
+                )
+                plan = {
+                    "baseline": (baseline, base_target, PAYING),
+                    "allowed": (gate, gate_target, PAYING),
+                    "refused": (gate, gate_target, BROKE),
+                }
+                broken: dict[str, str] = {}
+                for concurrency in s.concurrencies:
+                    for path in PATHS:
+                        server, target, account = plan[path]
+                        if server.name in broken or not server.running():
+                            why = broken.get(server.name, "the plugin server exited")
+                            cells.append(failed_cell(mode, concurrency, path, why))
+                            continue
+                        cell = self.measure(
+                            server,
+                            [target],
+                            account,
+                            mode=mode,
+                            path=path,
+                            requests=s.requests,
+                            concurrency=concurrency,
+                            warmup=s.warmup,
+                        )
+                        cells.append(cell)
+                        self.progress(_progress_line(cell))
+                        if cell.timed_out:
+                            broken[server.name] = f"skipped: the {server.name} server stopped answering"
+                            self.progress(f"  {server.name} server log tail:\n{server.log_text()[-2000:]}")
+        return cells
+
+    # --long
+
+    def long(self) -> list[LongResult]:
+        """RSS over many requests: the gate's allowed and refused paths, and the baseline for
+        comparison (what kong-pdk itself keeps), each on a fresh server after a warm-up."""
+        s = self.settings
+        results: list[LongResult] = []
+        for mode in s.modes:
+            with (
+                self.servers(GATE_SERVER, "credit-gate", mode) as (gate,),
+                self.servers(BASELINE_SERVER, "baseline", mode) as (baseline,),
+            ):
+                gate_target = start_instance(gate, "credit-gate", self.gate_config(f"long-{mode}"))
+                base_target = start_instance(
+                    baseline, "baseline", kong_config(self.baseline_fields, {}, f"long-baseline-{mode}")
+                )
+                plan = (
+                    ("baseline", baseline, base_target, PAYING),
+                    ("allowed", gate, gate_target, PAYING),
+                    ("refused", gate, gate_target, BROKE),
+                )
+                for path, server, target, account in plan:
+                    # Two halves, so that a climb to a plateau can be told from a steady leak.
+                    halves = [
+                        self.measure(
+                            server,
+                            [target],
+                            account,
+                            mode=mode,
+                            path=path,
+                            requests=count,
+                            concurrency=s.long_concurrency,
+                            warmup=warmup,
+                        )
+                        for count, warmup in (
+                            (s.long_requests // 2, max(s.warmup, 2_000)),
+                            (s.long_requests - s.long_requests // 2, 0),
+                        )
+                    ]
+                    result = LongResult(*halves)
+                    results.append(result)
+                    before, after = result.cell.rss_before_kib / 1024, result.second.rss_after_kib / 1024
+                    self.progress(
+                        f"long {mode:9} {path:8} {result.requests} requests: "
+                        f"RSS {before:.1f} -> {after:.1f} MiB "
+                        f"({result.growth_mb:+.2f} MB, second half {result.second_half_growth_mb:+.2f} MB)"
+                    )
+        return results
+
+    # --overspend
+
+    def overspend(self) -> list[OverspendResult]:
+        s = self.settings
+        results: list[OverspendResult] = []
+        for mode in s.modes:
+            account = f"bench-overspend-{mode}"
+            self.admin.subscribe(account, PLAN, starts_at=self.admin.now() - 60)
+            self.admin.grant(account, s.overspend_balance, note="overspend scenario")
+            with self.servers(GATE_SERVER, "credit-gate", mode, s.overspend_servers) as servers:
+                # One plugin entity, so one instance per server, as every Kong node would start.
+                targets = [start_instance(g, "credit-gate", self.gate_config("overspend")) for g in servers]
+                run = self.driver.run(
+                    targets,
+                    consumer(account),
+                    s.overspend_requests,
+                    s.overspend_concurrency,
+                    self.window_timeout(s.overspend_requests),
+                )
+            state = self.admin.account(account)
+            result = OverspendResult(
+                mode=mode,
+                servers=s.overspend_servers,
+                concurrency=s.overspend_concurrency,
+                balance=s.overspend_balance,
+                requests=s.overspend_requests,
+                completed=run.completed,
+                errors=run.errors,
+                first_error=run.first_error,
+                statuses=run.statuses,
+                allowed=run.statuses.get(200, 0),
+                final_balance=state.balance,
+                ledger_ok=self.admin.verify_ledger(account).ok,
+            )
+            results.append(result)
+            self.progress(
+                f"overspend {mode:9} balance {result.balance}, {result.completed} requests "
+                f"({result.concurrency} in flight, {result.servers} servers): allowed {result.allowed}, "
+                f"final balance {result.final_balance}, ledger {'ok' if result.ledger_ok else 'MISMATCH'}"
+            )
+        return results
+
+
+@dataclass
+class LongResult:
+    """A long run on one path, measured as two consecutive halves."""
+
+    cell: Cell  # the first half
+    second: Cell
+
+    @property
+    def requests(self) -> int:
+        return self.cell.completed + self.second.completed
+
+    @property
+    def ok(self) -> bool:
+        return self.cell.ok and self.second.ok
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.second.rss_after_kib - self.cell.rss_before_kib) * 1024 / 1e6
+
+    @property
+    def second_half_growth_mb(self) -> float:
+        return (self.second.rss_after_kib - self.second.rss_before_kib) * 1024 / 1e6
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "first_half": asdict(self.cell),
+            "second_half": asdict(self.second),
+            "requests": self.requests,
+            "rss_growth_mb": self.growth_mb,
+            "second_half_rss_growth_mb": self.second_half_growth_mb,
+        }
+
+
+@dataclass
+class OverspendResult:
+    mode: str
+    servers: int
+    concurrency: int
+    balance: int
+    requests: int
+    completed: int
+    errors: int
+    first_error: str | None
+    statuses: dict[int, int]
+    allowed: int
+    final_balance: int
+    ledger_ok: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.allowed == self.balance and self.final_balance == 0 and self.errors == 0
+
+
+def _progress_line(cell: Cell) -> str:
+    flag = "" if cell.ok else f"  !! {cell.first_error or 'incomplete'}"
+    return (
+        f"{cell.mode:9} c={cell.concurrency:<3} {cell.path:8} {cell.requests_per_second:8.0f} req/s  "
+        f"p50 {cell.p50_ms:6.2f} ms  p99 {cell.p99_ms:6.2f} ms  server {cell.server_cpu_us:6.0f} us/req  "
+        f"statuses {cell.statuses}{flag}"
+    )

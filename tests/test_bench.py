@@ -1,0 +1,102 @@
+"""The benchmark's measuring code, run on a few hundred requests: what it counts, not how fast it is."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+
+import pytest
+
+from bench.cli import command_line
+from bench.report import as_json, markdown
+from bench.runner import Bench, Cell, OverspendResult, Settings
+
+SETTINGS = Settings(
+    modes=("threads",),
+    concurrencies=(4,),
+    requests=200,
+    warmup=100,
+    drivers=2,
+    timeout=30,
+    overspend_balance=25,
+    overspend_requests=120,
+    overspend_concurrency=16,
+)
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[Bench]:
+    with Bench(SETTINGS, progress=lambda _line: None) as bench:
+        yield bench
+
+
+@pytest.fixture(scope="module")
+def cells(bench: Bench) -> dict[str, Cell]:
+    return {cell.path: cell for cell in bench.table()}
+
+
+def test_every_window_completes_with_the_statuses_of_its_path(cells: dict[str, Cell]) -> None:
+    assert set(cells) == {"baseline", "allowed", "refused"}
+    for cell in cells.values():
+        assert cell.ok, cell.first_error
+        assert (cell.mode, cell.concurrency, cell.completed) == ("threads", 4, 200)
+        assert cell.requests_per_second > 0 and 0 < cell.p50_ms <= cell.p99_ms
+        assert cell.server_cpu_us > 0 and cell.rss_before_kib > 0 and cell.rss_after_kib > 0
+    assert cells["baseline"].statuses == {200: 200}
+    assert cells["allowed"].statuses == {200: 200}
+    assert cells["refused"].statuses == {402: 200}
+    assert cells["refused"].refusal_reason == "insufficient_credit"
+
+
+def test_pdk_round_trips_are_counted_per_request_handle_event_included(cells: dict[str, Cell]) -> None:
+    gate_allowed = [
+        "kong.client.get_consumer",
+        "kong.service.request.set_headers",
+        "kong.response.set_headers",
+    ]
+    assert cells["allowed"].pdk_methods == gate_allowed
+    assert cells["baseline"].pdk_methods == gate_allowed  # the baseline makes the same calls
+    assert cells["refused"].pdk_methods == ["kong.client.get_consumer", "kong.response.exit"]
+    assert cells["allowed"].pdk_round_trips == 4
+    assert cells["baseline"].pdk_round_trips == 4
+    assert cells["refused"].pdk_round_trips == 2
+
+
+def test_redis_round_trips_come_from_redis_own_counters(cells: dict[str, Cell]) -> None:
+    for path in ("allowed", "refused"):
+        cell = cells[path]
+        # A connection redis-py opens during the window costs one set-up round trip (HELLO) more.
+        setup = cell.redis_setup_round_trips
+        assert math.isclose(cell.redis_round_trips - setup, 1) and math.isclose(cell.redis_reads - setup, 1)
+        assert cell.redis_script_calls == 1
+        assert cell.redis_commands["evalsha"] == 1  # the commands inside the script are listed apart
+    baseline = cells["baseline"]
+    assert (baseline.redis_round_trips, baseline.redis_reads, baseline.redis_commands) == (0, 0, {})
+
+
+def test_overspend_counts_what_was_allowed_and_what_is_left(bench: Bench) -> None:
+    (result,) = bench.overspend()
+    assert isinstance(result, OverspendResult)
+    assert result.completed == 120 and result.errors == 0
+    assert (result.allowed, result.statuses.get(402), result.final_balance) == (25, 95, 0)
+    assert result.ok and result.ledger_ok
+
+
+def test_the_report_is_a_markdown_table_and_valid_json(cells: dict[str, Cell]) -> None:
+    rows = list(cells.values())
+    command = command_line(["--requests", "200"])
+    machine = {"nproc": 2, "cpu_model": "x", "kernel": "k", "python": "3", "redis_server": "7"}
+    machine |= {"kong_pdk": "0.36", "redis_py": "8", "hiredis": "3", "gevent": "26"}
+    text = markdown(command, machine, SETTINGS, rows, [], [])
+    assert f"`{command}`" in text and command.endswith("-m bench --requests 200")
+    assert "| threads | 4 | credit-gate allowed | " in text
+    verdict = next(line for line in text.splitlines() if "exactly 1 Redis round trip" in line)
+    assert verdict.startswith("| exactly 1 Redis round trip per allowed or refused request | 1.000 (all gate")
+    assert verdict.endswith("| pass |")
+    payload = json.loads(json.dumps(as_json(command, machine, SETTINGS, rows, [], []), allow_nan=False))
+    assert {c["path"] for c in payload["cells"]} == {"baseline", "allowed", "refused"}
+    allowed = next(c for c in payload["cells"] if c["path"] == "allowed")
+    assert math.isclose(
+        allowed["cpu_ratio_to_baseline"], allowed["server_cpu_us"] / cells["baseline"].server_cpu_us
+    )
