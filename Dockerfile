@@ -41,7 +41,7 @@ USER kong
 ENV KONG_PLUGINS=bundled,credit-gate \
     KONG_PLUGINSERVER_NAMES=credit-gate \
     KONG_PLUGINSERVER_CREDIT_GATE_SOCKET=/usr/local/kong/credit-gate.sock \
-    KONG_PLUGINSERVER_CREDIT_GATE_START_CMD="credit-gate-pluginserver --kong-prefix /usr/local/kong --socket-name credit-gate.sock" \
+    KONG_PLUGINSERVER_CREDIT_GATE_START_CMD="credit-gate-pluginserver -g --kong-prefix /usr/local/kong --socket-name credit-gate.sock" \
     KONG_PLUGINSERVER_CREDIT_GATE_QUERY_CMD="credit-gate-pluginserver --dump"
 
 # Healthy means Kong answers AND the plugin server accepts connections on its socket: until then

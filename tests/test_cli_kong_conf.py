@@ -13,7 +13,7 @@ def test_kong_conf_lines_for_the_default_prefix() -> None:
         "plugins = bundled,credit-gate\n"
         "pluginserver_names = credit-gate\n"
         "pluginserver_credit_gate_socket = /usr/local/kong/credit-gate.sock\n"
-        "pluginserver_credit_gate_start_cmd = credit-gate-pluginserver --kong-prefix /usr/local/kong"
+        "pluginserver_credit_gate_start_cmd = credit-gate-pluginserver -g --kong-prefix /usr/local/kong"
         " --socket-name credit-gate.sock\n"
         "pluginserver_credit_gate_query_cmd = credit-gate-pluginserver --dump\n"
     )
@@ -29,7 +29,9 @@ def test_environment_variables_can_be_sourced_by_a_shell() -> None:
         text=True,
         check=True,
     )
-    assert shell.stdout == "credit-gate-pluginserver --kong-prefix /opt/kong --socket-name credit-gate.sock\n"
+    assert (
+        shell.stdout == "credit-gate-pluginserver -g --kong-prefix /opt/kong --socket-name credit-gate.sock\n"
+    )
 
 
 def test_the_cli_prints_them_without_touching_redis() -> None:
@@ -49,3 +51,9 @@ def test_the_cli_prints_them_as_json() -> None:
         [CONSOLE_SCRIPT, "kong-conf", "--json"], capture_output=True, text=True, timeout=30, check=False
     )
     assert '"pluginserver_credit_gate_query_cmd": "credit-gate-pluginserver --dump"' in result.stdout
+
+
+def test_with_the_log_phase_both_commands_say_so() -> None:
+    text = kong_conf(log_phase=True)
+    assert "--socket-name credit-gate.sock --log-phase\n" in text
+    assert "pluginserver_credit_gate_query_cmd = credit-gate-pluginserver --dump --log-phase\n" in text

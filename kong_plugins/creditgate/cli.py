@@ -1007,14 +1007,17 @@ def import_accounts(admin: Admin, file: Path, rejects: Path | None, as_json: boo
 @cli.command("kong-conf")
 @click.option("--prefix", default="/usr/local/kong", show_default=True, help="Kong's prefix directory.")
 @click.option("--env", "as_env", is_flag=True, help="Print KONG_* environment variables instead.")
+@click.option(
+    "--log-phase", is_flag=True, help="Run the server with Kong's log phase (refunds, hold-then-settle)."
+)
 @json_option
-def kong_conf(prefix: str, as_env: bool, as_json: bool) -> None:
+def kong_conf(prefix: str, as_env: bool, log_phase: bool, as_json: bool) -> None:
     """Print what kong.conf needs to run credit-gate's plugin server on a native Kong install."""
     if as_json:
-        pairs = deploy.settings(prefix)
+        pairs = deploy.settings(prefix, log_phase)
         emit_json({f"KONG_{k.upper()}" if as_env else k: v for k, v in pairs})
     else:
-        click.echo(deploy.kong_conf(prefix, env=as_env), nl=False)
+        click.echo(deploy.kong_conf(prefix, env=as_env, log_phase=log_phase), nl=False)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -13,6 +13,7 @@ import enum
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 
@@ -99,6 +100,7 @@ class Problem:
         return json.dumps(self.body, separators=(",", ":"), sort_keys=False)
 
 
+@lru_cache(maxsize=1024)  # period ends repeat across requests: format each once
 def rfc3339(epoch: int) -> str | None:
     if epoch <= 0:
         return None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote
 
 SAFE = "-._~@+="
@@ -32,7 +33,12 @@ def account_tag(account: str) -> str:
 
 
 def utc_day(epoch: int) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y%m%d")
+    return _day_name(epoch // 86_400)
+
+
+@lru_cache(maxsize=8)  # the hot path asks for today's name on every request
+def _day_name(day: int) -> str:
+    return dt.datetime.fromtimestamp(day * 86_400, dt.timezone.utc).strftime("%Y%m%d")
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,7 @@ class Keys:
     prefix: str
 
     def account(self, account: str) -> AccountKeys:
-        base = f"{self.prefix}:{{{account_tag(account)}}}:"
-        return AccountKeys(
-            base + "account", base + "ledger", base + "keys", base + "usage:", base + "members", base
-        )
+        return _account_keys(self.prefix, account)
 
     def plan(self, name: str) -> str:
         return f"{self.prefix}:plan:{name}"
@@ -79,3 +82,11 @@ class Keys:
     @property
     def accounts(self) -> str:
         return f"{self.prefix}:accounts"
+
+
+@lru_cache(maxsize=16_384)  # names are pure functions of (prefix, account): build each once
+def _account_keys(prefix: str, account: str) -> AccountKeys:
+    base = f"{prefix}:{{{account_tag(account)}}}:"
+    return AccountKeys(
+        base + "account", base + "ledger", base + "keys", base + "usage:", base + "members", base
+    )

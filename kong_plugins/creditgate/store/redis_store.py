@@ -36,6 +36,7 @@ from creditgate.core.model import Plan, Status, Subscription
 from creditgate.core.periods import Period
 from creditgate.errors import StoreError, StoreTimeout, StoreUnavailable
 from creditgate.store.breaker import CircuitBreaker
+from creditgate.store.hot_path import HotPath
 from creditgate.store.keys import Keys
 
 USAGE_TTL_SECONDS = 400 * 86_400
@@ -263,30 +264,33 @@ def _text(value: Any) -> str:
 
 
 def _charge_result(reply: Sequence[Any]) -> ChargeResult:
-    """Decode charge.lua's fixed-shape reply."""
-    reason = _text(reply[1])
-    if reason == "deadline_passed":
+    """Decode charge.lua's fixed-shape reply (integers arrive as ints, strings as bytes)."""
+    (allowed, reason, plan, status, cost, balance, allowance, remaining, period_start, period_end,
+     starts_at, expires_at, now, from_allowance, from_balance, charge_id, _, replayed, member_used,
+     member_cap) = reply  # fmt: skip
+    reason_text = reason.decode() if reason else ""
+    if reason_text == "deadline_passed":
         raise StoreTimeout("Redis ran the charge after the caller's deadline; nothing was charged")
     return ChargeResult(
-        allowed=int(reply[0]) == 1,
-        reason=Reason(reason) if reason else None,
-        plan=_text(reply[2]),
-        status=_text(reply[3]),
-        cost=int(reply[4]),
-        balance=int(reply[5]),
-        allowance=int(reply[6]),
-        allowance_remaining=int(reply[7]),
-        period_start=int(reply[8]),
-        period_end=int(reply[9]),
-        starts_at=int(reply[10]),
-        expires_at=int(reply[11]),
-        now=int(reply[12]),
-        from_allowance=int(reply[13]),
-        from_balance=int(reply[14]),
-        charge_id=_text(reply[15]),
-        replayed=int(reply[17]) == 1,
-        member_used=int(reply[18]),
-        member_cap=int(reply[19]),
+        allowed=allowed == 1,
+        reason=Reason(reason_text) if reason_text else None,
+        plan=_text(plan),
+        status=_text(status),
+        cost=cost,
+        balance=balance,
+        allowance=allowance,
+        allowance_remaining=remaining,
+        period_start=period_start,
+        period_end=period_end,
+        starts_at=starts_at,
+        expires_at=expires_at,
+        now=now,
+        from_allowance=from_allowance,
+        from_balance=from_balance,
+        charge_id=_text(charge_id),
+        replayed=replayed == 1,
+        member_used=member_used,
+        member_cap=member_cap,
     )
 
 
@@ -415,6 +419,8 @@ class RedisStore:
     ) -> None:
         self.client = client
         self.breaker = breaker
+        # Set for a standalone Redis without TLS: the charge's own socket pool (see hot_path.py).
+        self.hot_path: HotPath | None = None
         self.keys = Keys(prefix)
         self.clock = RedisClock()
         # Leave the reply time to travel back before the client's own timeout fires.
@@ -432,9 +438,19 @@ class RedisStore:
     def from_settings(
         cls, settings: RedisSettings, prefix: str = "credit-gate", *, breaker: CircuitBreaker | None = None
     ) -> RedisStore:
-        return cls(connect(settings), prefix, timeout_ms=settings.read_timeout, breaker=breaker)
+        store = cls(connect(settings), prefix, timeout_ms=settings.read_timeout, breaker=breaker)
+        if settings.topology == "standalone" and not settings.ssl:
+            store.hot_path = HotPath(settings, store._charge.sha, store._load_charge)
+        return store
+
+    def _load_charge(self) -> str:
+        sha: str = self.client.script_load(self._charge.script)
+        self._charge.sha = sha
+        return sha
 
     def close(self) -> None:
+        if self.hot_path is not None:
+            self.hot_path.close()
         self.client.close()
 
     @contextmanager
@@ -470,6 +486,12 @@ class RedisStore:
         with self._redis():
             return script(keys=keys, args=args)
 
+    def _call_charge(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        with self._redis():  # the same breaker and error mapping as every other call
+            if self.hot_path is not None:
+                return self.hot_path.evalsha(keys, args)
+            return self._charge(keys=keys, args=args)
+
     def _run(self, command: str, *args: Any) -> Any:
         with self._redis():
             return cast(Any, self.client).execute_command(command, *args)
@@ -500,13 +522,13 @@ class RedisStore:
         window = idempotency_window if idempotency_key else 0
         sent_ms = time.time() * 1000
         deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
-        reply = self._call(
-            self._charge,
+        reply = self._call_charge(
             [
                 keys.state,
                 keys.ledger,
                 keys.usage(now),
-                keys.request(f"{route}\0{cost}\0{idempotency_key or ''}"),
+                # Unused by the script without a key: any key of the account's slot will do.
+                keys.request(f"{route}\0{cost}\0{idempotency_key}") if window else keys.members,
                 keys.members,
             ],
             [
