@@ -312,6 +312,16 @@ def main() -> None:
     With ``-g`` the standard library is patched for gevent first, before redis-py is imported: this
     module imports nothing heavy at its top for that reason.
     """
+    if pdk_runtime.wants_processes(sys.argv[1:]):
+        # kong-pdk's process mode pickles the plugin instance for each event; an instance holds a Redis
+        # connection pool, which cannot be pickled, and the event then never answers: every request
+        # would hang, and Kong would proxy it unpaid. Refuse to start instead.
+        print(
+            "credit-gate-pluginserver: kong-pdk's process mode (-m) cannot run this plugin; "
+            "use -g (gevent, recommended) or no flag (threads)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     if pdk_runtime.wants_gevent(sys.argv[1:]):
         pdk_runtime.patch_for_gevent()
     from kong_pdk.cli import start_dedicated_server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
 import jsonschema
@@ -13,7 +14,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import gate_config
+from tests.gate_fixtures import PLUGIN_SERVER, gate_config
 from tests.kong_harness import KongRequest, KongSide, Outcome
 from tests.test_decision import validate_problem
 
@@ -222,3 +223,11 @@ def test_with_an_upstream_configured_only_allowed_requests_are_routed_to_it(
     assert allowed.upstream_name == "paid-api"
     assert allowed.methods[:2] == ["kong.client.get_consumer", "kong.service.set_upstream"]
     assert refused.upstream_name is None
+
+
+def test_the_server_refuses_kong_pdks_process_mode_instead_of_hanging() -> None:
+    result = subprocess.run(
+        [*PLUGIN_SERVER, "-m", "--kong-prefix", "/tmp"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "process mode (-m) cannot run this plugin" in result.stderr

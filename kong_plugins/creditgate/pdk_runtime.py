@@ -17,10 +17,15 @@ from typing import Any
 
 TERMINAL_METHODS = frozenset({"kong.response.exit", "kong.response.error"})
 GEVENT_FLAGS = frozenset({"-g", "--gevent"})
+PROCESS_FLAGS = frozenset({"-m", "--multiprocessing"})
 
 
 def wants_gevent(argv: Sequence[str]) -> bool:
     return any(flag in GEVENT_FLAGS for flag in argv)
+
+
+def wants_processes(argv: Sequence[str]) -> bool:
+    return any(flag in PROCESS_FLAGS for flag in argv)
 
 
 def patch_for_gevent() -> None:
