@@ -24,4 +24,4 @@ schema:
 	$(PY) -m creditgate.kong_schema > schemas/plugin-config.schema.json
 
 bench:
-	$(PY) -m bench
+	$(PY) -m bench $(ARGS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from typing import Any
 
 import jsonschema
@@ -226,8 +227,7 @@ def test_with_an_upstream_configured_only_allowed_requests_are_routed_to_it(
 
 
 def test_the_server_refuses_kong_pdks_process_mode_instead_of_hanging() -> None:
-    result = subprocess.run(
-        [*PLUGIN_SERVER, "-m", "--kong-prefix", "/tmp"], capture_output=True, text=True, timeout=30
-    )
+    argv = [*PLUGIN_SERVER, "-m", "--kong-prefix", tempfile.gettempdir()]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "process mode (-m) cannot run this plugin" in result.stderr

@@ -16,6 +16,7 @@ from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import gate_config
 from tests.kong_harness import KongRequest, KongSide, Outcome
 from tests.redis_servers import RedisServer
+from tests.test_decision import validate_problem
 
 ACCOUNT = {"id": "acme", "username": "acme", "custom_id": None}
 TIMEOUT_MS = 150
@@ -72,6 +73,7 @@ def test_redis_down_refuses_with_503_within_the_timeout_and_charging_resumes_aft
         outcome, elapsed = timed(kong, own_settings)
         assert outcome.status == 503
         body = json.loads(outcome.body)
+        validate_problem(body)
         assert body["reason"] == "store_unavailable"
         assert outcome.headers["Retry-After"] == "1"
         assert elapsed < TIMEOUT_MS / 1000 + MARGIN_S
