@@ -104,7 +104,7 @@ def verdicts(
             )
         out.append(
             Verdict(
-                "exactly 1 Redis round trip per allowed or refused request",
+                "exactly 1 Redis command (round trip) per allowed or refused request",
                 measured,
                 bool(gate) and all(c.ok and math.isclose(s, 1.0) for c, s in zip(gate, steady, strict=True)),
             )
@@ -174,12 +174,13 @@ def markdown(
             f"Each row: {settings.requests:,} requests after {settings.warmup:,} of warm-up at the same "
             "concurrency. Server CPU is utime + stime of the plugin server process and its children "
             "(`/proc/<pid>/stat`) over the window, divided by the requests; PDK round trips are counted by "
-            "the Kong side (HandleEvent included); Redis round trips are Redis's own count of replies "
-            "written (`INFO stats` total_writes_processed), the set-up of new connections included; RSS "
+            "the Kong side (HandleEvent included); Redis commands are Redis's own count of the commands the "
+            "plugin sent (`INFO commandstats`: EVALSHA, and the set-up of new connections; pipelined "
+            "commands share network writes); RSS "
             "is `VmRSS` before and after the window.",
             "",
             "| mode | in flight | plugin | req/s | p50 ms | p99 ms | server CPU µs/req | vs baseline "
-            "| PDK RT/req | Redis RT/req | new Redis conns | RSS MiB before → after |",
+            "| PDK RT/req | Redis cmds/req | new Redis conns | RSS MiB before → after |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for c in cells:

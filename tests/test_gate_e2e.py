@@ -231,3 +231,13 @@ def test_the_server_refuses_kong_pdks_process_mode_instead_of_hanging() -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "process mode (-m) cannot run this plugin" in result.stderr
+
+
+def test_charging_goes_on_after_a_script_flush_in_the_plugin_server(
+    kong: KongSide, settings: RedisSettings, paying: Admin, store: RedisStore, redis_client: Any
+) -> None:
+    assert call(kong, settings).proxied
+    redis_client.script_flush()  # as after a Redis restart or a failover: the script cache is empty
+    assert call(kong, settings).proxied
+    assert call(kong, settings).proxied
+    assert store.account_state(ACME["id"]).used == 2 and store.account_state(ACME["id"]).balance == 9

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,6 +53,9 @@ class HotPath:
         self._load_script = load_script
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._pipeline: _GeventPipeline | None = None
+        if _gevent_patched():
+            self._pipeline = _GeventPipeline(self._connect, self._read_timeout)
 
     @staticmethod
     def _handshake_commands(settings: RedisSettings) -> list[bytes]:
@@ -64,6 +68,8 @@ class HotPath:
         return commands
 
     def close(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.close()
         with self._lock:
             idle, self._idle = self._idle, []
         for sock in idle:
@@ -80,6 +86,8 @@ class HotPath:
         return reply
 
     def _round_trip(self, command: bytes) -> Any:
+        if self._pipeline is not None:
+            return self._pipeline.round_trip(command)
         sock = self._checkout()
         try:
             self._send(sock, command)
@@ -120,7 +128,9 @@ class HotPath:
     @staticmethod
     def _send(sock: socket.socket, command: bytes) -> None:
         try:
-            sock.sendall(command)
+            sent = sock.send(command)  # gevent's sendall asks for SO_SNDBUF on every call: a syscall
+            while sent < len(command):
+                sent += sock.send(command[sent:])
         except TimeoutError as error:
             raise redis.exceptions.TimeoutError(f"sending to Redis: {error}") from error
         except OSError as error:
@@ -141,3 +151,96 @@ class HotPath:
             reply = reader.gets()
             if reply is not False:
                 return reply
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return bool(monkey.is_module_patched("socket"))
+
+
+class _GeventPipeline:
+    """Under gevent: the charges of concurrent requests share one connection, pipelined.
+
+    Each request sends its command and waits on its own result; one reader greenlet parses the
+    replies, which Redis sends in the order of the commands, and hands each to its waiter. A
+    request that times out leaves its place in the queue, so the reply that comes later still
+    lines up (and the charge's deadline keeps it from charging). Waiting on a result instead of on
+    the socket saves the event loop's work per request: one read serves every reply that arrived.
+    A broken connection fails every request waiting on it, and the next request opens a new one.
+    """
+
+    def __init__(self, connect: Callable[[], socket.socket], read_timeout: float) -> None:
+        from gevent.lock import Semaphore
+
+        self._connect = connect
+        self._read_timeout = read_timeout
+        self._send_lock = Semaphore()  # a command and its place in the queue go together
+        self._connection: _PipelinedConnection | None = None
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.fail(redis.exceptions.ConnectionError("closed"))
+
+    def round_trip(self, command: bytes) -> Any:
+        from gevent import Timeout
+        from gevent.event import AsyncResult
+
+        result: AsyncResult = AsyncResult()
+        with self._send_lock:
+            connection = self._connection
+            if connection is None or connection.broken:
+                connection = self._connection = _PipelinedConnection(self._connect())
+            connection.waiters.append(result)
+            try:
+                HotPath._send(connection.sock, command)
+            except BaseException as error:
+                connection.fail(error)
+                raise
+        try:
+            reply = result.get(timeout=self._read_timeout)
+        except Timeout as error:
+            raise redis.exceptions.TimeoutError("Redis did not answer in time") from error
+        return reply
+
+
+class _PipelinedConnection:
+    def __init__(self, sock: socket.socket) -> None:
+        import gevent
+
+        self.sock = sock
+        self.sock.settimeout(None)  # the waiters have the timeouts; the reader waits for Redis
+        self.waiters: deque[Any] = deque()
+        self.broken = False
+        self._reader = gevent.spawn(self._read_replies)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.broken:
+            self.broken = True
+            self.sock.close()
+        while self.waiters:
+            self.waiters.popleft().set_exception(_as_redis_error(error))
+
+    def _read_replies(self) -> None:
+        reader = hiredis.Reader()
+        try:
+            while not self.broken:
+                data = self.sock.recv(RECV_SIZE)
+                if not data:
+                    raise redis.exceptions.ConnectionError("Redis closed the connection")
+                reader.feed(data)
+                reply = reader.gets()
+                while reply is not False:
+                    self.waiters.popleft().set(reply)
+                    reply = reader.gets()
+        except BaseException as error:  # the connection is unusable: fail whoever waits on it
+            self.fail(error)
+
+
+def _as_redis_error(error: BaseException) -> BaseException:
+    if isinstance(error, redis.exceptions.RedisError):
+        return error
+    return redis.exceptions.ConnectionError(f"Redis connection lost: {error}")
