@@ -56,6 +56,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--warmup", type=int, default=defaults.warmup, help="per window (default: %(default)s)")
     p.add_argument(
+        "--repeat",
+        type=_positive,
+        default=defaults.repeat,
+        help="windows per path, taken in turns; the median is reported (default: %(default)s)",
+    )
+    p.add_argument(
         "--drivers",
         type=_positive,
         default=defaults.drivers,
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         concurrencies=args.concurrency,
         requests=args.requests,
         warmup=args.warmup,
+        repeat=args.repeat,
         drivers=args.drivers,
         timeout=args.timeout,
         table=not args.no_table,
