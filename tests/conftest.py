@@ -61,4 +61,11 @@ def admin(store: RedisStore, clock: Clock) -> Admin:
     return Admin(store, clock=clock)
 
 
-from tests.gate_fixtures import kong, plugin_info, plugin_server  # noqa: E402, F401  (shared fixtures)
+from tests.gate_fixtures import (  # noqa: E402, F401  (shared fixtures)
+    funded,
+    kong,
+    own_redis,
+    own_settings,
+    plugin_info,
+    plugin_server,
+)

@@ -11,8 +11,12 @@ from typing import Any
 
 import pytest
 
+from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
+from creditgate.core.model import Plan
+from creditgate.store.redis_store import RedisStore
 from tests.kong_harness import KongSide, PluginConfig, PluginInfo, PluginServerProcess
+from tests.redis_servers import RedisServer
 
 # The console script pip installed next to this Python: the same command Kong's start_cmd runs.
 PLUGIN_SERVER = [str(Path(sys.executable).with_name("credit-gate-pluginserver"))]
@@ -63,3 +67,37 @@ def kong(plugin_server: PluginServerProcess, plugin_info: PluginInfo) -> Iterato
         plugin_server.start()
     with KongSide(plugin_server.socket_path, plugin_info, timeout=10.0) as side:
         yield side
+
+
+# A Redis of a test's own, which the test may stop, pause and restart; a module sets how long the
+# gate waits on it with a `redis_timeout_ms` fixture of its own.
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    if server.process and server.process.poll() is None:
+        server.resume()
+    server.stop()
+
+
+@pytest.fixture
+def redis_timeout_ms() -> int:
+    return 200
+
+
+@pytest.fixture
+def own_settings(own_redis: RedisServer, redis_timeout_ms: int) -> RedisSettings:
+    return RedisSettings(port=own_redis.port, connect_timeout=redis_timeout_ms, read_timeout=redis_timeout_ms)
+
+
+@pytest.fixture
+def funded(own_settings: RedisSettings) -> Iterator[Admin]:
+    """The account "acme" on plan "pro" with 1,000 credits, in the test's own Redis."""
+    admin = Admin(RedisStore.from_settings(own_settings))
+    admin.apply_plan(Plan("pro"))
+    admin.subscribe("acme", "pro", starts_at=admin.now() - 10)
+    admin.grant("acme", 1000)
+    yield admin
+    admin.close()

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
-from creditgate.core.model import Plan
 from creditgate.errors import StoreError, StoreUnavailable
 from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.redis_store import RedisStore
@@ -151,27 +148,8 @@ def test_a_hundred_threads_at_the_end_of_the_cooldown_send_one_probe() -> None:
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    if server.process and server.process.poll() is None:
-        server.resume()
-    server.stop()
-
-
-@pytest.fixture
-def own_settings(own_redis: RedisServer) -> RedisSettings:
-    return RedisSettings(port=own_redis.port, connect_timeout=TIMEOUT_MS, read_timeout=TIMEOUT_MS)
-
-
-@pytest.fixture
-def funded(own_settings: RedisSettings) -> Iterator[Admin]:
-    admin = Admin(RedisStore.from_settings(own_settings))
-    admin.apply_plan(Plan("pro"))
-    admin.subscribe("acme", "pro", starts_at=admin.now() - 10)
-    admin.grant("acme", 1000)
-    yield admin
-    admin.close()
+def redis_timeout_ms() -> int:
+    return TIMEOUT_MS
 
 
 def timed_charge(store: RedisStore) -> tuple[type[BaseException] | None, float]:

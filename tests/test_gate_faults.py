@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,27 +22,8 @@ MARGIN_S = 0.35
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own, which the test may stop, pause and restart."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.resume() if server.process and server.process.poll() is None else None
-    server.stop()
-
-
-@pytest.fixture
-def own_settings(own_redis: RedisServer) -> RedisSettings:
-    return RedisSettings(port=own_redis.port, connect_timeout=TIMEOUT_MS, read_timeout=TIMEOUT_MS)
-
-
-@pytest.fixture
-def funded(own_settings: RedisSettings) -> Iterator[Admin]:
-    admin = Admin(RedisStore.from_settings(own_settings))
-    admin.apply_plan(Plan("pro"))
-    admin.subscribe("acme", "pro", starts_at=admin.now() - 10)
-    admin.grant("acme", 1000)
-    yield admin
-    admin.store.close()
+def redis_timeout_ms() -> int:
+    return TIMEOUT_MS
 
 
 def timed(kong: KongSide, settings: RedisSettings, **config: object) -> tuple[Outcome, float]:
