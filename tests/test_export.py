@@ -139,3 +139,12 @@ def test_an_until_before_since_is_refused(cli: Cli) -> None:
 
 def test_json_flag_is_jsonl(cli: Cli) -> None:
     assert cli.ok("export", "--json").stdout == cli.ok("export").stdout
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted() -> None:
+    from creditgate.export import spreadsheet_safe
+
+    assert spreadsheet_safe('=HYPERLINK("http://evil")') == '\'=HYPERLINK("http://evil")'
+    assert spreadsheet_safe("@SUM(A1)") == "'@SUM(A1)"
+    assert spreadsheet_safe("invoice 1042") == "invoice 1042"
+    assert spreadsheet_safe(-5) == -5

@@ -25,8 +25,17 @@ from creditgate.core.inputs import format_instant, format_millis
 from creditgate.store.keys import account_tag
 from creditgate.store.redis_store import LedgerEntry
 
-NUMBERS = ("amount", "balance", "cost", "from_allowance", "allowance", "allowance_used")
-TEXTS = ("plan", "route", "note", "key", "reference")
+NUMBERS = (
+    "amount",
+    "balance",
+    "cost",
+    "from_allowance",
+    "to_allowance",
+    "allowance",
+    "allowance_used",
+    "settle_by",
+)
+TEXTS = ("plan", "route", "member", "note", "key", "reference", "idempotency_key")
 CSV_COLUMNS = (
     "id",
     "account",
@@ -45,6 +54,9 @@ CSV_COLUMNS = (
     "reference",
     "allowance",
     "allowance_used",
+    "to_allowance",
+    "member",
+    "settle_by",
 )
 CLOUDEVENTS_TYPE = "credit-gate.ledger.{kind}"
 
@@ -104,6 +116,17 @@ def cloudevent(entry: LedgerEntry, source: str) -> dict[str, Any]:
     }
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (a note or an account name written by a client)
+    gets a leading quote (OWASP's advice for CSV injection); numbers are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write(entries: Iterable[LedgerEntry], fmt: Format, out: TextIO, *, source: str) -> int:
     """Write entries as they come (constant memory, except the batch format); returns how many."""
     count = 0
@@ -111,7 +134,7 @@ def write(entries: Iterable[LedgerEntry], fmt: Format, out: TextIO, *, source: s
         writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for entry in entries:
-            writer.writerow(record(entry))
+            writer.writerow({k: spreadsheet_safe(v) for k, v in record(entry).items()})
             count += 1
     elif fmt is Format.CLOUDEVENTS_BATCH:
         batch = [cloudevent(entry, source) for entry in entries]
