@@ -4,7 +4,8 @@ The charge is the one command every request makes, and its cost is the plugin's 
 (2 cores, loopback, one EVALSHA of charge.lua): redis-py 8 with hiredis spends about 135 µs of the
 plugin server's CPU per charge, a socket with the command packed and the reply parsed by hiredis
 about 30 µs. So the hot path keeps hiredis (the C library redis-py itself uses to pack commands and
-parse replies) and drops the rest: a pool of plain sockets, one ``sendall`` and ``recv`` per charge.
+parse replies) and drops the rest: a pool of plain sockets, one ``send`` and ``recv`` per charge; and
+under gevent one connection that the charges of concurrent requests share, pipelined.
 
 Everything else (the operators' commands, loading scripts, Sentinel, Cluster, TLS) goes through
 redis-py. The rules of the money path hold here as there:
@@ -118,8 +119,8 @@ class HotPath:
             for command in self._handshake:
                 self._send(sock, command)
                 reply = self._read(sock, hiredis.Reader())
-                if isinstance(reply, hiredis.ReplyError):
-                    raise redis.exceptions.AuthenticationError(str(reply))
+                if isinstance(reply, hiredis.ReplyError):  # a wrong password, an unknown database
+                    raise redis.exceptions.ConnectionError(f"Redis refused the connection's set-up: {reply}")
         except BaseException:
             sock.close()
             raise
