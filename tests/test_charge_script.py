@@ -278,3 +278,26 @@ def test_a_burst_of_300_concurrent_charges_is_served_without_pool_errors(
         t.join()
     assert failures == []
     assert store.account_state("acme").balance == 700
+
+
+def test_a_refund_after_the_period_ended_gives_back_nothing_to_the_new_period(
+    admin: Admin, store: RedisStore
+) -> None:
+    seed(admin, plan=Plan("daily", period=Period.DAY, allowance=5, prepaid=False))
+    charge = store.charge("acme", 2, now=T0 + 1)
+    store.charge("acme", 1, now=T0 + DAY_SECONDS + 1)  # the next day's period starts
+    refund = store.settle(
+        "acme", charge.charge_id, 0, now=T0 + DAY_SECONDS + 2, refund=True, window_seconds=3 * DAY_SECONDS
+    )
+    assert (refund.outcome, refund.given_back) == ("applied", 0)
+    assert store.account_state("acme").used == 1
+
+
+def test_a_charge_is_settled_at_most_once(admin: Admin, store: RedisStore) -> None:
+    seed(admin, balance=10)
+    charge = store.charge("acme", 4, now=T0 + 1, hold_seconds=60)
+    first = store.settle("acme", charge.charge_id, 1, now=T0 + 2)
+    again = store.settle("acme", charge.charge_id, 0, now=T0 + 3, refund=True)
+    assert (first.outcome, first.given_back, again.outcome) == ("applied", 3, "already")
+    assert store.account_state("acme").balance == 9
+    assert replayed_balance(store, "acme") == 9

@@ -66,14 +66,17 @@ local paid_from_balance = -(tonumber(charge['amount']) or 0)
 local to_balance = math.min(give_back, paid_from_balance)
 local to_allowance = give_back - to_balance
 
+-- Allowance, and a pool member's use, count per period: what belongs to a period that has ended is
+-- not given back to the current one.
+local p = redis.call('HMGET', account_key, 'period_start', 'period_end', 'used')
+local charged_at = tonumber(charge['at']) or 0
+local period_start, period_end = tonumber(p[1]) or 0, tonumber(p[2]) or 0
+local in_period = charged_at >= period_start and (period_end == 0 or charged_at < period_end)
+
 if to_balance > 0 then
   balance = redis.call('HINCRBY', account_key, 'balance', fmt(to_balance))
 end
 if to_allowance > 0 then
-  local p = redis.call('HMGET', account_key, 'period_start', 'period_end', 'used')
-  local charged_at = tonumber(charge['at']) or 0
-  local period_start, period_end = tonumber(p[1]) or 0, tonumber(p[2]) or 0
-  local in_period = charged_at >= period_start and (period_end == 0 or charged_at < period_end)
   if in_period then
     local used = tonumber(p[3]) or 0
     redis.call('HSET', account_key, 'used', fmt(math.max(used - to_allowance, 0)))
@@ -81,15 +84,16 @@ if to_allowance > 0 then
     to_allowance = 0  -- that period's allowance is gone; nothing to give back to
   end
 end
+give_back = to_balance + to_allowance
 
 local member = charge['member']
-if member and give_back > 0 then
+if member and in_period and cost > final_cost then
   local value = redis.call('HGET', members_key, 'used:' .. member)
-  if value then
+  if value and string.sub(value, 1, string.find(value, ':', 1, true) - 1) == fmt(period_start) then
     local separator = string.find(value, ':', 1, true)
     local member_used = tonumber(string.sub(value, separator + 1)) or 0
     redis.call('HSET', members_key, 'used:' .. member,
-      string.sub(value, 1, separator) .. fmt(math.max(member_used - give_back, 0)))
+      string.sub(value, 1, separator) .. fmt(math.max(member_used - (cost - final_cost), 0)))
   end
 end
 
