@@ -106,3 +106,65 @@ local function ledger_append(account_key, ledger_key, retention, fields)
   end
   return id
 end
+
+-- The period starts over (usage 0, bounds worked out again by the next charge).
+local function restart_period(account_key)
+  redis.call('HSET', account_key, 'used', 0, 'period_start', 0, 'period_end', 0)
+end
+
+-- Write a subscription and its plan's terms into the account's hash. The current period's usage is
+-- kept (no allowance is gained by switching plans back and forth) unless the period's anchor or
+-- length changes. Returns the previous plan name, or "".
+local function write_subscription(account_key, plan, status, starts_at, anchor, expires_at, period, allowance,
+                                  prepaid)
+  local previous = redis.call('HMGET', account_key, 'plan', 'anchor', 'period')
+  redis.call('HSET', account_key,
+    'plan', plan, 'status', status, 'starts_at', starts_at, 'anchor', anchor, 'expires_at', expires_at,
+    'period', period, 'allowance', allowance, 'prepaid', prepaid)
+  if previous[2] ~= anchor or previous[3] ~= period then
+    restart_period(account_key)
+  end
+  return previous[1] or ''
+end
+
+-- Write a plan's terms over the account's, keeping its subscription; a change of period length restarts
+-- the period. `current_period` is the period the hash held before.
+local function write_terms(account_key, plan, period, allowance, prepaid, current_period)
+  redis.call('HSET', account_key, 'plan', plan, 'period', period, 'allowance', allowance, 'prepaid', prepaid)
+  if current_period ~= period then
+    restart_period(account_key)
+  end
+end
+
+-- Change a balance by `amount` (signed), at most once per idempotency key, with its ledger entry.
+-- Returns outcome, balance, ledger id: 1 applied; 0 the key was already applied (nothing changed, the
+-- first application's ledger id); -1 refused, the balance would go below zero (nothing changed).
+local function apply_credit(account_key, ledger_key, keys_key, kind, amount, note, key, now, retention,
+                            reference)
+  local balance = tonumber(redis.call('HGET', account_key, 'balance')) or 0
+  if key ~= '' then
+    local first = redis.call('HGET', keys_key, key)
+    if first then
+      return 0, balance, first
+    end
+  end
+  if balance + amount < 0 then
+    return -1, balance, ''
+  end
+  balance = redis.call('HINCRBY', account_key, 'balance', fmt(amount))
+  local fields = {'kind', kind, 'amount', fmt(amount), 'balance', fmt(balance), 'at', fmt(now)}
+  if note ~= '' then
+    table.insert(fields, 'note'); table.insert(fields, note)
+  end
+  if key ~= '' then
+    table.insert(fields, 'key'); table.insert(fields, key)
+  end
+  if reference ~= '' then
+    table.insert(fields, 'reference'); table.insert(fields, reference)
+  end
+  local id = ledger_append(account_key, ledger_key, retention, fields)
+  if key ~= '' then
+    redis.call('HSET', keys_key, key, id)
+  end
+  return 1, balance, id
+end

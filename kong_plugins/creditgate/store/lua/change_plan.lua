@@ -16,8 +16,5 @@ local current = redis.call('HMGET', account_key, 'plan', 'period')
 if not current[1] or current[1] == '' then
   return ''
 end
-redis.call('HSET', account_key, 'plan', ARGV[1], 'period', ARGV[2], 'allowance', ARGV[3], 'prepaid', ARGV[4])
-if current[2] ~= ARGV[2] then
-  redis.call('HSET', account_key, 'used', 0, 'period_start', 0, 'period_end', 0)
-end
+write_terms(account_key, ARGV[1], ARGV[2], ARGV[3], ARGV[4], current[2])
 return current[1]

@@ -15,41 +15,6 @@
 -- ledger id is the first application's, nothing changed), -1 = refused because the balance would go
 -- below zero (nothing changed).
 
-local account_key, ledger_key, keys_key = KEYS[1], KEYS[2], KEYS[3]
-local kind = ARGV[1]
-local amount = tonumber(ARGV[2])
-local note = ARGV[3]
-local idempotency_key = ARGV[4]
-local now = tonumber(ARGV[5])
-local retention = tonumber(ARGV[6])
-local reference = ARGV[7]
-
-local balance = tonumber(redis.call('HGET', account_key, 'balance')) or 0
-
-if idempotency_key ~= '' then
-  local first = redis.call('HGET', keys_key, idempotency_key)
-  if first then
-    return {0, balance, first}
-  end
-end
-
-if balance + amount < 0 then
-  return {-1, balance, ''}
-end
-
-balance = redis.call('HINCRBY', account_key, 'balance', fmt(amount))
-local fields = {'kind', kind, 'amount', fmt(amount), 'balance', fmt(balance), 'at', fmt(now)}
-if note ~= '' then
-  table.insert(fields, 'note'); table.insert(fields, note)
-end
-if idempotency_key ~= '' then
-  table.insert(fields, 'key'); table.insert(fields, idempotency_key)
-end
-if reference ~= '' then
-  table.insert(fields, 'reference'); table.insert(fields, reference)
-end
-local id = ledger_append(account_key, ledger_key, retention, fields)
-if idempotency_key ~= '' then
-  redis.call('HSET', keys_key, idempotency_key, id)
-end
-return {1, balance, id}
+local outcome, balance, id = apply_credit(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), ARGV[3],
+  ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
+return {outcome, balance, id}

@@ -25,38 +25,17 @@
 -- file again changes nothing (the same values, the same key).
 
 local account_key, ledger_key, keys_key = KEYS[1], KEYS[2], KEYS[3]
-local plan = ARGV[1]
 local amount = tonumber(ARGV[9])
-local key = ARGV[10]
-local note = ARGV[11]
-local now = tonumber(ARGV[12])
-local retention = tonumber(ARGV[13])
 
 local previous = ''
-if plan ~= '' then
-  local current = redis.call('HMGET', account_key, 'plan', 'anchor', 'period')
-  previous = current[1] or ''
-  redis.call('HSET', account_key,
-    'plan', plan, 'status', ARGV[2], 'starts_at', ARGV[3], 'anchor', ARGV[4], 'expires_at', ARGV[5],
-    'period', ARGV[6], 'allowance', ARGV[7], 'prepaid', ARGV[8])
-  if current[2] ~= ARGV[4] or current[3] ~= ARGV[6] then
-    redis.call('HSET', account_key, 'used', 0, 'period_start', 0, 'period_end', 0)
-  end
+if ARGV[1] ~= '' then
+  previous = write_subscription(account_key, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7],
+    ARGV[8])
 end
-
-local balance = tonumber(redis.call('HGET', account_key, 'balance')) or 0
 if amount <= 0 then
+  local balance = tonumber(redis.call('HGET', account_key, 'balance')) or 0
   return {previous, 2, balance, ''}
 end
-local first = redis.call('HGET', keys_key, key)
-if first then
-  return {previous, 0, balance, first}
-end
-balance = redis.call('HINCRBY', account_key, 'balance', fmt(amount))
-local fields = {'kind', 'grant', 'amount', fmt(amount), 'balance', fmt(balance), 'at', fmt(now), 'key', key}
-if note ~= '' then
-  table.insert(fields, 'note'); table.insert(fields, note)
-end
-local id = ledger_append(account_key, ledger_key, retention, fields)
-redis.call('HSET', keys_key, key, id)
-return {previous, 1, balance, id}
+local outcome, balance, id = apply_credit(account_key, ledger_key, keys_key, 'grant', amount, ARGV[11],
+  ARGV[10], tonumber(ARGV[12]), tonumber(ARGV[13]), '')
+return {previous, outcome, balance, id}

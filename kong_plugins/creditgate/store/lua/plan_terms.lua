@@ -17,8 +17,5 @@ end
 if current[2] == ARGV[2] and current[3] == ARGV[3] and current[4] == ARGV[4] then
   return 0  -- the terms did not change
 end
-redis.call('HSET', account_key, 'period', ARGV[2], 'allowance', ARGV[3], 'prepaid', ARGV[4])
-if current[2] ~= ARGV[2] then
-  redis.call('HSET', account_key, 'used', 0, 'period_start', 0, 'period_end', 0)
-end
+write_terms(account_key, ARGV[1], ARGV[2], ARGV[3], ARGV[4], current[2])
 return 1

@@ -15,14 +15,4 @@
 -- back and forth), and restarts only when the period's anchor or length changes.
 -- Returns the previous plan name, or "".
 
-local account_key = KEYS[1]
-local previous = redis.call('HMGET', account_key, 'plan', 'anchor', 'period')
-local anchor_changed = previous[2] ~= ARGV[4] or previous[3] ~= ARGV[6]
-
-redis.call('HSET', account_key,
-  'plan', ARGV[1], 'status', ARGV[2], 'starts_at', ARGV[3], 'anchor', ARGV[4], 'expires_at', ARGV[5],
-  'period', ARGV[6], 'allowance', ARGV[7], 'prepaid', ARGV[8])
-if anchor_changed then
-  redis.call('HSET', account_key, 'used', 0, 'period_start', 0, 'period_end', 0)
-end
-return previous[1] or ''
+return write_subscription(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
