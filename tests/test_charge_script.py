@@ -29,11 +29,6 @@ def seed(
         admin.grant(account, balance, note="seed")
 
 
-def replayed_balance(store: RedisStore, account: str) -> int:
-    state = store.account_state(account)
-    return state.ledger_base + sum(entry.amount for entry in store.ledger(account))
-
-
 def test_refuses_an_account_without_subscription(store: RedisStore) -> None:
     result = store.charge("nobody", 1, now=T0)
     assert not result.allowed
@@ -178,7 +173,7 @@ def test_every_charge_is_in_the_ledger_and_the_ledger_replays_to_the_balance(
     admin.adjust_down("acme", 5)
     charges = [e for e in store.ledger("acme") if e.fields["kind"] == "charge"]
     assert len(charges) == 30
-    assert replayed_balance(store, "acme") == store.account_state("acme").balance
+    assert admin.verify_ledger("acme").replayed == store.account_state("acme").balance
 
 
 def test_retention_folds_old_entries_without_breaking_the_replay(admin: Admin, store: RedisStore) -> None:
@@ -188,7 +183,7 @@ def test_retention_folds_old_entries_without_breaking_the_replay(admin: Admin, s
     state = store.account_state("acme")
     assert len(list(store.ledger("acme"))) <= 100 + 100 // 16
     assert state.ledger_base != 0
-    assert replayed_balance(store, "acme") == state.balance == 600
+    assert admin.verify_ledger("acme").replayed == state.balance == 600
 
 
 def test_usage_is_counted_per_route_and_day(admin: Admin, store: RedisStore) -> None:
@@ -300,4 +295,4 @@ def test_a_charge_is_settled_at_most_once(admin: Admin, store: RedisStore) -> No
     again = store.settle("acme", charge.charge_id, 0, now=T0 + 3, refund=True)
     assert (first.outcome, first.given_back, again.outcome) == ("applied", 3, "already")
     assert store.account_state("acme").balance == 9
-    assert replayed_balance(store, "acme") == 9
+    assert admin.verify_ledger("acme").replayed == 9
