@@ -117,6 +117,13 @@ class RequestFacts:
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# The field of Kong's consumer (or credential) entity that names the account.
+ACCOUNT_FIELD = {
+    AccountBy.CONSUMER_ID: "id",
+    AccountBy.CONSUMER_USERNAME: "username",
+    AccountBy.CONSUMER_CUSTOM_ID: "custom_id",
+    AccountBy.CREDENTIAL_ID: "id",
+}
 TOKEN_HEADER = "X-Credit-Charge-Token"
 MEMBER_HEADER = "X-Credit-Member"
 
@@ -266,13 +273,7 @@ class Gate:
     def _account(identity: Mapping[str, Any] | None, by: AccountBy) -> str | None:
         if not identity or not isinstance(identity, Mapping):
             return None
-        field = {
-            AccountBy.CONSUMER_ID: "id",
-            AccountBy.CONSUMER_USERNAME: "username",
-            AccountBy.CONSUMER_CUSTOM_ID: "custom_id",
-            AccountBy.CREDENTIAL_ID: "id",
-        }[by]
-        value = identity.get(field)
+        value = identity.get(ACCOUNT_FIELD[by])
         return value if isinstance(value, str) and value else None
 
     @staticmethod

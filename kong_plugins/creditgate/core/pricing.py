@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from creditgate.errors import ConfigError
@@ -48,11 +49,12 @@ class Pricing:
     cost: int
     rules: tuple[CostRule, ...] = ()
 
-    @property
+    # Asked on every request: worked out once per instance.
+    @cached_property
     def needs_method(self) -> bool:
         return any(rule.methods for rule in self.rules)
 
-    @property
+    @cached_property
     def needs_path(self) -> bool:
         return any(rule.path is not None for rule in self.rules)
 
