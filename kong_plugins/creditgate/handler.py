@@ -125,7 +125,6 @@ ACCOUNT_FIELD = {
     AccountBy.CREDENTIAL_ID: "id",
 }
 TOKEN_HEADER = "X-Credit-Charge-Token"
-MEMBER_HEADER = "X-Credit-Member"
 
 # Signs the charge tokens the log phase trusts. Access and log phases of one request run on the same
 # Kong node, hence the same plugin server; after a restart in between, the token no longer verifies
@@ -288,15 +287,9 @@ class Gate:
                     return tag[len(prefix) :], account
         return account, ""
 
-    @staticmethod
-    def _upstream(payer: str, member: str, result: ChargeResult | None) -> dict[str, str]:
-        headers = upstream_headers(payer, result)
-        headers[MEMBER_HEADER] = member
-        return headers
-
     def _act(self, config: GateConfig, payer: str, member: str, result: ChargeResult) -> Action:
         if result.allowed:
-            upstream = self._upstream(payer, member, result)
+            upstream = upstream_headers(payer, result, member)
             if config.needs_log_phase and result.charge_id and not result.replayed:
                 upstream[TOKEN_HEADER] = sign_charge(payer, result.charge_id, result.cost)
             client = {} if config.hide_client_headers else client_headers(result)
@@ -321,7 +314,7 @@ class Gate:
             assert result.reason is not None
             log = f"credit-gate shadow: would refuse account '{payer}' with {result.reason.value}"
         return Proxy(
-            upstream=self._upstream(payer, member, None),
+            upstream=upstream_headers(payer, None, member),
             client=shadow_headers(result),
             route_to=config.upstream,
             log=log,
@@ -331,7 +324,7 @@ class Gate:
     def _store_failure(self, config: GateConfig, payer: str, member: str, error: StoreError) -> Action:
         if config.fault_tolerant or not config.enforce:
             return Proxy(
-                upstream=self._upstream(payer, member, None),
+                upstream=upstream_headers(payer, None, member),
                 client=None,
                 route_to=config.upstream,
                 log=f"credit-gate: store unavailable, request proxied UNMETERED: {error}",

@@ -221,6 +221,7 @@ PERIOD_END_HEADER = "X-Credit-Period-End"
 CHARGE_ID_HEADER = "X-Credit-Charge-Id"
 ACCOUNT_HEADER = "X-Credit-Account"
 PLAN_HEADER = "X-Credit-Plan"
+MEMBER_HEADER = "X-Credit-Member"
 
 
 WARNING_HEADER = "X-Credit-Warning"
@@ -298,14 +299,18 @@ def shadow_headers(result: ChargeResult) -> dict[str, str]:
     return {SHADOW_HEADER: f"would_refuse; reason={result.reason.value}"}
 
 
-def upstream_headers(account: str, result: ChargeResult | None) -> dict[str, str]:
+def upstream_headers(account: str, result: ChargeResult | None, member: str | None = None) -> dict[str, str]:
     """What the upstream may trust: they replace any copy the client sent.
 
     ``result`` is None when the request went through unmetered (store down, ``fault_tolerant`` on):
-    the plan and charge id are then sent empty, never left as the client wrote them.
+    the plan and charge id are then sent empty, never left as the client wrote them. ``member`` is
+    the pool member ("" when the account pays for itself, which clears a client's copy).
     """
-    return {
+    headers = {
         ACCOUNT_HEADER: account,
         PLAN_HEADER: result.plan if result else "",
         CHARGE_ID_HEADER: result.charge_id if result else "",
     }
+    if member is not None:
+        headers[MEMBER_HEADER] = member
+    return headers
