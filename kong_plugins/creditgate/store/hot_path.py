@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -165,12 +166,8 @@ def _gevent_patched() -> bool:
 class _GeventPipeline:
     """Under gevent: the charges of concurrent requests share one connection, pipelined.
 
-    Each request sends its command and waits on its own result; one reader greenlet parses the
-    replies, which Redis sends in the order of the commands, and hands each to its waiter. A
-    request that times out leaves its place in the queue, so the reply that comes later still
-    lines up (and the charge's deadline keeps it from charging). Waiting on a result instead of on
-    the socket saves the event loop's work per request: one read serves every reply that arrived.
-    A broken connection fails every request waiting on it, and the next request opens a new one.
+    Opens the connection on first use and again after it broke; the work per charge is in
+    ``_PipelinedConnection``.
     """
 
     def __init__(self, connect: Callable[[], socket.socket], read_timeout: float) -> None:
@@ -178,70 +175,178 @@ class _GeventPipeline:
 
         self._connect = connect
         self._read_timeout = read_timeout
-        self._send_lock = Semaphore()  # a command and its place in the queue go together
+        self._connect_lock = Semaphore()  # concurrent first charges open one connection, not many
         self._connection: _PipelinedConnection | None = None
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.fail(redis.exceptions.ConnectionError("closed"))
+            connection.fail("closed")
 
     def round_trip(self, command: bytes) -> Any:
-        from gevent import Timeout
-        from gevent.event import AsyncResult
+        connection = self._connection
+        if connection is None or connection.broken:
+            connection = self._open()
+        return connection.round_trip(command)
 
-        result: AsyncResult = AsyncResult()
-        with self._send_lock:
+    def _open(self) -> _PipelinedConnection:
+        with self._connect_lock:
             connection = self._connection
             if connection is None or connection.broken:
-                connection = self._connection = _PipelinedConnection(self._connect())
-            connection.waiters.append(result)
-            try:
-                HotPath._send(connection.sock, command)
-            except BaseException as error:
-                connection.fail(error)
-                raise
-        try:
-            reply = result.get(timeout=self._read_timeout)
-        except Timeout as error:
-            raise redis.exceptions.TimeoutError("Redis did not answer in time") from error
-        return reply
+                connection = self._connection = _PipelinedConnection(self._connect(), self._read_timeout)
+            return connection
+
+
+class _Pending:
+    """A charge sent on the pipelined connection, waiting for its reply until ``deadline``."""
+
+    __slots__ = ("deadline", "waiter")
+
+    def __init__(self, waiter: Any, deadline: float) -> None:
+        self.waiter: Any = waiter  # None once the request stopped waiting: its reply is dropped
+        self.deadline = deadline
 
 
 class _PipelinedConnection:
-    def __init__(self, sock: socket.socket) -> None:
-        import gevent
+    """One connection to Redis, driven by gevent's event loop itself.
 
-        self.sock = sock
-        self.sock.settimeout(None)  # the waiters have the timeouts; the reader waits for Redis
-        self.waiters: deque[Any] = deque()
+    A request sends its command straight away (the socket never blocks: what the kernel does not
+    take yet waits in ``_unsent`` for a write event) and waits on a ``Waiter``. Replies come in the
+    order of the commands; the loop's read event parses them with hiredis and switches to each
+    waiting request in turn. No greenlet of its own, no timer per request: a single repeating
+    timer fails the requests whose deadline passed (at most a tenth of the read timeout late) and
+    keeps their places in the queue, so later replies still line up. If Redis has answered
+    nothing for another read timeout after that, the connection is given up: every request on it
+    fails and the next one opens a new connection. Nothing is ever sent twice.
+    """
+
+    def __init__(self, sock: socket.socket, read_timeout: float) -> None:
+        from gevent import get_hub
+        from gevent.monkey import get_original
+
         self.broken = False
-        self._reader = gevent.spawn(self._read_replies)
+        self._hub = get_hub()
+        self._read_timeout = read_timeout
+        plain_socket = get_original("socket", "socket")
+        self._sock: socket.socket = plain_socket(fileno=sock.detach())
+        self._sock.setblocking(False)
+        self._parser = hiredis.Reader()
+        self._pending: deque[_Pending] = deque()
+        self._unsent = bytearray()
+        loop = self._hub.loop
+        fd = self._sock.fileno()
+        # ref=False: the connection alone never keeps the plugin server's event loop running.
+        self._readable = loop.io(fd, 1, ref=False)
+        self._writable = loop.io(fd, 2, ref=False)
+        tick = max(read_timeout / 10, 0.001)
+        self._ticker = loop.timer(tick, tick, ref=False)
+        self._readable.start(self._on_readable)
+        self._ticker.start(self._on_tick)
 
-    def fail(self, error: BaseException) -> None:
-        if not self.broken:
-            self.broken = True
-            self.sock.close()
-        while self.waiters:
-            self.waiters.popleft().set_exception(_as_redis_error(error))
+    def round_trip(self, command: bytes) -> Any:
+        from gevent._waiter import Waiter
 
-    def _read_replies(self) -> None:
-        reader = hiredis.Reader()
+        if self.broken:  # between the check and here nothing yields; this is for callers that kept it
+            raise redis.exceptions.ConnectionError("the connection to Redis was lost")
+        waiter = Waiter(self._hub)
+        pending = _Pending(waiter, time.monotonic() + self._read_timeout)
+        self._pending.append(pending)
+        self._send(command)
         try:
-            while not self.broken:
-                data = self.sock.recv(RECV_SIZE)
-                if not data:
-                    raise redis.exceptions.ConnectionError("Redis closed the connection")
-                reader.feed(data)
-                reply = reader.gets()
-                while reply is not False:
-                    self.waiters.popleft().set(reply)
-                    reply = reader.gets()
-        except BaseException as error:  # the connection is unusable: fail whoever waits on it
-            self.fail(error)
+            return waiter.get()
+        except BaseException:
+            pending.waiter = None  # a timeout, a lost connection, a killed greenlet: stop waiting
+            raise
+
+    def fail(
+        self, why: str, error_class: type[redis.exceptions.RedisError] = redis.exceptions.ConnectionError
+    ) -> None:
+        """Close the connection and fail every request waiting on it (from the event loop)."""
+        if self.broken:
+            return
+        self.broken = True
+        for watcher in (self._readable, self._writable, self._ticker):
+            watcher.stop()
+            watcher.close()
+        self._sock.close()
+        waiters = [pending.waiter for pending in self._pending if pending.waiter is not None]
+        self._pending.clear()
+        self._unsent.clear()
+        if waiters:
+            self._hub.loop.run_callback(_throw_into, waiters, why, error_class)
+
+    def _send(self, command: bytes) -> None:
+        if self._unsent:  # earlier commands still wait for room: keep the order
+            self._unsent += command
+            return
+        try:
+            sent = self._sock.send(command)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            self.fail(f"sending to Redis: {error}")
+            return
+        if sent < len(command):
+            self._unsent += command[sent:]
+            self._writable.start(self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self._sock.send(self._unsent)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            self.fail(f"sending to Redis: {error}")
+            return
+        del self._unsent[:sent]
+        if not self._unsent:
+            self._writable.stop()
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            self.fail(f"reading from Redis: {error}")
+            return
+        if not data:
+            self.fail("Redis closed the connection")
+            return
+        parser = self._parser
+        pending = self._pending
+        try:
+            parser.feed(data)
+            reply = parser.gets()
+            while reply is not False:
+                if not pending:
+                    self.fail("Redis sent a reply nobody asked for")
+                    return
+                waiter = pending.popleft().waiter
+                if waiter is not None:
+                    waiter.switch(reply)  # runs the request until it waits again
+                    if self.broken:
+                        return
+                reply = parser.gets()
+        except hiredis.ProtocolError as error:
+            self.fail(f"Redis's reply did not parse: {error}")
+
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        expired = []
+        for pending in self._pending:  # in the order sent, so of deadlines
+            if pending.deadline > now:
+                break
+            if pending.waiter is not None:
+                expired.append(pending.waiter)
+                pending.waiter = None
+        if self._pending and self._pending[0].deadline + self._read_timeout <= now:
+            self.fail("Redis has not answered for twice the read timeout", redis.exceptions.TimeoutError)
+        if expired:
+            _throw_into(expired, "Redis did not answer in time", redis.exceptions.TimeoutError)
 
 
-def _as_redis_error(error: BaseException) -> BaseException:
-    if isinstance(error, redis.exceptions.RedisError):
-        return error
-    return redis.exceptions.ConnectionError(f"Redis connection lost: {error}")
+def _throw_into(waiters: list[Any], why: str, error_class: type[redis.exceptions.RedisError]) -> None:
+    """In the event loop: raise a fresh error in each waiting request."""
+    for waiter in waiters:
+        waiter.throw(error_class(why))

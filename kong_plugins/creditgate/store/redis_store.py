@@ -456,41 +456,61 @@ class RedisStore:
     @contextmanager
     def _redis(self) -> Iterator[None]:
         """Around every call: the breaker's say, and driver errors as StoreError."""
+        self._ask_breaker()
+        try:
+            yield
+        except BaseException as error:
+            failure = self._failure(error)
+            if failure is error:
+                raise
+            raise failure from error
+        else:
+            if self.breaker is not None:
+                self.breaker.succeeded()
+
+    def _ask_breaker(self) -> None:
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
             raise StoreUnavailable(
                 f"circuit open after repeated Redis failures; Redis is tried again in "
                 f"{breaker.retry_after_ms()} ms"
             )
-        try:
-            yield
-        except UNREACHABLE as error:
+
+    def _failure(self, error: BaseException) -> BaseException:
+        """What a failed call raises, the breaker told: StoreError for the driver's errors."""
+        breaker = self.breaker
+        if isinstance(error, UNREACHABLE):
             if breaker is not None:
                 breaker.failed()
             if isinstance(error, redis.exceptions.TimeoutError):
-                raise StoreTimeout(f"Redis did not answer in time: {error}") from error
-            raise StoreError(f"Redis failed: {error}") from error
-        except redis.exceptions.RedisError as error:  # an error reply: Redis itself is up
-            if breaker is not None:
-                breaker.succeeded()
-            raise StoreError(f"Redis failed: {error}") from error
-        except BaseException:
-            if breaker is not None:
-                breaker.succeeded()  # not Redis's fault; never leave a probe outstanding
-            raise
-        else:
-            if breaker is not None:
-                breaker.succeeded()
+                return StoreTimeout(f"Redis did not answer in time: {error}")
+            return StoreError(f"Redis failed: {error}")
+        if breaker is not None:
+            breaker.succeeded()  # an error reply (Redis is up), or not Redis's fault: never leave a probe out
+        if isinstance(error, redis.exceptions.RedisError):
+            return StoreError(f"Redis failed: {error}")
+        return error  # not Redis's: raised as it is
 
     def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         with self._redis():
             return script(keys=keys, args=args)
 
     def _call_charge(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        with self._redis():  # the same breaker and error mapping as every other call
+        """``_redis`` written out: its breaker and error mapping, minus a context manager per request."""
+        self._ask_breaker()
+        try:
             if self.hot_path is not None:
-                return self.hot_path.evalsha(keys, args)
-            return self._charge(keys=keys, args=args)
+                reply = self.hot_path.evalsha(keys, args)
+            else:
+                reply = self._charge(keys=keys, args=args)
+        except BaseException as error:
+            failure = self._failure(error)
+            if failure is error:
+                raise
+            raise failure from error
+        if self.breaker is not None:
+            self.breaker.succeeded()
+        return reply
 
     def _run(self, command: str, *args: Any) -> Any:
         with self._redis():
