@@ -286,8 +286,8 @@ class Plugin:
 
         self.gate = Gate(config, log_phase=self.log_phase)
 
-    def access(self, kong: Any) -> None:
-        self.gate.access(kong)
+    def access(self, kong: Any) -> bool:
+        return self.gate.access(kong)  # True: the request was ended with kong.response.exit
 
 
 class SettlingPlugin(Plugin):

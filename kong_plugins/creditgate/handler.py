@@ -193,7 +193,8 @@ class Gate:
 
     # The access phase
 
-    def access(self, kong: Any) -> None:
+    def access(self, kong: Any) -> bool:
+        """Decide and tell Kong. True when the request was ended here with ``kong.response.exit``."""
         facts: RequestFacts | Exception
         try:
             facts = self._read_request(kong)
@@ -203,7 +204,7 @@ class Gate:
             action = self._decide(facts)
         except Exception as error:
             action = self._internal_error(error)
-        self._apply(kong, action)
+        return self._apply(kong, action)
 
     def _read_request(self, kong: Any) -> RequestFacts:
         """Read from Kong what the decision needs; the identity first, and only from Kong."""
@@ -353,14 +354,15 @@ class Gate:
     # Applying the decision: the last PDK calls of the event.
 
     @staticmethod
-    def _apply(kong: Any, action: Action) -> None:
+    def _apply(kong: Any, action: Action) -> bool:
+        ending = isinstance(action, Refuse)  # once exit is tried, never end the event another way
         try:
             if action.log:
                 getattr(kong.log, action.log_level)(action.log)
             if isinstance(action, Refuse):
                 problem = action.problem
                 kong.response.exit(problem.status, problem.encoded(), problem.headers)
-                return  # Kong sends nothing more for this event after exit.
+                return True  # Kong sends nothing more for this event after exit.
             if action.route_to:
                 # Fail-closed deployments: only an allowed request is sent to the paid upstream.
                 kong.service.set_upstream(action.route_to)
@@ -369,6 +371,7 @@ class Gate:
                 kong.response.set_headers(action.client)
         except Exception as error:  # the channel to Kong itself failed: nothing more can be sent
             _stderr(f"could not apply the decision: {type(error).__name__}: {error}")
+        return ending
 
     # The log phase: refunds and settlements, after the response.
 
