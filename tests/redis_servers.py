@@ -138,7 +138,7 @@ class RedisServer:
     """One redis-server on 127.0.0.1:<port>, with its data and log in ``directory``.
 
     With ``tls`` the server listens on ``port`` for TLS only (plain TCP off) and ``client()`` speaks
-    TLS, trusting the test CA.
+    TLS, trusting the test CA. With ``unix_socket`` it listens on that socket path too.
     """
 
     def __init__(
@@ -148,6 +148,7 @@ class RedisServer:
         extra: list[str] | None = None,
         *,
         tls: TlsFiles | None = None,
+        unix_socket: Path | None = None,
     ) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError(
@@ -158,6 +159,7 @@ class RedisServer:
         self.port = port or free_port()
         self.extra = extra or []
         self.tls = tls
+        self.unix_socket = unix_socket
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -187,6 +189,7 @@ class RedisServer:
             "--bind",
             "127.0.0.1",
             *listen,
+            *(["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"] if self.unix_socket else []),
             "--dir",
             str(self.directory),
             "--save",

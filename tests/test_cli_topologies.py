@@ -1,8 +1,10 @@
-"""The operators' CLI on Redis Cluster and behind Sentinel: the same options as the plugin's record."""
+"""The operators' CLI on Redis Cluster, behind Sentinel and on a unix socket: the plugin's options."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from creditgate.cli import EXIT_INVALID, cli
-from tests.redis_servers import RedisClusterServers, SentinelSet
+from tests.redis_servers import RedisClusterServers, RedisServer, SentinelSet
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -60,9 +62,27 @@ def test_the_cli_follows_the_master_the_sentinels_name(tmp_path: Path) -> None:
         (("--sentinel-master=m",), "sentinel_nodes"),
         (("--cluster-node=127.0.0.1",), "HOST:PORT"),
         (("--cluster-node=127.0.0.1:7000", "--sentinel-master=m", "--sentinel=127.0.0.1:1"), "choose one"),
+        (("--redis-url=unix://localhost/run/redis.sock",), "names a path, not a host"),
+        (("--redis-url=unix:///run/redis.sock?timeout=1",), "only ?db=N"),
+        (("--redis-url=unix:///run/redis.sock?db=16",), "0 to 15"),
+        (("--redis-url=unix:///run/redis.sock", "--ssl"), "TLS on TCP ports only"),
     ],
 )
 def test_a_wrong_topology_is_one_clear_line(args: tuple[str, ...], message: str) -> None:
     code, _, err = run(*args, "accounts")
     assert code == EXIT_INVALID
     assert message in err and err.count("\n") == 1
+
+
+def test_the_cli_reaches_redis_on_its_unix_socket(tmp_path: Path) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="cg-cli-"))  # a socket path must stay under 108 bytes
+    server = RedisServer(tmp_path / "redis", unix_socket=directory / "redis.sock").start()
+    try:
+        url = f"unix://{server.unix_socket}?db=2"
+        code, out, err = run("--redis-url", url, "grant", "acme", "5", "--create", "--json")
+        assert code == 0, err
+        assert json.loads(out)["balance"] == 5
+        assert server.client(db=2).hget("credit-gate:{acme}:account", "balance") == b"5"
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)

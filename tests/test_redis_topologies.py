@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +89,13 @@ def test_cluster_nodes_use_kongs_ip_field() -> None:
         ({"cluster_nodes": [{"ip": "c"}], "database": 3}, "only database 0"),
         ({"cluster_nodes": [{"ip": "c"}], "ssl": True, "server_name": "r"}, "server_name cannot"),
         ({"cluster_nodes": [{"ip": "c"}, {"ip": "c"}]}, "lists a node twice"),
+        ({"socket_path": "redis.sock"}, "must be an absolute path"),
+        ({"socket_path": "/run/redis.sock", "ssl": True}, "TLS on TCP ports only"),
+        ({"socket_path": "/run/redis.sock", "cluster_nodes": [{"ip": "c"}]}, "cannot be combined"),
+        (
+            {"socket_path": "/run/redis.sock", "sentinel_master": "m", "sentinel_nodes": [{"host": "s"}]},
+            "cannot be combined",
+        ),
     ],
 )
 def test_contradictory_topology_settings_are_refused_with_an_operators_message(
@@ -455,3 +465,41 @@ def test_the_documented_acl_allows_every_command_the_store_sends() -> None:
     sent |= set(re.findall(r"pipe\.(\w+)\(", source)) - {"execute"}
     assert sent, "no command found: the patterns no longer match the store"
     assert sent <= allowed, f"add to the ACL in docs/redis.md: {sorted(sent - allowed)}"
+
+
+# A Redis on this host, through its unix socket.
+
+
+@pytest.fixture(scope="module")
+def unix_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    # A socket path must stay under 108 bytes: pytest's directories can be longer.
+    directory = Path(tempfile.mkdtemp(prefix="cg-unix-"))
+    server = RedisServer(tmp_path_factory.mktemp("unix-redis"), unix_socket=directory / "redis.sock").start()
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_unix_socket_redis_charges_through_the_plugin_server(
+    kong: KongSide, unix_redis: RedisServer
+) -> None:
+    record = {"socket_path": str(unix_redis.unix_socket), **TIMEOUTS}
+    admin = Admin(RedisStore.from_settings(parse_redis(record)))
+    try:
+        account = f"unix-{uuid.uuid4().hex[:8]}"  # the module runs once per concurrency mode
+        seed(admin, [account], credits=5)
+        outcomes = [charge_through_gate(kong, record, account, cost=2) for _ in range(3)]
+        assert [o.proxied for o in outcomes] == [True, True, False]
+        assert admin.account(account).balance == 1
+        with unix_redis.client() as client:
+            assert client.info("clients")["connected_clients"] >= 1
+    finally:
+        admin.close()
+
+
+def test_a_unix_socket_that_is_not_there_answers_503_at_once(kong: KongSide, tmp_path: Path) -> None:
+    record = {"socket_path": str(tmp_path / "no-redis.sock"), **TIMEOUTS}
+    started = time.monotonic()
+    outcome = charge_through_gate(kong, record, "nobody")
+    assert outcome.status == 503
+    assert time.monotonic() - started < 1.5  # a missing socket fails the connect at once

@@ -241,7 +241,8 @@ def pass_admin(function: F) -> F:
     envvar="CREDIT_GATE_REDIS_URL",
     default="redis://127.0.0.1:6379/0",
     show_default=True,
-    help="redis://[user:password@]host:port/db, or rediss:// for TLS. Env: CREDIT_GATE_REDIS_URL.",
+    help="redis://[user:password@]host:port/db, rediss:// for TLS, or unix:///path/to/redis.sock?db=N. "
+    "Env: CREDIT_GATE_REDIS_URL.",
 )
 @click.option(
     "--key-prefix",

@@ -1,4 +1,5 @@
-"""A Redis URL (``redis://`` or ``rediss://``, with ``user:password@``) as the plugin's ``RedisSettings``.
+"""A Redis URL as the plugin's ``RedisSettings``: ``redis://`` or ``rediss://`` (TLS), with
+``user:password@``, or ``unix:///path/to/redis.sock?db=N`` for Redis's unix socket.
 
 The CLI and the plugin build their clients through the same ``connect(RedisSettings)``, so a URL is
 only ever a way of writing the plugin's ``redis`` record: same fields, same TLS options.
@@ -49,11 +50,23 @@ def settings_from_url(
         port = parts.port
     except ValueError as error:
         raise ConfigError(f"Redis URL {redacted(url)!r} is not valid: {error}") from None
-    if parts.scheme not in ("redis", "rediss"):
-        raise ConfigError(f"Redis URL must start with redis:// or rediss:// (TLS), got {redacted(url)!r}")
-    if parts.query or parts.fragment:
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            "Redis URL must start with redis://, rediss:// (TLS) or unix:// (a socket path), "
+            f"got {redacted(url)!r}"
+        )
+    socket_path = None
+    if parts.scheme == "unix":
+        socket_path, path = parts.path, _unix_database(parts.query)
+        if parts.hostname:
+            raise ConfigError(
+                "a unix:// Redis URL names a path, not a host: write unix:///path/to/redis.sock, "
+                f"got {redacted(url)!r}"
+            )
+    elif parts.query or parts.fragment:
         raise ConfigError("Redis URL takes no query (use --ssl-verify, --server-name, --ca-file instead)")
-    path = parts.path.strip("/")
+    else:
+        path = parts.path.strip("/")
     if path and (not path.isdigit() or not 0 <= int(path) <= 15):
         raise ConfigError(f"the Redis URL's database must be a number from 0 to 15, got {path!r}")
     if not 1 <= timeout_ms <= 60_000:
@@ -61,6 +74,7 @@ def settings_from_url(
     record: dict[str, Any] = {
         "host": parts.hostname or "127.0.0.1",
         "port": port or 6379,
+        "socket_path": socket_path,
         "username": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password is not None else None,
         "database": int(path) if path else 0,
@@ -82,10 +96,22 @@ def settings_from_url(
     return parse_redis(record)
 
 
+def _unix_database(query: str) -> str:
+    """The database of a ``unix://`` URL: ``?db=N``, or none."""
+    if not query:
+        return ""
+    name, _, value = query.partition("=")
+    if name != "db" or "&" in value:
+        raise ConfigError(f"a unix:// Redis URL takes only ?db=N as its query, got ?{query}")
+    return value
+
+
 def describe(settings: RedisSettings) -> str:
     """Where the settings point, for messages: never the password."""
     scheme = "rediss" if settings.ssl else "redis"
     user = f"{settings.username}@" if settings.username else ""
+    if settings.socket_path:
+        return f"unix://{user}{settings.socket_path}?db={settings.database}"
     if settings.topology == "sentinel":
         nodes = ",".join(str(n) for n in settings.sentinel_nodes)
         return f"master '{settings.sentinel_master}' of sentinels {nodes} ({scheme}, db {settings.database})"

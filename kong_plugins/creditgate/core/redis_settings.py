@@ -7,12 +7,13 @@ parser live together so that a new connection option is added in one place. Clie
 Three topologies, chosen by which fields are set (the names are Kong's own, from the Redis settings of
 its Enterprise plugins):
 
-- standalone: ``host`` and ``port``;
+- standalone: ``host`` and ``port``, or ``socket_path`` for a Redis on the same host (its unix
+  socket: no TCP stack, about a third less CPU per round trip than loopback TCP);
 - Sentinel: ``sentinel_master`` and ``sentinel_nodes`` (the master is asked of the sentinels);
 - Cluster: ``cluster_nodes`` (seed nodes; the slot map is asked of them).
 
-TLS (``ssl``, ``ssl_verify``, ``ca_file``, ``server_name``) and the ACL user (``username``,
-``password``) apply to every topology.
+TLS (``ssl``, ``ssl_verify``, ``ca_file``, ``server_name``) applies to every topology but the unix
+socket, the ACL user (``username``, ``password``) to all.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class RedisSettings:
 
     host: str = "127.0.0.1"
     port: int = 6379
+    socket_path: str | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     database: int = 0
@@ -88,6 +90,14 @@ REDIS_FIELDS: list[dict[str, Any]] = [
             "required": True,
             "between": [1, 65535],
             "description": "Redis port.",
+        }
+    },
+    {
+        "socket_path": {
+            "type": "string",
+            "description": "Absolute path of Redis's unix socket (`unixsocket` in redis.conf), for a Redis "
+            "on the same host: cheaper than TCP. host and port are then ignored; not with TLS, Sentinel "
+            "or Cluster.",
         }
     },
     {"username": {"type": "string", "description": "Redis ACL user name."}},
@@ -264,6 +274,7 @@ def parse_redis(raw: Mapping[str, Any] | None) -> RedisSettings:
     settings = RedisSettings(
         host=get_str(raw, "host", "127.0.0.1", where) or "127.0.0.1",
         port=get_int(raw, "port", 6379, 1, 65535, where),
+        socket_path=get_str(raw, "socket_path", None, where),
         username=get_str(raw, "username", None, where),
         password=get_str(raw, "password", None, where),
         database=get_int(raw, "database", 0, 0, 15, where),
@@ -285,6 +296,8 @@ def parse_redis(raw: Mapping[str, Any] | None) -> RedisSettings:
 
 
 def _check_topology(settings: RedisSettings) -> None:
+    if settings.socket_path is not None:
+        _check_socket_path(settings)
     sentinel = bool(settings.sentinel_master or settings.sentinel_nodes)
     if settings.sentinel_master and not settings.sentinel_nodes:
         raise ConfigError(
@@ -318,4 +331,23 @@ def _check_topology(settings: RedisSettings) -> None:
             "redis.server_name cannot be used with cluster_nodes: each node's certificate is checked "
             "against the address the cluster announces for it (cluster-announce-hostname); "
             "remove server_name"
+        )
+
+
+def _check_socket_path(settings: RedisSettings) -> None:
+    path = settings.socket_path or ""
+    if not path.startswith("/"):
+        raise ConfigError(
+            f"redis.socket_path must be an absolute path (the plugin server's working directory is "
+            f"Kong's), got {path!r}"
+        )
+    if settings.sentinel_master or settings.sentinel_nodes or settings.cluster_nodes:
+        raise ConfigError(
+            "redis.socket_path reaches one Redis on this host: it cannot be combined with "
+            "sentinel_master/sentinel_nodes or cluster_nodes"
+        )
+    if settings.ssl:
+        raise ConfigError(
+            "redis.ssl is on with redis.socket_path: Redis serves TLS on TCP ports only; "
+            "a unix socket stays on this host (turn ssl off, or use host and port)"
         )

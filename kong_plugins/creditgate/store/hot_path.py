@@ -1,4 +1,4 @@
-"""The charge's round trip to a standalone Redis, without redis-py's per-command overhead.
+"""The charge's round trip to a standalone Redis (TCP or unix socket), without redis-py's overhead.
 
 The charge is the one command every request makes, and its cost is the plugin's cost. Measured here
 (2 cores, loopback, one EVALSHA of charge.lua): redis-py 8 with hiredis spends about 135 µs of the
@@ -47,7 +47,7 @@ class HotPath:
     """EVALSHA of one script on a pool of plain connections to one standalone Redis."""
 
     def __init__(self, settings: RedisSettings, sha: str, load_script: Callable[[], str]) -> None:
-        self._address = (settings.host, settings.port)
+        self._address: str | tuple[str, int] = settings.socket_path or (settings.host, settings.port)
         self._connect_timeout = settings.connect_timeout / 1000
         self._read_timeout = settings.read_timeout / 1000
         self._handshake = self._handshake_commands(settings)
@@ -109,13 +109,23 @@ class HotPath:
 
     def _connect(self) -> socket.socket:
         try:
-            sock = socket.create_connection(self._address, timeout=self._connect_timeout)
+            if isinstance(self._address, str):  # a unix socket
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(self._connect_timeout)
+                    sock.connect(self._address)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection(self._address, timeout=self._connect_timeout)
         except TimeoutError as error:
             raise redis.exceptions.TimeoutError(f"connecting to {self._address}: {error}") from error
         except OSError as error:
             raise redis.exceptions.ConnectionError(f"connecting to {self._address}: {error}") from error
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(self._read_timeout)
             for command in self._handshake:
                 self._send(sock, command)

@@ -179,6 +179,13 @@ def connect(settings: RedisSettings) -> Client:
         return LazyCluster(lambda: _cluster(settings))
     if settings.topology == "sentinel":
         return _sentinel_master(settings)
+    if settings.socket_path:
+        return redis.Redis(
+            unix_socket_path=settings.socket_path,
+            db=settings.database,
+            retry=_no_retry(),
+            **_common(settings),
+        )
     client = redis.Redis(
         host=settings.host,
         port=settings.port,
