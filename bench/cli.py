@@ -46,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
         help="kong-pdk concurrency mode, repeatable (default: threads and gevent)",
     )
     p.add_argument(
+        "--redis",
+        action="append",
+        choices=("tcp", "unix"),
+        help="how the gate reaches Redis, repeatable: loopback TCP, or its unix socket (default: both)",
+    )
+    p.add_argument(
         "--concurrency",
         type=_concurrencies,
         default=defaults.concurrencies,
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(args_list)
     settings = Settings(
         modes=tuple(dict.fromkeys(args.mode)) if args.mode else Settings.modes,
+        transports=tuple(dict.fromkeys(args.redis)) if args.redis else Settings.transports,
         concurrencies=args.concurrency,
         requests=args.requests,
         warmup=args.warmup,

@@ -130,7 +130,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
 
 
 class RedisServer:
-    """A redis-server of our own on 127.0.0.1:<free port>, without persistence."""
+    """A redis-server of our own on 127.0.0.1:<free port> and a unix socket, without persistence."""
 
     def __init__(self) -> None:
         executable = shutil.which("redis-server")
@@ -138,9 +138,11 @@ class RedisServer:
             raise BenchError("redis-server is not installed (apt-get install redis-server)")
         self.directory = short_dir("cgb-redis-")
         self.port = free_port()
+        self.unix_socket = self.directory / "redis.sock"  # short_dir keeps it under 108 bytes
         argv = [
             executable,
             *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory)),
+            *("--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"),
             *("--save", "", "--appendonly", "no", "--logfile", str(self.directory / "redis.log")),
         ]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -79,10 +79,19 @@ def verdicts(
 ) -> list[Verdict]:
     out: list[Verdict] = []
     if cells:
-        mode, _ = best_mode(cells)
-        ratios = [cpu_ratio(cells, c) for c in cells if c.mode == mode and c.path == "allowed"]
+        mode, means = best_mode(cells)
+
+        def allowed_ratios(label: str) -> list[float]:
+            return [cpu_ratio(cells, c) for c in cells if c.mode == label and c.path == "allowed"]
+
+        ratios = allowed_ratios(mode) if mode else []
+        # Every complete mode, the best first: the verdict is the best's, the others are shown too.
         measured = (
-            f"{mode}: " + ", ".join(f"{r:.2f}x" for r in ratios) + " (per concurrency)"
+            "; ".join(
+                f"{label}: " + ", ".join(f"{r:.2f}x" for r in allowed_ratios(label))
+                for label in sorted(means, key=means.__getitem__)
+            )
+            + " (per concurrency)"
             if mode
             else "no complete mode"
         )

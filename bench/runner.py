@@ -8,6 +8,7 @@ and the driver's CPU, so every per-request figure is a delta divided by the requ
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -42,6 +43,7 @@ PATHS = ("baseline", "allowed", "refused")
 @dataclass(frozen=True)
 class Settings:
     modes: tuple[str, ...] = ("threads", "gevent")
+    transports: tuple[str, ...] = ("tcp", "unix")  # how the gate reaches Redis: loopback TCP, unix socket
     concurrencies: tuple[int, ...] = (1, 16, 64)
     requests: int = 3_000
     warmup: int = 1_000
@@ -59,6 +61,11 @@ class Settings:
     overspend_requests: int = 5_000
     overspend_concurrency: int = 64
     overspend_servers: int = 3
+
+
+def mode_label(mode: str, transport: str) -> str:
+    """How a mode reads in the results: the kong-pdk mode, and the way to Redis if not TCP."""
+    return mode if transport == "tcp" else f"{mode} (unix socket)"
 
 
 def consumer(account: str) -> dict[str, Any]:
@@ -194,13 +201,15 @@ class Bench:
         self.admin.grant(PAYING, HUGE_BALANCE, note="benchmark")
         self.admin.subscribe(BROKE, PLAN, starts_at=start)
 
-    def gate_config(self, plugin_id: str) -> str:
-        redis = {
+    def gate_config(self, plugin_id: str, transport: str = "tcp") -> str:
+        redis: dict[str, Any] = {
             "host": self.redis_settings.host,
             "port": self.redis_settings.port,
             "connect_timeout": self.redis_settings.connect_timeout,
             "read_timeout": self.redis_settings.read_timeout,
         }
+        if transport == "unix":
+            redis["socket_path"] = str(self.redis.unix_socket)
         return kong_config(self.gate_fields, {"cost": self.settings.cost, "redis": redis}, plugin_id)
 
     @contextmanager
@@ -288,12 +297,15 @@ class Bench:
     def table(self) -> list[Cell]:
         s = self.settings
         cells: list[Cell] = []
-        for mode in s.modes:
+        for mode, transport in itertools.product(s.modes, s.transports):
+            label = mode_label(mode, transport)
             with (
                 self.servers(GATE_SERVER, "credit-gate", mode) as (gate,),
                 self.servers(BASELINE_SERVER, "baseline", mode) as (baseline,),
             ):
-                gate_target = start_instance(gate, "credit-gate", self.gate_config(f"gate-{mode}"))
+                gate_target = start_instance(
+                    gate, "credit-gate", self.gate_config(f"gate-{mode}-{transport}", transport)
+                )
                 base_target = start_instance(
                     baseline, "baseline", kong_config(self.baseline_fields, {}, f"baseline-{mode}")
                 )
@@ -316,7 +328,7 @@ class Bench:
                                 server,
                                 [target],
                                 account,
-                                mode=mode,
+                                mode=label,
                                 path=path,
                                 requests=s.requests,
                                 concurrency=concurrency,
@@ -338,7 +350,7 @@ class Bench:
                             cells.append(next(c for c in measured if c.timed_out))
                         else:
                             why = broken.get(server.name, "the plugin server exited")
-                            cells.append(failed_cell(mode, concurrency, path, why))
+                            cells.append(failed_cell(label, concurrency, path, why))
         return cells
 
     # --long

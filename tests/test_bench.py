@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from bench.runner import Bench, Cell, OverspendResult, Settings
 
 SETTINGS = Settings(
     modes=("threads",),
+    transports=("tcp",),
     concurrencies=(4,),
     requests=200,
     warmup=100,
@@ -47,6 +49,17 @@ def test_every_window_completes_with_the_statuses_of_its_path(cells: dict[str, C
     assert cells["allowed"].statuses == {200: 200}
     assert cells["refused"].statuses == {402: 200}
     assert cells["refused"].refusal_reason == "insufficient_credit"
+
+
+def test_the_unix_socket_rows_charge_through_redis_s_socket(bench: Bench) -> None:
+    bench.settings = dataclasses.replace(SETTINGS, transports=("unix",), modes=("gevent",))
+    try:
+        cells = {cell.path: cell for cell in bench.table()}
+    finally:
+        bench.settings = SETTINGS
+    assert {c.mode for c in cells.values()} == {"gevent (unix socket)"}
+    assert cells["allowed"].statuses == {200: 200} and cells["refused"].statuses == {402: 200}
+    assert math.isclose(cells["allowed"].redis_round_trips - cells["allowed"].redis_setup_round_trips, 1.0)
 
 
 def test_pdk_round_trips_are_counted_per_request_handle_event_included(cells: dict[str, Cell]) -> None:
