@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -57,6 +58,9 @@ def _baseline(cells: Sequence[Cell], cell: Cell) -> Cell | None:
 
 
 def cpu_ratio(cells: Sequence[Cell], cell: Cell) -> float:
+    """Server CPU per request over the baseline's: the median of the turns' ratios, when taken in turns."""
+    if cell.turn_ratios:
+        return statistics.median(cell.turn_ratios)
     base = _baseline(cells, cell)
     if base is None or not base.ok or not cell.ok or base.server_cpu_us <= 0:
         return float("nan")

@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.driver import LoadDriver, Run, Target, rpc_call
@@ -47,7 +47,7 @@ class Settings:
     concurrencies: tuple[int, ...] = (1, 16, 64)
     requests: int = 3_000
     warmup: int = 1_000
-    repeat: int = 3
+    repeat: int = 5
     drivers: int = 2
     timeout: float = 60.0
     cost: int = 1
@@ -132,6 +132,9 @@ class Cell:
     rss_before_kib: int
     rss_after_kib: int
     skipped: bool = False
+    # This path's window CPU over the baseline's window of the same turn, one per turn: adjacent
+    # windows share the machine's state, so their ratio is steadier than a ratio of medians.
+    turn_ratios: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -345,7 +348,14 @@ class Bench:
                         server = plan[path][0]
                         measured = runs[path]
                         if measured and not any(c.timed_out for c in measured):
-                            cells.append(sorted(measured, key=lambda c: c.server_cpu_us)[len(measured) // 2])
+                            kept = sorted(measured, key=lambda c: c.server_cpu_us)[len(measured) // 2]
+                            if path != "baseline" and len(runs["baseline"]) == len(measured):
+                                kept.turn_ratios = [
+                                    c.server_cpu_us / b.server_cpu_us
+                                    for c, b in zip(measured, runs["baseline"], strict=True)
+                                    if c.ok and b.ok and b.server_cpu_us > 0
+                                ]
+                            cells.append(kept)
                         elif measured:
                             cells.append(next(c for c in measured if c.timed_out))
                         else:
