@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 from collections.abc import Iterator
 
 import pytest
@@ -111,6 +112,10 @@ def test_the_report_is_a_markdown_table_and_valid_json(cells: dict[str, Cell]) -
     payload = json.loads(json.dumps(as_json(command, machine, SETTINGS, rows, [], []), allow_nan=False))
     assert {c["path"] for c in payload["cells"]} == {"baseline", "allowed", "refused"}
     allowed = next(c for c in payload["cells"] if c["path"] == "allowed")
-    assert math.isclose(
-        allowed["cpu_ratio_to_baseline"], allowed["server_cpu_us"] / cells["baseline"].server_cpu_us
-    )
+    assert math.isclose(allowed["cpu_ratio_to_baseline"], statistics.median(allowed["turn_ratios"]))
+
+
+def test_the_ratio_to_the_baseline_pairs_the_windows_of_each_turn(cells: dict[str, Cell]) -> None:
+    assert len(cells["allowed"].turn_ratios) == SETTINGS.repeat
+    assert len(cells["refused"].turn_ratios) == SETTINGS.repeat
+    assert all(r > 0 for r in cells["allowed"].turn_ratios)
