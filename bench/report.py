@@ -187,7 +187,9 @@ def markdown(
             f"Each row: the median (by server CPU) of {settings.repeat} windows of {settings.requests:,} "
             f"requests, the three paths taking turns, after {settings.warmup:,} requests of warm-up at the "
             "same concurrency. Server CPU is utime + stime of the plugin server process and its children "
-            "(`/proc/<pid>/stat`) over the window, divided by the requests; PDK round trips are counted by "
+            '(`/proc/<pid>/stat`) over the window, divided by the requests; "vs baseline" is the median, '
+            "over the turns, of a window's server CPU over the baseline window's of the same turn; "
+            "PDK round trips are counted by "
             "the Kong side (HandleEvent included); Redis commands are Redis's own count of the commands the "
             "plugin sent (`INFO commandstats`: EVALSHA, and the set-up of new connections; pipelined "
             "commands share network writes); RSS "

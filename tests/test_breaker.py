@@ -229,6 +229,21 @@ def test_gate_answers_503_at_once_while_the_circuit_is_open(
         )
 
 
+def test_an_open_circuit_tells_the_client_to_retry_once_the_cool_down_is_over(
+    kong: KongSide, own_redis: RedisServer, own_settings: RedisSettings, funded: Admin
+) -> None:
+    plugin = gate_config(own_settings, breaker_failures=2, breaker_cooldown_ms=5_000)
+    acme = KongRequest(consumer={"id": "acme", "username": "acme"})
+    own_redis.pause()
+    try:
+        waited = [kong.request(plugin, acme) for _ in range(2)]
+        refused = kong.request(plugin, acme)
+    finally:
+        own_redis.resume()
+    assert [o.headers.get("Retry-After") for o in waited] == ["1", "1"]  # timeouts: the circuit was closed
+    assert refused.status == 503 and refused.headers.get("Retry-After") in {"4", "5"}
+
+
 def test_fault_tolerant_gate_passes_requests_through_at_once_while_the_circuit_is_open(
     kong: KongSide, own_redis: RedisServer, own_settings: RedisSettings, funded: Admin
 ) -> None:

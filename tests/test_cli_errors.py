@@ -69,7 +69,7 @@ def test_a_redis_url_that_is_not_one_is_a_usage_error(cli: Cli) -> None:
     result = cli.run("--redis-url", "http://127.0.0.1:6379", "accounts")
     assert result.exit_code == EXIT_INVALID
     assert_one_line(result.stderr)
-    assert "Redis URL must start with redis:// or rediss:// (TLS)" in result.stderr
+    assert "Redis URL must start with redis://, rediss:// (TLS) or unix:// (a socket path)" in result.stderr
 
 
 def test_a_database_number_out_of_range_is_refused(cli: Cli) -> None:

@@ -47,3 +47,7 @@ class StoreTimeout(StoreError):
 
 class StoreUnavailable(StoreError):
     """Redis was not asked: it failed repeatedly and the circuit breaker is cooling down."""
+
+    def __init__(self, message: str, *, retry_after_ms: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms  # until the breaker lets a probe through

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
 import sys
 import threading
@@ -44,7 +45,7 @@ from creditgate.core.decision import (
     warning_headers,
 )
 from creditgate.core.pricing import parse_settled_cost
-from creditgate.errors import ConfigError, StoreError
+from creditgate.errors import ConfigError, StoreError, StoreUnavailable
 from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.redis_store import RedisStore
 
@@ -160,6 +161,10 @@ def verify_charge(token: str) -> tuple[str, str, int] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return account, parts[1], int(parts[2])
+
+
+def _retry_after_ms(error: StoreError) -> int:
+    return error.retry_after_ms if isinstance(error, StoreUnavailable) else 0
 
 
 def _stderr(message: str) -> None:
@@ -335,7 +340,8 @@ class Gate:
                 Reason.STORE_UNAVAILABLE,
                 "Billing is temporarily unavailable, so the request was not processed. Retry shortly.",
                 type_base=config.problem_type_base,
-                retry_after_seconds=1,
+                # While the breaker cools down, retrying sooner only meets another 503.
+                retry_after_seconds=max(1, math.ceil(_retry_after_ms(error) / 1000)),
             ),
             log=f"credit-gate: store unavailable, request refused with 503: {error}",
         )

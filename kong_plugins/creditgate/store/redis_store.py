@@ -478,9 +478,10 @@ class RedisStore:
     def _ask_breaker(self) -> None:
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
+            left = breaker.retry_after_ms()
             raise StoreUnavailable(
-                f"circuit open after repeated Redis failures; Redis is tried again in "
-                f"{breaker.retry_after_ms()} ms"
+                f"circuit open after repeated Redis failures; Redis is tried again in {left} ms",
+                retry_after_ms=left,
             )
 
     def _failure(self, error: BaseException) -> BaseException:
