@@ -5,7 +5,9 @@
 nothing else: no Redis, no logic. What credit-gate costs above this is the gate itself.
 
 Run as a script with kong-pdk's flags (``--kong-prefix``, ``--socket-name``, ``-g``, ``-m``); it adds
-``--no-lua-style`` as ``credit-gate-pluginserver`` does. It imports only kong-pdk.
+``--no-lua-style`` as ``credit-gate-pluginserver`` does. It imports kong-pdk, and runs on the same
+kong-pdk fix as ``credit-gate-pluginserver`` (16 KiB read buffers for Kong's connections, see
+``creditgate.pdk_runtime``), so that what differs between the two servers is the gate.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class Plugin:
 def main() -> None:
     from kong_pdk.cli import start_dedicated_server
 
+    from creditgate.pdk_runtime import install_small_read_buffers
+
+    install_small_read_buffers()
     if "--no-lua-style" not in sys.argv:
         sys.argv.append("--no-lua-style")
     start_dedicated_server("baseline", Plugin, version, priority, Schema)

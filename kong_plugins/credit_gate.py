@@ -327,6 +327,7 @@ def main() -> None:
     from kong_pdk.cli import start_dedicated_server
 
     pdk_runtime.install_exit_fix()
+    pdk_runtime.install_small_read_buffers()
     if "--no-lua-style" not in sys.argv:
         sys.argv.append("--no-lua-style")
     plugin = Plugin

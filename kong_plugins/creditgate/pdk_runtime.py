@@ -8,12 +8,19 @@
   mode (an unbuffered channel) that put blocks forever: one greenlet and its frames leaked per
   refused request (the family of kong-python-pdk issue #59). ``install_exit_fix`` replaces the event
   runner with one that does not send "ret" after a terminal call, which the phase reports.
+- kong-pdk reads each of Kong's connections through a msgpack ``Unpacker`` with msgpack's default
+  buffer of 1 MiB, which it fills at a moving offset: each connection's buffer becomes resident page
+  by page, and the server's RSS climbed about 17 MB over its first 100,000 requests before levelling
+  off, gate or no gate. ``install_small_read_buffers`` gives the listener 16 KiB buffers (msgpack
+  grows one for a bigger message).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
+
+import msgpack
 
 GEVENT_FLAGS = frozenset({"-g", "--gevent"})
 PROCESS_FLAGS = frozenset({"-m", "--multiprocessing"})
@@ -46,6 +53,25 @@ def run_event(phase: Callable[[Any], Any], channel: Any, lua_style: bool) -> Non
 
     if phase(Kong(channel, lua_style).kong) is not True:
         channel.put(MSG_RET)
+
+
+READ_BUFFER_BYTES = 16 * 1024
+
+
+class _SmallBufferMsgpack:
+    """msgpack as kong-pdk's listener uses it (``packb``, ``Unpacker``), with small read buffers."""
+
+    packb = staticmethod(msgpack.packb)
+
+    @staticmethod
+    def Unpacker(file_like: Any, **options: Any) -> Any:  # msgpack's name, as the listener calls it
+        return msgpack.Unpacker(file_like, read_size=READ_BUFFER_BYTES, **options)
+
+
+def install_small_read_buffers() -> None:
+    import kong_pdk.listener
+
+    cast(Any, kong_pdk.listener).msgpack = _SmallBufferMsgpack
 
 
 def install_exit_fix() -> None:
