@@ -78,22 +78,28 @@ class HotPath:
             sock.close()
 
     def evalsha(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        command = pack("EVALSHA", self._sha, len(keys), *keys, *args)
-        reply = self._round_trip(command)
-        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+        """The script's reply; bulk strings arrive decoded (UTF-8)."""
+        reply = self._round_trip(pack("EVALSHA", self._sha, len(keys), *keys, *args))
+        if isinstance(reply, hiredis.ReplyError):
+            if not str(reply).startswith("NOSCRIPT"):
+                raise redis.exceptions.ResponseError(str(reply))
             self._sha = self._load_script()  # the script did not run: sending it again is safe
             reply = self._round_trip(pack("EVALSHA", self._sha, len(keys), *keys, *args))
-        if isinstance(reply, hiredis.ReplyError):
-            raise redis.exceptions.ResponseError(str(reply))
+            if isinstance(reply, hiredis.ReplyError):
+                raise redis.exceptions.ResponseError(str(reply))
         return reply
 
     def _round_trip(self, command: bytes) -> Any:
-        if self._pipeline is not None:
-            return self._pipeline.round_trip(command)
+        pipeline = self._pipeline
+        if pipeline is not None:
+            connection = pipeline.connection
+            if connection is None or connection.broken:
+                connection = pipeline.open()
+            return connection.round_trip(command)
         sock = self._checkout()
         try:
             self._send(sock, command)
-            reply = self._read(sock, hiredis.Reader())
+            reply = self._read(sock, hiredis.Reader(encoding="utf-8"))
         except BaseException:
             sock.close()  # its state is unknown: never reuse it
             raise
@@ -177,7 +183,7 @@ class _GeventPipeline:
     """Under gevent: the charges of concurrent requests share one connection, pipelined.
 
     Opens the connection on first use and again after it broke; the work per charge is in
-    ``_PipelinedConnection``.
+    ``_PipelinedConnection``, which ``HotPath`` calls directly.
     """
 
     def __init__(self, connect: Callable[[], socket.socket], read_timeout: float) -> None:
@@ -186,24 +192,18 @@ class _GeventPipeline:
         self._connect = connect
         self._read_timeout = read_timeout
         self._connect_lock = Semaphore()  # concurrent first charges open one connection, not many
-        self._connection: _PipelinedConnection | None = None
+        self.connection: _PipelinedConnection | None = None
 
     def close(self) -> None:
-        connection, self._connection = self._connection, None
+        connection, self.connection = self.connection, None
         if connection is not None:
             connection.fail("closed")
 
-    def round_trip(self, command: bytes) -> Any:
-        connection = self._connection
-        if connection is None or connection.broken:
-            connection = self._open()
-        return connection.round_trip(command)
-
-    def _open(self) -> _PipelinedConnection:
+    def open(self) -> _PipelinedConnection:
         with self._connect_lock:
-            connection = self._connection
+            connection = self.connection
             if connection is None or connection.broken:
-                connection = self._connection = _PipelinedConnection(self._connect(), self._read_timeout)
+                connection = self.connection = _PipelinedConnection(self._connect(), self._read_timeout)
             return connection
 
 
@@ -232,15 +232,17 @@ class _PipelinedConnection:
 
     def __init__(self, sock: socket.socket, read_timeout: float) -> None:
         from gevent import get_hub
+        from gevent._waiter import Waiter
         from gevent.monkey import get_original
 
+        self._new_waiter = Waiter
         self.broken = False
         self._hub = get_hub()
         self._read_timeout = read_timeout
         plain_socket = get_original("socket", "socket")
         self._sock: socket.socket = plain_socket(fileno=sock.detach())
         self._sock.setblocking(False)
-        self._parser = hiredis.Reader()
+        self._parser = hiredis.Reader(encoding="utf-8")
         self._pending: deque[_Pending] = deque()
         self._unsent = bytearray()
         loop = self._hub.loop
@@ -254,14 +256,15 @@ class _PipelinedConnection:
         self._ticker.start(self._on_tick)
 
     def round_trip(self, command: bytes) -> Any:
-        from gevent._waiter import Waiter
-
         if self.broken:  # between the check and here nothing yields; this is for callers that kept it
             raise redis.exceptions.ConnectionError("the connection to Redis was lost")
-        waiter = Waiter(self._hub)
+        waiter = self._new_waiter(self._hub)
         pending = _Pending(waiter, time.monotonic() + self._read_timeout)
         self._pending.append(pending)
-        self._send(command)
+        if self._unsent:  # earlier commands still wait for room: keep the order
+            self._unsent += command
+        else:
+            self._send(command)
         try:
             return waiter.get()
         except BaseException:
@@ -286,9 +289,6 @@ class _PipelinedConnection:
             self._hub.loop.run_callback(_throw_into, waiters, why, error_class)
 
     def _send(self, command: bytes) -> None:
-        if self._unsent:  # earlier commands still wait for room: keep the order
-            self._unsent += command
-            return
         try:
             sent = self._sock.send(command)
         except BlockingIOError:

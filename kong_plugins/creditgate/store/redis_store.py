@@ -271,18 +271,18 @@ def _text(value: Any) -> str:
 
 
 def _charge_result(reply: Sequence[Any]) -> ChargeResult:
-    """Decode charge.lua's fixed-shape reply (integers arrive as ints, strings as bytes)."""
+    """Read charge.lua's fixed-shape reply (integers arrive as ints, strings as str)."""
     (allowed, reason, plan, status, cost, balance, allowance, remaining, period_start, period_end,
      starts_at, expires_at, now, from_allowance, from_balance, charge_id, _, replayed, member_used,
      member_cap) = reply  # fmt: skip
-    reason_text = reason.decode() if reason else ""
+    reason_text = reason or ""
     if reason_text == "deadline_passed":
         raise StoreTimeout("Redis ran the charge after the caller's deadline; nothing was charged")
     return ChargeResult(
         allowed=allowed == 1,
         reason=Reason(reason_text) if reason_text else None,
-        plan=_text(plan),
-        status=_text(status),
+        plan=plan,
+        status=status,
         cost=cost,
         balance=balance,
         allowance=allowance,
@@ -294,7 +294,7 @@ def _charge_result(reply: Sequence[Any]) -> ChargeResult:
         now=now,
         from_allowance=from_allowance,
         from_balance=from_balance,
-        charge_id=_text(charge_id),
+        charge_id=charge_id,
         replayed=replayed == 1,
         member_used=member_used,
         member_cap=member_cap,
@@ -508,9 +508,9 @@ class RedisStore:
         self._ask_breaker()
         try:
             if self.hot_path is not None:
-                reply = self.hot_path.evalsha(keys, args)
+                reply = self.hot_path.evalsha(keys, args)  # strings arrive decoded
             else:
-                reply = self._charge(keys=keys, args=args)
+                reply = [_text(v) if isinstance(v, bytes) else v for v in self._charge(keys=keys, args=args)]
         except BaseException as error:
             failure = self._failure(error)
             if failure is error:
