@@ -220,14 +220,15 @@ class _Pending:
 class _PipelinedConnection:
     """One connection to Redis, driven by gevent's event loop itself.
 
-    A request sends its command straight away (the socket never blocks: what the kernel does not
-    take yet waits in ``_unsent`` for a write event) and waits on a ``Waiter``. Replies come in the
-    order of the commands; the loop's read event parses them with hiredis and switches to each
-    waiting request in turn. No greenlet of its own, no timer per request: a single repeating
-    timer fails the requests whose deadline passed (at most a tenth of the read timeout late) and
-    keeps their places in the queue, so later replies still line up. If Redis has answered
-    nothing for another read timeout after that, the connection is given up: every request on it
-    fails and the next one opens a new connection. Nothing is ever sent twice.
+    A request queues its command in ``_unsent`` and waits on a ``Waiter``; alone, it sends at once,
+    otherwise the event loop sends what is queued once per turn (the socket never blocks: what the
+    kernel does not take yet waits for a write event). Replies come in the order of the commands;
+    the loop's read event parses them with hiredis and switches to each waiting request in turn.
+    No greenlet of its own, no timer per request: a single repeating timer fails the requests whose
+    deadline passed (at most a tenth of the read timeout late) and keeps their places in the queue,
+    so later replies still line up. If Redis has answered nothing for another read timeout after
+    that, the connection is given up: every request on it fails and the next one opens a new
+    connection. Nothing is ever sent twice.
     """
 
     def __init__(self, sock: socket.socket, read_timeout: float) -> None:
@@ -245,11 +246,13 @@ class _PipelinedConnection:
         self._parser = hiredis.Reader(encoding="utf-8")
         self._pending: deque[_Pending] = deque()
         self._unsent = bytearray()
+        self._flush_scheduled = False
         loop = self._hub.loop
         fd = self._sock.fileno()
-        # ref=False: the connection alone never keeps the plugin server's event loop running.
-        self._readable = loop.io(fd, 1, ref=False)
-        self._writable = loop.io(fd, 2, ref=False)
+        # The socket's events keep the event loop running while requests wait on them; the timer
+        # alone does not (ref=False), so that it never holds a finished program.
+        self._readable = loop.io(fd, 1)
+        self._writable = loop.io(fd, 2)
         tick = max(read_timeout / 10, 0.001)
         self._ticker = loop.timer(tick, tick, ref=False)
         self._readable.start(self._on_readable)
@@ -261,10 +264,14 @@ class _PipelinedConnection:
         waiter = self._new_waiter(self._hub)
         pending = _Pending(waiter, time.monotonic() + self._read_timeout)
         self._pending.append(pending)
-        if self._unsent:  # earlier commands still wait for room: keep the order
-            self._unsent += command
-        else:
-            self._send(command)
+        self._unsent += command
+        if len(self._pending) == 1 and not self._writable.active:
+            self._on_writable()  # alone on the connection: send now
+        elif not self._flush_scheduled:
+            # Others wait too: send from the event loop, once per turn of it, so that the charges
+            # requests make in the same turn share one write (one system call, one wake-up of Redis).
+            self._flush_scheduled = True
+            self._hub.loop.run_callback(self._flush)
         try:
             return waiter.get()
         except BaseException:
@@ -288,29 +295,25 @@ class _PipelinedConnection:
         if waiters:
             self._hub.loop.run_callback(_throw_into, waiters, why, error_class)
 
-    def _send(self, command: bytes) -> None:
-        try:
-            sent = self._sock.send(command)
-        except BlockingIOError:
-            sent = 0
-        except OSError as error:
-            self.fail(f"sending to Redis: {error}")
-            return
-        if sent < len(command):
-            self._unsent += command[sent:]
-            self._writable.start(self._on_writable)
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.broken or self._writable.active:
+            return  # nothing to send, or the write event will send it in order
+        self._on_writable()
 
     def _on_writable(self) -> None:
         try:
             sent = self._sock.send(self._unsent)
         except BlockingIOError:
-            return
+            sent = 0
         except OSError as error:
             self.fail(f"sending to Redis: {error}")
             return
         del self._unsent[:sent]
         if not self._unsent:
             self._writable.stop()
+        elif not self._writable.active:
+            self._writable.start(self._on_writable)  # the kernel took part: the rest when it has room
 
     def _on_readable(self) -> None:
         try:
