@@ -5,7 +5,9 @@ The charge is the one command every request makes, and its cost is the plugin's 
 plugin server's CPU per charge, a socket with the command packed and the reply parsed by hiredis
 about 30 µs. So the hot path keeps hiredis (the C library redis-py itself uses to pack commands and
 parse replies) and drops the rest: a pool of plain sockets, one ``send`` and ``recv`` per charge; and
-under gevent one connection that the charges of concurrent requests share, pipelined.
+under gevent one connection that the charges of concurrent requests share, pipelined, driven by
+gevent's event loop without a greenlet or a timer per charge (about 15 µs per charge at 16 in
+flight, 6 µs when the charges of one turn of the loop share a write).
 
 Everything else (the operators' commands, loading scripts, Sentinel, Cluster, TLS) goes through
 redis-py. The rules of the money path hold here as there:
@@ -17,7 +19,8 @@ redis-py. The rules of the money path hold here as there:
   it is loaded and sent once more, which cannot charge twice;
 - errors are redis-py's own exception classes, so the store maps them as it maps redis-py's.
 
-Under gevent the plugin server patches ``socket`` first, so these sockets yield like redis-py's.
+Under gevent the plugin server patches ``socket`` first, so the pool's sockets (and the pipelined
+connection's connect and set-up) yield like redis-py's.
 """
 
 from __future__ import annotations
