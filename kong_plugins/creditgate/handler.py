@@ -28,8 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from creditgate.core.config import AccountBy, GateConfig, RedisSettings, parse_config
 from creditgate.core.decision import (
@@ -84,8 +83,7 @@ def _breaker_changed(old: BreakerState, new: BreakerState, why: str) -> None:
 STORES = _StoreRegistry()
 
 
-@dataclass(frozen=True)
-class Proxy:
+class Proxy(NamedTuple):
     """Let the request through with these headers."""
 
     upstream: dict[str, str]
@@ -95,8 +93,7 @@ class Proxy:
     log_level: str = "warn"
 
 
-@dataclass(frozen=True)
-class Refuse:
+class Refuse(NamedTuple):
     """End the request with this problem."""
 
     problem: Problem
@@ -107,8 +104,7 @@ class Refuse:
 Action = Proxy | Refuse
 
 
-@dataclass(frozen=True)
-class RequestFacts:
+class RequestFacts(NamedTuple):
     """What the access phase read from Kong: the identity always, the rest only when a feature needs it."""
 
     identity: Mapping[str, Any] | None
@@ -276,8 +272,8 @@ class Gate:
 
     @staticmethod
     def _account(identity: Mapping[str, Any] | None, by: AccountBy) -> str | None:
-        if not identity or not isinstance(identity, Mapping):
-            return None
+        if not identity or (type(identity) is not dict and not isinstance(identity, Mapping)):
+            return None  # (Kong's entity arrives as a dict: the exact check spares the ABC's)
         value = identity.get(ACCOUNT_FIELD[by])
         return value if isinstance(value, str) and value else None
 

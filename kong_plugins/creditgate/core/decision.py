@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Reason(str, enum.Enum):
@@ -63,9 +63,12 @@ TITLES = {
 PROBLEM_JSON = "application/problem+json"
 
 
-@dataclass(frozen=True)
-class ChargeResult:
-    """The charge script's answer. Credits are integers; times are Unix seconds (0 = none)."""
+class ChargeResult(NamedTuple):
+    """The charge script's answer. Credits are integers; times are Unix seconds (0 = none).
+
+    A named tuple rather than a frozen dataclass: immutable as well, and built on every request for
+    half the cost.
+    """
 
     allowed: bool
     reason: Reason | None
