@@ -183,6 +183,10 @@ class RedisServer:
                 str(self.tls.ca),
                 "--tls-auth-clients",
                 "no",
+                # Replication and the cluster bus speak TLS too (a replica, a Cluster node).
+                "--tls-replication",
+                "yes",
+                *(["--tls-cluster", "yes"] if "--cluster-enabled" in self.extra else []),
             ]
         return [
             str(REDIS_SERVER),
@@ -262,9 +266,13 @@ def _stop_all(servers: list[RedisServer]) -> None:
 
 
 class RedisClusterServers:
-    """A Redis Cluster of ``masters`` masters (no replicas) on loopback, created with redis-cli."""
+    """A Redis Cluster of ``masters`` masters (no replicas) on loopback, created with redis-cli.
 
-    def __init__(self, directory: Path, masters: int = 3) -> None:
+    With ``tls`` every node listens on TLS only, its cluster bus included.
+    """
+
+    def __init__(self, directory: Path, masters: int = 3, *, tls: TlsFiles | None = None) -> None:
+        self.tls = tls
         if REDIS_CLI is None:
             raise RuntimeError(
                 "redis-cli is not installed: `apt-get install redis-tools` (the tests need it)"
@@ -283,6 +291,7 @@ class RedisClusterServers:
                     "--cluster-port",
                     str(free_port()),
                 ],
+                tls=tls,
             )
             for i in range(masters)
         ]
@@ -298,6 +307,7 @@ class RedisClusterServers:
             create = subprocess.run(
                 [
                     str(REDIS_CLI),
+                    *(["--tls", "--cacert", str(self.tls.ca)] if self.tls else []),
                     "--cluster",
                     "create",
                     *(f"{host}:{port}" for host, port in self.nodes),
@@ -332,10 +342,12 @@ class RedisClusterServers:
         return True
 
     def client(self) -> RedisCluster:
+        tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self.nodes],
             socket_timeout=2,
             socket_connect_timeout=2,
+            **tls,
         )
 
     def stop(self) -> None:
@@ -346,7 +358,7 @@ class SentinelServer(RedisServer):
     """A redis-server in sentinel mode, watching one master under ``name``."""
 
     def __init__(self, directory: Path, name: str, master: RedisServer, down_after_ms: int) -> None:
-        super().__init__(directory)
+        super().__init__(directory, tls=master.tls)
         self.name = name
         self.master_port = master.port
         self.down_after_ms = down_after_ms
@@ -356,9 +368,16 @@ class SentinelServer(RedisServer):
     def argv(self) -> list[str]:
         # Sentinel rewrites its config file (what it learns of replicas and peers): one per sentinel.
         conf = self.directory / "sentinel.conf"
+        if self.tls is None:
+            listen = f"port {self.port}\n"
+        else:  # TLS only, to clients and to the master it watches
+            listen = (
+                f"port 0\ntls-port {self.port}\ntls-cert-file {self.tls.cert}\n"
+                f"tls-key-file {self.tls.key}\ntls-ca-cert-file {self.tls.ca}\n"
+                "tls-auth-clients no\ntls-replication yes\n"
+            )
         conf.write_text(
-            f"port {self.port}\n"
-            "bind 127.0.0.1\n"
+            listen + "bind 127.0.0.1\n"
             f"dir {self.directory}\n"
             f"logfile {self.log}\n"
             f"sentinel monitor {self.name} 127.0.0.1 {self.master_port} 2\n"
@@ -371,15 +390,24 @@ class SentinelServer(RedisServer):
 
 
 class SentinelSet:
-    """A master, one replica and three sentinels (quorum 2) on loopback."""
+    """A master, one replica and three sentinels (quorum 2) on loopback; all TLS only with ``tls``."""
 
-    def __init__(self, directory: Path, name: str = "credit-gate", down_after_ms: int = 500) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str = "credit-gate",
+        down_after_ms: int = 500,
+        *,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.name = name
         # Redis 7 waits 5 s (repl-diskless-sync-delay) for more replicas before a first full sync.
         fast_sync = ["--repl-diskless-sync-delay", "0"]
-        self.master = RedisServer(directory / "master", extra=fast_sync)
+        self.master = RedisServer(directory / "master", extra=fast_sync, tls=tls)
         self.replica = RedisServer(
-            directory / "replica", extra=["--replicaof", "127.0.0.1", str(self.master.port), *fast_sync]
+            directory / "replica",
+            extra=["--replicaof", "127.0.0.1", str(self.master.port), *fast_sync],
+            tls=tls,
         )
         self.sentinels = [
             SentinelServer(directory / f"sentinel{i}", name, self.master, down_after_ms) for i in range(3)

@@ -503,3 +503,71 @@ def test_a_unix_socket_that_is_not_there_answers_503_at_once(kong: KongSide, tmp
     outcome = charge_through_gate(kong, record, "nobody")
     assert outcome.status == 503
     assert time.monotonic() - started < 1.5  # a missing socket fails the connect at once
+
+
+# TLS with Sentinel and with Cluster: every connection (to the sentinels, to the master, to each
+# Cluster node) is TLS, its certificate checked against the test CA. Sentinels report the master by
+# address and Cluster nodes announce theirs, so the certificate names 127.0.0.1.
+
+
+@pytest.fixture(scope="module")
+def ip_tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls-ip"), names=("redis.test",), ips=("127.0.0.1",))
+
+
+def test_sentinel_over_tls_charges_on_the_master_with_every_certificate_checked(
+    kong: KongSide, tmp_path: Path, ip_tls_files: TlsFiles
+) -> None:
+    servers = SentinelSet(tmp_path / "sentinels", tls=ip_tls_files).start()
+    try:
+        record = sentinel_record(servers, ssl=True, ca_file=str(ip_tls_files.ca))
+        admin = Admin(RedisStore.from_settings(parse_redis(record)))
+        try:
+            seed(admin, ["tls-sentinel"])
+            assert charge_through_gate(kong, record, "tls-sentinel", cost=3).proxied
+            assert admin.account("tls-sentinel").balance == 97
+            with servers.master.client() as master:  # on the master the sentinels name
+                assert master.hget("credit-gate:{tls-sentinel}:account", "balance") == b"97"
+        finally:
+            admin.close()
+    finally:
+        servers.stop()
+
+
+def test_sentinel_over_tls_refuses_sentinels_it_cannot_verify(
+    kong: KongSide, tmp_path: Path, ip_tls_files: TlsFiles
+) -> None:
+    servers = SentinelSet(tmp_path / "sentinels", tls=ip_tls_files).start()
+    try:
+        record = sentinel_record(servers, ssl=True)  # no ca_file: the test CA is not trusted
+        assert charge_through_gate(kong, record, "tls-sentinel").status == 503
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(
+    tmp_path_factory: pytest.TempPathFactory, ip_tls_files: TlsFiles
+) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(tmp_path_factory.mktemp("tls-cluster"), tls=ip_tls_files).start()
+    yield servers
+    servers.stop()
+
+
+def test_cluster_over_tls_charges_accounts_on_every_master(
+    kong: KongSide, tls_cluster: RedisClusterServers, ip_tls_files: TlsFiles
+) -> None:
+    record = {**cluster_record(tls_cluster), "ssl": True, "ca_file": str(ip_tls_files.ca)}
+    admin = Admin(RedisStore.from_settings(parse_redis(record)))
+    try:
+        accounts = [f"tls-{uuid.uuid4().hex[:6]}-{i}" for i in range(12)]  # over the three masters
+        seed(admin, accounts)
+        for account in accounts:
+            assert charge_through_gate(kong, record, account, cost=4).proxied
+        assert {admin.account(a).balance for a in accounts} == {96}
+        with tls_cluster.client() as client:
+            used = {client.keyslot(f"credit-gate:{{{a}}}:account") for a in accounts}
+            owners = {client.get_node_from_key(f"credit-gate:{{{a}}}:account").port for a in accounts}
+        assert len(used) == len(accounts) and len(owners) == 3
+    finally:
+        admin.close()
