@@ -266,13 +266,24 @@ def _stop_all(servers: list[RedisServer]) -> None:
 
 
 class RedisClusterServers:
-    """A Redis Cluster of ``masters`` masters (no replicas) on loopback, created with redis-cli.
+    """A Redis Cluster of ``masters`` masters, each with ``replicas`` replicas, on loopback, created
+    with redis-cli.
 
     With ``tls`` every node listens on TLS only, its cluster bus included.
     """
 
-    def __init__(self, directory: Path, masters: int = 3, *, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        masters: int = 3,
+        *,
+        replicas: int = 0,
+        tls: TlsFiles | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.tls = tls
+        self.masters = masters
+        self.replicas = replicas
         if REDIS_CLI is None:
             raise RuntimeError(
                 "redis-cli is not installed: `apt-get install redis-tools` (the tests need it)"
@@ -290,10 +301,11 @@ class RedisClusterServers:
                     # The bus port defaults to port + 10000, out of range for a high free port.
                     "--cluster-port",
                     str(free_port()),
+                    *(extra or []),
                 ],
                 tls=tls,
             )
-            for i in range(masters)
+            for i in range(masters * (1 + replicas))
         ]
 
     @property
@@ -312,7 +324,7 @@ class RedisClusterServers:
                     "create",
                     *(f"{host}:{port}" for host, port in self.nodes),
                     "--cluster-replicas",
-                    "0",
+                    str(self.replicas),
                     "--cluster-yes",
                 ],
                 capture_output=True,
@@ -337,9 +349,16 @@ class RedisClusterServers:
             with server.client() as client:
                 info = client.cluster("INFO")  # parsed into a dict by redis-py
                 slots = client.execute_command("CLUSTER SLOTS")
-                if info.get("cluster_state") != "ok" or len(slots) != len(self.servers):
+                if info.get("cluster_state") != "ok" or len(slots) != self.masters:
                     return False
+                ranges = slots.values() if isinstance(slots, dict) else slots
+                known = [len(r["replicas"]) if isinstance(r, dict) else len(r) - 3 for r in ranges]
+                if any(count != self.replicas for count in known):
+                    return False  # every replica known to every node
         return True
+
+    def server_on(self, port: int) -> RedisServer:
+        return next(server for server in self.servers if server.port == port)
 
     def client(self) -> RedisCluster:
         tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}

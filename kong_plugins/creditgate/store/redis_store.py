@@ -252,16 +252,21 @@ def _cluster(settings: RedisSettings) -> RedisCluster:
       re-send up to 10 times). The slot map is still refreshed, so the next request finds the node
       that took the slot over.
     - ``require_full_coverage`` False: with a master down, accounts on the other masters' slots are
-      still charged; those on its slots get the failure answer until a replica takes over.
+      still charged; those on its slots get the failure answer until a replica takes over. That
+      holds for a client built while the master is down too (a plugin instance started then).
     """
     client = RedisCluster(
         startup_nodes=[cast(Any, ClusterNode)(node.host, node.port) for node in settings.cluster_nodes],
-        retry=_no_retry(),
+        # While it is built, RedisCluster asks one node for the command table (COMMAND): that node
+        # may be a dead master the slot map still names, so building may try the next ones (it
+        # reads, it charges nothing). Charges get no retry: set right after.
+        retry=Retry(NoBackoff(), len(settings.cluster_nodes)),
         require_full_coverage=False,
         ssl=settings.ssl,
         **_common(settings),
         **_tls(settings),
     )
+    client.set_retry(_no_retry())
     client.RedisClusterRequestTTL = settings.cluster_max_redirections + 1
     return client
 
@@ -501,7 +506,7 @@ class RedisStore:
 
     def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         with self._redis():
-            return script(keys=keys, args=args)
+            return self._script(script, keys, args)
 
     def _call_charge(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """``_redis`` written out: its breaker and error mapping, minus a context manager per request."""
@@ -510,7 +515,8 @@ class RedisStore:
             if self.hot_path is not None:
                 reply = self.hot_path.evalsha(keys, args)  # strings arrive decoded
             else:
-                reply = [_text(v) if isinstance(v, bytes) else v for v in self._charge(keys=keys, args=args)]
+                charged = self._script(self._charge, keys, args)
+                reply = [_text(v) if isinstance(v, bytes) else v for v in charged]
         except BaseException as error:
             failure = self._failure(error)
             if failure is error:
@@ -519,6 +525,19 @@ class RedisStore:
         if self.breaker is not None:
             self.breaker.succeeded()
         return reply
+
+    def _script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA; on NOSCRIPT (the script did not run) the script itself, once, with EVAL.
+
+        redis-py's own fallback loads the script with SCRIPT LOAD, which Redis Cluster sends to
+        every master: with one master down, no account could be charged until the script was
+        loaded. EVAL goes to the key's node only, and caches the script there.
+        """
+        client = cast(Any, self.client)
+        try:
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return client.eval(script.script, len(keys), *keys, *args)
 
     def _run(self, command: str, *args: Any) -> Any:
         with self._redis():
