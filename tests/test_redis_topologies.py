@@ -637,3 +637,39 @@ def test_cluster_failover_costs_a_short_window_of_503s_on_the_dead_masters_slots
         if admin is not None:
             admin.close()
         cluster.stop()
+
+
+def documented_cluster_acl() -> list[str]:
+    """The ACL line of docs/redis.md with what its Cluster note adds."""
+    text = (ROOT / "docs" / "redis.md").read_text()
+    note = next(line for line in text.splitlines() if line.startswith("- On Redis Cluster add "))
+    extra = re.findall(r"\+[a-z|]+", note.split("`")[1])
+    return [*documented_acl(), *extra]
+
+
+def test_the_documented_cluster_acl_lets_the_gate_charge_with_a_master_down(
+    kong: KongSide, tmp_path: Path
+) -> None:
+    cluster = RedisClusterServers(
+        tmp_path / "cluster",
+        masters=3,
+        extra=["--user", "credit-gate", *documented_cluster_acl(), "--cluster-require-full-coverage", "no"],
+    ).start()
+    try:
+        operator = Admin(RedisStore.from_settings(parse_redis(cluster_record(cluster))))  # default user
+        accounts = [f"acl-{i}" for i in range(9)]
+        seed(operator, accounts)
+        operator.close()
+        record = {**cluster_record(cluster), "username": "credit-gate", "password": ACL_PASSWORD}
+        for server in cluster.servers:  # scripts unknown everywhere: the gate must send them itself
+            with server.client() as client:
+                client.script_flush()
+        with cluster.client() as client:
+            owner = {a: client.get_node_from_key(f"credit-gate:{{{a}}}:account").port for a in accounts}
+        dead = owner[accounts[0]]
+        cluster.server_on(dead).kill()
+        for account in accounts:
+            outcome = charge_through_gate(kong, record, account, cost=2)
+            assert outcome.proxied == (owner[account] != dead), outcome.body
+    finally:
+        cluster.stop()

@@ -527,17 +527,18 @@ class RedisStore:
         return reply
 
     def _script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """EVALSHA; on NOSCRIPT (the script did not run) the script itself, once, with EVAL.
+        """EVALSHA; on NOSCRIPT (the script did not run) it is loaded and sent once more.
 
-        redis-py's own fallback loads the script with SCRIPT LOAD, which Redis Cluster sends to
-        every master: with one master down, no account could be charged until the script was
-        loaded. EVAL goes to the key's node only, and caches the script there.
+        On Redis Cluster the script is sent with EVAL to the key's node instead: redis-py's
+        SCRIPT LOAD goes to every master, so with one master down no account could be charged
+        until the script was known everywhere. EVAL caches the script on that node.
         """
-        client = cast(Any, self.client)
+        if not isinstance(self.client, LazyCluster):
+            return script(keys=keys, args=args)  # redis-py's Script: EVALSHA, SCRIPT LOAD, EVALSHA
         try:
-            return client.evalsha(script.sha, len(keys), *keys, *args)
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            return client.eval(script.script, len(keys), *keys, *args)
+            return self.client.eval(script.script, len(keys), *keys, *args)
 
     def _run(self, command: str, *args: Any) -> Any:
         with self._redis():
