@@ -92,7 +92,7 @@ def verdicts(
         # Every complete mode, the best first: the verdict is the best's, the others are shown too.
         measured = (
             "; ".join(
-                f"{label}: " + ", ".join(f"{r:.2f}x" for r in allowed_ratios(label))
+                f"{label}: " + ", ".join(f"{r:.3f}x" for r in allowed_ratios(label))
                 for label in sorted(means, key=means.__getitem__)
             )
             + " (per concurrency)"
