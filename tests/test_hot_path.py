@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.redis_servers import RedisServer
 
@@ -50,3 +51,54 @@ def test_concurrent_charges_each_get_their_own_reply_when_writes_wait_for_room(
     )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == {"right": count, "pipelined": True}
+
+
+PAUSE_PROGRAM = """
+import json, os, signal, sys, time
+from gevent import monkey
+
+monkey.patch_all()
+import gevent
+import redis
+from creditgate.core.redis_settings import RedisSettings
+from creditgate.store.hot_path import HotPath
+
+port, redis_pid = int(sys.argv[1]), int(sys.argv[2])
+sha = redis.Redis(port=port).script_load("return ARGV[1]")
+hot = HotPath(RedisSettings(host="127.0.0.1", port=port, read_timeout=300), sha, lambda: sha)
+
+def call(tag):
+    try:
+        return hot.evalsha([], [tag]) == tag
+    except redis.exceptions.TimeoutError:
+        return "timeout"
+
+assert hot.evalsha([], ["warm"]) == "warm"
+os.kill(redis_pid, signal.SIGSTOP)
+try:
+    late = gevent.joinall([gevent.spawn(call, f"late-{i}") for i in range(20)], raise_error=True)
+finally:
+    os.kill(redis_pid, signal.SIGCONT)  # within twice the read timeout: the connection is kept
+after = gevent.joinall([gevent.spawn(call, f"after-{i}") for i in range(20)], raise_error=True)
+print(json.dumps({"late": [g.value for g in late], "after": [g.value for g in after]}))
+"""
+
+
+def test_replies_that_come_after_their_requests_gave_up_do_not_go_to_the_next_requests(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis").start()  # its own: it is paused
+    assert server.process is not None
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", PAUSE_PROGRAM, str(server.port), str(server.process.pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.stop()
+    assert run.returncode == 0, run.stderr
+    outcome = json.loads(run.stdout)
+    assert outcome["late"] == ["timeout"] * 20  # Redis paused: each gave up after the read timeout
+    assert outcome["after"] == [True] * 20  # the late replies were dropped, not handed on
