@@ -14,8 +14,9 @@ from pathlib import Path
 
 from tests.redis_servers import RedisServer
 
-PROGRAM = """
-import json, sys
+# What both programs start with: gevent first, as the plugin server does, then the hot path.
+GEVENT_HOT_PATH = """
+import json, os, signal, sys, time
 from gevent import monkey
 
 monkey.patch_all()
@@ -23,7 +24,11 @@ import gevent
 import redis
 from creditgate.core.redis_settings import RedisSettings
 from creditgate.store.hot_path import HotPath
+"""
 
+PROGRAM = (
+    GEVENT_HOT_PATH
+    + """
 port, count = int(sys.argv[1]), int(sys.argv[2])
 sha = redis.Redis(port=port).script_load("return {ARGV[1], string.len(ARGV[2])}")
 hot = HotPath(RedisSettings(host="127.0.0.1", port=port, read_timeout=10_000), sha, lambda: sha)
@@ -37,32 +42,28 @@ def charge(i):
 done = gevent.joinall([gevent.spawn(charge, i) for i in range(count)], raise_error=True)
 print(json.dumps({"right": sum(g.value for g in done), "pipelined": hot._pipeline is not None}))
 """
+)
+
+
+def run_program(program: str, *args: object) -> dict[str, object]:
+    run = subprocess.run(
+        [sys.executable, "-c", program, *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    outcome: dict[str, object] = json.loads(run.stdout)
+    return outcome
 
 
 def test_concurrent_charges_each_get_their_own_reply_when_writes_wait_for_room(
     redis_server: RedisServer,
 ) -> None:
     count = 300  # about 60 MB of commands in flight: far more than the sockets' buffers
-    run = subprocess.run(
-        [sys.executable, "-c", PROGRAM, str(redis_server.port), str(count)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout) == {"right": count, "pipelined": True}
+    assert run_program(PROGRAM, redis_server.port, count) == {"right": count, "pipelined": True}
 
 
-PAUSE_PROGRAM = """
-import json, os, signal, sys, time
-from gevent import monkey
-
-monkey.patch_all()
-import gevent
-import redis
-from creditgate.core.redis_settings import RedisSettings
-from creditgate.store.hot_path import HotPath
-
+PAUSE_PROGRAM = (
+    GEVENT_HOT_PATH
+    + """
 port, redis_pid = int(sys.argv[1]), int(sys.argv[2])
 sha = redis.Redis(port=port).script_load("return ARGV[1]")
 hot = HotPath(RedisSettings(host="127.0.0.1", port=port, read_timeout=300), sha, lambda: sha)
@@ -82,6 +83,7 @@ finally:
 after = gevent.joinall([gevent.spawn(call, f"after-{i}") for i in range(20)], raise_error=True)
 print(json.dumps({"late": [g.value for g in late], "after": [g.value for g in after]}))
 """
+)
 
 
 def test_replies_that_come_after_their_requests_gave_up_do_not_go_to_the_next_requests(
@@ -90,15 +92,8 @@ def test_replies_that_come_after_their_requests_gave_up_do_not_go_to_the_next_re
     server = RedisServer(tmp_path / "redis").start()  # its own: it is paused
     assert server.process is not None
     try:
-        run = subprocess.run(
-            [sys.executable, "-c", PAUSE_PROGRAM, str(server.port), str(server.process.pid)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        outcome = run_program(PAUSE_PROGRAM, server.port, server.process.pid)
     finally:
         server.stop()
-    assert run.returncode == 0, run.stderr
-    outcome = json.loads(run.stdout)
     assert outcome["late"] == ["timeout"] * 20  # Redis paused: each gave up after the read timeout
     assert outcome["after"] == [True] * 20  # the late replies were dropped, not handed on

@@ -71,7 +71,7 @@ class CircuitBreaker:
     def allow(self) -> bool:
         """May this call go to Redis? True for every call while closed, for one probe once cooled down."""
         state = self._state  # every request asks: no lock while closed (a racing opening lets one more by)
-        if self.failures <= 0 or state is BreakerState.CLOSED:
+        if not self.enabled or state is BreakerState.CLOSED:
             return True
         change = None
         with self._lock:
@@ -98,7 +98,7 @@ class CircuitBreaker:
 
     def succeeded(self) -> None:
         """Redis answered (an error reply counts: Redis is reachable)."""
-        if self.failures <= 0 or (self._consecutive == 0 and self._state is BreakerState.CLOSED):
+        if not self.enabled or (self._consecutive == 0 and self._state is BreakerState.CLOSED):
             return  # nothing to reset: the common case, without the lock
         change = None
         with self._lock:

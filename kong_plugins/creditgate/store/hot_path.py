@@ -262,8 +262,7 @@ class _PipelinedConnection:
         self._ticker.start(self._on_tick)
 
     def round_trip(self, command: bytes) -> Any:
-        if self.broken:  # between the check and here nothing yields; this is for callers that kept it
-            raise redis.exceptions.ConnectionError("the connection to Redis was lost")
+        """Send ``command`` and wait for its reply; the caller has checked that the connection is whole."""
         waiter = self._new_waiter(self._hub)
         pending = _Pending(waiter, time.monotonic() + self._read_timeout)
         self._pending.append(pending)

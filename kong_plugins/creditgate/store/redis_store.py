@@ -16,10 +16,9 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 from redis._parsers import Encoder
@@ -38,6 +37,8 @@ from creditgate.errors import StoreError, StoreTimeout, StoreUnavailable
 from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.hot_path import HotPath
 from creditgate.store.keys import Keys
+
+T = TypeVar("T")
 
 USAGE_TTL_SECONDS = 400 * 86_400
 MAX_CONNECTIONS = 4096  # per pool (per node on a Cluster); Redis's own default maxclients is 10000
@@ -465,20 +466,19 @@ class RedisStore:
             self.hot_path.close()
         self.client.close()
 
-    @contextmanager
-    def _redis(self) -> Iterator[None]:
-        """Around every call: the breaker's say, and driver errors as StoreError."""
+    def _guarded(self, call: Callable[..., T], *args: Any) -> T:
+        """Every call to Redis: the breaker's say first, and driver errors as StoreError."""
         self._ask_breaker()
         try:
-            yield
+            result = call(*args)
         except BaseException as error:
             failure = self._failure(error)
             if failure is error:
                 raise
             raise failure from error
-        else:
-            if self.breaker is not None:
-                self.breaker.succeeded()
+        if self.breaker is not None:
+            self.breaker.succeeded()
+        return result
 
     def _ask_breaker(self) -> None:
         breaker = self.breaker
@@ -505,26 +505,15 @@ class RedisStore:
         return error  # not Redis's: raised as it is
 
     def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        with self._redis():
-            return self._script(script, keys, args)
+        return self._guarded(self._script, script, keys, args)
 
     def _call_charge(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """``_redis`` written out: its breaker and error mapping, minus a context manager per request."""
-        self._ask_breaker()
-        try:
-            if self.hot_path is not None:
-                reply = self.hot_path.evalsha(keys, args)  # strings arrive decoded
-            else:
-                charged = self._script(self._charge, keys, args)
-                reply = [_text(v) if isinstance(v, bytes) else v for v in charged]
-        except BaseException as error:
-            failure = self._failure(error)
-            if failure is error:
-                raise
-            raise failure from error
-        if self.breaker is not None:
-            self.breaker.succeeded()
-        return reply
+        return self._guarded(self._send_charge, keys, args)
+
+    def _send_charge(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self.hot_path is not None:
+            return self.hot_path.evalsha(keys, args)  # strings arrive decoded
+        return [_text(v) if isinstance(v, bytes) else v for v in self._script(self._charge, keys, args)]
 
     def _script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA; on NOSCRIPT (the script did not run) it is loaded and sent once more.
@@ -541,8 +530,7 @@ class RedisStore:
             return self.client.eval(script.script, len(keys), *keys, *args)
 
     def _run(self, command: str, *args: Any) -> Any:
-        with self._redis():
-            return cast(Any, self.client).execute_command(command, *args)
+        return self._guarded(cast(Any, self.client).execute_command, command, *args)
 
     # The hot path: one script, one round trip.
 
@@ -749,10 +737,12 @@ class RedisStore:
     # Operators' views and bulk writes. Reads that span many keys go in one pipeline per batch.
 
     def _pipeline(self, fill: Callable[[Any], None], *, transaction: bool = False) -> list[Any]:
-        with self._redis():
+        def run() -> list[Any]:
             pipe = cast(Any, self.client).pipeline(transaction=transaction)
             fill(pipe)
             return list(pipe.execute())
+
+        return self._guarded(run)
 
     def account_states(self, accounts: Sequence[str]) -> list[AccountState]:
         """Many accounts' hashes in one round trip."""
