@@ -285,8 +285,11 @@ class Plugin:
         from creditgate.handler import Gate  # imported late: see main()
 
         self.gate = Gate(config, log_phase=self.log_phase)
+        # kong-pdk calls the phase it finds on the instance: the gate's own, one call fewer per request.
+        self.access = self.gate.access  # type: ignore[method-assign]
 
     def access(self, kong: Any) -> bool:
+        """Declares the phase to kong-pdk (it lists the class's methods); each instance uses its gate's."""
         return self.gate.access(kong)  # True: the request was ended with kong.response.exit
 
 

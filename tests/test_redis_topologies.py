@@ -560,15 +560,20 @@ def test_cluster_over_tls_charges_accounts_on_every_master(
     record = {**cluster_record(tls_cluster), "ssl": True, "ca_file": str(ip_tls_files.ca)}
     admin = Admin(RedisStore.from_settings(parse_redis(record)))
     try:
-        accounts = [f"tls-{uuid.uuid4().hex[:6]}-{i}" for i in range(12)]  # over the three masters
+        # Four fresh accounts on each master, picked by slot: twelve random names miss a master
+        # about once in forty runs.
+        by_master: dict[int, list[str]] = {}
+        with tls_cluster.client() as client:
+            while min((len(names) for names in by_master.values()), default=0) < 4 or len(by_master) < 3:
+                account = f"tls-{uuid.uuid4().hex[:8]}"
+                port = client.get_node_from_key(admin.store.keys.account(account).state).port
+                by_master.setdefault(port, []).append(account)
+        accounts = [name for names in by_master.values() for name in names[:4]]
         seed(admin, accounts)
         for account in accounts:
             assert charge_through_gate(kong, record, account, cost=4).proxied
         assert {admin.account(a).balance for a in accounts} == {96}
-        with tls_cluster.client() as client:
-            used = {client.keyslot(f"credit-gate:{{{a}}}:account") for a in accounts}
-            owners = {client.get_node_from_key(f"credit-gate:{{{a}}}:account").port for a in accounts}
-        assert len(used) == len(accounts) and len(owners) == 3
+        assert len(by_master) == 3
     finally:
         admin.close()
 

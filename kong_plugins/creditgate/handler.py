@@ -248,8 +248,11 @@ class Gate:
                     type_base=config.problem_type_base,
                 )
             )
-        payer, member = self._payer(facts.identity, account, config.pool_tag_prefix)
-        cost = config.pricing.cost_of(facts.method, facts.path)
+        payer, member = (account, "")
+        if config.pool_tag_prefix:
+            payer, member = self._payer(facts.identity, account, config.pool_tag_prefix)
+        pricing = config.pricing
+        cost = pricing.cost_of(facts.method, facts.path) if pricing.rules else pricing.cost
         try:
             result = self.store.charge(
                 payer,
@@ -278,7 +281,7 @@ class Gate:
         return value if isinstance(value, str) and value else None
 
     @staticmethod
-    def _payer(identity: Mapping[str, Any] | None, account: str, prefix: str | None) -> tuple[str, str]:
+    def _payer(identity: Mapping[str, Any] | None, account: str, prefix: str) -> tuple[str, str]:
         """The account that pays and the pool member, from the tags Kong has on the consumer or credential.
 
         A consumer tagged ``<prefix><pool>`` draws from the pool's account; no Redis lookup needed.
@@ -295,7 +298,8 @@ class Gate:
             if config.needs_log_phase and result.charge_id and not result.replayed:
                 upstream[TOKEN_HEADER] = sign_charge(payer, result.charge_id, result.cost)
             client = {} if config.hide_client_headers else client_headers(result)
-            client.update(warning_headers(result, config.warnings))
+            if config.warnings.enabled:
+                client.update(warning_headers(result, config.warnings))
             if config.rate_limit_headers:
                 client.update(rate_limit_headers(result))
             return Proxy(upstream=upstream, client=client or None, route_to=config.upstream)

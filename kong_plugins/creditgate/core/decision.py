@@ -13,7 +13,7 @@ import enum
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, NamedTuple
 
 
@@ -240,6 +240,10 @@ class Warnings:
     balance_below: int = 0
     allowance_below: int = 0
     expiry_days: int = 0
+
+    @cached_property  # asked on every allowed request
+    def enabled(self) -> bool:
+        return bool(self.balance_below or self.allowance_below or self.expiry_days)
 
     def of(self, result: ChargeResult) -> list[str]:
         found = []

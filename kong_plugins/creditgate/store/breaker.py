@@ -50,6 +50,7 @@ class CircuitBreaker:
         if failures < 0 or cooldown_ms < 0:
             raise ValueError("failures and cooldown_ms must not be negative")
         self.failures = failures
+        self.enabled = failures > 0  # read on every request: an attribute, not a property
         self.cooldown_s = cooldown_ms / 1000
         self._clock = clock
         self._on_change = on_change
@@ -58,10 +59,6 @@ class CircuitBreaker:
         self._consecutive = 0
         self._opened_at = 0.0
         self._probing = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.failures > 0
 
     @property
     def state(self) -> BreakerState:

@@ -223,10 +223,11 @@ class _Pending:
 class _PipelinedConnection:
     """One connection to Redis, driven by gevent's event loop itself.
 
-    A request queues its command in ``_unsent`` and waits on a ``Waiter``; alone, it sends at once,
-    otherwise the event loop sends what is queued once per turn (the socket never blocks: what the
-    kernel does not take yet waits for a write event). Replies come in the order of the commands;
-    the loop's read event parses them with hiredis and switches to each waiting request in turn.
+    A request waits on a ``Waiter``; alone on the connection it sends its command at once, otherwise
+    it queues it in ``_unsent`` and the event loop sends what is queued once per turn (the socket
+    never blocks: what the kernel does not take yet waits for a write event). Replies come in the
+    order of the commands; the loop's read event parses them with hiredis and switches to each
+    waiting request in turn.
     No greenlet of its own, no timer per request: a single repeating timer fails the requests whose
     deadline passed (at most a tenth of the read timeout late) and keeps their places in the queue,
     so later replies still line up. If Redis has answered nothing for another read timeout after
@@ -266,14 +267,15 @@ class _PipelinedConnection:
         waiter = self._new_waiter(self._hub)
         pending = _Pending(waiter, time.monotonic() + self._read_timeout)
         self._pending.append(pending)
-        self._unsent += command
-        if len(self._pending) == 1 and not self._writable.active:
-            self._on_writable()  # alone on the connection: send now
-        elif not self._flush_scheduled:
+        if len(self._pending) == 1 and not self._unsent:
+            self._send_now(command)  # alone on the connection: send now
+        else:
             # Others wait too: send from the event loop, once per turn of it, so that the charges
             # requests make in the same turn share one write (one system call, one wake-up of Redis).
-            self._flush_scheduled = True
-            self._hub.loop.run_callback(self._flush)
+            self._unsent += command
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._hub.loop.run_callback(self._flush)
         try:
             return waiter.get()
         except BaseException:
@@ -302,6 +304,19 @@ class _PipelinedConnection:
         if self.broken or self._writable.active:
             return  # nothing to send, or the write event will send it in order
         self._on_writable()
+
+    def _send_now(self, command: bytes) -> None:
+        """Send a command with nothing queued before it, without copying it into the queue first."""
+        try:
+            sent = self._sock.send(command)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            self.fail(f"sending to Redis: {error}")
+            return
+        if sent < len(command):
+            self._unsent += memoryview(command)[sent:]
+            self._writable.start(self._on_writable)  # the rest when the kernel has room
 
     def _on_writable(self) -> None:
         try:

@@ -51,7 +51,7 @@ class AccountKeys:
     base: str
 
     def usage(self, epoch: int) -> str:
-        return self.usage_prefix + utc_day(epoch)
+        return self.usage_prefix + _day_name(epoch // 86_400)
 
     def request(self, idempotency_key: str) -> str:
         """The key of a client's Idempotency-Key, hashed: any value the client sends makes a safe name."""
