@@ -1,23 +1,36 @@
-"""The baseline: a plugin server whose access phase makes the PDK calls of credit-gate's allowed path.
+"""The baselines: plugin servers whose access phase makes the PDK calls of credit-gate's allowed path.
 
 ``kong.client.get_consumer()``, then ``kong.service.request.set_headers`` with three headers and
 ``kong.response.set_headers`` with four, as ``creditgate.handler.Gate`` does for a paid request, and
 nothing else: no Redis, no logic. What credit-gate costs above this is the gate itself.
 
+With ``--round-trip`` the server adds, between those calls, the one Redis round trip the gate
+makes: charge.lua's EVALSHA with the gate's keys and arguments, through the gate's own connection
+(``creditgate.store.hot_path``), its reply read and thrown away. What that costs above the baseline
+is the round trip alone; what the gate costs above it is the gate's own logic. Its config names the
+Redis (``redis_port``, or ``redis_socket`` for the unix socket).
+
 Run as a script with kong-pdk's flags (``--kong-prefix``, ``--socket-name``, ``-g``, ``-m``); it adds
 ``--no-lua-style`` as ``credit-gate-pluginserver`` does. It imports kong-pdk, and runs on the same
 kong-pdk fix as ``credit-gate-pluginserver`` (16 KiB read buffers for Kong's connections, see
-``creditgate.pdk_runtime``), so that what differs between the two servers is the gate.
+``creditgate.pdk_runtime``), so that what differs between the servers is what each adds.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 version = "0.1.0"
 priority = 1
 Schema: list[dict[str, Any]] = []
+ROUND_TRIP_FLAG = "--round-trip"
+ROUND_TRIP_SCHEMA: list[dict[str, Any]] = [
+    {"redis_port": {"type": "integer", "default": 6379, "required": True}},
+    {"redis_socket": {"type": "string"}},
+]
+ROUTE = "bench-route"
 
 
 class Plugin:
@@ -27,6 +40,10 @@ class Plugin:
     def access(self, kong: Any) -> None:
         consumer = kong.client.get_consumer()
         account = consumer["id"] if consumer else ""
+        self.set_headers(kong, account)
+
+    @staticmethod
+    def set_headers(kong: Any, account: str) -> None:
         kong.service.request.set_headers(
             {
                 "X-Credit-Account": account,
@@ -44,15 +61,53 @@ class Plugin:
         )
 
 
+class RoundTripPlugin(Plugin):
+    """The baseline plus the charge's Redis round trip, and no logic around it."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from creditgate.core.config import RedisSettings
+        from creditgate.store.redis_store import USAGE_TTL_SECONDS, RedisStore
+
+        super().__init__(config)
+        settings = RedisSettings(
+            host="127.0.0.1",
+            port=int(config["redis_port"]),
+            socket_path=config.get("redis_socket") or None,
+            read_timeout=2_000,
+        )
+        self.store = RedisStore.from_settings(settings)
+        assert self.store.hot_path is not None, "a standalone Redis without TLS has the gate's hot path"
+        self.hot_path = self.store.hot_path
+        self.usage_ttl = USAGE_TTL_SECONDS
+
+    def access(self, kong: Any) -> None:
+        consumer = kong.client.get_consumer()
+        account = consumer["id"] if consumer else ""
+        now = int(time.time())
+        keys = self.store.keys.account(account)
+        self.hot_path.evalsha(
+            [keys.state, keys.ledger, keys.usage(now), keys.members, keys.members],
+            [now, 1, "", ROUTE, 10_000, self.usage_ttl, 0, "charge", 0, "", 0],
+        )
+        self.set_headers(kong, account)
+
+
 def main() -> None:
+    from creditgate import pdk_runtime
+
+    plugin: type[Plugin] = Plugin
+    schema = Schema
+    if ROUND_TRIP_FLAG in sys.argv:
+        sys.argv.remove(ROUND_TRIP_FLAG)
+        plugin, schema = RoundTripPlugin, ROUND_TRIP_SCHEMA
+        if pdk_runtime.wants_gevent(sys.argv[1:]):
+            pdk_runtime.patch_for_gevent()  # as credit-gate-pluginserver does: the connection yields
     from kong_pdk.cli import start_dedicated_server
 
-    from creditgate.pdk_runtime import install_small_read_buffers
-
-    install_small_read_buffers()
+    pdk_runtime.install_small_read_buffers()
     if "--no-lua-style" not in sys.argv:
         sys.argv.append("--no-lua-style")
-    start_dedicated_server("baseline", Plugin, version, priority, Schema)
+    start_dedicated_server("baseline", plugin, version, priority, schema)
 
 
 if __name__ == "__main__":

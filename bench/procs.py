@@ -29,6 +29,7 @@ PAGE_KIB = os.sysconf("SC_PAGESIZE") // 1024
 # The console script pip installed next to this Python: the command Kong's start_cmd runs.
 GATE_SERVER = [str(Path(sys.executable).with_name("credit-gate-pluginserver"))]
 BASELINE_SERVER = [sys.executable, str(Path(__file__).with_name("baseline_plugin.py"))]
+ROUND_TRIP_SERVER = [*BASELINE_SERVER, "--round-trip"]
 
 # kong-pdk 0.36's concurrency flags (``kong_pdk/cli.py``).
 MODE_FLAGS: dict[str, list[str]] = {"threads": [], "gevent": ["-g"], "processes": ["-m"]}

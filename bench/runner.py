@@ -20,6 +20,7 @@ from bench.driver import LoadDriver, Run, Target, rpc_call
 from bench.procs import (
     BASELINE_SERVER,
     GATE_SERVER,
+    ROUND_TRIP_SERVER,
     PluginServer,
     RedisServer,
     cpu_seconds,
@@ -37,7 +38,9 @@ BROKE = "bench-broke"  # balance 0 on a prepaid plan without allowance: insuffic
 HUGE_BALANCE = 10**15
 ROUTE_ID = "bench-route"
 
-PATHS = ("baseline", "allowed", "refused")
+# "round_trip": the baseline plus the charge's Redis round trip, without the gate's logic.
+PATHS = ("baseline", "round_trip", "allowed", "refused")
+GATE_PATHS = ("allowed", "refused")
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,7 @@ class Bench:
         self.driver = LoadDriver(settings.drivers)
         self.gate_fields, self.gate_phases = dump(GATE_SERVER)
         self.baseline_fields, _ = dump(BASELINE_SERVER)
+        self.round_trip_fields, _ = dump(ROUND_TRIP_SERVER)
         if self.gate_phases != ["access"]:
             # Kong would also run these for every request; the driver plays the access phase only.
             self.progress(f"note: credit-gate reports phases {self.gate_phases}; only access is driven")
@@ -214,6 +218,12 @@ class Bench:
         if transport == "unix":
             redis["socket_path"] = str(self.redis.unix_socket)
         return kong_config(self.gate_fields, {"cost": self.settings.cost, "redis": redis}, plugin_id)
+
+    def round_trip_config(self, plugin_id: str, transport: str = "tcp") -> str:
+        given: dict[str, Any] = {"redis_port": self.redis.port}
+        if transport == "unix":
+            given["redis_socket"] = str(self.redis.unix_socket)
+        return kong_config(self.round_trip_fields, given, plugin_id)
 
     @contextmanager
     def servers(self, argv: list[str], name: str, mode: str, count: int = 1) -> Iterator[list[PluginServer]]:
@@ -305,6 +315,7 @@ class Bench:
             with (
                 self.servers(GATE_SERVER, "credit-gate", mode) as (gate,),
                 self.servers(BASELINE_SERVER, "baseline", mode) as (baseline,),
+                self.servers(ROUND_TRIP_SERVER, "round-trip", mode) as (round_trip,),
             ):
                 gate_target = start_instance(
                     gate, "credit-gate", self.gate_config(f"gate-{mode}-{transport}", transport)
@@ -312,8 +323,14 @@ class Bench:
                 base_target = start_instance(
                     baseline, "baseline", kong_config(self.baseline_fields, {}, f"baseline-{mode}")
                 )
+                round_trip_target = start_instance(
+                    round_trip,
+                    "baseline",
+                    self.round_trip_config(f"round-trip-{mode}-{transport}", transport),
+                )
                 plan = {
                     "baseline": (baseline, base_target, PAYING),
+                    "round_trip": (round_trip, round_trip_target, PAYING),
                     "allowed": (gate, gate_target, PAYING),
                     "refused": (gate, gate_target, BROKE),
                 }

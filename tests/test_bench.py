@@ -40,13 +40,14 @@ def cells(bench: Bench) -> dict[str, Cell]:
 
 
 def test_every_window_completes_with_the_statuses_of_its_path(cells: dict[str, Cell]) -> None:
-    assert set(cells) == {"baseline", "allowed", "refused"}
+    assert set(cells) == {"baseline", "round_trip", "allowed", "refused"}
     for cell in cells.values():
         assert cell.ok, cell.first_error
         assert (cell.mode, cell.concurrency, cell.completed) == ("threads", 4, 200)
         assert cell.requests_per_second > 0 and 0 < cell.p50_ms <= cell.p99_ms
         assert cell.server_cpu_us > 0 and cell.rss_before_kib > 0 and cell.rss_after_kib > 0
     assert cells["baseline"].statuses == {200: 200}
+    assert cells["round_trip"].statuses == {200: 200}
     assert cells["allowed"].statuses == {200: 200}
     assert cells["refused"].statuses == {402: 200}
     assert cells["refused"].refusal_reason == "insufficient_credit"
@@ -71,6 +72,7 @@ def test_pdk_round_trips_are_counted_per_request_handle_event_included(cells: di
     ]
     assert cells["allowed"].pdk_methods == gate_allowed
     assert cells["baseline"].pdk_methods == gate_allowed  # the baseline makes the same calls
+    assert cells["round_trip"].pdk_methods == gate_allowed
     assert cells["refused"].pdk_methods == ["kong.client.get_consumer", "kong.response.exit"]
     assert cells["allowed"].pdk_round_trips == 4
     assert cells["baseline"].pdk_round_trips == 4
@@ -88,6 +90,14 @@ def test_redis_round_trips_come_from_redis_own_counters(cells: dict[str, Cell]) 
         assert cell.redis_commands["evalsha"] == 1  # the commands inside the script are listed apart
     baseline = cells["baseline"]
     assert (baseline.redis_round_trips, baseline.redis_reads, baseline.redis_commands) == (0, 0, {})
+
+
+def test_the_round_trip_path_sends_the_gate_s_charge_and_nothing_else(cells: dict[str, Cell]) -> None:
+    round_trip = cells["round_trip"]
+    assert math.isclose(round_trip.redis_round_trips - round_trip.redis_setup_round_trips, 1)
+    assert round_trip.redis_commands["evalsha"] == 1
+    # The same script as the gate's, doing the same work in Redis: the same commands inside it.
+    assert set(round_trip.redis_commands) == set(cells["allowed"].redis_commands)
 
 
 def test_overspend_counts_what_was_allowed_and_what_is_left(bench: Bench) -> None:
@@ -109,8 +119,10 @@ def test_the_report_is_a_markdown_table_and_valid_json(cells: dict[str, Cell]) -
     verdict = next(line for line in text.splitlines() if "exactly 1 Redis command" in line)
     assert verdict.startswith("| exactly 1 Redis command (round trip) per allowed or refused request | 1.000")
     assert verdict.endswith("| pass |")
+    cpu = next(line for line in text.splitlines() if line.startswith("| server CPU per allowed request"))
+    assert "threads, the round trip alone: " in cpu
     payload = json.loads(json.dumps(as_json(command, machine, SETTINGS, rows, [], []), allow_nan=False))
-    assert {c["path"] for c in payload["cells"]} == {"baseline", "allowed", "refused"}
+    assert {c["path"] for c in payload["cells"]} == {"baseline", "round_trip", "allowed", "refused"}
     allowed = next(c for c in payload["cells"] if c["path"] == "allowed")
     assert math.isclose(allowed["cpu_ratio_to_baseline"], statistics.median(allowed["turn_ratios"]))
 
@@ -118,4 +130,5 @@ def test_the_report_is_a_markdown_table_and_valid_json(cells: dict[str, Cell]) -
 def test_the_ratio_to_the_baseline_pairs_the_windows_of_each_turn(cells: dict[str, Cell]) -> None:
     assert len(cells["allowed"].turn_ratios) == SETTINGS.repeat
     assert len(cells["refused"].turn_ratios) == SETTINGS.repeat
+    assert len(cells["round_trip"].turn_ratios) == SETTINGS.repeat
     assert all(r > 0 for r in cells["allowed"].turn_ratios)

@@ -41,18 +41,22 @@ def patch_for_gevent() -> None:
     monkey.patch_all()
 
 
-def run_event(phase: Callable[[Any], Any], channel: Any, lua_style: bool) -> None:
+def event_runner() -> Callable[[Callable[[Any], Any], Any, bool], None]:
     """kong-pdk's event runner, minus the "ret" that nobody reads after an exit.
 
     The plugin's phases return True when they called ``kong.response.exit`` (or tried to): Kong
     expects nothing more for that event. Told by the phase rather than by watching every message on
-    the channel, which would cost a Python call per PDK call.
+    the channel, which would cost a Python call per PDK call. kong-pdk's names are looked up once,
+    here, not on every event.
     """
     from kong_pdk.pdk import Kong
     from kong_pdk.server import MSG_RET
 
-    if phase(Kong(channel, lua_style).kong) is not True:
-        channel.put(MSG_RET)
+    def run_event(phase: Callable[[Any], Any], channel: Any, lua_style: bool) -> None:
+        if phase(Kong(channel, lua_style).kong) is not True:
+            channel.put(MSG_RET)
+
+    return run_event
 
 
 READ_BUFFER_BYTES = 16 * 1024
@@ -77,4 +81,4 @@ def install_small_read_buffers() -> None:
 def install_exit_fix() -> None:
     import kong_pdk.server
 
-    kong_pdk.server._handler_event_func = run_event
+    kong_pdk.server._handler_event_func = event_runner()

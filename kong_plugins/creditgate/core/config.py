@@ -11,6 +11,7 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlparse
 
@@ -66,7 +67,7 @@ class GateConfig:
         """The flat cost: what a request no cost rule matches costs."""
         return self.pricing.cost
 
-    @property
+    @cached_property  # asked on every allowed request
     def needs_log_phase(self) -> bool:
         """Refunds and settlements happen after the response, in Kong's log phase."""
         return self.enforce and (self.refund is not None or self.settle_header is not None)

@@ -59,6 +59,9 @@ class CircuitBreaker:
         self._consecutive = 0
         self._opened_at = 0.0
         self._probing = False
+        # True while there is nothing to ask or tell: off, or closed with no failure counted. Read
+        # without the lock on every request, so that a healthy Redis costs the breaker no call.
+        self.calm = True
 
     @property
     def state(self) -> BreakerState:
@@ -67,7 +70,7 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May this call go to Redis? True for every call while closed, for one probe once cooled down."""
-        state = self._state  # every request asks: no lock while closed (a racing opening lets one more by)
+        state = self._state  # no lock while closed (a racing opening lets one more by)
         if not self.enabled or state is BreakerState.CLOSED:
             return True
         change = None
@@ -103,6 +106,7 @@ class CircuitBreaker:
             self._probing = False
             if self._state is not BreakerState.CLOSED:
                 change = self._move(BreakerState.CLOSED)
+            self.calm = True
         self._notify(change, "Redis answered, charging resumes")
 
     def failed(self) -> None:
@@ -113,6 +117,7 @@ class CircuitBreaker:
         why = ""
         with self._lock:
             self._consecutive += 1
+            self.calm = False
             if self._state is BreakerState.HALF_OPEN:
                 self._probing = False
                 self._opened_at = self._clock()

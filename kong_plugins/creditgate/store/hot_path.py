@@ -82,7 +82,7 @@ class HotPath:
 
     def evalsha(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """The script's reply; bulk strings arrive decoded (UTF-8)."""
-        reply = self._round_trip(pack("EVALSHA", self._sha, len(keys), *keys, *args))
+        reply = self._round_trip(hiredis.pack_command(("EVALSHA", self._sha, len(keys), *keys, *args)))
         if isinstance(reply, hiredis.ReplyError):
             if not str(reply).startswith("NOSCRIPT"):
                 raise redis.exceptions.ResponseError(str(reply))

@@ -67,7 +67,7 @@ class Keys:
     prefix: str
 
     def account(self, account: str) -> AccountKeys:
-        return _account_keys(self.prefix, account)
+        return account_keys(self.prefix, account)
 
     def plan(self, name: str) -> str:
         return f"{self.prefix}:plan:{name}"
@@ -85,7 +85,7 @@ class Keys:
 
 
 @lru_cache(maxsize=16_384)  # names are pure functions of (prefix, account): build each once
-def _account_keys(prefix: str, account: str) -> AccountKeys:
+def account_keys(prefix: str, account: str) -> AccountKeys:
     base = f"{prefix}:{{{account_tag(account)}}}:"
     return AccountKeys(
         base + "account", base + "ledger", base + "keys", base + "usage:", base + "members", base

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from typing import Any, TypeVar, cast
 
@@ -36,7 +37,7 @@ from creditgate.core.periods import Period
 from creditgate.errors import StoreError, StoreTimeout, StoreUnavailable
 from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.hot_path import HotPath
-from creditgate.store.keys import Keys
+from creditgate.store.keys import Keys, account_keys
 
 T = TypeVar("T")
 
@@ -436,6 +437,7 @@ class RedisStore:
         # Set for a standalone Redis without TLS: the charge's own socket pool (see hot_path.py).
         self.hot_path: HotPath | None = None
         self.keys = Keys(prefix)
+        self._account_keys = partial(account_keys, prefix)  # the charge's: no Python call when cached
         self.clock = RedisClock()
         # Leave the reply time to travel back before the client's own timeout fires.
         self.charge_budget_ms = timeout_ms - max(timeout_ms / 5, 5) if timeout_ms else 0
@@ -473,7 +475,7 @@ class RedisStore:
     def _guarded(self, call: Callable[..., T], *args: Any) -> T:
         """Every call to Redis: the breaker's say first, and driver errors as StoreError."""
         breaker = self.breaker
-        if breaker is not None and not breaker.allow():
+        if breaker is not None and not breaker.calm and not breaker.allow():
             raise self._circuit_open(breaker)
         try:
             result = call(*args)
@@ -482,7 +484,7 @@ class RedisStore:
             if failure is error:
                 raise
             raise failure from error
-        if breaker is not None:
+        if breaker is not None and not breaker.calm:
             breaker.succeeded()
         return result
 
@@ -554,7 +556,7 @@ class RedisStore:
         An idempotency key answers only for a retry of the same route at the same cost: the key is
         bound to both, so a key paid for on a cheap route cannot let a dearer request through.
         """
-        keys = self.keys.account(account)
+        keys = self._account_keys(account)
         window = idempotency_window if idempotency_key else 0
         sent_ms = time.time() * 1000
         deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
