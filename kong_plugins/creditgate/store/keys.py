@@ -32,10 +32,6 @@ def account_tag(account: str) -> str:
     return quote(account, safe=SAFE)
 
 
-def utc_day(epoch: int) -> str:
-    return _day_name(epoch // 86_400)
-
-
 @lru_cache(maxsize=8)  # the hot path asks for today's name on every request
 def _day_name(day: int) -> str:
     return dt.datetime.fromtimestamp(day * 86_400, dt.timezone.utc).strftime("%Y%m%d")
