@@ -1,8 +1,8 @@
 """The charge's own path to Redis under gevent: every reply goes to the request that sent its command.
 
-Concurrent charges share one pipelined connection, and the event loop writes for them; a reply
-handed to the wrong request would charge the wrong account or answer the wrong client. The
-commands here are large enough that the kernel takes them in parts, so the writes wait for room.
+Concurrent charges share one pipelined connection, and the event loop writes for them once per
+turn; a reply handed to the wrong request would charge the wrong account or answer the wrong client.
+The commands here are large enough that the kernel takes them in parts, so the writes wait for room.
 """
 
 from __future__ import annotations
@@ -97,3 +97,38 @@ def test_replies_that_come_after_their_requests_gave_up_do_not_go_to_the_next_re
         server.stop()
     assert outcome["late"] == ["timeout"] * 20  # Redis paused: each gave up after the read timeout
     assert outcome["after"] == [True] * 20  # the late replies were dropped, not handed on
+
+
+BATCH_PROGRAM = (
+    GEVENT_HOT_PATH
+    + """
+port, count = int(sys.argv[1]), int(sys.argv[2])
+admin = redis.Redis(port=port)
+sha = admin.script_load("return ARGV[1]")
+hot = HotPath(RedisSettings(host="127.0.0.1", port=port, read_timeout=10_000), sha, lambda: sha)
+assert hot.evalsha([], ["open"]) == "open"  # the connection is open before Redis's count is read
+
+def reads():
+    return admin.info("stats")["total_reads_processed"]
+
+def charge(tag):
+    return hot.evalsha([], [tag]) == tag
+
+before = reads()
+alone = charge("alone")
+after_alone = reads()
+# Spawned together, the greenlets all run in the same turn of the event loop.
+batch = gevent.joinall([gevent.spawn(charge, f"batch-{i}") for i in range(count)], raise_error=True)
+after_batch = reads()
+print(json.dumps({
+    "alone": [alone, after_alone - before - 1],  # minus the INFO that read the count
+    "batch": [sum(g.value for g in batch), after_batch - after_alone - 1],
+}))
+"""
+)
+
+
+def test_charges_made_in_one_turn_of_the_event_loop_share_one_write(redis_server: RedisServer) -> None:
+    outcome = run_program(BATCH_PROGRAM, redis_server.port, 50)
+    assert outcome["alone"] == [True, 1]
+    assert outcome["batch"] == [50, 1]  # Redis read the 50 charges in one go
