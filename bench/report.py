@@ -90,21 +90,21 @@ def verdicts(
     if cells:
         mode, means = best_mode(cells)
 
-        def allowed_ratios(label: str, path: str = "allowed") -> list[float]:
+        def ratios_of(label: str, path: str = "allowed") -> list[float]:
             return [cpu_ratio(cells, c) for c in cells if c.mode == label and c.path == path]
 
-        ratios = allowed_ratios(mode) if mode else []
+        ratios = ratios_of(mode) if mode else []
         # Every complete mode, the best first: the verdict is the best's, the others are shown too.
         measured = (
             "; ".join(
-                f"{label}: " + ", ".join(f"{r:.3f}x" for r in allowed_ratios(label))
+                f"{label}: " + ", ".join(f"{r:.3f}x" for r in ratios_of(label))
                 for label in sorted(means, key=means.__getitem__)
             )
             + " (per concurrency)"
             if mode
             else "no complete mode"
         )
-        floor = allowed_ratios(mode, "round_trip") if mode else []
+        floor = ratios_of(mode, "round_trip") if mode else []
         if floor:
             # What the one Redis round trip costs by itself, without the gate's logic around it.
             measured += f"; {mode}, the round trip alone: " + ", ".join(f"{r:.3f}x" for r in floor)

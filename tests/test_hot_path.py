@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.redis_servers import RedisServer
 
-# What both programs start with: gevent first, as the plugin server does, then the hot path.
+# What every program starts with: gevent first, as the plugin server does, then the hot path.
 GEVENT_HOT_PATH = """
 import json, os, signal, sys, time
 from gevent import monkey
@@ -24,14 +24,18 @@ import gevent
 import redis
 from creditgate.core.redis_settings import RedisSettings
 from creditgate.store.hot_path import HotPath
+
+def hot_path(port, script, read_timeout):  # the charge's path, for one script loaded first
+    sha = redis.Redis(port=port).script_load(script)
+    settings = RedisSettings(host="127.0.0.1", port=port, read_timeout=read_timeout)
+    return HotPath(settings, sha, lambda: sha)
 """
 
 PROGRAM = (
     GEVENT_HOT_PATH
     + """
 port, count = int(sys.argv[1]), int(sys.argv[2])
-sha = redis.Redis(port=port).script_load("return {ARGV[1], string.len(ARGV[2])}")
-hot = HotPath(RedisSettings(host="127.0.0.1", port=port, read_timeout=10_000), sha, lambda: sha)
+hot = hot_path(port, "return {ARGV[1], string.len(ARGV[2])}", 10_000)
 
 def size(i):
     return i * 40_993 % 400_000
@@ -65,8 +69,7 @@ PAUSE_PROGRAM = (
     GEVENT_HOT_PATH
     + """
 port, redis_pid = int(sys.argv[1]), int(sys.argv[2])
-sha = redis.Redis(port=port).script_load("return ARGV[1]")
-hot = HotPath(RedisSettings(host="127.0.0.1", port=port, read_timeout=300), sha, lambda: sha)
+hot = hot_path(port, "return ARGV[1]", 300)
 
 def call(tag):
     try:
@@ -104,8 +107,7 @@ BATCH_PROGRAM = (
     + """
 port, count = int(sys.argv[1]), int(sys.argv[2])
 admin = redis.Redis(port=port)
-sha = admin.script_load("return ARGV[1]")
-hot = HotPath(RedisSettings(host="127.0.0.1", port=port, read_timeout=10_000), sha, lambda: sha)
+hot = hot_path(port, "return ARGV[1]", 10_000)
 assert hot.evalsha([], ["open"]) == "open"  # the connection is open before Redis's count is read
 
 def reads():

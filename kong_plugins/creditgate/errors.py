@@ -40,6 +40,8 @@ class Conflict(CreditGateError):
 class StoreError(CreditGateError):
     """Redis failed; the outcome of a write that raised this is unknown."""
 
+    retry_after_ms = 0  # how long asking again is pointless: only the breaker knows (StoreUnavailable)
+
 
 class StoreTimeout(StoreError):
     """Redis did not answer in time."""

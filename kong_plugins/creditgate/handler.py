@@ -44,7 +44,7 @@ from creditgate.core.decision import (
     warning_headers,
 )
 from creditgate.core.pricing import parse_settled_cost
-from creditgate.errors import ConfigError, StoreError, StoreUnavailable
+from creditgate.errors import ConfigError, StoreError
 from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.redis_store import RedisStore
 
@@ -157,10 +157,6 @@ def verify_charge(token: str) -> tuple[str, str, int] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return account, parts[1], int(parts[2])
-
-
-def _retry_after_ms(error: StoreError) -> int:
-    return error.retry_after_ms if isinstance(error, StoreUnavailable) else 0
 
 
 def _stderr(message: str) -> None:
@@ -286,7 +282,7 @@ class Gate:
 
         A consumer tagged ``<prefix><pool>`` draws from the pool's account; no Redis lookup needed.
         """
-        if prefix and identity:
+        if identity:
             for tag in identity.get("tags") or ():
                 if isinstance(tag, str) and tag.startswith(prefix) and len(tag) > len(prefix):
                     return tag[len(prefix) :], account
@@ -341,7 +337,7 @@ class Gate:
                 "Billing is temporarily unavailable, so the request was not processed. Retry shortly.",
                 type_base=config.problem_type_base,
                 # While the breaker cools down, retrying sooner only meets another 503.
-                retry_after_seconds=max(1, math.ceil(_retry_after_ms(error) / 1000)),
+                retry_after_seconds=max(1, math.ceil(error.retry_after_ms / 1000)),
             ),
             log=f"credit-gate: store unavailable, request refused with 503: {error}",
         )

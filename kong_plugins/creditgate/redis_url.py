@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from creditgate.core.redis_settings import RedisSettings, parse_redis
 from creditgate.errors import ConfigError
@@ -100,10 +100,10 @@ def _unix_database(query: str) -> str:
     """The database of a ``unix://`` URL: ``?db=N``, or none."""
     if not query:
         return ""
-    name, _, value = query.partition("=")
-    if name != "db" or "&" in value:
+    fields = parse_qs(query, keep_blank_values=True)
+    if list(fields) != ["db"] or len(fields["db"]) != 1:
         raise ConfigError(f"a unix:// Redis URL takes only ?db=N as its query, got ?{query}")
-    return value
+    return fields["db"][0]
 
 
 def describe(settings: RedisSettings) -> str:

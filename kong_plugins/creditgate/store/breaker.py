@@ -98,7 +98,7 @@ class CircuitBreaker:
 
     def succeeded(self) -> None:
         """Redis answered (an error reply counts: Redis is reachable)."""
-        if not self.enabled or (self._consecutive == 0 and self._state is BreakerState.CLOSED):
+        if self.calm:
             return  # nothing to reset: the common case, without the lock
         change = None
         with self._lock:

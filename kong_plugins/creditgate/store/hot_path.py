@@ -82,15 +82,15 @@ class HotPath:
 
     def evalsha(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """The script's reply; bulk strings arrive decoded (UTF-8)."""
-        reply = self._round_trip(hiredis.pack_command(("EVALSHA", self._sha, len(keys), *keys, *args)))
-        if isinstance(reply, hiredis.ReplyError):
-            if not str(reply).startswith("NOSCRIPT"):
+        loaded = False
+        while True:
+            reply = self._round_trip(hiredis.pack_command(("EVALSHA", self._sha, len(keys), *keys, *args)))
+            if not isinstance(reply, hiredis.ReplyError):
+                return reply
+            if loaded or not str(reply).startswith("NOSCRIPT"):
                 raise redis.exceptions.ResponseError(str(reply))
             self._sha = self._load_script()  # the script did not run: sending it again is safe
-            reply = self._round_trip(pack("EVALSHA", self._sha, len(keys), *keys, *args))
-            if isinstance(reply, hiredis.ReplyError):
-                raise redis.exceptions.ResponseError(str(reply))
-        return reply
+            loaded = True
 
     def _round_trip(self, command: bytes) -> Any:
         pipeline = self._pipeline
