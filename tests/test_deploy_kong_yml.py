@@ -1,18 +1,20 @@
 """kong.yml as Kong would load it: decK's checks, the plugin's dumped schema, and the fail-closed wiring.
 
 Kong cannot run here, so each part of what Kong does with the file is checked with the tool that does
-the same job: ``deck validate`` for the entities and their references, the schema the real plugin
-server reports with ``--dump`` (what Kong validates ``config`` against) through ``kong_schema.validate``,
-then the plugin's own parser for the cross-field rules Kong cannot express. Also the helpers the other
-``test_deploy_*`` modules use to read the file (:class:`KongYml`).
+the same job: ``deck validate`` (and a check of our own) for the entities and their references, the
+schema the real plugin server reports with ``--dump`` (what Kong validates ``config`` against) through
+``kong_schema.validate``, then the plugin's own parser for the cross-field rules Kong cannot express.
+Also the helpers the other ``test_deploy_*`` modules use to read the file (:class:`KongYml`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shutil
 import subprocess
+import sys
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -187,38 +189,51 @@ def compose() -> dict[str, Any]:
 
 
 def required_tool(name: str) -> str:
-    path = shutil.which(name)
+    """A command the deployment tests run: first beside this Python (what `make setup` puts in the
+    virtual environment: docker-compose, hadolint), then on the PATH (redis-server, deck)."""
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    path = shutil.which(name, path=search)
     if path is None:
-        pytest.fail(
-            f"`{name}` is not installed: .ci/run installs it from Debian's packages (apt-get install {name})"
-        )
+        pytest.fail(f"`{name}` is not installed: `make setup` installs it (see .ci/system-tools)")
     return path
 
 
-# decK
+# decK: one check among several. Debian's decK is 1.4.0 (older than Kong 3.0): it checks the entities
+# and their references, not a plugin's config, which the schema checks below do with the plugin's own
+# dumped schema, and test_every_plugin_names_an_entity_that_exists repeats the reference check.
 
 
-def test_deck_validates_kong_yml() -> None:
-    deck = required_tool("deck")
-    result = subprocess.run(
-        [deck, "validate", "--state", str(KONG_YML)], capture_output=True, text=True, timeout=60, check=False
+def deck_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [required_tool("deck"), "validate", "--state", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
+
+
+def test_deck_validates_kong_yml_and_refuses_a_plugin_that_names_a_missing_route(tmp_path: Path) -> None:
+    result = deck_validate(KONG_YML)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_deck_rejects_a_plugin_that_names_a_missing_route(tmp_path: Path) -> None:
-    """The check above can fail: a broken reference is an error, not a warning."""
+    # The check can fail: a broken reference is an error, not a warning.
     broken = dict(kong_yml().doc)
     broken["plugins"] = [{"name": GATE, "route": "no-such-route", "config": {"cost": 1}}]
     path = tmp_path / "kong.yml"
     path.write_text(yaml.safe_dump(broken), encoding="utf-8")
-    result = subprocess.run(
-        [required_tool("deck"), "validate", "--state", str(path)],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode != 0
+    assert deck_validate(path).returncode != 0
+
+
+def test_every_plugin_names_an_entity_that_exists() -> None:
+    """The references decK checks, checked without decK: a top-level plugin's route, service, consumer."""
+    doc = kong_yml()
+    routes = {route["name"] for route, _ in doc.routes()}
+    services = {service["name"] for service in doc.services}
+    consumers = {consumer["username"] for consumer in doc.consumers}
+    for entry in doc.plugins():
+        assert entry.route is None or entry.route in routes, entry.where
+        assert entry.service is None or entry.service in services, entry.where
+        assert entry.consumer is None or entry.consumer in consumers, entry.where
 
 
 # The plugin's schema, as Kong validates kong.yml with it
