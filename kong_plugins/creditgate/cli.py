@@ -10,6 +10,8 @@ Exit codes:
     3  conflict: refused by the current state (plan in use, balance too low)
     4  store unavailable: Redis unreachable, too slow, or refusing the credentials
     5  done, with problems reported: rows rejected by an import, ledgers that do not replay
+  141  stopped because the reader closed the output (``export ... | head``): 128 + SIGPIPE, as a shell
+       reports any program that a pipe's reader stopped early
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from rich import box
 from rich.bar import Bar
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -47,6 +50,7 @@ EXIT_NOT_FOUND = 2
 EXIT_CONFLICT = 3
 EXIT_STORE = 4
 EXIT_PROBLEMS = 5
+EXIT_PIPE_CLOSED = 141
 
 F = TypeVar("F", bound=Callable[..., Any])
 NUMERIC_COLUMNS = {
@@ -63,6 +67,9 @@ NUMERIC_COLUMNS = {
     "would refuse",
     "cap per period",
 }
+# Free text folds onto more lines when a table is wider than the screen; everything else (ids, names,
+# times, numbers) never does: an account id split over three lines cannot be copied or grepped.
+FOLDING_COLUMNS = {"title", "detail", "error", "value"}
 
 
 class Failure(click.ClickException):
@@ -93,14 +100,25 @@ class App(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader went away (`| head`): not an error of the input. Later writes (and Python's
+            # flush at exit) go nowhere instead of failing again.
+            _silence_stdout()
+            raise click.exceptions.Exit(EXIT_PIPE_CLOSED) from None
         except StoreError as error:
             where = ctx.obj.where if isinstance(ctx.obj, Env) else "the configured Redis"
             detail = str(error).removeprefix("Redis failed: ").rstrip(". ")
-            raise Failure(
-                f"cannot use Redis at {where} ({detail}); check that it runs and that --redis-url "
-                "(or CREDIT_GATE_REDIS_URL) and the TLS options point to it",
-                EXIT_STORE,
-            ) from error
+            if _is_credentials_error(detail):
+                hint = (
+                    "Redis refused the credentials or asks for some: give the ACL user and password "
+                    "it expects (see `credit-gate --help` for the options)"
+                )
+            else:
+                hint = (
+                    "check that it runs and that --redis-url (or CREDIT_GATE_REDIS_URL) and the TLS "
+                    "options point to it"
+                )
+            raise Failure(f"cannot use Redis at {where} ({detail}); {hint}", EXIT_STORE) from error
         except CreditGateError as error:
             raise Failure(str(error), _exit_code(error)) from error
         finally:
@@ -136,6 +154,24 @@ class App(click.Group):
         return code
 
 
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (click's test runner): nothing to flush anyway
+        pass
+    finally:
+        os.close(devnull)
+
+
+_CREDENTIAL_ERRORS = ("noauth", "wrongpass", "authenticat", "invalid username-password", "noperm")
+
+
+def _is_credentials_error(detail: str) -> bool:
+    lowered = detail.lower()
+    return any(marker in lowered for marker in _CREDENTIAL_ERRORS)
+
+
 class Env:
     """What every command shares: the connection settings, and an Admin made on first use."""
 
@@ -161,12 +197,23 @@ class Env:
             self._admin = None
 
 
-def _parsed(parse: Callable[[str, str], int]) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A click callback that parses an option's text strictly, or fails as a usage error (exit 1)."""
+def _parsed(
+    parse: Callable[[str, str], int], exact: bool = False
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback that parses an option's text strictly, or fails as a usage error (exit 1).
+
+    ``exact``: the text must be the value alone, no spaces around it (" 7" is a typo, not 7).
+    """
 
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is None:
             return None
+        if exact and str(value) != str(value).strip():
+            raise click.BadParameter(
+                f"must be a whole number of credits in digits, without spaces, got {str(value)!r}",
+                ctx=ctx,
+                param=param,
+            )
         try:
             return parse(str(value), "")
         except InvalidDocument as error:
@@ -176,7 +223,7 @@ def _parsed(parse: Callable[[str, str], int]) -> Callable[[click.Context, click.
 
 
 # Whole credits in digits: "1.5", "1e3", "true" and "-2" are refused, not coerced.
-CREDITS = _parsed(lambda text, where: parse_credits(text, where, minimum=1))
+CREDITS = _parsed(lambda text, where: parse_credits(text, where, minimum=1), exact=True)
 # RFC 3339 (or a date, meaning 00:00 UTC) or Unix seconds.
 INSTANT = _parsed(parse_instant)
 STATUS = click.Choice([s.value for s in Status])
@@ -196,6 +243,43 @@ def console() -> Console:
     return out
 
 
+def show(grid: Table, out: Console | None = None) -> None:
+    """Print a table; when even its folded form is wider than the screen, print it wider rather than
+    split an id or a time (a terminal then wraps whole lines, which copy and grep as they are)."""
+    out = out or console()
+    for column in grid.columns:
+        cells = [column.header, *column.cells]
+        widths = [cell_len(cell) for cell in cells if isinstance(cell, str)]
+        if len(widths) < len(cells):
+            continue  # a chart's bars: widths of their own
+        if column.no_wrap:  # rich measures a cell by its longest word; a no-wrap cell needs all of it
+            column.min_width = max(widths)
+        else:  # free text folds, but keeps a readable width
+            column.min_width = min(max(widths), 20)
+    # table()'s layout: one space of padding each side of a column but not at the edges, and one
+    # separator between two columns.
+    needed = sum(column.min_width or 0 for column in grid.columns) + 3 * (len(grid.columns) - 1)
+    if needed > out.width:  # rich never prints wider than its console: a wider one, same output
+        out = Console(highlight=False, width=needed, no_color=out.no_color, file=out.file)
+    out.print(grid, crop=False)
+
+
+def credits(amount: int) -> str:
+    return f"{amount} credit" if amount == 1 else f"{amount} credits"
+
+
+def yes_no(value: bool) -> str:
+    """How every table shows a flag (prepaid, ok): the same words everywhere."""
+    return "yes" if value else "no"
+
+
+def conflicting_formats(ctx: click.Context, fmt: str, as_json: bool, json_format: str) -> None:
+    """--json and a --format given on the command line must agree, or it is a usage error."""
+    explicit = ctx.get_parameter_source("fmt") is click.core.ParameterSource.COMMANDLINE
+    if as_json and explicit and fmt != json_format:
+        raise click.UsageError(f"--json and --format {fmt} conflict: give one of them", ctx=ctx)
+
+
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
@@ -211,7 +295,13 @@ def table(*columns: str, title: str | None = None) -> Table:
     )
     for column in columns:
         numeric = column in NUMERIC_COLUMNS
-        grid.add_column(column, justify="right" if numeric else "left", overflow="fold")
+        folds = column in FOLDING_COLUMNS
+        grid.add_column(
+            column,
+            justify="right" if numeric else "left",
+            overflow="fold" if folds else "crop",  # `show` makes room: nothing is cropped
+            no_wrap=not folds,
+        )
     return grid
 
 
@@ -381,7 +471,7 @@ def plans_table(
             plan.name,
             plan.period.value,
             str(plan.allowance),
-            "yes" if plan.prepaid else "no",
+            yes_no(plan.prepaid),
             plan.title,
         ]
         if updated is not None:
@@ -414,7 +504,7 @@ def plans_apply(admin: Admin, files: tuple[Path, ...], as_json: bool) -> None:
     if as_json:
         emit_json([{**plan_json(p), "accounts_updated": len(updated[p.name])} for p in loaded])
         return
-    console().print(plans_table(loaded, title=f"Applied {len(loaded)} plan(s)", updated=updated))
+    show(plans_table(loaded, title=f"Applied {len(loaded)} plan(s)", updated=updated))
 
 
 @plans.command("list")
@@ -428,7 +518,7 @@ def plans_list(admin: Admin, as_json: bool) -> None:
     elif not found:
         click.echo("No plans yet: `credit-gate plans apply plans.yaml` creates them.")
     else:
-        console().print(plans_table(found))
+        show(plans_table(found))
 
 
 @plans.command("show")
@@ -444,9 +534,9 @@ def plans_show(admin: Admin, name: str, as_json: bool) -> None:
         return
     grid = table("field", "value")
     for field, value in plan_json(plan).items():
-        grid.add_row(field, str(value).lower() if isinstance(value, bool) else str(value))
+        grid.add_row(field, yes_no(value) if isinstance(value, bool) else str(value))
     grid.add_row("subscribed accounts", str(len(subscribers)))
-    console().print(grid)
+    show(grid)
 
 
 @plans.command("delete")
@@ -458,7 +548,11 @@ def plans_show(admin: Admin, name: str, as_json: bool) -> None:
 @pass_admin
 def plans_delete(admin: Admin, name: str, force: bool, as_json: bool) -> None:
     """Delete a plan; refused (exit 3) while accounts are subscribed to it, unless --force."""
-    admin.delete_plan(name, force=force)
+    try:
+        admin.delete_plan(name, force=force)
+    except Conflict as error:
+        message = str(error).replace("or force the deletion", "or pass --force to delete it anyway")
+        raise Conflict(message) from None
     if as_json:
         emit_json({"deleted": name})
     else:
@@ -479,7 +573,7 @@ def show_view(view: AccountView, *, with_balance: bool) -> None:
         grid.add_row("balance", f"{view.balance} credits")
     if not view.subscribed:
         grid.add_row("subscription", "none (`credit-gate subscribe ACCOUNT PLAN`)")
-        console().print(grid)
+        show(grid)
         return
     grid.add_row("plan", view.plan)
     grid.add_row("status", view.status)
@@ -493,7 +587,7 @@ def show_view(view: AccountView, *, with_balance: bool) -> None:
         grid.add_row("allowance left", str(view.remaining))
         grid.add_row("period ends", when(view.period_end, "never"))
         grid.add_row("prepaid use", "yes" if view.prepaid else "no (refused when the allowance is used up)")
-    console().print(grid)
+    show(grid)
 
 
 @cli.command("accounts")
@@ -512,7 +606,7 @@ def accounts(admin: Admin, as_json: bool) -> None:
     for v in views:
         left = f"{v.remaining}/{v.allowance}" if v.subscribed else "-"
         grid.add_row(v.account, v.plan or "-", v.status or "-", str(v.balance), left, when(v.period_end, "-"))
-    console().print(grid)
+    show(grid)
 
 
 @cli.command("subscribe")
@@ -564,7 +658,7 @@ def change_plan(admin: Admin, account: str, plan: str, as_json: bool) -> None:
 
 @cli.command("set-status")
 @click.argument("account")
-@click.argument("status", type=STATUS)
+@click.argument("status", type=STATUS, metavar="STATUS")
 @json_option
 @pass_admin
 def set_status(admin: Admin, account: str, status: str, as_json: bool) -> None:
@@ -593,7 +687,7 @@ def subscription(admin: Admin, account: str, as_json: bool) -> None:
 
 # Pools
 
-CAP = _parsed(lambda text, where: parse_credits(text, where, minimum=0))
+CAP = _parsed(lambda text, where: parse_credits(text, where, minimum=0), exact=True)
 
 
 @cli.command("pool-cap")
@@ -616,7 +710,7 @@ def pool_cap(admin: Admin, pool: str, member: str, cap: int | None, remove: bool
     elif remove:
         click.echo(f"Pool '{pool}': member '{member}' has no cap.")
     else:
-        click.echo(f"Pool '{pool}': member '{member}' may draw {cap} credits per period.")
+        click.echo(f"Pool '{pool}': member '{member}' may draw {credits(cap or 0)} per period.")
 
 
 @cli.command("pool-caps")
@@ -635,7 +729,7 @@ def pool_caps(admin: Admin, pool: str, as_json: bool) -> None:
     grid = table("member", "cap per period")
     for member, cap in sorted(caps.items()):
         grid.add_row(member, str(cap))
-    console().print(grid)
+    show(grid)
 
 
 # Credits
@@ -685,7 +779,7 @@ def grant(admin: Admin, account: str, amount: int, note: str, key: str, create: 
         emit_json(credit_json(account, result, amount))
     elif result.applied:
         click.echo(
-            f"Granted {amount} credits to '{account}': balance {result.balance} (ledger {result.ledger_id})."
+            f"Granted {credits(amount)} to '{account}': balance {result.balance} (ledger {result.ledger_id})."
         )
     else:
         click.echo(
@@ -711,7 +805,7 @@ def adjust_down(admin: Admin, account: str, amount: int, note: str, key: str, as
         emit_json(credit_json(account, result, -amount))
     elif result.applied:
         click.echo(
-            f"Took {amount} credits from '{account}': balance {result.balance} (ledger {result.ledger_id})."
+            f"Took {credits(amount)} from '{account}': balance {result.balance} (ledger {result.ledger_id})."
         )
     else:
         click.echo(
@@ -780,7 +874,7 @@ def ledger(
             e.fields.get("balance", ""),
             entry_detail(e),
         )
-    console().print(grid)
+    show(grid)
 
 
 @cli.command("verify")
@@ -809,7 +903,7 @@ def verify(admin: Admin, accounts: tuple[str, ...], as_json: bool) -> None:
         grid = table("account", "balance", "replayed", "entries", "ok")
         for c in checks:
             grid.add_row(c.account, str(c.balance), str(c.replayed), str(c.entries), "yes" if c.ok else "NO")
-        console().print(grid)
+        show(grid)
     if bad:
         if not as_json:
             _say_error(f"{len(bad)} ledger(s) do not replay to the balance (e.g. '{bad[0].account}')")
@@ -841,6 +935,7 @@ def usage(
     admin: Admin, accounts: tuple[str, ...], since: int | None, until: int | None, fmt: str, as_json: bool
 ) -> None:
     """Requests, credits and refusals per account, route and UTC day, with a chart of credits per day."""
+    conflicting_formats(click.get_current_context(), fmt, as_json, "json")
     now = admin.now()
     until = now + 1 if until is None else until
     since = _default_since(now) if since is None else since
@@ -872,14 +967,14 @@ def usage(
             str(r.refunded),
             str(r.refused),
         )
-    out.print(grid)
+    show(grid, out)
     if any(r.shadow_allowed or r.shadow_refused for r in rows):
         shadow = table("day", "account", "route", "would charge", "would refuse", title="Shadow mode")
         for r in rows:
             if r.shadow_allowed or r.shadow_refused:
                 shadow.add_row(r.day, r.account, r.route, str(r.shadow_allowed), str(r.shadow_refused))
         out.print()
-        out.print(shadow)
+        show(shadow, out)
     per_day: dict[str, int] = {}
     for r in rows:
         if not r.member:  # a member's row repeats part of its pool's
@@ -890,6 +985,22 @@ def usage(
         chart.add_row(day, str(spent), Bar(size=top, begin=0, end=spent, width=40))
     out.print()
     out.print(chart)
+
+
+class Counted:
+    """The entries an export has taken so far (the last one may not have been written)."""
+
+    def __init__(self, entries: Any) -> None:
+        self._entries = iter(entries)
+        self.count = 0
+
+    def __iter__(self) -> Counted:
+        return self
+
+    def __next__(self) -> LedgerEntry:
+        entry: LedgerEntry = next(self._entries)
+        self.count += 1
+        return entry
 
 
 @cli.command("export")
@@ -929,13 +1040,25 @@ def export_ledger(
     Each entry's id (<account>/<ledger id>) is stable: export overlapping ranges and de-duplicate by id.
     --json is --format jsonl.
     """
+    ctx = click.get_current_context()
+    conflicting_formats(ctx, fmt, as_json, export.Format.JSONL.value)
     chosen = export.Format.JSONL if as_json else export.Format(fmt)
-    env = click.get_current_context().find_object(Env)
+    env = ctx.find_object(Env)
     assert env is not None
-    entries = admin.ledger_entries(since=since, until=until, accounts=list(accounts) or None)
+    entries = Counted(admin.ledger_entries(since=since, until=until, accounts=list(accounts) or None))
     src = source or export.default_source(env.prefix)
     if output is None:
-        count = export.write(entries, chosen, sys.stdout, source=src)
+        try:
+            count = export.write(entries, chosen, sys.stdout, source=src)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+            click.echo(
+                f"credit-gate: export stopped: the reader closed the output after at most "
+                f"{entries.count} of the ledger entries (use --output FILE for the whole export)",
+                err=True,
+            )
+            ctx.exit(EXIT_PIPE_CLOSED)
     else:
         # Written to a temporary name and renamed: a failed export never leaves half a file behind.
         partial = output.with_name(output.name + ".partial")
@@ -947,7 +1070,7 @@ def export_ledger(
             raise InvalidDocument(f"cannot write the file: {error.strerror or error}", str(output)) from None
         finally:
             partial.unlink(missing_ok=True)
-    click.echo(f"credit-gate: exported {count} ledger entries", err=True)
+    click.echo(f"credit-gate: exported {count} ledger {'entry' if count == 1 else 'entries'}", err=True)
 
 
 # Bulk import
@@ -997,7 +1120,7 @@ def import_accounts(admin: Admin, file: Path, rejects: Path | None, as_json: boo
             grid = table("line", "account", "error", title="Rejected rows")
             for r in report.rejected:
                 grid.add_row(str(r.line), r.account, r.error)
-            console().print(grid)
+            show(grid)
     if report.rejected:
         click.get_current_context().exit(EXIT_PROBLEMS)
 
@@ -1014,6 +1137,13 @@ def import_accounts(admin: Admin, file: Path, rejects: Path | None, as_json: boo
 @json_option
 def kong_conf(prefix: str, as_env: bool, log_phase: bool, as_json: bool) -> None:
     """Print what kong.conf needs to run credit-gate's plugin server on a native Kong install."""
+    if not prefix.startswith("/"):
+        # Kong starts the server from its own working directory: a relative socket path would name
+        # another place for each side.
+        raise click.BadParameter(
+            f"must be an absolute path (Kong's prefix, e.g. /usr/local/kong), got {prefix!r}",
+            param_hint="--prefix",
+        )
     if as_json:
         pairs = deploy.settings(prefix, log_phase)
         emit_json({f"KONG_{k.upper()}" if as_env else k: v for k, v in pairs})
@@ -1032,6 +1162,7 @@ __all__ = [
     "EXIT_INVALID",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_PIPE_CLOSED",
     "EXIT_PROBLEMS",
     "EXIT_STORE",
     "cli",

@@ -34,6 +34,72 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
     return cls(document, format_checker=cls.FORMAT_CHECKER)
 
 
+_KINDS = {
+    "integer": "a whole number",
+    "number": "a number",
+    "string": "text",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "a mapping of fields",
+    "null": "empty",
+}
+
+
+def _shown(value: Any) -> str:
+    """A value as the operator wrote it in YAML or JSON (true, not Python's True)."""
+    return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+
+
+def explain(error: jsonschema.ValidationError) -> str:
+    """A schema error in an operator's words: what the field must be, and what was found.
+
+    jsonschema's own text speaks Python (``True is not of type 'integer'``, ``Additional properties are
+    not allowed``); the operator wrote YAML or JSON, and wants to know what to write instead.
+    """
+    # Typed as Any: jsonschema types these as "value or Unset", and each branch checks what it needs.
+    kind: Any = error.validator
+    expected: Any = error.validator_value
+    found: Any = error.instance
+    where: Any = error.schema
+    hint = where.get("description") if isinstance(where, dict) else None
+    if kind == "type":
+        kinds = [expected] if isinstance(expected, str) else list(expected)
+        return f"must be {' or '.join(_KINDS.get(k, k) for k in kinds)}, got {_shown(found)}"
+    if kind == "additionalProperties" and isinstance(found, dict):
+        known = sorted((where.get("properties") if isinstance(where, dict) else None) or {})
+        unknown = sorted(k for k in found if k not in known)
+        return (
+            f"has unknown field(s) {', '.join(repr(k) for k in unknown)}; the fields are: {', '.join(known)}"
+        )
+    if kind == "required" and isinstance(found, dict):
+        missing = [k for k in expected if k not in found]
+        return f"is missing the required field(s) {', '.join(repr(k) for k in missing)}"
+    if kind == "enum":
+        return f"must be one of {', '.join(_shown(v) for v in expected)}, got {_shown(found)}"
+    if kind == "const":
+        return f"must be {_shown(expected)}, got {_shown(found)}"
+    if kind in ("minimum", "exclusiveMinimum"):
+        bound = "at least" if kind == "minimum" else "more than"
+        return f"must be {bound} {expected}, got {_shown(found)}"
+    if kind in ("maximum", "exclusiveMaximum"):
+        bound = "at most" if kind == "maximum" else "less than"
+        return f"must be {bound} {expected}, got {_shown(found)}"
+    if kind == "minLength":
+        return "must not be empty" if expected == 1 else f"must be at least {expected} characters long"
+    if kind == "maxLength":
+        return f"must be at most {expected} characters long, got {len(found)}"
+    if kind in ("minItems", "maxItems"):
+        bound = "at least" if kind == "minItems" else "at most"
+        return f"must list {bound} {expected} item(s)"
+    if kind == "uniqueItems":
+        return "must not list the same item twice"
+    if kind == "format":
+        return f"must be a valid {expected}, got {_shown(found)}"
+    if kind == "pattern":
+        return f"has the wrong form: {_shown(found)}" + (f" ({hint})" if hint else "")
+    return f"is not valid here: {_shown(found)}" + (f" ({hint})" if hint else "")
+
+
 def _pointer(path: Any) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
 
@@ -81,7 +147,7 @@ def parse_plans(content: Any, source: str) -> list[Plan]:
         if errors:
             error = errors[0]
             field = _pointer(error.absolute_path)
-            raise InvalidDocument(error.message, f"{source}: {label}" + (f": {field}" if field else ""))
+            raise InvalidDocument(explain(error), f"{source}: {label}" + (f": {field}" if field else ""))
         try:
             plan = Plan.from_document(document)
         except InvalidDocument as error:
