@@ -9,6 +9,8 @@ or ``%`` can neither break the tag nor collide with another account's keys.
     <prefix>:{<account>}:keys           hash: idempotency key -> ledger id
     <prefix>:{<account>}:usage:<day>    hash: "<route>|requests|credits|refused" -> count, per UTC day
     <prefix>:{<account>}:members        hash: pool members' caps and period use
+    <prefix>:{<account>}:holds          hash: charge id -> what settling it needs (JSON), for its window
+    <prefix>:{<account>}:holds:until    sorted set: charge id by the end of its settlement window
     <prefix>:{<account>}:request:<hash> string: the charge a request's Idempotency-Key answered with
     <prefix>:{<account>}:settled:<id>   string: the settlement of charge <id> (settled at most once)
     <prefix>:plan:<name>                string: the plan's JSON document
@@ -45,6 +47,8 @@ class AccountKeys:
     usage_prefix: str
     members: str
     base: str
+    holds: str = ""
+    holds_index: str = ""
 
     def usage(self, epoch: int) -> str:
         return self.usage_prefix + _day_name(epoch // 86_400)
@@ -84,5 +88,12 @@ class Keys:
 def account_keys(prefix: str, account: str) -> AccountKeys:
     base = f"{prefix}:{{{account_tag(account)}}}:"
     return AccountKeys(
-        base + "account", base + "ledger", base + "keys", base + "usage:", base + "members", base
+        base + "account",
+        base + "ledger",
+        base + "keys",
+        base + "usage:",
+        base + "members",
+        base,
+        base + "holds",
+        base + "holds:until",
     )
