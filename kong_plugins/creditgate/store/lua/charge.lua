@@ -272,6 +272,6 @@ if settle_window > 0 then
   if hold_seconds > 0 then facts.settle_by = now + hold_seconds end
   if idempotency_window > 0 then facts.idempotency_key = idempotency_key end
   facts.route = route
-  remember_hold(holds_key, holds_index_key, ledger_id, facts, now + settle_window, redis_now, settle_window)
+  remember_hold(holds_key, holds_index_key, ledger_id, facts, now + settle_window, now, settle_window)
 end
 return answer(1, '', from_allowance, from_balance, ledger_id, 0)
