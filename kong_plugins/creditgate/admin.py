@@ -24,7 +24,7 @@ from creditgate.core.model import (
     credits,
 )
 from creditgate.core.periods import DAY_SECONDS, Period, window_at
-from creditgate.errors import ConfigError, Conflict, InvalidDocument, NotFound
+from creditgate.errors import ConfigError, Conflict, InvalidDocument, NotFound, StoreEmpty
 from creditgate.store.redis_store import (
     DEFAULT_LEDGER_RETENTION,
     USAGE_TTL_SECONDS,
@@ -207,6 +207,14 @@ class Admin:
         self.store = store
         self.ledger_retention = ledger_retention
         self.clock = clock
+        self._marked = False
+
+    def _mark(self) -> None:
+        """Before an operator's first write: the store marker, by which the gate tells a Redis that lost
+        its data ("store_empty", answered as an outage) from an account that never subscribed."""
+        if not self._marked:
+            self.store.mark_store()
+            self._marked = True
 
     @classmethod
     def connect(
@@ -237,6 +245,7 @@ class Admin:
 
         Returns the accounts whose terms were updated.
         """
+        self._mark()
         self.store.put_plan(plan)
         return [a for a in self.store.plan_accounts(plan.name) if self.store.sync_plan_terms(plan, a)]
 
@@ -283,6 +292,7 @@ class Admin:
         expires_at: int | None = None,
     ) -> Subscription:
         """Subscribe an account to a plan, or move it to another plan (its balance is kept)."""
+        self._mark()
         plan = self.plan(plan_name)
         start = self.now() if starts_at is None else starts_at
         subscription = Subscription(
@@ -385,6 +395,7 @@ class Admin:
         credits(amount, "amount", minimum=1)
         if not create:
             self.account(account)
+        self._mark()
         try:
             result = self.store.credit(
                 account,
@@ -460,6 +471,11 @@ class Admin:
         """Replay an account's ledger against its balance, from one consistent snapshot."""
         check_account(account)
         state, entries = self.store.ledger_snapshot(account)
+        if not state.exists and not self.store.store_marked():
+            raise StoreEmpty(
+                "Redis holds no credit-gate data (no store marker): it was emptied or is not the "
+                "configured database"
+            )
         if not state.exists:
             raise NotFound(f"no account named '{account}'; `credit-gate accounts` lists the accounts")
         replayed = state.ledger_base + sum(e.amount for e in entries)
@@ -514,6 +530,7 @@ class Admin:
         """
         check_account(account)
         credits(balance, "balance")
+        self._mark()
         if plan is None:
             if status is not None or starts_at is not None or anchor is not None or expires_at is not None:
                 raise InvalidDocument("is needed to set status, starts_at, anchor or expires_at", "plan")

@@ -8,7 +8,8 @@ CreditGateError                 base of everything below
 └── StoreError                  Redis could not be reached or answered with an error
     ├── StoreTimeout            Redis did not answer within the configured timeout
     ├── StoreUnavailable        not tried: the circuit breaker is open after repeated failures
-    └── StoreDataError          Redis is up, but a key it holds is of the wrong type or a field does not parse
+    ├── StoreDataError          Redis is up, but a key it holds is of the wrong type or a field does not parse
+    └── StoreEmpty              Redis is up but holds no credit-gate data (restarted empty, wrong database)
 """
 
 from __future__ import annotations
@@ -66,3 +67,9 @@ class StoreDataError(StoreError):
     def __init__(self, message: str, *, key: str = "") -> None:
         super().__init__(message)
         self.key = key
+
+
+class StoreEmpty(StoreError):
+    """Redis lacks the store marker the operators' tools write: it lost its data (a restart without
+    persistence, a flush) or is not the database the data is in. Answered as an outage, not as
+    "no subscription" for every account; nothing was written."""

@@ -17,10 +17,15 @@ or ``%`` can neither break the tag nor collide with another account's keys.
     <prefix>:plans                      set: plan names
     <prefix>:plan:<name>:accounts       set: accounts subscribed to the plan
     <prefix>:accounts                   set: every account the operators created
+    <prefix>:store                      string: "this Redis holds credit-gate's data" (standalone,
+                                        Sentinel); on a Cluster one such key per slot,
+                                        <prefix>:{<slot tag>}:store, so that a charge reads the one
+                                        of its account's slot
 """
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
@@ -83,6 +88,10 @@ class Keys:
     def accounts(self) -> str:
         return f"{self.prefix}:accounts"
 
+    @property
+    def store(self) -> str:
+        return f"{self.prefix}:store"
+
 
 @lru_cache(maxsize=16_384)  # names are pure functions of (prefix, account): build each once
 def account_keys(prefix: str, account: str) -> AccountKeys:
@@ -97,3 +106,33 @@ def account_keys(prefix: str, account: str) -> AccountKeys:
         base + "holds",
         base + "holds:until",
     )
+
+
+CLUSTER_SLOTS = 16_384
+
+
+@lru_cache(maxsize=1)
+def slot_tags() -> tuple[str, ...]:
+    """For each Redis Cluster slot, a short hash tag that maps to it (built once, in about 0.3 s)."""
+    tags: list[str | None] = [None] * CLUSTER_SLOTS
+    left, i = CLUSTER_SLOTS, 0
+    while left:
+        tag = format(i, "x")
+        slot = binascii.crc_hqx(tag.encode(), 0) % CLUSTER_SLOTS
+        if tags[slot] is None:
+            tags[slot] = tag
+            left -= 1
+        i += 1
+    return tuple(t for t in tags if t is not None)
+
+
+def slot_marker(prefix: str, account: str) -> str:
+    """The store marker on the Cluster slot of ``account``'s keys."""
+    tag = account_tag(account).encode()
+    slot = binascii.crc_hqx(tag, 0) % CLUSTER_SLOTS
+    return f"{prefix}:{{{slot_tags()[slot]}}}:store"
+
+
+def store_markers(prefix: str) -> list[str]:
+    """Every slot's marker, for a Cluster."""
+    return [f"{prefix}:{{{tag}}}:store" for tag in slot_tags()]

@@ -36,10 +36,10 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.model import Plan, Status, Subscription
 from creditgate.core.periods import Period
-from creditgate.errors import StoreDataError, StoreError, StoreTimeout, StoreUnavailable
+from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreTimeout, StoreUnavailable
 from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.hot_path import HotPath
-from creditgate.store.keys import Keys, account_keys
+from creditgate.store.keys import Keys, account_keys, slot_marker, store_markers
 
 T = TypeVar("T")
 
@@ -307,6 +307,11 @@ def _charge_result(reply: Sequence[Any]) -> ChargeResult:
     reason_text = reason or ""
     if reason_text == "deadline_passed":
         raise StoreTimeout("Redis ran the charge after the caller's deadline; nothing was charged")
+    if reason_text == "store_empty":
+        raise StoreEmpty(
+            "Redis holds no credit-gate data (no store marker): it was emptied (a restart without "
+            "persistence, a flush) or is not the configured database; restore it, see docs/redis.md"
+        )
     # Positional, in the order of ChargeResult's fields: built on every request, at half the cost.
     return ChargeResult(
         allowed == 1,
@@ -623,8 +628,9 @@ class RedisStore:
         """
         keys = self._account_keys(account)
         window = idempotency_window if idempotency_key else 0
+        marker = self._marker(account)  # on a Cluster the first call builds the slot table: not timed
         if self.clock.offset_ms is None and self.charge_budget_ms > 0:
-            self._learn_clock()
+            self._learn_clock(keys.state)
         sent_ms = time.time() * 1000
         deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
         reply = self._guarded(
@@ -638,6 +644,7 @@ class RedisStore:
                 keys.members,
                 keys.holds,
                 keys.holds_index,
+                marker,
             ],
             [
                 "" if now is None else now,
@@ -657,11 +664,56 @@ class RedisStore:
         self.clock.observe(int(reply[16]), sent_ms, time.time() * 1000)
         return _charge_result(reply)
 
-    def _learn_clock(self) -> None:
-        """Redis's clock, learnt once per store before its first charge (one TIME round trip)."""
-        sent_ms = time.time() * 1000
-        seconds, micros = self._run("TIME")
-        self.clock.observe(int(seconds) * 1000 + int(micros) // 1000, sent_ms, time.time() * 1000)
+    def _marker(self, account: str) -> str:
+        if isinstance(self.client, LazyCluster):
+            return slot_marker(self.keys.prefix, account)
+        return self.keys.store
+
+    def mark_store(self) -> None:
+        """Write the store marker (every slot's on a Cluster): "this Redis holds credit-gate's data"."""
+        if not isinstance(self.client, LazyCluster):
+            self._run("SET", self.keys.store, "1")
+            return
+        markers = store_markers(self.keys.prefix)
+
+        def fill(pipe: Any) -> None:
+            for key in markers:
+                pipe.set(key, "1")
+
+        self._pipeline(fill)
+
+    def store_marked(self) -> bool:
+        """Whether the marker is there (on a Cluster: on every slot)."""
+        if not isinstance(self.client, LazyCluster):
+            return bool(self._run("EXISTS", self.keys.store))
+        markers = store_markers(self.keys.prefix)
+
+        def fill(pipe: Any) -> None:
+            for key in markers:
+                pipe.exists(key)
+
+        return all(self._pipeline(fill))
+
+    def _learn_clock(self, key: str) -> None:
+        """Redis's clock, learnt once per store before its first charge (one TIME round trip, two if
+        the first was slow: a Cluster client's first command also fetches the slot map), from the
+        node that holds ``key`` (on a Cluster, each master has its own clock)."""
+
+        def ask() -> tuple[float, Any, float]:
+            client: Any = self.client
+            if isinstance(client, LazyCluster):
+                cluster: Any = client.cluster
+                node = cluster.get_node_from_key(key)
+                sent = time.time() * 1000
+                return sent, cluster.execute_command("TIME", target_nodes=node), time.time() * 1000
+            sent = time.time() * 1000
+            return sent, client.execute_command("TIME"), time.time() * 1000
+
+        for _ in range(2):
+            sent_ms, (seconds, micros), received_ms = self._guarded(ask)
+            self.clock.observe(int(seconds) * 1000 + int(micros) // 1000, sent_ms, received_ms)
+            if self.clock.error_ms(received_ms) < self.charge_budget_ms / 4:
+                return
 
     def settle(
         self,

@@ -7,6 +7,7 @@
 -- KEYS[5]  the paying account's members hash (pools: caps and period usage per member)
 -- KEYS[6]  the paying account's holds hash (charge id -> what settling it needs)
 -- KEYS[7]  the paying account's holds index (sorted set: charge id by the end of its settle window)
+-- KEYS[8]  the store marker of the account's slot (operators' tools write it; see store/keys.py)
 -- ARGV[1]  now: Unix seconds to decide with, or "" for Redis's own clock (what the gate sends)
 -- ARGV[2]  cost: credits, integer >= 0 (for a hold: the most the request may cost)
 -- ARGV[3]  entitled plans, separated by ",", or "" for any plan
@@ -26,7 +27,9 @@
 --          from_balance, ledger id ("" when nothing was charged), Redis's clock in milliseconds,
 --          replayed (1 when an earlier charge with this idempotency key answered), member_used,
 --          member_cap (-1: no cap)}
--- or the error reply "BADDATA <key> <field>: ..." (see _lib.lua), with nothing written.
+-- or the error reply "BADDATA <key> <field>: ..." (see _lib.lua), with nothing written. An account
+-- without a subscription in a Redis without the store marker answers reason "store_empty" with nothing
+-- written: a Redis restarted empty is told from an account that never subscribed.
 --
 -- The allowance of the current period pays first, prepaid balance the rest (when the plan allows
 -- prepaid use). Nothing is written unless the whole cost can be paid: the balance never goes below
@@ -172,6 +175,9 @@ if earlier then
 end
 
 if plan == '' then
+  if redis.call('EXISTS', KEYS[8]) == 0 then
+    return answer(0, 'store_empty', 0, 0, '', 0)
+  end
   return refuse('no_subscription')
 end
 if (status ~= 'active' and status ~= 'trialing') or now < starts_at then
