@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
 
 from creditgate.core.model import MAX_CREDITS
 from creditgate.core.periods import DAY_SECONDS, WEEK_SECONDS, Period, Window, add_months, civil_from_days
@@ -99,15 +98,6 @@ class Entry:
     kind: str
     amount: int
     balance: int
-
-
-class Seen(NamedTuple):
-    """What a charge saw once its period was worked out, reported when it is refused after that."""
-
-    used: int
-    window: Window
-    member_used: int
-    member_cap: int
 
 
 @dataclass
@@ -291,39 +281,38 @@ class AccountModel:
     ) -> ChargeOutcome:
         """Decide one request and charge it, all or nothing."""
         request_key = (route, cost, key) if key else None
+        member_cap = self.caps.get(member, -1) if member else -1  # reported with every answer
         if request_key is not None and request_key in self.request_keys:
-            return self._answer(True, None, replayed=True, charge=self.request_keys[request_key])
+            return self._answer(
+                True, None, replayed=True, charge=self.request_keys[request_key], member_cap=member_cap
+            )
         terms = self.terms
-        if terms is None:
-            return self._answer(False, Refusal.NO_SUBSCRIPTION)
-        if self.status not in CHARGEABLE or now < self.starts_at:
-            return self._answer(False, Refusal.SUBSCRIPTION_INACTIVE)
-        if self.expires_at > 0 and now >= self.expires_at:
-            return self._answer(False, Refusal.SUBSCRIPTION_EXPIRED)
-        if entitled and terms.plan not in entitled:
-            return self._answer(False, Refusal.PLAN_NOT_ENTITLED)
+        refusal = self._subscription_refusal(now, entitled)
+        if refusal is not None or terms is None:
+            return self._answer(False, refusal or Refusal.NO_SUBSCRIPTION, member_cap=member_cap)
 
         window = self.current_window(now)
-        rolls = window.start != self.period_start or window.end != self.period_end
-        if rolls:
+        if window.start != self.period_start or window.end != self.period_end:
             self.used, self.period_start, self.period_end = 0, window.start, window.end
             self._append("period_reset", 0)
-        used = self.used
-        member_used, member_cap = 0, -1
+        member_used = 0
         if member:
-            member_cap = self.caps.get(member, -1)
             period, was = self.member_use.get(member, (None, 0))
             member_used = was if period == window.start else 0
-        seen = Seen(used, window, member_used, member_cap)  # what a refusal from here on reports
         if (member_cap >= 0 and member_used + cost > member_cap) or member_used + cost > self.cap:
-            return self._answer(False, Refusal.MEMBER_CAP_REACHED, seen=seen)
+            return self._answer(
+                False, Refusal.MEMBER_CAP_REACHED, member_used=member_used, member_cap=member_cap
+            )
 
-        from_allowance = min(cost, max(terms.allowance - used, 0))
+        from_allowance = min(cost, max(terms.allowance - self.used, 0))
         from_balance = cost - from_allowance
+        refusal = None
         if from_balance > 0 and not terms.prepaid:
-            return self._answer(False, Refusal.QUOTA_EXHAUSTED, seen=seen)
-        if from_balance > self.balance:
-            return self._answer(False, Refusal.INSUFFICIENT_CREDIT, seen=seen)
+            refusal = Refusal.QUOTA_EXHAUSTED
+        elif from_balance > self.balance:
+            refusal = Refusal.INSUFFICIENT_CREDIT
+        if refusal is not None:
+            return self._answer(False, refusal, member_used=member_used, member_cap=member_cap)
 
         # Allowed: from here on, money moves.
         if cost == 0:
@@ -356,12 +345,23 @@ class AccountModel:
             member_cap=member_cap,
         )
 
+    def _subscription_refusal(self, now: int, entitled: tuple[str, ...]) -> Refusal | None:
+        """Whether the subscription lets a request through at ``now`` at all."""
+        if self.terms is None:
+            return Refusal.NO_SUBSCRIPTION
+        if self.status not in CHARGEABLE or now < self.starts_at:
+            return Refusal.SUBSCRIPTION_INACTIVE
+        if self.expires_at > 0 and now >= self.expires_at:
+            return Refusal.SUBSCRIPTION_EXPIRED
+        if entitled and self.terms.plan not in entitled:
+            return Refusal.PLAN_NOT_ENTITLED
+        return None
+
     def _answer(
         self,
         allowed: bool,
         reason: Refusal | None,
         *,
-        seen: Seen | None = None,
         from_allowance: int = 0,
         from_balance: int = 0,
         replayed: bool = False,
@@ -370,8 +370,6 @@ class AccountModel:
         member_cap: int = -1,
     ) -> ChargeOutcome:
         used, window = self.used, Window(self.period_start, self.period_end)
-        if seen is not None:  # a refusal after the period was worked out: what the request saw
-            used, window, member_used, member_cap = seen
         allowance = self.terms.allowance if self.terms else 0
         return ChargeOutcome(
             allowed=allowed,
