@@ -96,3 +96,16 @@ def test_expired_holds_are_dropped_a_few_per_charge(
     store.charge("acme", 1, now=clock.now + 120, settle_window=60)
     assert redis_client.hlen(holds) == 20 - 8 + 1
     assert 0 < redis_client.ttl(holds) <= 120
+
+
+def test_a_refund_after_the_period_restarted_gives_nothing_back_to_the_new_allowance(
+    admin: Admin, store: RedisStore, clock: Clock
+) -> None:
+    admin.apply_plan(Plan("daily", period=Period.DAY, allowance=10, prepaid=True))
+    admin.subscribe("acme", "daily", starts_at=clock.now - 60)
+    admin.grant("acme", 3)
+    paid = store.charge("acme", 7, now=clock.now, settle_window=86_400)  # from the allowance
+    admin.subscribe("acme", "daily", starts_at=clock.now - 60, anchor=clock.now - 30)  # a new period
+    refund = store.settle("acme", paid.charge_id, 0, now=clock.now + 5, refund=True, window_seconds=86_400)
+    assert (refund.outcome, refund.given_back, refund.balance) == ("applied", 0, 3)
+    assert store.account_state("acme").used == 0

@@ -50,11 +50,12 @@ check_type(usage_key, 'hash')
 check_type(members_key, 'hash')
 check_type(holds_key, 'hash')
 check_type(holds_index_key, 'zset')
-local p = redis.call('HMGET', account_key, 'balance', 'period_start', 'period_end', 'used')
+local p = redis.call('HMGET', account_key, 'balance', 'period_start', 'period_end', 'used', 'period')
 local balance = read_int(account_key, 'balance', p[1], 0, 0, MAX_CREDITS)
 local period_start = read_int(account_key, 'period_start', p[2], 0, 0, MAX_INSTANT)
 local period_end = read_int(account_key, 'period_end', p[3], 0, 0, MAX_INSTANT)
 local used = read_int(account_key, 'used', p[4], 0, 0, MAX_CREDITS)
+local period = read_word(account_key, 'period', p[5], 'none', PERIODS)
 
 local earlier = redis.call('GET', marker_key)
 if earlier then
@@ -111,7 +112,18 @@ end
 
 -- Allowance, and a pool member's use, count per period: what belongs to a period that has ended is
 -- not given back to the current one.
-local in_period = charged_at >= period_start and (period_end == 0 or charged_at < period_end)
+-- A period restarted since the charge (a new subscription, anchor or period length: bounds 0 until the
+-- next charge) is another period. The holds hash names the charge's period; a ledger entry its time.
+local in_period
+if period == 'none' then
+  in_period = true
+elseif period_end == 0 then
+  in_period = false
+elseif charge['period_start'] then
+  in_period = read_int(where, charge_id .. ' period_start', charge['period_start'], 0, 0, MAX_INSTANT) == period_start
+else
+  in_period = charged_at >= period_start and charged_at < period_end
+end
 if not in_period then
   to_allowance = 0  -- that period's allowance is gone; nothing to give back to
 end
