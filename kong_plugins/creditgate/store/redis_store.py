@@ -402,11 +402,20 @@ class LedgerEntry:
 
 
 def _account_state(account: str, reply: Any) -> AccountState:
-    """Decode an account's hash (HGETALL's reply)."""
-    raw = {_text(k): _text(v) for k, v in reply.items()}
+    """Decode an account's hash (HGETALL's reply); a field that does not parse is StoreDataError."""
+    try:
+        raw = {_text(k): _text(v) for k, v in reply.items()}
+    except UnicodeDecodeError:
+        message = f"bad data in Redis: account '{account}' has a field that is not UTF-8"
+        raise StoreDataError(message, key=account) from None
 
     def number(name: str) -> int:
-        return int(raw.get(name) or 0)
+        text = raw.get(name) or "0"
+        if not re.fullmatch(r"-?[0-9]{1,19}", text):
+            raise StoreDataError(
+                f"bad data in Redis: account '{account}' field {name}: is not an integer", key=account
+            )
+        return int(text)
 
     return AccountState(
         account=account,

@@ -39,10 +39,12 @@ local function read_int(key, field, value, default, lo, hi)
   return n
 end
 
--- An ARGV integer: the caller is the store, so a bad one is a bug, reported the same way.
+-- An ARGV integer: the caller is the store, so a bad one is a bug (error reply BADARG, not bad data).
 local function arg_int(index, lo, hi)
   local n = strict_int(ARGV[index], lo, hi)
-  if n == nil then bad('ARGV', tostring(index), 'is not an integer between ' .. string.format('%d', lo) .. ' and ' .. string.format('%d', hi)) end
+  if n == nil then
+    error({err = 'BADARG ' .. tostring(index) .. ': not an integer between ' .. string.format('%d', lo) .. ' and ' .. string.format('%d', hi)})
+  end
   return n
 end
 

@@ -35,7 +35,7 @@
 local account_key, ledger_key, marker_key, usage_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local holds_key, holds_index_key = KEYS[6], KEYS[7]
 local charge_id = ARGV[1]
-local final_cost = arg_int(2, 0, MAX_CREDITS)
+local final_cost = arg_int(2, 0, 9007199254740991)  -- above the charge's cost: "invalid"
 local kind = ARGV[3]
 local now = redis_clock()
 if ARGV[4] ~= '' then now = arg_int(4, 0, MAX_INSTANT) end
