@@ -180,8 +180,8 @@ def broken_store(settings: object, client: redis.Redis) -> Iterator[RedisStore]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="money finding 3: Admin's reads decode the account hash with int() and utf-8, so a bad field "
-    "raises ValueError or UnicodeDecodeError (a stack trace in the CLI) instead of a typed error",
+    reason="money finding 7: ledger_base at 2**53 or above is read as a counter (check_counter), although "
+    "a double no longer holds it exactly and the fold adds to it in Lua",
 )
 def test_a_bad_number_in_any_account_field_is_refused_with_nothing_written(
     broken_store: RedisStore, client: redis.Redis
@@ -189,6 +189,9 @@ def test_a_bad_number_in_any_account_field_is_refused_with_nothing_written(
     @given(name=st.sampled_from([*NUMBER_FIELDS, "ledger_base"]), value=number_text)
     @bad_data_settings(60)
     def check(name: str, value: str | bytes) -> None:
+        # ledger_base is the sum of what was folded: any integer a double holds exactly may be right.
+        integer = isinstance(value, str) and value.lstrip("-").isdigit() and abs(int(value)) < 2**53
+        assume(not (name == "ledger_base" and integer))
         admin, charge_id = seed(broken_store, client)
         key = broken_store.keys.account(ACCOUNT).state
         client.hset(key, name, value)
@@ -197,11 +200,6 @@ def test_a_bad_number_in_any_account_field_is_refused_with_nothing_written(
     check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="money finding 3: Admin's reads decode the account hash with int() and utf-8, so a bad field "
-    "raises ValueError or UnicodeDecodeError (a stack trace in the CLI) instead of a typed error",
-)
 def test_a_bad_word_in_the_account_is_refused_with_nothing_written(
     broken_store: RedisStore, client: redis.Redis
 ) -> None:
