@@ -1,6 +1,13 @@
 """``python -m bench``: see ``bench/README.md`` and ``python -m bench --help``."""
 
+import sys
+
 from bench.cli import main
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["money-model"]:
+        from bench.money_model import main as money_model
+
+        money_model(sys.argv[2:])
+    else:
+        main()

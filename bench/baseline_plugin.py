@@ -88,8 +88,17 @@ class RoundTripPlugin(Plugin):
         # charge.lua's KEYS and ARGV as RedisStore.charge sends them for a cost-1 request (no deadline);
         # tests/test_bench.py checks that Redis runs the same commands for this row as for the gate's.
         self.hot_path.evalsha(
-            [keys.state, keys.ledger, keys.usage(now), keys.members, keys.members],
-            [now, 1, "", ROUTE, 10_000, self.usage_ttl, 0, "charge", 0, "", 0],
+            [
+                keys.state,
+                keys.ledger,
+                keys.usage(now),
+                keys.members,
+                keys.members,
+                keys.holds,
+                keys.holds_index,
+                self.store.keys.store,
+            ],
+            ["", 1, "", ROUTE, 10_000, self.usage_ttl, 0, "charge", 0, "", 0, 0],
         )
         self.set_headers(kong, account)
 

@@ -30,6 +30,7 @@ def seed(
 
 
 def test_refuses_an_account_without_subscription(store: RedisStore) -> None:
+    store.mark_store()  # a store the operators set up (an empty Redis is store_empty: test_money_empty_store)
     result = store.charge("nobody", 1, now=T0)
     assert not result.allowed
     assert result.reason is Reason.NO_SUBSCRIPTION

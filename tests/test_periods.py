@@ -42,9 +42,20 @@ def test_a_leap_february_has_29_days() -> None:
     assert add_months(at(2028, 1, 30), 1) == at(2028, 2, 29)
 
 
-def test_before_the_anchor_the_first_period_applies() -> None:
+def test_before_the_anchor_the_period_ending_at_the_anchor_applies() -> None:
     anchor = at(2026, 5, 1)
-    assert window_at(Period.DAY, anchor, anchor - 10) == Window(anchor, anchor + DAY_SECONDS)
+    assert window_at(Period.DAY, anchor, anchor - 10) == Window(anchor - DAY_SECONDS, anchor)
+    assert window_at(Period.MONTH, anchor, at(2026, 4, 11)) == Window(at(2026, 4, 1), anchor)
+    assert window_at(Period.MONTH, at(2026, 3, 31), at(2026, 2, 10)) == Window(
+        at(2026, 1, 31), at(2026, 2, 28)
+    )
+
+
+def test_a_period_never_starts_after_now() -> None:
+    for period in (Period.DAY, Period.WEEK, Period.MONTH):
+        for now in range(at(2026, 1, 1), at(2026, 9, 1), 86_400 * 3 + 7_777):
+            window = window_at(period, at(2026, 6, 15, 12), now)
+            assert window.start <= now < window.end
 
 
 def test_a_period_of_none_never_ends() -> None:

@@ -14,13 +14,22 @@ from typing import Any
 
 from creditgate.core.config import KEY_PREFIX, RedisSettings
 from creditgate.core.inputs import format_instant
-from creditgate.core.model import Plan, Status, Subscription, check_account, check_plan_name, credits
+from creditgate.core.model import (
+    MAX_CREDITS,
+    Plan,
+    Status,
+    Subscription,
+    check_account,
+    check_plan_name,
+    credits,
+)
 from creditgate.core.periods import DAY_SECONDS, Period, window_at
-from creditgate.errors import ConfigError, Conflict, InvalidDocument, NotFound
+from creditgate.errors import ConfigError, Conflict, InvalidDocument, NotFound, StoreEmpty
 from creditgate.store.redis_store import (
     DEFAULT_LEDGER_RETENTION,
     USAGE_TTL_SECONDS,
     AccountState,
+    BalanceCapReached,
     CreditResult,
     ImportOutcome,
     InsufficientBalance,
@@ -198,6 +207,14 @@ class Admin:
         self.store = store
         self.ledger_retention = ledger_retention
         self.clock = clock
+        self._marked = False
+
+    def _mark(self) -> None:
+        """Before an operator's first write: the store marker, by which the gate tells a Redis that lost
+        its data ("store_empty", answered as an outage) from an account that never subscribed."""
+        if not self._marked:
+            self.store.mark_store()
+            self._marked = True
 
     @classmethod
     def connect(
@@ -228,6 +245,7 @@ class Admin:
 
         Returns the accounts whose terms were updated.
         """
+        self._mark()
         self.store.put_plan(plan)
         return [a for a in self.store.plan_accounts(plan.name) if self.store.sync_plan_terms(plan, a)]
 
@@ -274,6 +292,7 @@ class Admin:
         expires_at: int | None = None,
     ) -> Subscription:
         """Subscribe an account to a plan, or move it to another plan (its balance is kept)."""
+        self._mark()
         plan = self.plan(plan_name)
         start = self.now() if starts_at is None else starts_at
         subscription = Subscription(
@@ -285,7 +304,22 @@ class Admin:
             expires_at=expires_at,
         )
         self.store.subscribe(subscription, plan)
+        self._catch_up_terms(account, plan)
         return subscription
+
+    def _catch_up_terms(self, account: str, written: Plan) -> None:
+        """After terms read from a plan were copied into an account: copy the plan's current terms.
+
+        ``apply_plan`` writes the plan, then updates the accounts of its index set; a subscription
+        reads the plan, then writes the account and adds it to the set. When the two race, the plan
+        may change after it was read and before the account is in the set, and nothing would bring
+        the new terms. Reading the plan again after the write closes that gap: either this read sees
+        the new plan, or apply_plan's later read of the set sees the account. (The plan and the
+        account live on different Cluster slots, so no one script can do both.)
+        """
+        current = self.store.get_plan(written.name)
+        if current is not None and current != written:
+            self.store.sync_plan_terms(current, account)
 
     def change_plan(self, account: str, plan_name: str) -> str:
         """Move a subscribed account to another plan, keeping its status, start, anchor, expiry and
@@ -295,6 +329,7 @@ class Admin:
         previous = self.store.change_plan(account, plan)
         if not previous:
             raise NotFound(f"account '{account}' has no subscription; subscribe it to a plan first")
+        self._catch_up_terms(account, plan)
         return previous
 
     def set_status(self, account: str, status: Status) -> str:
@@ -360,15 +395,19 @@ class Admin:
         credits(amount, "amount", minimum=1)
         if not create:
             self.account(account)
-        result = self.store.credit(
-            account,
-            "grant",
-            amount,
-            now=self.now(),
-            note=note,
-            idempotency_key=idempotency_key,
-            ledger_retention=self.ledger_retention,
-        )
+        self._mark()
+        try:
+            result = self.store.credit(
+                account,
+                "grant",
+                amount,
+                now=self.now(),
+                note=note,
+                idempotency_key=idempotency_key,
+                ledger_retention=self.ledger_retention,
+            )
+        except BalanceCapReached as error:
+            raise _cap_conflict(account, error.balance, amount) from None
         self.store.add_account(account)
         return result
 
@@ -432,6 +471,11 @@ class Admin:
         """Replay an account's ledger against its balance, from one consistent snapshot."""
         check_account(account)
         state, entries = self.store.ledger_snapshot(account)
+        if not state.exists and not self.store.store_marked():
+            raise StoreEmpty(
+                "Redis holds no credit-gate data (no store marker): it was emptied or is not the "
+                "configured database"
+            )
         if not state.exists:
             raise NotFound(f"no account named '{account}'; `credit-gate accounts` lists the accounts")
         replayed = state.ledger_base + sum(e.amount for e in entries)
@@ -486,6 +530,7 @@ class Admin:
         """
         check_account(account)
         credits(balance, "balance")
+        self._mark()
         if plan is None:
             if status is not None or starts_at is not None or anchor is not None or expires_at is not None:
                 raise InvalidDocument("is needed to set status, starts_at, anchor or expires_at", "plan")
@@ -511,15 +556,28 @@ class Admin:
                 chosen,
             )
         key = idempotency_key or f"import:{account}"
-        return self.store.import_row(
-            account,
-            subscription,
-            balance,
-            key=key,
-            note=note,
-            now=self.now(),
-            ledger_retention=self.ledger_retention,
-        )
+        try:
+            outcome = self.store.import_row(
+                account,
+                subscription,
+                balance,
+                key=key,
+                note=note,
+                now=self.now(),
+                ledger_retention=self.ledger_retention,
+            )
+        except BalanceCapReached as error:
+            raise _cap_conflict(account, error.balance, balance) from None
+        if subscription is not None:
+            self._catch_up_terms(account, subscription[1])
+        return outcome
+
+
+def _cap_conflict(account: str, balance: int, amount: int) -> Conflict:
+    return Conflict(
+        f"account '{account}' has {balance} credits; adding {amount} would pass the most a balance may "
+        f"hold ({MAX_CREDITS}, exact in every step); nothing was changed"
+    )
 
 
 def _usage_rows(day: str, account: str, counters: dict[str, int]) -> list[UsageRow]:

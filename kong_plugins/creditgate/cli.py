@@ -884,6 +884,9 @@ def ledger(
 def verify(admin: Admin, accounts: tuple[str, ...], as_json: bool) -> None:
     """Check that replaying each ledger gives the balance (every account if none is named); exit 5 if not."""
     names = list(accounts) or [v.account for v in admin.accounts()]
+    if not admin.store.store_marked():  # an emptied Redis is no success, even with nothing to replay
+        _say_error("Redis holds no credit-gate data (no store marker): it was emptied or is not the database")
+        click.get_current_context().exit(EXIT_PROBLEMS)
     checks = [admin.verify_ledger(name) for name in names]
     bad = [c for c in checks if not c.ok]
     if as_json:

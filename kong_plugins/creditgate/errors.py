@@ -7,7 +7,9 @@ CreditGateError                 base of everything below
 ├── Conflict                    refused by the current state (plan in use, balance too low)
 └── StoreError                  Redis could not be reached or answered with an error
     ├── StoreTimeout            Redis did not answer within the configured timeout
-    └── StoreUnavailable        not tried: the circuit breaker is open after repeated failures
+    ├── StoreUnavailable        not tried: the circuit breaker is open after repeated failures
+    ├── StoreDataError          Redis is up, but a key it holds is of the wrong type or a field does not parse
+    └── StoreEmpty              Redis is up but holds no credit-gate data (restarted empty, wrong database)
 """
 
 from __future__ import annotations
@@ -53,3 +55,21 @@ class StoreUnavailable(StoreError):
     def __init__(self, message: str, *, retry_after_ms: int = 0) -> None:
         super().__init__(message)
         self.retry_after_ms = retry_after_ms  # until the breaker lets a probe through
+
+
+class StoreDataError(StoreError):
+    """A key of the wrong type, or a field that does not parse; the script wrote nothing.
+
+    Not an outage: Redis answered. The gate refuses the request (fail closed, whatever
+    ``fault_tolerant`` says) and the circuit breaker does not count it. ``key`` names what is wrong.
+    """
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StoreEmpty(StoreError):
+    """Redis lacks the store marker the operators' tools write: it lost its data (a restart without
+    persistence, a flush) or is not the database the data is in. Answered as an outage, not as
+    "no subscription" for every account; nothing was written."""

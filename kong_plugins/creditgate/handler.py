@@ -26,7 +26,6 @@ import math
 import os
 import sys
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -44,7 +43,7 @@ from creditgate.core.decision import (
     warning_headers,
 )
 from creditgate.core.pricing import parse_settled_cost
-from creditgate.errors import ConfigError, StoreError
+from creditgate.errors import ConfigError, StoreDataError, StoreError
 from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.redis_store import RedisStore
 
@@ -253,7 +252,6 @@ class Gate:
             result = self.store.charge(
                 payer,
                 cost,
-                now=int(time.time()),
                 entitled=config.plans,
                 route=config.route,
                 ledger_retention=config.ledger_retention,
@@ -262,6 +260,17 @@ class Gate:
                 idempotency_window=config.idempotency_window,
                 member=member,
                 hold_seconds=config.settle_timeout if config.settle_header else 0,
+                settle_window=max(config.settle_timeout, 86_400) if config.needs_log_phase else 0,
+            )
+        except StoreDataError as error:  # Redis is up, the data is wrong: refused, fault_tolerant or not
+            return Refuse(
+                failure(
+                    Reason.ACCOUNT_DATA_INVALID,
+                    "The account's billing data is invalid, so the request was not processed; "
+                    "the operator has been told.",
+                    type_base=config.problem_type_base,
+                ),
+                log=f"credit-gate: account '{payer}' refused with 500, {error}",
             )
         except StoreError as error:
             return self._store_failure(config, payer, member, error)
@@ -420,7 +429,6 @@ class Gate:
                 account,
                 charge_id,
                 final,
-                now=int(time.time()),
                 refund=refund,
                 window_seconds=max(config.settle_timeout, 86_400) if refund else config.settle_timeout,
                 ledger_retention=config.ledger_retention,

@@ -29,6 +29,9 @@ class Reason(str, enum.Enum):
     INSUFFICIENT_CREDIT = "insufficient_credit"
     MEMBER_CAP_REACHED = "member_cap_reached"
     STORE_UNAVAILABLE = "store_unavailable"
+    # Redis answered, but the account's data there is of the wrong type or does not parse: refused
+    # whatever fault_tolerant says (bad data is not an outage), and the operator is told which key.
+    ACCOUNT_DATA_INVALID = "account_data_invalid"
     MISCONFIGURED = "misconfigured"
     INTERNAL_ERROR = "internal_error"
     # Never sent by the plugin: Kong's request-termination answers it in a fail-closed deployment when
@@ -39,6 +42,7 @@ class Reason(str, enum.Enum):
 STATUS = {
     Reason.UNAUTHENTICATED: 401,
     Reason.STORE_UNAVAILABLE: 503,
+    Reason.ACCOUNT_DATA_INVALID: 500,
     Reason.MISCONFIGURED: 500,
     Reason.INTERNAL_ERROR: 500,
     Reason.GATE_UNAVAILABLE: 503,
@@ -55,6 +59,7 @@ TITLES = {
     Reason.INSUFFICIENT_CREDIT: "Insufficient credit",
     Reason.MEMBER_CAP_REACHED: "Member cap reached",
     Reason.STORE_UNAVAILABLE: "Billing temporarily unavailable",
+    Reason.ACCOUNT_DATA_INVALID: "Account data invalid",
     Reason.MISCONFIGURED: "Gateway misconfigured",
     Reason.INTERNAL_ERROR: "Gateway error",
     Reason.GATE_UNAVAILABLE: "Billing gate unavailable",
@@ -146,7 +151,7 @@ def _detail(result: ChargeResult, entitled: Sequence[str]) -> str:
         tail = f" It renews at {when}." if when else ""
         return (
             f"This member has used {result.member_used} of the {credits_text(result.member_cap)} "
-            "its pool allows it per period, and this request costs {result.cost}.{tail} "
+            f"its pool allows it per period, and this request costs {result.cost}.{tail} "
             "Ask the pool's owner to raise the cap."
         )
     if reason is Reason.INSUFFICIENT_CREDIT:

@@ -11,10 +11,17 @@ from typing import Any
 from creditgate.core.periods import Period
 from creditgate.errors import InvalidDocument
 
-# Credits are integers. Redis Lua numbers are doubles, exact up to 2**53: stay well below.
+# Credits are integers. Redis Lua numbers are doubles, exact up to 2**53: stay well below. The bound of
+# every balance, allowance, grant and period use (store/lua/_lib.lua's MAX_CREDITS is the same).
 MAX_CREDITS = 10**15
+# The latest instant a subscription may name: 3000-01-01T00:00:00Z (_lib.lua's MAX_INSTANT). A time in
+# milliseconds (about 1.7e12 today) is refused rather than read as a date in the year 55,000.
+MAX_INSTANT = 32_503_680_000
 PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MAX_ACCOUNT_LENGTH = 256
+
+
+_INSTANT_RULE = f"must be a Unix time in whole seconds, at most {MAX_INSTANT} (the year 3000)"
 
 
 class Status(str, enum.Enum):
@@ -134,11 +141,13 @@ class Subscription:
             raise InvalidDocument(f"must be one of {[s.value for s in Status]}", "status")
         for name in ("starts_at", "anchor"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidDocument("must be a Unix time in whole seconds", name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INSTANT:
+                raise InvalidDocument(_INSTANT_RULE, name)
         if self.expires_at is not None and (
-            isinstance(self.expires_at, bool) or not isinstance(self.expires_at, int) or self.expires_at <= 0
+            isinstance(self.expires_at, bool)
+            or not isinstance(self.expires_at, int)
+            or not 0 < self.expires_at <= MAX_INSTANT
         ):
-            raise InvalidDocument("must be a Unix time in whole seconds", "expires_at")
+            raise InvalidDocument(_INSTANT_RULE, "expires_at")
         if self.expires_at is not None and self.expires_at <= self.starts_at:
             raise InvalidDocument("must be after starts_at", "expires_at")

@@ -2,6 +2,7 @@
 
 Periods are anchored on a subscription's anchor instant, in UTC, and computed from that anchor and
 "now" alone, so the charge script can roll a period over lazily on the first request after it ends.
+A period never starts after "now": the lattice of periods extends before the anchor too.
 The same arithmetic is written in Lua in ``store/lua/charge.lua``; the tests hold the two together.
 
 A monthly period keeps the anchor's day of month and time of day, clamped to the month's length
@@ -75,11 +76,13 @@ def add_months(anchor: int, months: int) -> int:
 
 
 def window_at(period: Period, anchor: int, now: int) -> Window:
-    """The period that contains ``now``; before the anchor, the first period."""
+    """The period that contains ``now``, in the anchor's lattice: before the anchor as after it.
+
+    An anchor in the future (the next renewal date a billing system sends) puts ``now`` in the period
+    that ends at the anchor, never in a period that starts after ``now``.
+    """
     if period is Period.NONE:
         return Window(anchor, 0)
-    if now < anchor:
-        now = anchor
     if period is Period.DAY or period is Period.WEEK:
         length = DAY_SECONDS if period is Period.DAY else WEEK_SECONDS
         start = anchor + (now - anchor) // length * length

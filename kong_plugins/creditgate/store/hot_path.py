@@ -16,7 +16,8 @@ redis-py. The rules of the money path hold here as there:
   unknown, the connection is dropped, and the error is raised (the charge's deadline keeps a late
   run from charging);
 - ``NOSCRIPT`` (a restarted Redis, a failover, ``SCRIPT FLUSH``) means the script did not run, so
-  it is loaded and sent once more, which cannot charge twice;
+  it is loaded and sent once more, which cannot charge twice; flushed again before that second send,
+  the script is sent whole (EVAL), which no flush can refuse: while Redis is up the script reaches it;
 - errors are redis-py's own exception classes, so the store maps them as it maps redis-py's.
 
 Under gevent the plugin server patches ``socket`` first, so the pool's sockets (and the pipelined
@@ -49,13 +50,16 @@ def pack(*parts: Any) -> bytes:
 class HotPath:
     """EVALSHA of one script on a pool of plain connections to one standalone Redis."""
 
-    def __init__(self, settings: RedisSettings, sha: str, load_script: Callable[[], str]) -> None:
+    def __init__(
+        self, settings: RedisSettings, sha: str, load_script: Callable[[], str], source: str = ""
+    ) -> None:
         self._address: str | tuple[str, int] = settings.socket_path or (settings.host, settings.port)
         self._connect_timeout = settings.connect_timeout / 1000
         self._read_timeout = settings.read_timeout / 1000
         self._handshake = self._handshake_commands(settings)
         self._sha = sha
         self._load_script = load_script
+        self._source = source
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
         self._pipeline: _GeventPipeline | None = None
@@ -87,7 +91,16 @@ class HotPath:
             reply = self._round_trip(hiredis.pack_command(("EVALSHA", self._sha, len(keys), *keys, *args)))
             if not isinstance(reply, hiredis.ReplyError):
                 return reply
-            if loaded or not str(reply).startswith("NOSCRIPT"):
+            if not str(reply).startswith("NOSCRIPT"):
+                raise redis.exceptions.ResponseError(str(reply))
+            if loaded and self._source:  # flushed again in between: the whole script, once
+                reply = self._round_trip(
+                    hiredis.pack_command(("EVAL", self._source, len(keys), *keys, *args))
+                )
+                if isinstance(reply, hiredis.ReplyError):
+                    raise redis.exceptions.ResponseError(str(reply))
+                return reply
+            if loaded:
                 raise redis.exceptions.ResponseError(str(reply))
             self._sha = self._load_script()  # the script did not run: sending it again is safe
             loaded = True

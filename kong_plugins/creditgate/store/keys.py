@@ -9,16 +9,23 @@ or ``%`` can neither break the tag nor collide with another account's keys.
     <prefix>:{<account>}:keys           hash: idempotency key -> ledger id
     <prefix>:{<account>}:usage:<day>    hash: "<route>|requests|credits|refused" -> count, per UTC day
     <prefix>:{<account>}:members        hash: pool members' caps and period use
+    <prefix>:{<account>}:holds          hash: charge id -> what settling it needs (JSON), for its window
+    <prefix>:{<account>}:holds:until    sorted set: charge id by the end of its settlement window
     <prefix>:{<account>}:request:<hash> string: the charge a request's Idempotency-Key answered with
     <prefix>:{<account>}:settled:<id>   string: the settlement of charge <id> (settled at most once)
     <prefix>:plan:<name>                string: the plan's JSON document
     <prefix>:plans                      set: plan names
     <prefix>:plan:<name>:accounts       set: accounts subscribed to the plan
     <prefix>:accounts                   set: every account the operators created
+    <prefix>:store                      string: "this Redis holds credit-gate's data" (standalone,
+                                        Sentinel); on a Cluster one such key per slot,
+                                        <prefix>:{<slot tag>}:store, so that a charge reads the one
+                                        of its account's slot
 """
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
@@ -45,6 +52,8 @@ class AccountKeys:
     usage_prefix: str
     members: str
     base: str
+    holds: str = ""
+    holds_index: str = ""
 
     def usage(self, epoch: int) -> str:
         return self.usage_prefix + _day_name(epoch // 86_400)
@@ -79,10 +88,51 @@ class Keys:
     def accounts(self) -> str:
         return f"{self.prefix}:accounts"
 
+    @property
+    def store(self) -> str:
+        return f"{self.prefix}:store"
+
 
 @lru_cache(maxsize=16_384)  # names are pure functions of (prefix, account): build each once
 def account_keys(prefix: str, account: str) -> AccountKeys:
     base = f"{prefix}:{{{account_tag(account)}}}:"
     return AccountKeys(
-        base + "account", base + "ledger", base + "keys", base + "usage:", base + "members", base
+        base + "account",
+        base + "ledger",
+        base + "keys",
+        base + "usage:",
+        base + "members",
+        base,
+        base + "holds",
+        base + "holds:until",
     )
+
+
+CLUSTER_SLOTS = 16_384
+
+
+@lru_cache(maxsize=1)
+def slot_tags() -> tuple[str, ...]:
+    """For each Redis Cluster slot, a short hash tag that maps to it (built once, in about 0.3 s)."""
+    tags: list[str | None] = [None] * CLUSTER_SLOTS
+    left, i = CLUSTER_SLOTS, 0
+    while left:
+        tag = format(i, "x")
+        slot = binascii.crc_hqx(tag.encode(), 0) % CLUSTER_SLOTS
+        if tags[slot] is None:
+            tags[slot] = tag
+            left -= 1
+        i += 1
+    return tuple(t for t in tags if t is not None)
+
+
+def slot_marker(prefix: str, account: str) -> str:
+    """The store marker on the Cluster slot of ``account``'s keys."""
+    tag = account_tag(account).encode()
+    slot = binascii.crc_hqx(tag, 0) % CLUSTER_SLOTS
+    return f"{prefix}:{{{slot_tags()[slot]}}}:store"
+
+
+def store_markers(prefix: str) -> list[str]:
+    """Every slot's marker, for a Cluster."""
+    return [f"{prefix}:{{{tag}}}:store" for tag in slot_tags()]

@@ -13,6 +13,8 @@ account's hash tag. An optional ``CircuitBreaker`` makes the store fail at once 
 from __future__ import annotations
 
 import json
+import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,10 +36,10 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.model import Plan, Status, Subscription
 from creditgate.core.periods import Period
-from creditgate.errors import StoreError, StoreTimeout, StoreUnavailable
+from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreTimeout, StoreUnavailable
 from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.hot_path import HotPath
-from creditgate.store.keys import Keys, account_keys
+from creditgate.store.keys import Keys, account_keys, slot_marker, store_markers
 
 T = TypeVar("T")
 
@@ -55,6 +57,26 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.RedisClusterException,
     OSError,
 )
+
+
+# Error replies that mean "Redis is up and the data is wrong": a script's BADDATA (see _lib.lua), a
+# command on a key of the wrong type. Not an outage: never counted by the breaker, never passed through.
+_DATA_ERROR = re.compile(
+    r"^(?:BADDATA (?P<key>\S+) (?P<rest>.*?)(?: script: \w+, on @\S+)?\.?$|WRONGTYPE )", re.S
+)
+
+
+def _data_error(error: BaseException) -> StoreDataError | None:
+    if not isinstance(error, redis.exceptions.ResponseError):
+        return None
+    text = str(error)
+    match = _DATA_ERROR.match(text)
+    if match is None:
+        return None
+    key = match.group("key") or ""
+    if key:
+        return StoreDataError(f"bad data in Redis: key {key} {match.group('rest')}", key=key)
+    return StoreDataError(f"bad data in Redis: {text}")
 
 
 def _script_source(name: str) -> str:
@@ -285,6 +307,11 @@ def _charge_result(reply: Sequence[Any]) -> ChargeResult:
     reason_text = reason or ""
     if reason_text == "deadline_passed":
         raise StoreTimeout("Redis ran the charge after the caller's deadline; nothing was charged")
+    if reason_text == "store_empty":
+        raise StoreEmpty(
+            "Redis holds no credit-gate data (no store marker): it was emptied (a restart without "
+            "persistence, a flush) or is not the configured database; restore it, see docs/redis.md"
+        )
     # Positional, in the order of ChargeResult's fields: built on every request, at half the cost.
     return ChargeResult(
         allowed == 1,
@@ -334,6 +361,14 @@ class InsufficientBalance(Exception):
         self.balance = balance
 
 
+class BalanceCapReached(Exception):
+    """The change would take the balance past MAX_CREDITS; nothing changed."""
+
+    def __init__(self, balance: int) -> None:
+        super().__init__(balance)
+        self.balance = balance
+
+
 @dataclass(frozen=True)
 class AccountState:
     """An account's hash, decoded. Absent fields are their zero values."""
@@ -367,11 +402,20 @@ class LedgerEntry:
 
 
 def _account_state(account: str, reply: Any) -> AccountState:
-    """Decode an account's hash (HGETALL's reply)."""
-    raw = {_text(k): _text(v) for k, v in reply.items()}
+    """Decode an account's hash (HGETALL's reply); a field that does not parse is StoreDataError."""
+    try:
+        raw = {_text(k): _text(v) for k, v in reply.items()}
+    except UnicodeDecodeError:
+        message = f"bad data in Redis: account '{account}' has a field that is not UTF-8"
+        raise StoreDataError(message, key=account) from None
 
     def number(name: str) -> int:
-        return int(raw.get(name) or 0)
+        text = raw.get(name) or "0"
+        if not re.fullmatch(r"-?[0-9]{1,19}", text):
+            raise StoreDataError(
+                f"bad data in Redis: account '{account}' field {name}: is not an integer", key=account
+            )
+        return int(text)
 
     return AccountState(
         account=account,
@@ -393,25 +437,46 @@ def _account_state(account: str, reply: Any) -> AccountState:
 
 
 class RedisClock:
-    """The offset between this host's clock and Redis's, learnt from the charge replies.
+    """The offset between this host's clock and Redis's, with a bound on its error.
 
-    A charge carries a deadline on Redis's clock, after which the caller has given up; each reply
-    carries Redis's time, from which the offset is kept up to date at no extra round trip. The error
-    of the estimate is at most half a round trip.
+    A charge carries a deadline on Redis's clock, after which the caller has given up. Each charge's
+    reply carries Redis's time, from which the offset is kept up to date at no extra round trip; the
+    first charge of a store learns it with one TIME call first (``RedisStore.charge``). A sample's
+    error is at most half its round trip (Redis read its clock somewhere between the send and the
+    receive); an estimate ages by ``DRIFT`` of the time since it was taken. A sample replaces the
+    estimate when it is at least as precise, or when the two cannot both be right (Redis's clock was
+    stepped, or a failover reached a master with another clock). The deadline sent is the caller's
+    give-up time minus the error: a charge Redis runs after the caller stopped waiting never applies,
+    however slow the round trips.
     """
+
+    DRIFT = 1e-4  # 100 ppm: how fast two clocks may drift apart, and then some
 
     def __init__(self) -> None:
         self.offset_ms: float | None = None
+        self._error_ms = math.inf
+        self._taken_ms = 0.0
+
+    def error_ms(self, now_ms: float) -> float:
+        if self.offset_ms is None:
+            return math.inf
+        return self._error_ms + abs(now_ms - self._taken_ms) * self.DRIFT
 
     def observe(self, redis_ms: int, sent_ms: float, received_ms: float) -> None:
-        if received_ms - sent_ms < 50:
-            self.offset_ms = redis_ms - (sent_ms + received_ms) / 2
+        error = max(received_ms - sent_ms, 0) / 2 + 1  # + 1: Redis's milliseconds are truncated
+        offset = redis_ms - (sent_ms + received_ms) / 2
+        current = self.error_ms(received_ms)
+        if error <= current or self.offset_ms is None or abs(offset - self.offset_ms) > error + current:
+            self.offset_ms, self._error_ms, self._taken_ms = offset, error, received_ms
 
     def deadline(self, sent_ms: float, budget_ms: float) -> int:
-        """The Redis time after which a charge sent at ``sent_ms`` must not apply; 0 while unknown."""
-        if self.offset_ms is None or budget_ms <= 0:
+        """The Redis time after which a charge sent at ``sent_ms`` must not apply (>= 1: always a
+        deadline); 0 only without a budget (a caller that waits for ever). Needs an offset."""
+        if budget_ms <= 0:
             return 0
-        return int(sent_ms + self.offset_ms + budget_ms)
+        if self.offset_ms is None:
+            raise StoreTimeout("Redis's clock is not known yet; nothing was charged")
+        return max(1, int(sent_ms + self.offset_ms + budget_ms - self.error_ms(sent_ms)))
 
 
 class RedisStore:
@@ -458,7 +523,9 @@ class RedisStore:
     ) -> RedisStore:
         store = cls(connect(settings), prefix, timeout_ms=settings.read_timeout, breaker=breaker)
         if settings.topology == "standalone" and not settings.ssl:
-            store.hot_path = HotPath(settings, store._charge.sha, store._load_charge)
+            store.hot_path = HotPath(
+                settings, store._charge.sha, store._load_charge, _script_source("charge")
+            )
             store._send_charge = store.hot_path.evalsha  # strings arrive decoded
         return store
 
@@ -507,6 +574,9 @@ class RedisStore:
             return StoreError(f"Redis failed: {error}")
         if breaker is not None:
             breaker.succeeded()  # an error reply (Redis is up), or not Redis's fault: never leave a probe out
+        data_error = _data_error(error)
+        if data_error is not None:
+            return data_error
         if isinstance(error, redis.exceptions.RedisError):
             return StoreError(f"Redis failed: {error}")
         return error  # not Redis's: raised as it is
@@ -525,7 +595,11 @@ class RedisStore:
         until the script was known everywhere. EVAL caches the script on that node.
         """
         if not isinstance(self.client, LazyCluster):
-            return script(keys=keys, args=args)  # redis-py's Script: EVALSHA, SCRIPT LOAD, EVALSHA
+            try:
+                return script(keys=keys, args=args)  # redis-py's Script: EVALSHA, SCRIPT LOAD, EVALSHA
+            except redis.exceptions.NoScriptError:
+                # Flushed again between the load and the second EVALSHA: EVAL cannot meet NOSCRIPT.
+                return self.client.eval(script.script, len(keys), *keys, *args)
         try:
             return self.client.evalsha(script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
@@ -541,7 +615,7 @@ class RedisStore:
         account: str,
         cost: int,
         *,
-        now: int,
+        now: int | None = None,
         entitled: Sequence[str] = (),
         route: str = "global",
         ledger_retention: int = DEFAULT_LEDGER_RETENTION,
@@ -550,14 +624,22 @@ class RedisStore:
         idempotency_window: int = 0,
         member: str = "",
         hold_seconds: int = 0,
+        settle_window: int = 0,
     ) -> ChargeResult:
         """Decide and charge one request in one script (see charge.lua for the rules).
+
+        ``now`` None (the gate): Redis's own clock decides, so that every gateway node sees the same
+        periods; a given ``now`` (operators' tools with their own clock, tests) overrides it.
+        ``settle_window`` > 0 keeps what settling the charge needs for that many seconds.
 
         An idempotency key answers only for a retry of the same route at the same cost: the key is
         bound to both, so a key paid for on a cheap route cannot let a dearer request through.
         """
         keys = self._account_keys(account)
         window = idempotency_window if idempotency_key else 0
+        marker = self._marker(account)  # on a Cluster the first call builds the slot table: not timed
+        if self.clock.offset_ms is None and self.charge_budget_ms > 0:
+            self._learn_clock(keys.state)
         sent_ms = time.time() * 1000
         deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
         reply = self._guarded(
@@ -565,13 +647,16 @@ class RedisStore:
             [
                 keys.state,
                 keys.ledger,
-                keys.usage(now),
+                keys.usage(int(time.time()) if now is None else now),
                 # Unused by the script without a key: any key of the account's slot will do.
                 keys.request(f"{route}\0{cost}\0{idempotency_key}") if window else keys.members,
                 keys.members,
+                keys.holds,
+                keys.holds_index,
+                marker,
             ],
             [
-                now,
+                "" if now is None else now,
                 cost,
                 ",".join(entitled),
                 route,
@@ -582,10 +667,62 @@ class RedisStore:
                 window,
                 member,
                 hold_seconds,
+                settle_window,
             ],
         )
         self.clock.observe(int(reply[16]), sent_ms, time.time() * 1000)
         return _charge_result(reply)
+
+    def _marker(self, account: str) -> str:
+        if isinstance(self.client, LazyCluster):
+            return slot_marker(self.keys.prefix, account)
+        return self.keys.store
+
+    def mark_store(self) -> None:
+        """Write the store marker (every slot's on a Cluster): "this Redis holds credit-gate's data"."""
+        if not isinstance(self.client, LazyCluster):
+            self._run("SET", self.keys.store, "1")
+            return
+        markers = store_markers(self.keys.prefix)
+
+        def fill(pipe: Any) -> None:
+            for key in markers:
+                pipe.set(key, "1")
+
+        self._pipeline(fill)
+
+    def store_marked(self) -> bool:
+        """Whether the marker is there (on a Cluster: on every slot)."""
+        if not isinstance(self.client, LazyCluster):
+            return bool(self._run("EXISTS", self.keys.store))
+        markers = store_markers(self.keys.prefix)
+
+        def fill(pipe: Any) -> None:
+            for key in markers:
+                pipe.exists(key)
+
+        return all(self._pipeline(fill))
+
+    def _learn_clock(self, key: str) -> None:
+        """Redis's clock, learnt once per store before its first charge (one TIME round trip, two if
+        the first was slow: a Cluster client's first command also fetches the slot map), from the
+        node that holds ``key`` (on a Cluster, each master has its own clock)."""
+
+        def ask() -> tuple[float, Any, float]:
+            client: Any = self.client
+            if isinstance(client, LazyCluster):
+                cluster: Any = client.cluster
+                node = cluster.get_node_from_key(key)
+                sent = time.time() * 1000
+                return sent, cluster.execute_command("TIME", target_nodes=node), time.time() * 1000
+            sent = time.time() * 1000
+            return sent, client.execute_command("TIME"), time.time() * 1000
+
+        for _ in range(2):
+            sent_ms, (seconds, micros), received_ms = self._guarded(ask)
+            self.clock.observe(int(seconds) * 1000 + int(micros) // 1000, sent_ms, received_ms)
+            if self.clock.error_ms(received_ms) < self.charge_budget_ms / 4:
+                return
 
     def settle(
         self,
@@ -593,7 +730,7 @@ class RedisStore:
         charge_id: str,
         final_cost: int,
         *,
-        now: int,
+        now: int | None = None,
         refund: bool = False,
         window_seconds: int = 86_400,
         ledger_retention: int = DEFAULT_LEDGER_RETENTION,
@@ -602,12 +739,20 @@ class RedisStore:
         keys = self.keys.account(account)
         outcome, given_back, balance, ledger_id = self._call(
             self._settle,
-            [keys.state, keys.ledger, keys.settled(charge_id), keys.usage(now), keys.members],
+            [
+                keys.state,
+                keys.ledger,
+                keys.settled(charge_id),
+                keys.usage(int(time.time()) if now is None else now),
+                keys.members,
+                keys.holds,
+                keys.holds_index,
+            ],
             [
                 charge_id,
                 final_cost,
                 "refund" if refund else "settle",
-                now,
+                "" if now is None else now,
                 ledger_retention,
                 USAGE_TTL_SECONDS,
                 window_seconds,
@@ -638,6 +783,8 @@ class RedisStore:
         )
         if int(outcome) == -1:
             raise InsufficientBalance(int(balance))
+        if int(outcome) == -2:
+            raise BalanceCapReached(int(balance))
         return CreditResult(int(outcome) == 1, int(balance), _text(ledger_id))
 
     def put_plan(self, plan: Plan) -> None:
@@ -832,6 +979,8 @@ class RedisStore:
         )
         # The index sets live on other Cluster slots, so they are kept outside the script; running the
         # row again repairs them if this process dies in between.
+        if int(outcome) == -2:
+            raise BalanceCapReached(int(balance))
         previous_plan = _text(previous)
         if subscription is not None:
             plan_name = subscription[1].name

@@ -1,7 +1,89 @@
 -- _lib.lua: functions shared by the credit-gate scripts. The store prepends this file to each script.
 --
--- Lua numbers in Redis are doubles: every amount stays below 2^53 (the Python side caps credits at
--- 10^15), and every integer written back goes through fmt() so that it is never written as "1e+15".
+-- Lua numbers in Redis are doubles, exact up to 2^53. Every amount a script handles stays within
+-- MAX_CREDITS (10^15, core/model.py's MAX_CREDITS): a balance, an allowance, a period's use, a member's
+-- use; a grant or a settlement that would pass it is refused. Every integer written back goes through
+-- fmt() so that it is never written as "1e+15".
+--
+-- Rule of every script: read and check everything first, write after. A value read from Redis goes
+-- through strict_int() (Lua's tonumber accepts "1e3", "0x10", " 5", "inf" and "nan"); a key of the
+-- wrong type, or a field that does not parse, ends the script with an error reply "BADDATA <key>
+-- <field>: ..." before its first write (Redis does not roll back a script's earlier writes). The store
+-- raises StoreDataError for it, and the gate refuses the request (reason account_data_invalid).
+
+local MAX_CREDITS = 1000000000000000    -- 10^15
+local MAX_INSTANT = 32503680000         -- 3000-01-01T00:00:00Z, core/model.py's MAX_INSTANT
+local MAX_COUNTER_DIGITS = 18           -- a usage counter stays far from int64's end (HINCRBY)
+local FOLD_MAX = 256                    -- ledger entries folded by one call at most
+
+local function bad(key, field, why)
+  error({err = 'BADDATA ' .. key .. ' ' .. field .. ': ' .. why})
+end
+
+-- An integer written the way fmt() writes it ("-"? digits, no leading zero), within [lo, hi]; nil else.
+local function strict_int(s, lo, hi)
+  if type(s) ~= 'string' or #s == 0 or #s > 17 then return nil end
+  if not string.find(s, '^%-?[1-9][0-9]*$') and s ~= '0' then return nil end
+  local n = tonumber(s)
+  if n == nil or n < lo or n > hi then return nil end
+  return n
+end
+
+-- A field of an HMGET reply (false when absent): its integer, `default` when absent; BADDATA otherwise.
+local function read_int(key, field, value, default, lo, hi)
+  if value == false or value == nil then return default end
+  local n = strict_int(value, lo, hi)
+  if n == nil then
+    bad(key, field, 'is not an integer between ' .. string.format('%d', lo) .. ' and ' .. string.format('%d', hi))
+  end
+  return n
+end
+
+-- An ARGV integer: the caller is the store, so a bad one is a bug (error reply BADARG, not bad data).
+local function arg_int(index, lo, hi)
+  local n = strict_int(ARGV[index], lo, hi)
+  if n == nil then
+    error({err = 'BADARG ' .. tostring(index) .. ': not an integer between ' .. string.format('%d', lo) .. ' and ' .. string.format('%d', hi)})
+  end
+  return n
+end
+
+-- A usage counter is only ever increased by HINCRBY (64-bit in Redis, never read into Lua): checked as
+-- text, so that the HINCRBY after the first write cannot fail.
+local function check_counter(key, field, value)
+  if value ~= false and value ~= nil and (type(value) ~= 'string' or #value > MAX_COUNTER_DIGITS
+      or not string.find(value, '^%-?[0-9]+$')) then
+    bad(key, field, 'is not a counter')
+  end
+end
+
+-- The key is absent or of type `want` ("hash", "stream", "string"); BADDATA otherwise.
+local function check_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    bad(key, '(type)', 'is a ' .. t .. ', not a ' .. want)
+  end
+end
+
+-- One of the `allowed` words (a table word -> true), `default` when absent; BADDATA otherwise.
+local function read_word(key, field, value, default, allowed)
+  if value == false or value == nil then return default end
+  if not allowed[value] then bad(key, field, 'is not one of the known values') end
+  return value
+end
+
+local STATUSES = {active = true, trialing = true, past_due = true, suspended = true, canceled = true}
+local PERIODS = {day = true, week = true, month = true, none = true}
+local FLAGS = {['0'] = true, ['1'] = true}
+
+-- Redis's clock: seconds, and milliseconds. The scripts decide periods with it unless the caller
+-- names a time (an operator's tool with its own clock, the tests): one clock per account, since an
+-- account lives on one master, whatever the clocks of the gateway nodes say.
+local function redis_clock()
+  local t = redis.call('TIME')
+  local seconds = tonumber(t[1])
+  return seconds, seconds * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 local function fmt(n)
   return string.format('%d', n)
@@ -55,12 +137,13 @@ local function add_months(anchor, months)
   return days_from_civil(y, m, d) * DAY + second_of_day
 end
 
--- The billing period that holds `now`: start, end (end = 0: the period never ends).
+-- The billing period that holds `now`: start, end (end = 0: the period never ends). Periods are the
+-- anchor's lattice, before the anchor as after it: an anchor in the future (the next renewal date a
+-- billing system sends) means the current period is the one that ends there.
 local function window_at(period, anchor, now)
   if period == 'none' then
     return anchor, 0
   end
-  if now < anchor then now = anchor end
   if period == 'day' or period == 'week' then
     local length = (period == 'day') and DAY or 7 * DAY
     local start = anchor + floordiv(now - anchor, length) * length
@@ -77,32 +160,49 @@ local function window_at(period, anchor, now)
   return start, add_months(anchor, months + 1)
 end
 
--- Append one entry to an account's ledger and keep the ledger within `retention` entries.
--- Invariant: the account's `ledger_base` plus the `amount` of every entry still in the stream equals
--- its `balance`. Entries trimmed for retention are first folded into `ledger_base`, in batches, so the
--- fold runs on one write in many.
-local function ledger_append(account_key, ledger_key, retention, fields)
-  local id = redis.call('XADD', ledger_key, '*', unpack(fields))
-  if retention > 0 then
-    local length = redis.call('XLEN', ledger_key)
-    local batch = math.max(floordiv(retention, 16), 1)
-    if length > retention + batch then
-      local old = redis.call('XRANGE', ledger_key, '-', '+', 'COUNT', length - retention)
-      local folded = 0
-      local last = ''
-      for _, entry in ipairs(old) do
-        local entry_fields = entry[2]
-        for i = 1, #entry_fields, 2 do
-          if entry_fields[i] == 'amount' then
-            folded = folded + tonumber(entry_fields[i + 1])
-          end
-        end
-        last = entry[1]
+-- The ledger keeps `retention` entries per account. Invariant: the account's `ledger_base` plus the
+-- `amount` of every entry still in the stream equals its `balance`. Entries past the retention are
+-- folded into `ledger_base` first, at most FOLD_MAX per call and only while the folded sum stays
+-- exact, so a call's run time never grows with the account's history (a lowered retention is caught
+-- up over the following writes). ledger_plan() reads and checks (before the script's first write);
+-- ledger_append() writes the entry and applies the plan.
+local function ledger_plan(account_key, ledger_key, retention, adds)
+  check_type(ledger_key, 'stream')
+  check_counter(account_key, 'ledger_base', redis.call('HGET', account_key, 'ledger_base'))
+  local plan = {folded = 0, last = nil}
+  if retention <= 0 then return plan end
+  local length = redis.call('XLEN', ledger_key)
+  local slack = math.min(math.max(math.floor(retention / 16), 1), FOLD_MAX)
+  if length + adds <= retention + slack then return plan end
+  local count = math.min(length + adds - retention, FOLD_MAX, length)
+  if count <= 0 then return plan end
+  local folded = 0
+  for _, entry in ipairs(redis.call('XRANGE', ledger_key, '-', '+', 'COUNT', count)) do
+    local amount = 0
+    local entry_fields = entry[2]
+    for i = 1, #entry_fields, 2 do
+      if entry_fields[i] == 'amount' then
+        amount = read_int(ledger_key, entry[1] .. ' amount', entry_fields[i + 1], 0, -MAX_CREDITS, MAX_CREDITS)
       end
-      redis.call('HINCRBY', account_key, 'ledger_base', fmt(folded))
-      redis.call('HSET', account_key, 'ledger_base_id', last)
-      redis.call('XTRIM', ledger_key, 'MAXLEN', retention)
     end
+    if math.abs(folded + amount) > 9007199254740991 - MAX_CREDITS then break end
+    folded = folded + amount
+    plan.last = entry[1]
+  end
+  plan.folded = folded
+  return plan
+end
+
+-- Append one entry (after ledger_plan): the fold planned is applied once, by the first append.
+local function ledger_append(account_key, ledger_key, plan, fields)
+  local id = redis.call('XADD', ledger_key, '*', unpack(fields))
+  if plan.last then
+    local ms, seq = string.match(plan.last, '^(%d+)%-(%d+)$')
+    redis.call('HINCRBY', account_key, 'ledger_base', fmt(plan.folded))
+    redis.call('HSET', account_key, 'ledger_base_id', plan.last)
+    -- MINID trims exactly the entries folded: those with an id up to plan.last.
+    redis.call('XTRIM', ledger_key, 'MINID', ms .. '-' .. string.format('%d', tonumber(seq) + 1))
+    plan.last = nil
   end
   return id
 end
@@ -138,10 +238,13 @@ end
 
 -- Change a balance by `amount` (signed), at most once per idempotency key, with its ledger entry.
 -- Returns outcome, balance, ledger id: 1 applied; 0 the key was already applied (nothing changed, the
--- first application's ledger id); -1 refused, the balance would go below zero (nothing changed).
+-- first application's ledger id); -1 refused, the balance would go below zero; -2 refused, the balance
+-- would pass MAX_CREDITS (nothing changed in either case).
 local function apply_credit(account_key, ledger_key, keys_key, kind, amount, note, key, now, retention,
                             reference)
-  local balance = tonumber(redis.call('HGET', account_key, 'balance')) or 0
+  check_type(account_key, 'hash')
+  check_type(keys_key, 'hash')
+  local balance = read_int(account_key, 'balance', redis.call('HGET', account_key, 'balance'), 0, 0, MAX_CREDITS)
   if key ~= '' then
     local first = redis.call('HGET', keys_key, key)
     if first then
@@ -151,6 +254,10 @@ local function apply_credit(account_key, ledger_key, keys_key, kind, amount, not
   if balance + amount < 0 then
     return -1, balance, ''
   end
+  if balance + amount > MAX_CREDITS then
+    return -2, balance, ''
+  end
+  local plan = ledger_plan(account_key, ledger_key, retention, 1)
   balance = redis.call('HINCRBY', account_key, 'balance', fmt(amount))
   local fields = {'kind', kind, 'amount', fmt(amount), 'balance', fmt(balance), 'at', fmt(now)}
   if note ~= '' then
@@ -162,9 +269,29 @@ local function apply_credit(account_key, ledger_key, keys_key, kind, amount, not
   if reference ~= '' then
     table.insert(fields, 'reference'); table.insert(fields, reference)
   end
-  local id = ledger_append(account_key, ledger_key, retention, fields)
+  local id = ledger_append(account_key, ledger_key, plan, fields)
   if key ~= '' then
     redis.call('HSET', keys_key, key, id)
   end
   return 1, balance, id
+end
+
+-- A charge's facts for settling it (a table of strings), kept in the account's holds hash until
+-- `until_at`; the index (a sorted set by `until_at`) lets each call drop a few expired holds, so the
+-- hash holds about the charges of one settlement window and no script walks it.
+local HOLD_PURGE = 8
+local function remember_hold(holds_key, index_key, id, facts, until_at, now, window)
+  local expired = redis.call('ZRANGEBYSCORE', index_key, '-inf', fmt(now), 'LIMIT', 0, HOLD_PURGE)
+  if #expired > 0 then
+    redis.call('HDEL', holds_key, unpack(expired))
+    redis.call('ZREM', index_key, unpack(expired))
+  end
+  local text = {}
+  for name, value in pairs(facts) do
+    text[name] = (type(value) == 'number') and fmt(value) or value
+  end
+  redis.call('HSET', holds_key, id, cjson.encode(text))
+  redis.call('ZADD', index_key, fmt(until_at), id)
+  redis.call('EXPIRE', holds_key, window + 60)
+  redis.call('EXPIRE', index_key, window + 60)
 end

@@ -5,7 +5,10 @@
 -- KEYS[3]  the paying account's usage hash for the UTC day of `now`
 -- KEYS[4]  the idempotency key of this request (a string key; unused when ARGV[9] is 0)
 -- KEYS[5]  the paying account's members hash (pools: caps and period usage per member)
--- ARGV[1]  now: Unix seconds (the caller's clock)
+-- KEYS[6]  the paying account's holds hash (charge id -> what settling it needs)
+-- KEYS[7]  the paying account's holds index (sorted set: charge id by the end of its settle window)
+-- KEYS[8]  the store marker of the account's slot (operators' tools write it; see store/keys.py)
+-- ARGV[1]  now: Unix seconds to decide with, or "" for Redis's own clock (what the gate sends)
 -- ARGV[2]  cost: credits, integer >= 0 (for a hold: the most the request may cost)
 -- ARGV[3]  entitled plans, separated by ",", or "" for any plan
 -- ARGV[4]  where the request was charged ("route:<id>", "service:<id>", "global"), for usage and ledger
@@ -16,63 +19,128 @@
 -- ARGV[9]  idempotency window: seconds a charge answers for its idempotency key, 0 = off
 -- ARGV[10] member: the pool member the request is from, or "" when the account pays for itself
 -- ARGV[11] hold: seconds within which the charge may be settled to a lower cost, 0 = final charge
+-- ARGV[12] settlement window: seconds the charge can be settled or refunded in (its facts are kept in
+--          the holds hash that long), 0 = never settled
 --
 -- Returns {allowed (1|0), reason ("" when allowed), plan, status, cost, balance, allowance,
 --          allowance_remaining, period_start, period_end, starts_at, expires_at, now, from_allowance,
 --          from_balance, ledger id ("" when nothing was charged), Redis's clock in milliseconds,
 --          replayed (1 when an earlier charge with this idempotency key answered), member_used,
 --          member_cap (-1: no cap)}
+-- or the error reply "BADDATA <key> <field>: ..." (see _lib.lua), with nothing written. An account
+-- without a subscription in a Redis without the store marker answers reason "store_empty" with nothing
+-- written: a Redis restarted empty is told from an account that never subscribed.
 --
 -- The allowance of the current period pays first, prepaid balance the rest (when the plan allows
 -- prepaid use). Nothing is written unless the whole cost can be paid: the balance never goes below
--- zero, a pool member never goes over its cap, and a refused request is never charged. The period
--- rolls over lazily on the first request after it ends.
+-- zero, a pool member never goes over its cap, and a refused request is never charged. Everything the
+-- script reads is checked before its first write.
+--
+-- Periods. Redis's clock decides (one clock per account, whatever the gateway nodes' clocks say). The
+-- period rolls over lazily on the first request at or after its end; a time before the current
+-- period's start (a caller-given `now` behind another's) is counted in the current period: a period
+-- never moves backwards, so no clock can restart an allowance. The period containing `now` is found in
+-- the anchor's lattice, also before the anchor (see window_at in _lib.lua).
 --
 -- The deadline closes the "refused but charged" hole: a caller that timed out answers 503 and
 -- proxies nothing, so a script that only runs after that (Redis was paused, or the command sat in a
 -- slow network) must not charge. It refuses with reason "deadline_passed" and writes nothing.
 
 local account_key, ledger_key, usage_key, idempotency_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local now = tonumber(ARGV[1])
-local cost = tonumber(ARGV[2])
+local holds_key, holds_index_key = KEYS[6], KEYS[7]
+local redis_now, redis_ms = redis_clock()
+local now = redis_now
+if ARGV[1] ~= '' then now = arg_int(1, 0, MAX_INSTANT) end
+local cost = arg_int(2, 0, MAX_CREDITS)
 local entitled = ARGV[3]
 local route = ARGV[4]
-local retention = tonumber(ARGV[5])
-local usage_ttl = tonumber(ARGV[6])
-local deadline = tonumber(ARGV[7])
+local retention = arg_int(5, 0, 1e12)
+local usage_ttl = arg_int(6, 1, 1e12)
+local deadline = arg_int(7, 0, 1e15)
 local shadow = ARGV[8] == 'shadow'
-local idempotency_window = tonumber(ARGV[9])
+local idempotency_window = arg_int(9, 0, 1e12)
 local member = ARGV[10]
-local hold_seconds = tonumber(ARGV[11])
-
-local clock = redis.call('TIME')
-local redis_ms = tonumber(clock[1]) * 1000 + floordiv(tonumber(clock[2]), 1000)
+local hold_seconds = arg_int(11, 0, 1e12)
+local settle_window = arg_int(12, 0, 1e12)
 
 if deadline > 0 and redis_ms > deadline then
   return {0, 'deadline_passed', '', '', cost, 0, 0, 0, 0, 0, 0, 0, now, 0, 0, '', redis_ms, 0, 0, -1}
 end
 
+-- Read and check everything.
+check_type(account_key, 'hash')
+check_type(usage_key, 'hash')
+check_type(members_key, 'hash')
+if idempotency_window > 0 then check_type(idempotency_key, 'string') end
+if settle_window > 0 then
+  check_type(holds_key, 'hash')
+  check_type(holds_index_key, 'zset')
+end
+
 local f = redis.call('HMGET', account_key,
   'plan', 'status', 'starts_at', 'anchor', 'expires_at', 'period', 'allowance', 'prepaid',
   'balance', 'used', 'period_start', 'period_end')
+local K = account_key
 local plan = f[1] or ''
-local status = f[2] or ''
-local starts_at = tonumber(f[3]) or 0
-local anchor = tonumber(f[4]) or starts_at
-local expires_at = tonumber(f[5]) or 0
-local period = f[6] or 'none'
-local allowance = tonumber(f[7]) or 0
-local prepaid = f[8] == '1'
-local balance = tonumber(f[9]) or 0
-local used = tonumber(f[10]) or 0
-local period_start = tonumber(f[11]) or 0
-local period_end = tonumber(f[12]) or 0
+local status = read_word(K, 'status', f[2], '', STATUSES)
+local starts_at = read_int(K, 'starts_at', f[3], 0, 0, MAX_INSTANT)
+local anchor = read_int(K, 'anchor', f[4], starts_at, 0, MAX_INSTANT)
+local expires_at = read_int(K, 'expires_at', f[5], 0, 0, MAX_INSTANT)
+local period = read_word(K, 'period', f[6], 'none', PERIODS)
+local allowance = read_int(K, 'allowance', f[7], 0, 0, MAX_CREDITS)
+local prepaid = read_word(K, 'prepaid', f[8], '0', FLAGS) == '1'
+local balance = read_int(K, 'balance', f[9], 0, 0, MAX_CREDITS)
+local used = read_int(K, 'used', f[10], 0, 0, MAX_CREDITS)
+local period_start = read_int(K, 'period_start', f[11], 0, 0, MAX_INSTANT)
+local period_end = read_int(K, 'period_end', f[12], 0, 0, MAX_INSTANT)
+if period_end ~= 0 and period_end <= period_start then
+  bad(K, 'period_end', 'is not after period_start')
+end
 local member_used = 0
 local member_cap = -1
 
+local function usage_name(field)
+  return route .. '|' .. field
+end
+local usage_fields = {'requests', 'credits', 'refused', 'replayed', 'shadow_allowed', 'shadow_credits',
+                      'shadow_refused'}
+if member ~= '' then
+  for _, name in ipairs({'requests', 'credits', 'refused'}) do
+    table.insert(usage_fields, 'member:' .. member .. '|' .. name)
+  end
+end
+local usage_names = {}
+for i, name in ipairs(usage_fields) do usage_names[i] = usage_name(name) end
+local usage_values = redis.call('HMGET', usage_key, unpack(usage_names))
+for i, name in ipairs(usage_names) do check_counter(usage_key, name, usage_values[i]) end
+
+local earlier = false
+if idempotency_window > 0 and not shadow then
+  earlier = redis.call('GET', idempotency_key)
+  if earlier and not string.find(earlier, '^%d+%-%d+$') then
+    bad(idempotency_key, '(value)', 'is not a ledger id')
+  end
+end
+
+local member_used_field, member_period, member_stored = '', '', false
+if member ~= '' then
+  local m = redis.call('HMGET', members_key, 'cap:' .. member, 'used:' .. member)
+  member_cap = read_int(members_key, 'cap:' .. member, m[1], -1, 0, MAX_CREDITS)
+  member_used_field = 'used:' .. member
+  if m[2] then
+    local p, u = string.match(m[2], '^([^:]*):([^:]*)$')
+    if p == nil or strict_int(p, 0, MAX_INSTANT) == nil or strict_int(u, 0, MAX_CREDITS) == nil then
+      bad(members_key, member_used_field, 'is not "<period start>:<credits>"')
+    end
+    member_stored = {p, tonumber(u)}
+  end
+end
+
+-- Writes start below this line.
+
 local usage_checked = false
 local function count_usage(field, amount)
-  local name = route .. '|' .. field
+  local name = usage_name(field)
   if not usage_checked then
     usage_checked = true
     if redis.call('EXISTS', usage_key) == 0 then
@@ -101,15 +169,15 @@ local function refuse(reason)
 end
 
 -- A retry of a request that was already charged answers with that charge, and is not charged again.
-if idempotency_window > 0 and not shadow then
-  local earlier = redis.call('GET', idempotency_key)
-  if earlier then
-    count_usage('replayed', 1)
-    return answer(1, '', 0, 0, earlier, 1)
-  end
+if earlier then
+  count_usage('replayed', 1)
+  return answer(1, '', 0, 0, earlier, 1)
 end
 
 if plan == '' then
+  if redis.call('EXISTS', KEYS[8]) == 0 then
+    return answer(0, 'store_empty', 0, 0, '', 0)
+  end
   return refuse('no_subscription')
 end
 if (status ~= 'active' and status ~= 'trialing') or now < starts_at then
@@ -122,32 +190,29 @@ if entitled ~= '' and not string.find(',' .. entitled .. ',', ',' .. plan .. ','
   return refuse('plan_not_entitled')
 end
 
-if period ~= 'none' and (period_end == 0 or now >= period_end or now < period_start) then
+-- The ledger's fold is planned (read, checked) before any write of the charge itself.
+local ledger = nil
+if not shadow then ledger = ledger_plan(account_key, ledger_key, retention, 2) end
+
+if period ~= 'none' and (period_end == 0 or now >= period_end) then
   period_start, period_end = window_at(period, anchor, now)
   local previous_used = used
   used = 0
   if not shadow then
     redis.call('HSET', account_key, 'used', 0, 'period_start', fmt(period_start), 'period_end', fmt(period_end))
-    ledger_append(account_key, ledger_key, retention, {
+    ledger_append(account_key, ledger_key, ledger, {
       'kind', 'period_reset', 'amount', '0', 'balance', fmt(balance), 'allowance', fmt(allowance),
       'allowance_used', fmt(previous_used), 'at', fmt(now), 'plan', plan})
   end
 end
 
 -- A pool member's use is counted per period of the pool's plan, and capped when the pool says so.
-local member_used_field, member_period = '', ''
 if member ~= '' then
-  local m = redis.call('HMGET', members_key, 'cap:' .. member, 'used:' .. member)
-  member_cap = tonumber(m[1]) or -1
   member_period = fmt(period_start)
-  member_used_field = 'used:' .. member
-  if m[2] then
-    local separator = string.find(m[2], ':', 1, true)
-    if string.sub(m[2], 1, separator - 1) == member_period then
-      member_used = tonumber(string.sub(m[2], separator + 1)) or 0
-    end
+  if member_stored and member_stored[1] == member_period then
+    member_used = member_stored[2]
   end
-  if member_cap >= 0 and member_used + cost > member_cap then
+  if (member_cap >= 0 and member_used + cost > member_cap) or member_used + cost > MAX_CREDITS then
     return refuse('member_cap_reached')
   end
 end
@@ -202,8 +267,17 @@ end
 if idempotency_window > 0 then
   table.insert(fields, 'idempotency_key'); table.insert(fields, idempotency_key)
 end
-local ledger_id = ledger_append(account_key, ledger_key, retention, fields)
+local ledger_id = ledger_append(account_key, ledger_key, ledger, fields)
 if idempotency_window > 0 then
   redis.call('SET', idempotency_key, ledger_id, 'EX', idempotency_window)
+end
+if settle_window > 0 then
+  -- What settling needs, kept for the settlement window whatever the ledger's retention drops.
+  local facts = {cost = cost, amount = -from_balance, at = now, period_start = period_start}
+  if member ~= '' then facts.member = member end
+  if hold_seconds > 0 then facts.settle_by = now + hold_seconds end
+  if idempotency_window > 0 then facts.idempotency_key = idempotency_key end
+  facts.route = route
+  remember_hold(holds_key, holds_index_key, ledger_id, facts, now + settle_window, now, settle_window)
 end
 return answer(1, '', from_allowance, from_balance, ledger_id, 0)

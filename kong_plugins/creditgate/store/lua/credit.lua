@@ -13,8 +13,8 @@
 --
 -- Returns {outcome, balance, ledger id}: outcome 1 = applied, 0 = this key was already applied (the
 -- ledger id is the first application's, nothing changed), -1 = refused because the balance would go
--- below zero (nothing changed).
+-- below zero, -2 = refused because the balance would pass MAX_CREDITS (nothing changed in either case).
 
-local outcome, balance, id = apply_credit(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), ARGV[3],
-  ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
+local outcome, balance, id = apply_credit(KEYS[1], KEYS[2], KEYS[3], ARGV[1],
+  arg_int(2, -MAX_CREDITS, MAX_CREDITS), ARGV[3], ARGV[4], arg_int(5, 0, MAX_INSTANT), arg_int(6, 0, 1e12), ARGV[7])
 return {outcome, balance, id}

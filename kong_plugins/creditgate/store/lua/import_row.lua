@@ -18,14 +18,24 @@
 -- ARGV[13] ledger retention: entries kept per account
 --
 -- Returns {previous plan or "", grant outcome, balance, ledger id}: grant outcome 1 = applied, 0 = the
--- key was already applied (nothing granted, the ledger id is the first application's), 2 = no grant.
+-- key was already applied (nothing granted, the ledger id is the first application's), 2 = no grant,
+-- -2 = the grant would take the balance past MAX_CREDITS (nothing written, the subscription neither).
 --
 -- The subscription is written as subscribe.lua writes it and the grant as credit.lua writes it; one
 -- script makes the row atomic, so a row is either wholly applied or not at all, and running the same
 -- file again changes nothing (the same values, the same key).
 
 local account_key, ledger_key, keys_key = KEYS[1], KEYS[2], KEYS[3]
-local amount = tonumber(ARGV[9])
+local amount = arg_int(9, 0, MAX_CREDITS)
+check_type(account_key, 'hash')
+check_type(keys_key, 'hash')
+if amount > 0 then
+  ledger_plan(account_key, ledger_key, arg_int(13, 0, 1e12), 1)  -- checked before the first write
+end
+local balance = read_int(account_key, 'balance', redis.call('HGET', account_key, 'balance'), 0, 0, MAX_CREDITS)
+if amount > 0 and balance + amount > MAX_CREDITS and redis.call('HEXISTS', keys_key, ARGV[10]) == 0 then
+  return {'', -2, balance, ''}
+end
 
 local previous = ''
 if ARGV[1] ~= '' then
@@ -33,9 +43,8 @@ if ARGV[1] ~= '' then
     ARGV[8])
 end
 if amount <= 0 then
-  local balance = tonumber(redis.call('HGET', account_key, 'balance')) or 0
   return {previous, 2, balance, ''}
 end
 local outcome, balance, id = apply_credit(account_key, ledger_key, keys_key, 'grant', amount, ARGV[11],
-  ARGV[10], tonumber(ARGV[12]), tonumber(ARGV[13]), '')
+  ARGV[10], arg_int(12, 0, MAX_INSTANT), arg_int(13, 0, 1e12), '')
 return {previous, outcome, balance, id}

@@ -5,19 +5,27 @@
 -- KEYS[3]  this charge's settlement marker (a string key: the settlement's ledger id)
 -- KEYS[4]  the paying account's usage hash for the UTC day of `now`
 -- KEYS[5]  the paying account's members hash
+-- KEYS[6]  the paying account's holds hash (charge id -> the charge's facts, see charge.lua)
+-- KEYS[7]  the paying account's holds index (sorted set)
 -- ARGV[1]  the charge's ledger id
 -- ARGV[2]  the final cost: credits, 0 <= final <= the charge's cost (0 refunds the whole charge)
 -- ARGV[3]  kind: "refund" (the upstream failed) or "settle" (the real cost is known)
--- ARGV[4]  now: Unix seconds
+-- ARGV[4]  now: Unix seconds, or "" for Redis's own clock
 -- ARGV[5]  ledger retention: entries kept per account
 -- ARGV[6]  usage retention: seconds a day's usage hash is kept
 -- ARGV[7]  settlement window: seconds after the charge within which it may be settled or refunded
 --
 -- Returns {outcome, credits given back, balance, ledger id}. outcome: "applied"; "already" (this charge
 -- was settled before: nothing changes, the ledger id is the first settlement's); "unknown" (no such
--- charge in this account's ledger); "late" (a hold past its settle_by time, or any charge past the
--- settlement window, is final); "invalid" (the final cost is above the charge's cost).
+-- charge: neither in the holds hash nor in the ledger); "late" (a hold past its settle_by time, or any
+-- charge past the settlement window, is final); "invalid" (the final cost is above the charge's cost);
+-- "cap" (giving back would take the balance past MAX_CREDITS; nothing written). Or the error reply
+-- "BADDATA ..." (see _lib.lua), with nothing written.
 -- A charge is settled at most once: the marker outlives the settlement window.
+--
+-- The charge's facts come from the holds hash, where charge.lua keeps them for the settlement window:
+-- settling does not depend on how many ledger entries the retention keeps. A charge made without a
+-- settlement window (or before the holds hash existed) is looked up in the ledger.
 --
 -- What is given back returns where it came from: to the balance first, up to what the balance paid,
 -- then to the period's allowance, but only while the charge's period is still the current one.
@@ -25,84 +33,140 @@
 -- for is released, so that a retry of a refunded request is charged again.
 
 local account_key, ledger_key, marker_key, usage_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local holds_key, holds_index_key = KEYS[6], KEYS[7]
 local charge_id = ARGV[1]
-local final_cost = tonumber(ARGV[2])
+local final_cost = arg_int(2, 0, 9007199254740991)  -- above the charge's cost: "invalid"
 local kind = ARGV[3]
-local now = tonumber(ARGV[4])
-local retention = tonumber(ARGV[5])
-local usage_ttl = tonumber(ARGV[6])
-local window = tonumber(ARGV[7])
+local now = redis_clock()
+if ARGV[4] ~= '' then now = arg_int(4, 0, MAX_INSTANT) end
+local retention = arg_int(5, 0, 1e12)
+local usage_ttl = arg_int(6, 1, 1e12)
+local window = arg_int(7, 0, 1e12)
+
+-- Read and check everything.
+check_type(account_key, 'hash')
+check_type(marker_key, 'string')
+check_type(usage_key, 'hash')
+check_type(members_key, 'hash')
+check_type(holds_key, 'hash')
+check_type(holds_index_key, 'zset')
+local p = redis.call('HMGET', account_key, 'balance', 'period_start', 'period_end', 'used', 'period')
+local balance = read_int(account_key, 'balance', p[1], 0, 0, MAX_CREDITS)
+local period_start = read_int(account_key, 'period_start', p[2], 0, 0, MAX_INSTANT)
+local period_end = read_int(account_key, 'period_end', p[3], 0, 0, MAX_INSTANT)
+local used = read_int(account_key, 'used', p[4], 0, 0, MAX_CREDITS)
+local period = read_word(account_key, 'period', p[5], 'none', PERIODS)
 
 local earlier = redis.call('GET', marker_key)
-local balance = tonumber(redis.call('HGET', account_key, 'balance')) or 0
 if earlier then
   return {'already', 0, balance, earlier}
 end
 
-local entries = redis.call('XRANGE', ledger_key, charge_id, charge_id)
-if #entries == 0 then
+local charge = nil
+local where = holds_key
+local held = redis.call('HGET', holds_key, charge_id)
+if held then
+  local ok, decoded = pcall(cjson.decode, held)
+  if not ok or type(decoded) ~= 'table' then bad(holds_key, charge_id, 'is not a JSON object') end
+  charge = decoded
+  charge['kind'] = 'charge'
+else
+  where = ledger_key
+  check_type(ledger_key, 'stream')
+  if string.find(charge_id, '^%d+%-%d+$') then
+    local entries = redis.call('XRANGE', ledger_key, charge_id, charge_id)
+    if #entries > 0 then
+      charge = {}
+      local raw = entries[1][2]
+      for i = 1, #raw, 2 do
+        charge[raw[i]] = raw[i + 1]
+      end
+    end
+  end
+end
+if charge == nil or charge['kind'] ~= 'charge' then
   return {'unknown', 0, balance, ''}
 end
-local charge = {}
-local raw = entries[1][2]
-for i = 1, #raw, 2 do
-  charge[raw[i]] = raw[i + 1]
+for name, value in pairs(charge) do
+  if type(value) ~= 'string' then bad(where, charge_id .. ' ' .. name, 'is not a string') end
 end
-if charge['kind'] ~= 'charge' then
-  return {'unknown', 0, balance, ''}
-end
+local cost = read_int(where, charge_id .. ' cost', charge['cost'], 0, 0, MAX_CREDITS)
+local paid_from_balance = -read_int(where, charge_id .. ' amount', charge['amount'], 0, -MAX_CREDITS, 0)
+local charged_at = read_int(where, charge_id .. ' at', charge['at'], 0, 0, MAX_INSTANT)
+local settle_by = read_int(where, charge_id .. ' settle_by', charge['settle_by'], 0, 0, MAX_INSTANT + 1e12)
+if paid_from_balance > cost then bad(where, charge_id .. ' amount', 'is more than its cost') end
 
-local cost = tonumber(charge['cost']) or 0
-if final_cost < 0 or final_cost > cost then
+if final_cost > cost then
   return {'invalid', 0, balance, ''}
 end
-local settle_by = tonumber(charge['settle_by']) or 0
-if (kind == 'settle' and settle_by > 0 and now > settle_by) or now > (tonumber(charge['at']) or 0) + window then
+if (kind == 'settle' and settle_by > 0 and now > settle_by) or now > charged_at + window then
   return {'late', 0, balance, ''}
 end
 
 local give_back = cost - final_cost
-local paid_from_balance = -(tonumber(charge['amount']) or 0)
 local to_balance = math.min(give_back, paid_from_balance)
 local to_allowance = give_back - to_balance
+if balance + to_balance > MAX_CREDITS then
+  return {'cap', 0, balance, ''}
+end
 
 -- Allowance, and a pool member's use, count per period: what belongs to a period that has ended is
 -- not given back to the current one.
-local p = redis.call('HMGET', account_key, 'period_start', 'period_end', 'used')
-local charged_at = tonumber(charge['at']) or 0
-local period_start, period_end = tonumber(p[1]) or 0, tonumber(p[2]) or 0
-local in_period = charged_at >= period_start and (period_end == 0 or charged_at < period_end)
+-- A period restarted since the charge (a new subscription, anchor or period length: bounds 0 until the
+-- next charge) is another period. The holds hash names the charge's period; a ledger entry its time.
+local in_period
+if period == 'none' then
+  in_period = true
+elseif period_end == 0 then
+  in_period = false
+elseif charge['period_start'] then
+  in_period = read_int(where, charge_id .. ' period_start', charge['period_start'], 0, 0, MAX_INSTANT) == period_start
+else
+  in_period = charged_at >= period_start and charged_at < period_end
+end
+if not in_period then
+  to_allowance = 0  -- that period's allowance is gone; nothing to give back to
+end
+give_back = to_balance + to_allowance
+
+local member = charge['member']
+local member_value = false
+if member and in_period and cost > final_cost then
+  member_value = redis.call('HGET', members_key, 'used:' .. member)
+  if member_value then
+    local mp, mu = string.match(member_value, '^([^:]*):([^:]*)$')
+    if mp == nil or strict_int(mp, 0, MAX_INSTANT) == nil or strict_int(mu, 0, MAX_CREDITS) == nil then
+      bad(members_key, 'used:' .. member, 'is not "<period start>:<credits>"')
+    end
+    if mp ~= fmt(period_start) then member_value = false end
+  end
+end
+
+local route = charge['route'] or 'global'
+local usage_name = route .. '|' .. (kind == 'refund' and 'refunded' or 'settled_back')
+check_counter(usage_key, usage_name, redis.call('HGET', usage_key, usage_name))
+local ledger = ledger_plan(account_key, ledger_key, retention, 1)
+
+-- Writes start below this line.
 
 if to_balance > 0 then
   balance = redis.call('HINCRBY', account_key, 'balance', fmt(to_balance))
 end
 if to_allowance > 0 then
-  if in_period then
-    local used = tonumber(p[3]) or 0
-    redis.call('HSET', account_key, 'used', fmt(math.max(used - to_allowance, 0)))
-  else
-    to_allowance = 0  -- that period's allowance is gone; nothing to give back to
-  end
+  redis.call('HSET', account_key, 'used', fmt(math.max(used - to_allowance, 0)))
 end
-give_back = to_balance + to_allowance
 
-local member = charge['member']
-if member and in_period and cost > final_cost then
-  local value = redis.call('HGET', members_key, 'used:' .. member)
-  if value and string.sub(value, 1, string.find(value, ':', 1, true) - 1) == fmt(period_start) then
-    local separator = string.find(value, ':', 1, true)
-    local member_used = tonumber(string.sub(value, separator + 1)) or 0
-    redis.call('HSET', members_key, 'used:' .. member,
-      string.sub(value, 1, separator) .. fmt(math.max(member_used - (cost - final_cost), 0)))
-  end
+if member_value then
+  local separator = string.find(member_value, ':', 1, true)
+  local member_used = tonumber(string.sub(member_value, separator + 1))
+  redis.call('HSET', members_key, 'used:' .. member,
+    string.sub(member_value, 1, separator) .. fmt(math.max(member_used - (cost - final_cost), 0)))
 end
 
 if charge['idempotency_key'] and kind == 'refund' then
   redis.call('DEL', charge['idempotency_key'])
 end
 
-local route = charge['route'] or 'global'
-local usage_name = route .. '|' .. (kind == 'refund' and 'refunded' or 'settled_back')
 if redis.call('EXISTS', usage_key) == 0 then
   redis.call('HSET', usage_key, usage_name, fmt(give_back))
   redis.call('EXPIRE', usage_key, usage_ttl)
@@ -116,6 +180,10 @@ local fields = {
 if member then
   table.insert(fields, 'member'); table.insert(fields, member)
 end
-local id = ledger_append(account_key, ledger_key, retention, fields)
+local id = ledger_append(account_key, ledger_key, ledger, fields)
 redis.call('SET', marker_key, id, 'EX', window * 2 + 60)
+if held then
+  redis.call('HDEL', holds_key, charge_id)
+  redis.call('ZREM', holds_index_key, charge_id)
+end
 return {'applied', give_back, balance, id}
