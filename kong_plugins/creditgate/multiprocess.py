@@ -150,6 +150,7 @@ class _Slot:
     started_at: float = -math.inf
     restart_at: float | None = 0.0  # when to (re)start it; None while it runs
     waiting: deque[int] = field(default_factory=deque)  # connection fds held for it
+    sent: deque[int] = field(default_factory=deque)  # sent, kept until the process says it has them
     pids: set[int] = field(default_factory=set)
 
 
@@ -277,22 +278,29 @@ class Acceptor:
         self._flush(slot)
 
     def _channel_readable(self, slot: _Slot) -> None:
-        """A server process never writes to its channel: readable means it closed it, i.e. exited."""
-        assert slot.channel is not None
-        try:
-            if slot.channel.recv(16):
+        """A server process writes one byte per connection it received; EOF means it exited."""
+        while slot.channel is not None:
+            try:
+                acks = slot.channel.recv(4096)
+            except BlockingIOError:
                 return
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        self._lost(slot)
+            except OSError:
+                acks = b""
+            if not acks:
+                self._lost(slot)
+                return
+            for _ in range(min(len(acks), len(slot.sent))):
+                os.close(slot.sent.popleft())
 
     def _lost(self, slot: _Slot) -> None:
         if slot.channel is not None:
             self.selector.unregister(slot.channel)
             slot.channel.close()
             slot.channel = None
+        # Sent but never received (a process that dies leaves them in its channel, or had not read
+        # them yet): nothing has read from them, so the replacement serves them from their start.
+        while slot.sent:
+            slot.waiting.appendleft(slot.sent.pop())
         status = _reap(slot.process)
         slot.process = None
         slot.restart_at = max(time.monotonic(), slot.started_at + RESTART_INTERVAL)
@@ -374,8 +382,7 @@ class Acceptor:
             except OSError:
                 self._lost(slot)  # the process is gone: the connection waits for its replacement
                 return
-            slot.waiting.popleft()
-            os.close(fd)
+            slot.sent.append(slot.waiting.popleft())
         self.selector.modify(channel, selectors.EVENT_READ, slot)
 
     # stop
@@ -391,8 +398,8 @@ class Acceptor:
                 _reap(slot.process, max(0.0, deadline - time.monotonic()))
             if slot.channel is not None:
                 slot.channel.close()
-            while slot.waiting:
-                os.close(slot.waiting.popleft())
+            for fd in (*slot.waiting, *slot.sent):
+                os.close(fd)
         for pidfd in self.pidfds:
             os.close(pidfd)
         if self.listener is not None:
@@ -459,6 +466,14 @@ def serve_from_channel(channel_fd: int) -> None:
                 except OSError:
                     break
                 if not data and not fds:
+                    break
+                try:
+                    # The acceptor keeps its copy of a connection until told, so that one sent to a
+                    # process that dies before reading it is served by the replacement instead.
+                    channel.send(b"a" * len(fds))
+                except OSError:
+                    for fd in fds:
+                        os.close(fd)
                     break
                 for fd in fds:
                     spawn(fd)
