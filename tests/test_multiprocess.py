@@ -155,6 +155,18 @@ def test_a_bad_processes_value_is_refused_with_a_message(tmp_path: Path) -> None
     assert "Traceback" not in proc.stderr
 
 
+def test_a_command_line_the_server_processes_refuse_stops_the_acceptor_too(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*PLUGIN_SERVER, "--processes", "2", "--no-such-flag", "--kong-prefix", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2  # not a restart every second for ever
+    assert "unrecognized arguments: --no-such-flag" in proc.stderr
+    assert "refused its command line" in proc.stderr
+
+
 def test_the_query_command_prints_the_same_dump_whatever_the_processes() -> None:
     plain = subprocess.run([*PLUGIN_SERVER, "--dump"], capture_output=True, timeout=30, check=True)
     many = subprocess.run(

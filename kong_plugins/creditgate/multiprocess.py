@@ -53,6 +53,7 @@ RESTART_INTERVAL = 1.0  # seconds between two starts of one server process, as K
 STOP_TIMEOUT = 5.0  # seconds the server processes get to exit after SIGTERM before SIGKILL
 MAX_WAITING = 4096  # connections held while their server process restarts; more are closed
 EVENT_ID_SPAN = 2**52  # below 2**53: Kong decodes msgpack integers into Lua doubles
+USAGE_ERROR = 2  # the status argparse (and main()'s own refusals) exit with
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -165,6 +166,7 @@ class Acceptor:
         self.pidfds: dict[int, int] = {}  # pidfd -> pid
         self.selector = selectors.DefaultSelector()
         self.stopping = False
+        self.exit_status = 0
         self.listener: socket.socket | None = None
         self._accept_paused_until = 0.0
         self._wake_r, self._wake_w = socket.socketpair()
@@ -191,7 +193,7 @@ class Acceptor:
                 self._turn()
         finally:
             self._shutdown()
-        return 0
+        return self.exit_status
 
     def _on_stop_signal(self, _signum: int, _frame: Any) -> None:
         self.stopping = True
@@ -301,9 +303,15 @@ class Acceptor:
         # them yet): nothing has read from them, so the replacement serves them from their start.
         while slot.sent:
             slot.waiting.appendleft(slot.sent.pop())
-        status = _reap(slot.process)
-        slot.process = None
+        process, slot.process = slot.process, None
+        status = _reap(process)
         slot.restart_at = max(time.monotonic(), slot.started_at + RESTART_INTERVAL)
+        if process is not None and process.returncode == USAGE_ERROR and not self.stopping:
+            # Its command line was refused (argparse, or a flag the plugin cannot run with): starting
+            # it again cannot help, so stop, as a single process would, and let Kong's log show why.
+            log(f"server process {slot.index} refused its command line ({status}); stopping")
+            self.stopping = True
+            self.exit_status = USAGE_ERROR
         if not self.stopping:
             log(
                 f"server process {slot.index} exited ({status}); starting a new one, whose instance "
