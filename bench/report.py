@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.runner import GATE_PATHS, PATHS, Cell, LongResult, OverspendResult, Settings
+from bench.runner import GATE_PATHS, Cell, LongResult, OverspendResult, Settings
 
 LABELS = {
     "baseline": "baseline",
@@ -152,7 +152,9 @@ def verdicts(
             if mode
             else "no complete mode"
         )
-        floor = ratios_of(mode, "round_trip") if mode else []
+        # The round trip's servers are single processes: the row of the best mode's family.
+        family = next((_family(c) for c in cells if c.mode == mode and c.path == "allowed"), None)
+        floor = [cpu_ratio(cells, c) for c in cells if c.path == "round_trip" and _family(c) == family]
         if floor:
             # What the one Redis round trip costs by itself, without the gate's logic around it.
             measured += f"; {mode}, the round trip alone: " + ", ".join(f"{r:.3f}x" for r in floor)
@@ -258,7 +260,8 @@ def markdown(
     if cells:
         lines += [
             f"Each row: the median (by server CPU) of {settings.repeat} windows of {settings.requests:,} "
-            f"requests, the {len(PATHS)} paths taking turns, after {settings.warmup:,} requests of warm-up "
+            "requests, the paths (the gate's for each process count) taking turns, after "
+            f"{settings.warmup:,} requests of warm-up "
             "at the same concurrency. Server CPU is utime + stime of the plugin server process and its "
             'children (`/proc/<pid>/stat`) over the window, divided by the requests; "vs baseline" is the '
             "median, over the turns, of a window's server CPU over the baseline window's of the same turn; "

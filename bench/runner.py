@@ -8,6 +8,7 @@ and the driver's CPU, so every per-request figure is a delta divided by the requ
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sys
@@ -321,16 +322,18 @@ class Bench:
     def table(self) -> list[Cell]:
         s = self.settings
         cells: list[Cell] = []
-        for mode, transport, processes in itertools.product(s.modes, s.transports, s.processes):
-            label = mode_label(mode, transport, processes)
-            with (
-                self.servers(GATE_SERVER, "credit-gate", mode, processes=processes) as (gate,),
-                self.servers(BASELINE_SERVER, "baseline", mode) as (baseline,),
-                self.servers(ROUND_TRIP_SERVER, "round-trip", mode) as (round_trip,),
-            ):
-                gate_target = start_instance(
-                    gate, "credit-gate", self.gate_config(f"gate-{mode}-{transport}", transport)
-                )
+        for mode, transport in itertools.product(s.modes, s.transports):
+            with contextlib.ExitStack() as stack:
+                # One gate server per process count, all up at once, so that their windows take turns
+                # with the baselines' and their ratios come from adjacent windows.
+                gates = {
+                    p: stack.enter_context(self.servers(GATE_SERVER, f"credit-gate-{p}", mode, processes=p))[
+                        0
+                    ]
+                    for p in s.processes
+                }
+                (baseline,) = stack.enter_context(self.servers(BASELINE_SERVER, "baseline", mode))
+                (round_trip,) = stack.enter_context(self.servers(ROUND_TRIP_SERVER, "round-trip", mode))
                 base_target = start_instance(
                     baseline, "baseline", kong_config(self.baseline_fields, {}, f"baseline-{mode}")
                 )
@@ -339,49 +342,55 @@ class Bench:
                     "baseline",
                     self.round_trip_config(f"round-trip-{mode}-{transport}", transport),
                 )
-                plan = {
-                    "baseline": (baseline, base_target, PAYING),
-                    "round_trip": (round_trip, round_trip_target, PAYING),
-                    "allowed": (gate, gate_target, PAYING),
-                    "refused": (gate, gate_target, BROKE),
+                # (path, processes) -> server, target, account
+                plan: dict[tuple[str, int], tuple[PluginServer, Target, str]] = {
+                    ("baseline", 1): (baseline, base_target, PAYING),
+                    ("round_trip", 1): (round_trip, round_trip_target, PAYING),
                 }
+                for p, gate in gates.items():
+                    target = start_instance(
+                        gate, "credit-gate", self.gate_config(f"gate-{mode}-{transport}", transport)
+                    )
+                    plan[("allowed", p)] = (gate, target, PAYING)
+                    plan[("refused", p)] = (gate, target, BROKE)
                 broken: dict[str, str] = {}
                 for concurrency in s.concurrencies:
                     # The paths take turns, --repeat times; each path's median window is kept, so a
                     # burst of noise on the shared CPUs does not decide a ratio.
-                    runs: dict[str, list[Cell]] = {path: [] for path in PATHS}
+                    runs: dict[tuple[str, int], list[Cell]] = {key: [] for key in plan}
                     for turn in range(s.repeat):
-                        for path in PATHS:
-                            server, target, account = plan[path]
+                        for key, (server, target, account) in plan.items():
+                            path, processes = key
                             if server.name in broken or not server.running():
                                 continue
                             cell = self.measure(
                                 server,
                                 [target],
                                 account,
-                                mode=label,
+                                mode=mode_label(mode, transport, processes),
                                 path=path,
                                 requests=s.requests,
                                 concurrency=concurrency,
                                 warmup=s.warmup if turn == 0 else min(s.warmup, 300),
                             )
-                            cell.processes = processes if path in GATE_PATHS else 1
-                            runs[path].append(cell)
+                            cell.processes = processes
+                            runs[key].append(cell)
                             self.progress(_progress_line(cell))
                             if cell.timed_out:
                                 broken[server.name] = f"skipped: the {server.name} server stopped answering"
                                 self.progress(
                                     f"  {server.name} server log tail:\n{server.log_text()[-2000:]}"
                                 )
-                    for path in PATHS:
-                        server = plan[path][0]
-                        measured = runs[path]
+                    base_runs = runs[("baseline", 1)]
+                    for key, (server, _, _) in plan.items():
+                        path, processes = key
+                        measured = runs[key]
                         if measured and not any(c.timed_out for c in measured):
                             kept = sorted(measured, key=lambda c: c.server_cpu_us)[len(measured) // 2]
-                            if path != "baseline" and len(runs["baseline"]) == len(measured):
+                            if path != "baseline" and len(base_runs) == len(measured):
                                 kept.turn_ratios = [
                                     c.server_cpu_us / b.server_cpu_us
-                                    for c, b in zip(measured, runs["baseline"], strict=True)
+                                    for c, b in zip(measured, base_runs, strict=True)
                                     if c.ok and b.ok and b.server_cpu_us > 0
                                 ]
                             cells.append(kept)
@@ -389,8 +398,10 @@ class Bench:
                             cells.append(next(c for c in measured if c.timed_out))
                         else:
                             why = broken.get(server.name, "the plugin server exited")
-                            failed = failed_cell(label, concurrency, path, why)
-                            failed.processes = processes if path in GATE_PATHS else 1
+                            failed = failed_cell(
+                                mode_label(mode, transport, processes), concurrency, path, why
+                            )
+                            failed.processes = processes
                             cells.append(failed)
         return cells
 
