@@ -26,7 +26,14 @@ from creditgate import multiprocess
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from tests.gate_fixtures import PLUGIN_SERVER, gate_config, start_plugin_server
-from tests.kong_harness import KongRequest, KongSide, PluginConfig, PluginInfo, PluginServerProcess
+from tests.kong_harness import (
+    KongRequest,
+    KongSide,
+    KongWouldBypass,
+    PluginConfig,
+    PluginInfo,
+    PluginServerProcess,
+)
 
 CONSUMER = {"id": "acme", "username": "acme", "custom_id": None}
 COSTS = {"route-a": 5, "route-b": 0}  # A: premium, plans [pro]; B: free, any plan
@@ -57,13 +64,19 @@ def server_pid_of_connection(path: str) -> int:
 def nginx_worker(
     path: str, info: PluginInfo, plugins: list[PluginConfig], requests: int, threads: int
 ) -> dict[str, Any]:
-    """One nginx worker: its own KongSide (instance table, pool), ``threads`` requests at a time."""
+    """One nginx worker: its own KongSide (instance table, pool), ``threads`` requests at a time.
+
+    A request Kong would proxy without the plugin is recorded as status -1 (it never is, unless it was
+    in flight in a server process that was killed)."""
     results: list[tuple[str, int | None, str | None, bool]] = []
     with KongSide(path, info, timeout=20) as kong:
 
         def one(i: int) -> tuple[str, int | None, str | None, bool]:
             plugin = plugins[i % len(plugins)]
-            out = kong.request(plugin, KongRequest(path="/v1/x", consumer=CONSUMER))
+            try:
+                out = kong.request(plugin, KongRequest(path="/v1/x", consumer=CONSUMER))
+            except KongWouldBypass:
+                return plugin.route_id or "", -1, None, True
             return plugin.route_id or "", out.status, out.response_headers.get("X-Credit-Cost"), out.proxied
 
         with ThreadPoolExecutor(threads) as pool:
@@ -76,11 +89,20 @@ def nginx_worker(
     return {"pid": os.getpid(), "results": results, "server_pids": pids, "started": started, "opened": opened}
 
 
-def run_workers(path: str, info: PluginInfo, plugins: list[PluginConfig], workers: int, requests: int) -> Any:
+def run_workers(
+    path: str,
+    info: PluginInfo,
+    plugins: list[PluginConfig],
+    workers: int,
+    requests: int,
+    meanwhile: Any = None,
+) -> Any:
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers) as pool:
         jobs = [pool.apply_async(nginx_worker, (path, info, plugins, requests, 4)) for _ in range(workers)]
-        return [job.get(120) for job in jobs]
+        if meanwhile is not None:
+            meanwhile()
+        return [job.get(180) for job in jobs]
 
 
 def server_processes(server: PluginServerProcess) -> list[int]:
@@ -248,6 +270,37 @@ def test_a_killed_server_process_is_replaced_and_kong_re_creates_its_instances_u
     assert all(o.proxied for o in outcomes)
     assert funded.account("acme").balance == before - 10
     assert "server process" in two_processes.log_text() and "exited" in two_processes.log_text()
+
+
+def test_under_load_a_killed_server_process_costs_only_the_requests_in_flight_in_it(
+    two_processes: PluginServerProcess, plugin_info: PluginInfo, own_settings: RedisSettings, funded: Admin
+) -> None:
+    funded.grant("acme", 100_000)
+    before = funded.account("acme").balance
+    victims: list[int] = []
+
+    def kill_one_when_busy() -> None:
+        wait_until(lambda: "instance #" in two_processes.log_text(), timeout=60)
+        time.sleep(0.5)  # requests are flowing on both processes
+        victims.append(server_processes(two_processes)[0])
+        os.kill(victims[0], signal.SIGKILL)
+
+    reports = run_workers(
+        two_processes.socket_path, plugin_info, routes(own_settings), 4, 150, meanwhile=kill_one_when_busy
+    )
+    results = [r for report in reports for r in report["results"]]
+    lost = [r for r in results if r[1] == -1]
+    answered = [r for r in results if r[1] != -1]
+    assert len(lost) <= 2 * 4  # at most the requests in flight in the killed process (2 workers x 4)
+    for route, status, cost, proxied in answered:
+        assert status is None and proxied and cost == str(COSTS[route]), (route, status, cost)
+    charged = sum(COSTS[route] for route, *_ in answered)
+    # A lost request may have been charged before its answer was lost; never more than its own cost.
+    extra = before - funded.account("acme").balance - charged
+    assert 0 <= extra <= 5 * len(lost) and extra % 5 == 0
+    assert funded.verify_ledger("acme").ok
+    assert len(victims) == 1 and not alive(victims[0])
+    assert len(server_processes(two_processes)) == 2  # replaced
 
 
 def test_a_crashing_server_process_is_restarted_at_most_once_a_second(
