@@ -27,6 +27,7 @@ exit, and Kong respawns the whole server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import secrets
@@ -446,6 +447,18 @@ def run_acceptor(processes: int, server_argv: Sequence[str]) -> int:
 # -- a server process ------------------------------------------------------------------------------------
 
 
+def _die_with_the_acceptor() -> None:
+    """SIGKILL from the kernel when the acceptor dies (``PR_SET_PDEATHSIG``): no server process outlives
+    it, still serving pooled connections with an instance table the new server does not share."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the channel's end still tells
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the acceptor died before the line above
+        os._exit(0)
+
+
 def serve_from_channel(channel_fd: int) -> None:
     """Make kong-pdk's dedicated server take its connections from the acceptor's channel.
 
@@ -457,6 +470,8 @@ def serve_from_channel(channel_fd: int) -> None:
     """
     import kong_pdk.cli
     from kong_pdk.listener import UnixStreamServer
+
+    _die_with_the_acceptor()
 
     class ChannelServer(UnixStreamServer):  # type: ignore[misc]  # kong-pdk is untyped
         def serve_forever(self) -> None:
@@ -472,20 +487,20 @@ def serve_from_channel(channel_fd: int) -> None:
                 except InterruptedError:
                     continue
                 except OSError:
-                    break
+                    os._exit(0)
                 if not data and not fds:
-                    break
+                    # The acceptor is gone: go at once, connections and all, as a single server
+                    # killed would; Kong respawns the whole server.
+                    self.logger.info(f"server process {os.getpid()}: the acceptor is gone, exiting")
+                    os._exit(0)
                 try:
                     # The acceptor keeps its copy of a connection until told, so that one sent to a
                     # process that dies before reading it is served by the replacement instead.
                     channel.send(b"a" * len(fds))
                 except OSError:
-                    for fd in fds:
-                        os.close(fd)
-                    break
+                    os._exit(0)  # the acceptor is gone
                 for fd in fds:
                     spawn(fd)
-            channel.close()
 
         def _spawner(self) -> Callable[[int], None]:
             if self.use_gevent:
