@@ -46,6 +46,13 @@ def parser() -> argparse.ArgumentParser:
         help="kong-pdk concurrency mode, repeatable (default: threads and gevent)",
     )
     p.add_argument(
+        "--processes",
+        type=_concurrencies,
+        default=defaults.processes,
+        help="the gate server's processes (--processes), comma-separated: a row set each, side by side "
+        "(default: %(default)s, today's single process and one per core)",
+    )
+    p.add_argument(
         "--redis",
         action="append",
         choices=("tcp", "unix"),
@@ -108,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(
         modes=tuple(dict.fromkeys(args.mode)) if args.mode else Settings.modes,
         transports=tuple(dict.fromkeys(args.redis)) if args.redis else Settings.transports,
+        processes=tuple(dict.fromkeys(args.processes)),
         concurrencies=args.concurrency,
         requests=args.requests,
         warmup=args.warmup,

@@ -67,10 +67,13 @@ class RpcError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """One plugin instance on one plugin server."""
+    """One plugin entity on one plugin server: each driver process starts its own instance of it, as
+    each nginx worker does (a server of several processes keeps a worker's instances in the process its
+    connections are pinned to, so an instance started elsewhere would not be found)."""
 
     socket_path: str
-    instance_id: int
+    name: str
+    config: str  # StartInstance's Config: the JSON Kong sends
 
 
 @dataclass(frozen=True)
@@ -148,10 +151,11 @@ class _Conn:
 class _Slot:
     """One request in flight: the event it is in and what it has done so far."""
 
-    __slots__ = ("event_id", "started", "status", "target", "trips")
+    __slots__ = ("event_id", "instance_id", "started", "status", "target", "trips")
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, instance_id: int) -> None:
         self.target = target
+        self.instance_id = instance_id
         self.event_id = 0
         self.started = 0
         self.status = 200
@@ -169,6 +173,20 @@ class _Driver:
         self.remaining = 0
         self.active = 0
         self.sampled: _Slot | None = None
+        self.instances: dict[Target, int] = {}  # this process's instances, kept between jobs
+
+    def instance_id(self, target: Target, timeout: float) -> int:
+        """plugin.lua's get_instance_id: started once per worker, on its first use."""
+        known = self.instances.get(target)
+        if known is None:
+            answer = rpc_call(
+                target.socket_path,
+                "plugin.StartInstance",
+                {"Name": target.name, "Config": target.config},
+                timeout,
+            )
+            known = self.instances[target] = int(answer["Id"])
+        return known
 
     def close_all(self) -> None:
         for key in list(self.selector.get_map().values()):
@@ -241,9 +259,7 @@ class _Driver:
             slot.status = 200
             slot.started = time.perf_counter_ns()
             try:
-                self._send(
-                    slot, "plugin.HandleEvent", {"InstanceId": slot.target.instance_id, "EventName": ACCESS}
-                )
+                self._send(slot, "plugin.HandleEvent", {"InstanceId": slot.instance_id, "EventName": ACCESS})
                 return
             except RpcError as error:
                 self._count_error(error)
@@ -303,7 +319,14 @@ class _Driver:
         self.consumer = job.consumer
         self.remaining = job.requests
         targets = job.targets
-        slots = [_Slot(targets[(job.target_offset + i) % len(targets)]) for i in range(job.concurrency)]
+        try:
+            ids = {t: self.instance_id(t, job.timeout) for t in targets}
+        except (OSError, RpcError, KeyError, TypeError, ValueError) as error:
+            result.errors = result.completed = job.requests
+            result.first_error = f"starting the instance: {type(error).__name__}: {error}"
+            return result
+        chosen = [targets[(job.target_offset + i) % len(targets)] for i in range(job.concurrency)]
+        slots = [_Slot(target, ids[target]) for target in chosen]
         self.active = len(slots)
         self.sampled = slots[0] if slots else None
         cpu = time.process_time()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.runner import GATE_PATHS, PATHS, Cell, LongResult, OverspendResult, Settings
+from bench.runner import GATE_PATHS, Cell, LongResult, OverspendResult, Settings
 
 LABELS = {
     "baseline": "baseline",
@@ -83,6 +83,54 @@ def best_mode(cells: Sequence[Cell]) -> tuple[str | None, dict[str, float]]:
     return (min(means, key=means.__getitem__) if means else None), means
 
 
+def _family(cell: Cell) -> str:
+    """The label without its process count: the rows that differ only by the gate's processes."""
+    suffix = f", {cell.processes} process{'es' if cell.processes > 1 else ''}"
+    return cell.mode.replace(suffix, "", 1)
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    """The allowed path with the gate on ``processes`` server processes, against one process."""
+
+    family: str
+    concurrency: int
+    processes: int
+    cell: Cell
+    cpu_vs_one: float  # this window's server CPU per request over the 1-process window's
+    normalized_vs_one: float  # the same, each first divided by its own turns' baseline windows
+
+
+def process_rows(cells: Sequence[Cell]) -> list[ProcessRow]:
+    rows: list[ProcessRow] = []
+    allowed = [c for c in cells if c.path == "allowed" and c.ok]
+    for cell in allowed:
+        one = next(
+            (
+                c
+                for c in allowed
+                if c.processes == 1 and _family(c) == _family(cell) and c.concurrency == cell.concurrency
+            ),
+            None,
+        )
+        if one is None:
+            continue
+        rows.append(
+            ProcessRow(
+                _family(cell),
+                cell.concurrency,
+                cell.processes,
+                cell,
+                cell.server_cpu_us / one.server_cpu_us,
+                cpu_ratio(cells, cell) / cpu_ratio(cells, one),
+            )
+        )
+    return rows
+
+
+PROCESS_TARGET_CONCURRENCIES = (16, 64)
+
+
 def verdicts(
     cells: Sequence[Cell], longs: Sequence[LongResult], overspends: Sequence[OverspendResult]
 ) -> list[Verdict]:
@@ -104,7 +152,9 @@ def verdicts(
             if mode
             else "no complete mode"
         )
-        floor = ratios_of(mode, "round_trip") if mode else []
+        # The round trip's servers are single processes: the row of the best mode's family.
+        family = next((_family(c) for c in cells if c.mode == mode and c.path == "allowed"), None)
+        floor = [cpu_ratio(cells, c) for c in cells if c.path == "round_trip" and _family(c) == family]
         if floor:
             # What the one Redis round trip costs by itself, without the gate's logic around it.
             measured += f"; {mode}, the round trip alone: " + ", ".join(f"{r:.3f}x" for r in floor)
@@ -143,6 +193,22 @@ def verdicts(
                 worst_allowed <= PDK_ALLOWED_TARGET and worst_refused <= PDK_REFUSED_TARGET,
             )
         )
+        many = [r for r in process_rows(cells) if r.processes > 1]
+        if many:
+            judged = [r for r in many if r.concurrency in PROCESS_TARGET_CONCURRENCIES]
+            out.append(
+                Verdict(
+                    "server CPU per allowed request with several processes <= 1 process's, "
+                    "16 and 64 in flight (each against its own turns' baseline)",
+                    "; ".join(
+                        f"{r.family}, {r.processes} processes, {r.concurrency} in flight: "
+                        f"{r.normalized_vs_one:.2f}x ({r.cpu_vs_one:.2f}x unnormalized)"
+                        for r in many
+                    ),
+                    bool(judged) and all(r.normalized_vs_one <= 1.0 for r in judged),
+                    "16/64 not run",
+                )
+            )
     rss_target = f"RSS growth < {RSS_GROWTH_TARGET_MB:.0f} MB over {LONG_TARGET_REQUESTS:,} requests"
     if longs:
         gate_runs = [r for r in longs if r.cell.path != "baseline"]
@@ -194,7 +260,8 @@ def markdown(
     if cells:
         lines += [
             f"Each row: the median (by server CPU) of {settings.repeat} windows of {settings.requests:,} "
-            f"requests, the {len(PATHS)} paths taking turns, after {settings.warmup:,} requests of warm-up "
+            "requests, the paths (the gate's for each process count) taking turns, after "
+            f"{settings.warmup:,} requests of warm-up "
             "at the same concurrency. Server CPU is utime + stime of the plugin server process and its "
             'children (`/proc/<pid>/stat`) over the window, divided by the requests; "vs baseline" is the '
             "median, over the turns, of a window's server CPU over the baseline window's of the same turn; "
@@ -239,6 +306,27 @@ def markdown(
                 f"| {c.mode} | {c.concurrency} | {LABELS[c.path]} | {_num(c.server_cpu_us)} "
                 f"| {_num(c.driver_cpu_us)} | {_num(c.redis_cpu_us)} | {_num(script)} |"
             )
+        rows = process_rows(cells)
+        if any(r.processes > 1 for r in rows):
+            lines += [
+                "",
+                "The gate's allowed path on 1 and on several server processes (`--processes`), side by "
+                "side. Server CPU sums every process of the server (the acceptor and its server "
+                'processes); "vs 1 process" divides it by the 1-process row\'s; "normalized" first '
+                "divides each by the baseline windows of its own turns, which takes out the drift of a "
+                "shared machine between the two sets of windows.",
+                "",
+                "| mode | in flight | processes | req/s | p99 ms | server CPU µs/req | vs 1 process "
+                "| normalized |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for r in sorted(rows, key=lambda r: (r.family, r.concurrency, r.processes)):
+                c = r.cell
+                lines.append(
+                    f"| {r.family} | {r.concurrency} | {r.processes} | {_num(c.requests_per_second)} "
+                    f"| {_num(c.p99_ms, 2)} | {_num(c.server_cpu_us)} | {_ratio(r.cpu_vs_one)} "
+                    f"| {_ratio(r.normalized_vs_one)} |"
+                )
         mode, means = best_mode(cells)
         if mode and len(means) > 1:
             others = ", ".join(

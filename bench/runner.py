@@ -8,6 +8,7 @@ and the driver's CPU, so every per-request figure is a delta divided by the requ
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sys
@@ -31,6 +32,7 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
+from creditgate.multiprocess import PROCESSES_FLAG, default_processes
 
 PLAN = "bench-paid"
 PAYING = "bench-paying"  # a huge prepaid balance: every request is allowed
@@ -46,6 +48,8 @@ GATE_PATHS = ("allowed", "refused")
 @dataclass(frozen=True)
 class Settings:
     modes: tuple[str, ...] = ("threads", "gevent")
+    # The gate's server processes (--processes): today's single process, and one per core.
+    processes: tuple[int, ...] = tuple(dict.fromkeys((1, default_processes())))
     transports: tuple[str, ...] = ("tcp", "unix")  # how the gate reaches Redis: loopback TCP, unix socket
     concurrencies: tuple[int, ...] = (1, 16, 64)
     requests: int = 3_000
@@ -66,9 +70,11 @@ class Settings:
     overspend_servers: int = 3
 
 
-def mode_label(mode: str, transport: str) -> str:
-    """How a mode reads in the results: the kong-pdk mode, and the way to Redis if not TCP."""
-    return mode if transport == "tcp" else f"{mode} (unix socket)"
+def mode_label(mode: str, transport: str, processes: int = 1) -> str:
+    """How a mode reads in the results: the kong-pdk mode, the gate's server processes, and the way
+    to Redis if not TCP."""
+    label = f"{mode}, {processes} process{'es' if processes > 1 else ''}"
+    return label if transport == "tcp" else f"{label} (unix socket)"
 
 
 def consumer(account: str) -> dict[str, Any]:
@@ -97,8 +103,10 @@ def kong_config(fields: list[dict[str, Any]], given: dict[str, Any], plugin_id: 
 
 
 def start_instance(server: PluginServer, name: str, config: str) -> Target:
-    answer = rpc_call(server.socket_path, "plugin.StartInstance", {"Name": name, "Config": config})
-    return Target(server.socket_path, int(answer["Id"]))
+    """A plugin entity on ``server``; each driver process starts its own instance of it, as each nginx
+    worker does. Started once here too, so that a config the server refuses fails the run at once."""
+    rpc_call(server.socket_path, "plugin.StartInstance", {"Name": name, "Config": config})
+    return Target(server.socket_path, name, config)
 
 
 @dataclass
@@ -138,6 +146,7 @@ class Cell:
     # This path's window CPU over the baseline's window of the same turn, one per turn: adjacent
     # windows share the machine's state, so their ratio is steadier than a ratio of medians.
     turn_ratios: list[float] = field(default_factory=list)
+    processes: int = 1  # the gate server's processes (the baseline servers have one)
 
     @property
     def ok(self) -> bool:
@@ -226,11 +235,14 @@ class Bench:
         return kong_config(self.round_trip_fields, given, plugin_id)
 
     @contextmanager
-    def servers(self, argv: list[str], name: str, mode: str, count: int = 1) -> Iterator[list[PluginServer]]:
+    def servers(
+        self, argv: list[str], name: str, mode: str, count: int = 1, processes: int | None = None
+    ) -> Iterator[list[PluginServer]]:
         started: list[PluginServer] = []
+        flags = [] if processes is None else [PROCESSES_FLAG, str(processes)]
         try:
             for _ in range(count):
-                started.append(PluginServer(argv, name, mode))
+                started.append(PluginServer([*argv, *flags], name, mode))
             yield started
         finally:
             for server in started:
@@ -311,15 +323,17 @@ class Bench:
         s = self.settings
         cells: list[Cell] = []
         for mode, transport in itertools.product(s.modes, s.transports):
-            label = mode_label(mode, transport)
-            with (
-                self.servers(GATE_SERVER, "credit-gate", mode) as (gate,),
-                self.servers(BASELINE_SERVER, "baseline", mode) as (baseline,),
-                self.servers(ROUND_TRIP_SERVER, "round-trip", mode) as (round_trip,),
-            ):
-                gate_target = start_instance(
-                    gate, "credit-gate", self.gate_config(f"gate-{mode}-{transport}", transport)
-                )
+            with contextlib.ExitStack() as stack:
+                # One gate server per process count, all up at once, so that their windows take turns
+                # with the baselines' and their ratios come from adjacent windows.
+                gates = {
+                    p: stack.enter_context(self.servers(GATE_SERVER, f"credit-gate-{p}", mode, processes=p))[
+                        0
+                    ]
+                    for p in s.processes
+                }
+                (baseline,) = stack.enter_context(self.servers(BASELINE_SERVER, "baseline", mode))
+                (round_trip,) = stack.enter_context(self.servers(ROUND_TRIP_SERVER, "round-trip", mode))
                 base_target = start_instance(
                     baseline, "baseline", kong_config(self.baseline_fields, {}, f"baseline-{mode}")
                 )
@@ -328,48 +342,55 @@ class Bench:
                     "baseline",
                     self.round_trip_config(f"round-trip-{mode}-{transport}", transport),
                 )
-                plan = {
-                    "baseline": (baseline, base_target, PAYING),
-                    "round_trip": (round_trip, round_trip_target, PAYING),
-                    "allowed": (gate, gate_target, PAYING),
-                    "refused": (gate, gate_target, BROKE),
+                # (path, processes) -> server, target, account
+                plan: dict[tuple[str, int], tuple[PluginServer, Target, str]] = {
+                    ("baseline", 1): (baseline, base_target, PAYING),
+                    ("round_trip", 1): (round_trip, round_trip_target, PAYING),
                 }
+                for p, gate in gates.items():
+                    target = start_instance(
+                        gate, "credit-gate", self.gate_config(f"gate-{mode}-{transport}", transport)
+                    )
+                    plan[("allowed", p)] = (gate, target, PAYING)
+                    plan[("refused", p)] = (gate, target, BROKE)
                 broken: dict[str, str] = {}
                 for concurrency in s.concurrencies:
                     # The paths take turns, --repeat times; each path's median window is kept, so a
                     # burst of noise on the shared CPUs does not decide a ratio.
-                    runs: dict[str, list[Cell]] = {path: [] for path in PATHS}
+                    runs: dict[tuple[str, int], list[Cell]] = {key: [] for key in plan}
                     for turn in range(s.repeat):
-                        for path in PATHS:
-                            server, target, account = plan[path]
+                        for key, (server, target, account) in plan.items():
+                            path, processes = key
                             if server.name in broken or not server.running():
                                 continue
                             cell = self.measure(
                                 server,
                                 [target],
                                 account,
-                                mode=label,
+                                mode=mode_label(mode, transport, processes),
                                 path=path,
                                 requests=s.requests,
                                 concurrency=concurrency,
                                 warmup=s.warmup if turn == 0 else min(s.warmup, 300),
                             )
-                            runs[path].append(cell)
+                            cell.processes = processes
+                            runs[key].append(cell)
                             self.progress(_progress_line(cell))
                             if cell.timed_out:
                                 broken[server.name] = f"skipped: the {server.name} server stopped answering"
                                 self.progress(
                                     f"  {server.name} server log tail:\n{server.log_text()[-2000:]}"
                                 )
-                    for path in PATHS:
-                        server = plan[path][0]
-                        measured = runs[path]
+                    base_runs = runs[("baseline", 1)]
+                    for key, (server, _, _) in plan.items():
+                        path, processes = key
+                        measured = runs[key]
                         if measured and not any(c.timed_out for c in measured):
                             kept = sorted(measured, key=lambda c: c.server_cpu_us)[len(measured) // 2]
-                            if path != "baseline" and len(runs["baseline"]) == len(measured):
+                            if path != "baseline" and len(base_runs) == len(measured):
                                 kept.turn_ratios = [
                                     c.server_cpu_us / b.server_cpu_us
-                                    for c, b in zip(measured, runs["baseline"], strict=True)
+                                    for c, b in zip(measured, base_runs, strict=True)
                                     if c.ok and b.ok and b.server_cpu_us > 0
                                 ]
                             cells.append(kept)
@@ -377,7 +398,11 @@ class Bench:
                             cells.append(next(c for c in measured if c.timed_out))
                         else:
                             why = broken.get(server.name, "the plugin server exited")
-                            cells.append(failed_cell(label, concurrency, path, why))
+                            failed = failed_cell(
+                                mode_label(mode, transport, processes), concurrency, path, why
+                            )
+                            failed.processes = processes
+                            cells.append(failed)
         return cells
 
     # --long
@@ -389,7 +414,7 @@ class Bench:
         results: list[LongResult] = []
         for mode in s.modes:
             with (
-                self.servers(GATE_SERVER, "credit-gate", mode) as (gate,),
+                self.servers(GATE_SERVER, "credit-gate", mode, processes=max(s.processes)) as (gate,),
                 self.servers(BASELINE_SERVER, "baseline", mode) as (baseline,),
             ):
                 gate_target = start_instance(gate, "credit-gate", self.gate_config(f"long-{mode}"))
@@ -408,7 +433,7 @@ class Bench:
                             server,
                             [target],
                             account,
-                            mode=mode,
+                            mode=mode_label(mode, "tcp", max(s.processes)),
                             path=path,
                             requests=count,
                             concurrency=s.long_concurrency,
@@ -438,7 +463,9 @@ class Bench:
             account = f"bench-overspend-{mode}"
             self.admin.subscribe(account, PLAN, starts_at=self.admin.now() - 60)
             self.admin.grant(account, s.overspend_balance, note="overspend scenario")
-            with self.servers(GATE_SERVER, "credit-gate", mode, s.overspend_servers) as servers:
+            with self.servers(
+                GATE_SERVER, "credit-gate", mode, s.overspend_servers, processes=max(s.processes)
+            ) as servers:
                 # One plugin entity, so one instance per server, as every Kong node would start.
                 targets = [start_instance(g, "credit-gate", self.gate_config("overspend")) for g in servers]
                 run = self.driver.run(
@@ -450,7 +477,7 @@ class Bench:
                 )
             state = self.admin.account(account)
             result = OverspendResult(
-                mode=mode,
+                mode=mode_label(mode, "tcp", max(s.processes)),
                 servers=s.overspend_servers,
                 concurrency=s.overspend_concurrency,
                 balance=s.overspend_balance,

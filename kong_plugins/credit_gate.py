@@ -307,6 +307,8 @@ HELP_EPILOG = f"""
 credit-gate:
   {LOG_PHASE_FLAG:<20}  also run in Kong's log phase, for refund_on_failure and settle_header;
                         give it to the query command too (Kong reads the phases from --dump)
+  --processes N         server processes behind the socket (default one per core; 1 is a single
+                        process): each nginx worker's connections stay with one of them
 
 Kong starts this command with an empty environment (no PATH): give kong.conf its absolute path, or
 link it into /usr/local/bin. `credit-gate kong-conf` prints the kong.conf lines.
@@ -334,8 +336,9 @@ def main() -> None:
     """``credit-gate-pluginserver``: kong-pdk's dedicated server for this plugin.
 
     Takes kong-pdk's flags (``--dump``, ``--kong-prefix``, ``--socket-name``, ``-g``, ``-m``, ``-v``),
-    and ``--log-phase`` for the features that act after the response (give it to the query command
-    too: Kong learns the plugin's phases from the dump).
+    ``--processes N`` (server processes behind the socket; default one per core, 1 is a single
+    process: see ``creditgate.multiprocess``) and ``--log-phase`` for the features that act after
+    the response (give it to the query command too: Kong learns the plugin's phases from the dump).
     PDK calls return values and raise on error (``--no-lua-style``), which the gate relies on.
     With ``-g`` the standard library is patched for gevent first, before redis-py is imported: this
     module imports nothing heavy at its top for that reason.
@@ -343,6 +346,14 @@ def main() -> None:
     if {"-h", "--help"} & set(sys.argv[1:]):
         print_help()
         return
+    from creditgate import multiprocess
+
+    try:
+        flags = multiprocess.split_flags(sys.argv[1:])
+    except ValueError as error:
+        print(f"credit-gate-pluginserver: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    sys.argv[1:] = flags.rest
     if pdk_runtime.wants_processes(sys.argv[1:]):
         # kong-pdk's process mode pickles the plugin instance for each event; an instance holds a Redis
         # connection pool, which cannot be pickled, and the event then never answers: every request
@@ -353,6 +364,10 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    if flags.processes > 1 and flags.channel_fd is None and not multiprocess.ONE_SHOT_FLAGS & set(flags.rest):
+        # An acceptor in front of `--processes` server processes (multiprocess.py): nothing heavy
+        # is imported in this process, each server process runs this main() with --processes 1.
+        raise SystemExit(multiprocess.run_acceptor(flags.processes, flags.rest))
     if pdk_runtime.wants_gevent(sys.argv[1:]):
         pdk_runtime.patch_for_gevent()
     from kong_pdk.cli import start_dedicated_server
@@ -365,6 +380,8 @@ def main() -> None:
     if LOG_PHASE_FLAG in sys.argv:
         sys.argv.remove(LOG_PHASE_FLAG)
         plugin = SettlingPlugin
+    if flags.channel_fd is not None:
+        multiprocess.serve_from_channel(flags.channel_fd)
     start_dedicated_server("credit-gate", plugin, version, priority, Schema)
 
 

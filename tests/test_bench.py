@@ -11,11 +11,12 @@ from collections.abc import Iterator
 import pytest
 
 from bench.cli import command_line
-from bench.report import as_json, markdown
+from bench.report import as_json, markdown, process_rows
 from bench.runner import Bench, Cell, OverspendResult, Settings
 
 SETTINGS = Settings(
     modes=("threads",),
+    processes=(2,),  # the gate on the multi-process server: each driver process starts its instance
     transports=("tcp",),
     concurrencies=(4,),
     requests=200,
@@ -26,6 +27,10 @@ SETTINGS = Settings(
     overspend_requests=120,
     overspend_concurrency=16,
 )
+
+LABEL = "threads, 2 processes"
+MACHINE = {"nproc": 2, "cpu_model": "x", "kernel": "k", "python": "3", "redis_server": "7"}
+MACHINE |= {"kong_pdk": "0.36", "redis_py": "8", "hiredis": "3", "gevent": "26"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +48,8 @@ def test_every_window_completes_with_the_statuses_of_its_path(cells: dict[str, C
     assert set(cells) == {"baseline", "round_trip", "allowed", "refused"}
     for cell in cells.values():
         assert cell.ok, cell.first_error
-        assert (cell.mode, cell.concurrency, cell.completed) == ("threads", 4, 200)
+        label = LABEL if cell.path in ("allowed", "refused") else "threads, 1 process"  # kong-pdk's own
+        assert (cell.mode, cell.concurrency, cell.completed) == (label, 4, 200)
         assert cell.requests_per_second > 0 and 0 < cell.p50_ms <= cell.p99_ms
         assert cell.server_cpu_us > 0 and cell.rss_before_kib > 0 and cell.rss_after_kib > 0
     assert cells["baseline"].statuses == {200: 200}
@@ -59,7 +65,8 @@ def test_the_unix_socket_rows_charge_through_redis_s_socket(bench: Bench) -> Non
         cells = {cell.path: cell for cell in bench.table()}
     finally:
         bench.settings = SETTINGS
-    assert {c.mode for c in cells.values()} == {"gevent (unix socket)"}
+    assert {cells[p].mode for p in ("allowed", "refused")} == {"gevent, 2 processes (unix socket)"}
+    assert cells["baseline"].mode == "gevent, 1 process (unix socket)"
     assert cells["allowed"].statuses == {200: 200} and cells["refused"].statuses == {402: 200}
     assert math.isclose(cells["allowed"].redis_round_trips - cells["allowed"].redis_setup_round_trips, 1.0)
 
@@ -111,16 +118,15 @@ def test_overspend_counts_what_was_allowed_and_what_is_left(bench: Bench) -> Non
 def test_the_report_is_a_markdown_table_and_valid_json(cells: dict[str, Cell]) -> None:
     rows = list(cells.values())
     command = command_line(["--requests", "200"])
-    machine = {"nproc": 2, "cpu_model": "x", "kernel": "k", "python": "3", "redis_server": "7"}
-    machine |= {"kong_pdk": "0.36", "redis_py": "8", "hiredis": "3", "gevent": "26"}
+    machine = MACHINE
     text = markdown(command, machine, SETTINGS, rows, [], [])
     assert f"`{command}`" in text and command.endswith("-m bench --requests 200")
-    assert "| threads | 4 | credit-gate allowed | " in text
+    assert f"| {LABEL} | 4 | credit-gate allowed | " in text
     verdict = next(line for line in text.splitlines() if "exactly 1 Redis command" in line)
     assert verdict.startswith("| exactly 1 Redis command (round trip) per allowed or refused request | 1.000")
     assert verdict.endswith("| pass |")
     cpu = next(line for line in text.splitlines() if line.startswith("| server CPU per allowed request"))
-    assert "threads, the round trip alone: " in cpu
+    assert f"{LABEL}, the round trip alone: " in cpu
     payload = json.loads(json.dumps(as_json(command, machine, SETTINGS, rows, [], []), allow_nan=False))
     assert {c["path"] for c in payload["cells"]} == {"baseline", "round_trip", "allowed", "refused"}
     allowed = next(c for c in payload["cells"] if c["path"] == "allowed")
@@ -132,3 +138,22 @@ def test_the_ratio_to_the_baseline_pairs_the_windows_of_each_turn(cells: dict[st
     assert len(cells["refused"].turn_ratios) == SETTINGS.repeat
     assert len(cells["round_trip"].turn_ratios) == SETTINGS.repeat
     assert all(r > 0 for r in cells["allowed"].turn_ratios)
+
+
+def test_one_and_two_processes_run_side_by_side_and_are_compared(bench: Bench) -> None:
+    bench.settings = dataclasses.replace(SETTINGS, modes=("gevent",), processes=(1, 2))
+    try:
+        cells = bench.table()
+    finally:
+        bench.settings = SETTINGS
+    assert {(c.mode, c.path, c.processes) for c in cells if c.path in ("allowed", "refused")} == {
+        (f"gevent, {n} process{'es' if n > 1 else ''}", path, n)
+        for n in (1, 2)
+        for path in ("allowed", "refused")
+    }
+    assert all(c.ok for c in cells), [c.first_error for c in cells if not c.ok]
+    (row,) = [r for r in process_rows(cells) if r.processes == 2]
+    assert (row.family, row.concurrency) == ("gevent", 4) and row.cpu_vs_one > 0 and row.normalized_vs_one > 0
+    text = markdown("python -m bench", MACHINE, bench.settings, cells, [], [])
+    assert "| gevent | 4 | 2 | " in text and "| gevent | 4 | 1 | " in text
+    assert "with several processes <= 1 process's" in text

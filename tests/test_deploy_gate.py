@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,12 +125,17 @@ def test_a_request_kong_runs_without_a_hung_plugin_server_lands_on_the_refusal(
     assert pid is not None
     with KongSide(plugin_server.socket_path, plugin_info, timeout=1.0) as impatient:
         send(impatient, demo, "basic", "alice")  # the instance is started while the server answers
-        os.kill(pid, signal.SIGSTOP)
+        # Every process of the server hangs: the acceptor and its server processes.
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        hung = [pid, *map(int, children)]
+        for each in hung:
+            os.kill(each, signal.SIGSTOP)
         try:
             with pytest.raises(KongWouldBypass):
                 send(impatient, demo, "basic", "alice")
         finally:
-            os.kill(pid, signal.SIGCONT)
+            for each in hung:
+                os.kill(each, signal.SIGCONT)
     assert destination("basic", None) == "answered 503 by route credit-gate-unavailable"
 
 
