@@ -1045,6 +1045,12 @@ def kong_conf(prefix: str, as_env: bool, log_phase: bool, as_json: bool) -> None
     type=click.Path(dir_okay=False, path_type=Path),
     help="File of read-only tokens, one a line (also env CREDIT_GATE_READ_TOKENS).",
 )
+@click.option(
+    "--billing-map",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="CREDIT_GATE_BILLING_MAP",
+    help="YAML/JSON: Stripe price/product ids to credits, customers to accounts (docs/service.md).",
+)
 @click.option("--print-openapi", is_flag=True, help="Print the OpenAPI document and exit.")
 @click.pass_context
 def serve(
@@ -1053,6 +1059,7 @@ def serve(
     port: int,
     admin_token_files: tuple[Path, ...],
     read_token_files: tuple[Path, ...],
+    billing_map: Path | None,
     print_openapi: bool,
 ) -> None:
     """Run the HTTP API (OpenAPI at /openapi.json). Refuses to start without a token unless on loopback."""
@@ -1067,6 +1074,7 @@ def serve(
         ledger_retention=env.retention,
         admin_token_files=admin_token_files,
         read_token_files=read_token_files,
+        billing_map=billing_map,
     )
     if print_openapi:
         emit_json(app.openapi())

@@ -61,6 +61,11 @@ def create_app(service: Service) -> FastAPI:
     app.add_exception_handler(Exception, on_unexpected)
     app.include_router(routes.router)
 
+    from creditgate.service import metrics, webhooks
+
+    app.include_router(webhooks.router)
+    app.include_router(metrics.router)
+
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
         """The process answers (no Redis call, no token)."""
