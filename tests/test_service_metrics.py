@@ -37,3 +37,24 @@ def test_a_scrape_reports_todays_requests_credits_and_refusals_by_route(
         assert samples[("credit_gate_credits_charged_total", (search,))] == 12
         assert samples[("credit_gate_credits_charged_total", (("route", "route:chat"),))] == 1
         assert samples[("credit_gate_balance_credits", ())] == 2
+
+
+def test_the_grafana_dashboard_uses_only_metrics_the_service_exports(settings: RedisSettings) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "deploy" / "grafana" / "credit-gate.json"
+    dashboard = json.loads(path.read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"credit_gate_[a-z_]+", target["expr"])
+    }
+    with running_service(settings) as api:
+        scrape = api.call("GET", "/metrics", token=READ_TOKEN).text
+    exported = {s.name for family in text_string_to_metric_families(scrape) for s in family.samples}
+    exported |= {f.name for f in text_string_to_metric_families(scrape)}
+    exported |= {f"{f.name}_total" for f in text_string_to_metric_families(scrape) if f.type == "counter"}
+    assert used <= exported, used - exported
