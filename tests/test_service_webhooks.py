@@ -237,3 +237,28 @@ def test_a_scrape_parses_and_counts_webhooks(api: Running) -> None:
     assert samples[("credit_gate_balance_credits", ())] == 1000
     assert samples[("credit_gate_accounts", ())] == 2
     assert api.call("GET", "/metrics", token=None).status_code == 401
+
+
+def test_a_redis_outage_fails_the_delivery_so_stripe_retries_and_the_retry_applies_once(
+    tmp_path: Path,
+) -> None:
+    from tests.redis_servers import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    settings = RedisSettings(host="127.0.0.1", port=server.port, connect_timeout=300, read_timeout=300)
+    billing = tmp_path / "billing.yaml"
+    billing.write_text("credits: {price_small: 1000}\n")
+    env = {"CREDIT_GATE_ADMIN_TOKENS": ADMIN_TOKEN, "CREDIT_GATE_STRIPE_WEBHOOK_SECRET": SECRET}
+    try:
+        with running_service(settings, environ=env, billing_map=billing) as api:
+            api.call("POST", "/v1/plans", json={"name": "pro"})
+            api.call("PUT", "/v1/accounts/acme/subscription", json={"plan": "pro"})
+            server.pause()
+            failed = send(api, checkout("evt_1"))
+            assert failed.status_code == 503 and int(failed.headers["Retry-After"]) >= 1
+            server.resume()
+            assert send(api, checkout("evt_1")).json()["outcome"] in ("granted", "already_applied")
+            assert send(api, checkout("evt_1")).json()["outcome"] == "already_applied"
+            assert balance(api, "acme") == 1000
+    finally:
+        server.stop()
