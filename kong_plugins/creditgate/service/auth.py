@@ -1,0 +1,142 @@
+"""Bearer tokens: read-only and read-write, from the environment or files, compared in constant time.
+
+There is no default token. Without any, the service refuses to start unless it listens on loopback
+only, where it runs open and says so (a developer's machine); see ``check_exposure``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request
+
+from creditgate.errors import ConfigError
+from creditgate.service.problems import ApiProblem
+
+MIN_TOKEN_LENGTH = 16
+ADMIN_TOKENS_ENV = "CREDIT_GATE_ADMIN_TOKENS"
+READ_TOKENS_ENV = "CREDIT_GATE_READ_TOKENS"
+
+
+class Access(int, enum.Enum):
+    READ = 1
+    WRITE = 2
+
+
+def _split(text: str, source: str) -> list[str]:
+    tokens = []
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
+    for line in " ".join(lines).replace(",", " ").split():
+        if len(line) < MIN_TOKEN_LENGTH:
+            raise ConfigError(f"{source}: a token must be at least {MIN_TOKEN_LENGTH} characters")
+        tokens.append(line)
+    return tokens
+
+
+def _read_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the token file {path}: {error}") from None
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The accepted tokens; several of each kind, so that one can be rotated without downtime."""
+
+    admin: tuple[bytes, ...] = ()
+    read: tuple[bytes, ...] = ()
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.admin or self.read)
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        admin_files: Iterable[Path] = (),
+        read_files: Iterable[Path] = (),
+        environ: dict[str, str] | None = None,
+    ) -> Tokens:
+        env = os.environ if environ is None else environ
+        admin = _split(env.get(ADMIN_TOKENS_ENV, ""), ADMIN_TOKENS_ENV)
+        read = _split(env.get(READ_TOKENS_ENV, ""), READ_TOKENS_ENV)
+        for path in admin_files:
+            admin += _split(_read_file(path), str(path))
+        for path in read_files:
+            read += _split(_read_file(path), str(path))
+        return cls(tuple(t.encode() for t in admin), tuple(t.encode() for t in read))
+
+    def access(self, presented: bytes) -> Access | None:
+        """The access a presented token grants. Every token is compared, whatever matched, so the time
+        taken says nothing about which token (or which prefix of one) is right."""
+        granted: Access | None = None
+        for token in self.admin:
+            if hmac.compare_digest(token, presented):
+                granted = Access.WRITE
+        for token in self.read:
+            if hmac.compare_digest(token, presented) and granted is None:
+                granted = Access.READ
+        return granted
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(tokens: Tokens, host: str) -> str | None:
+    """Raise when the service would be open to the network; return a warning when it is open on loopback."""
+    if tokens.configured:
+        return None
+    if not is_loopback(host):
+        raise ConfigError(
+            f"no API token is configured and the service would listen on {host}: set {ADMIN_TOKENS_ENV} "
+            f"(read-write) and/or {READ_TOKENS_ENV} (read-only), or --admin-token-file/--read-token-file; "
+            "without tokens it runs only on a loopback address"
+        )
+    return (
+        f"no API token is configured: the API is open to anyone who can reach {host}, with read-write "
+        f"access; set {ADMIN_TOKENS_ENV} before exposing it"
+    )
+
+
+@dataclass
+class Authenticator:
+    tokens: Tokens
+    open_access: bool = field(default=False)  # no tokens, loopback only (check_exposure said so)
+
+    def require(self, request: Request, needed: Access) -> Access:
+        if self.open_access:
+            return Access.WRITE
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise ApiProblem(
+                401,
+                "unauthenticated",
+                "send Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": 'Bearer realm="credit-gate"'},
+            )
+        granted = self.tokens.access(value.strip().encode("utf-8", "surrogateescape"))
+        if granted is None:
+            raise ApiProblem(
+                401,
+                "unauthenticated",
+                "the token is not valid",
+                headers={"WWW-Authenticate": 'Bearer realm="credit-gate", error="invalid_token"'},
+            )
+        if granted < needed:
+            raise ApiProblem(403, "forbidden", "this token is read-only; a read-write token is needed")
+        return granted

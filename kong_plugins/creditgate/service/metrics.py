@@ -1,0 +1,118 @@
+"""/metrics for Prometheus, read from the counters the charge script already keeps (no hot-path cost).
+
+The charge and settle scripts count per account, route and UTC day (``<route>|requests``,
+``|credits``, ``|refused``, ``|refunded``, ...). A scrape adds up today's counters of every account, by
+route: the counters therefore start again at 00:00 UTC, which Prometheus reads as a counter reset
+(``rate`` and ``increase`` stay right). A scrape costs one pipelined read per 500 accounts plus one per
+account for its usage hash; scrape every 30-60 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from creditgate.admin import USAGE_FIELDS
+from creditgate.core.periods import DAY_SECONDS
+from creditgate.service.state import Service, reader
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BATCH = 500
+
+# What the service itself does: webhooks received, by source and outcome.
+WEBHOOK_EVENTS = "credit_gate_webhook_events"
+
+
+class UsageCollector(Collector):
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        admin = self.service.admin
+        now = admin.now()
+        today = now - now % DAY_SECONDS
+        names = admin.store.account_names()
+        totals: dict[tuple[str, str], int] = {}
+        balance = 0
+        for i in range(0, len(names), BATCH):
+            batch = names[i : i + BATCH]
+            balance += sum(s.balance for s in admin.store.account_states(batch))
+            for account in batch:
+                (counters,) = admin.store.usage_days(account, [today])
+                for name, value in counters.items():
+                    where, _, field = name.rpartition("|")
+                    if field in USAGE_FIELDS and "|member:" not in where:  # a member's rows repeat its pool's
+                        totals[(where, field)] = totals.get((where, field), 0) + value
+        requests = CounterMetricFamily(
+            "credit_gate_requests",
+            "Requests the gate decided today (UTC), by route and outcome",
+            labels=["route", "outcome"],
+        )
+        charged = CounterMetricFamily(
+            "credit_gate_credits_charged", "Credits charged today (UTC)", labels=["route"]
+        )
+        refunded = CounterMetricFamily(
+            "credit_gate_credits_refunded",
+            "Credits given back today (UTC): refunds and settlements",
+            labels=["route"],
+        )
+        outcomes = {
+            "requests": "allowed",
+            "refused": "refused",
+            "replayed": "replayed",
+            "shadow_allowed": "shadow_allowed",
+            "shadow_refused": "shadow_refused",
+        }
+        for (route, field), value in sorted(totals.items()):
+            if field in outcomes:
+                requests.add_metric([route, outcomes[field]], value)
+            elif field == "credits":
+                charged.add_metric([route], value)
+        refunds: dict[str, int] = {}
+        for (route, field), value in totals.items():
+            if field in ("refunded", "settled_back"):
+                refunds[route] = refunds.get(route, 0) + value
+        for route, value in sorted(refunds.items()):
+            refunded.add_metric([route], value)
+        yield requests
+        yield charged
+        yield refunded
+        yield GaugeMetricFamily("credit_gate_accounts", "Accounts the operators created", value=len(names))
+        yield GaugeMetricFamily(
+            "credit_gate_balance_credits", "Prepaid credits held by all accounts", value=balance
+        )
+
+
+def registry_for(service: Service) -> CollectorRegistry:
+    registry: Any = service.extra.get("registry")
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(UsageCollector(service))
+        service.extra["webhook_events"] = Counter(
+            WEBHOOK_EVENTS,
+            "Webhook events received, by source and outcome",
+            ["source", "outcome"],
+            registry=registry,
+        )
+        service.extra["registry"] = registry
+    assert isinstance(registry, CollectorRegistry)
+    return registry
+
+
+def count_webhook(service: Service, source: str, outcome: str) -> None:
+    registry_for(service)
+    service.extra["webhook_events"].labels(source, outcome).inc()
+
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics(service: Service = Depends(reader)) -> Response:  # noqa: B008
+    """Prometheus text format; the read-only token is enough."""
+    return Response(generate_latest(registry_for(service)), media_type=CONTENT_TYPE)

@@ -1,0 +1,50 @@
+"""Running the service: settings checked, then uvicorn on the chosen address."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from creditgate.admin import Admin
+from creditgate.core.config import RedisSettings
+from creditgate.service.app import create_app
+from creditgate.service.auth import Authenticator, Tokens, check_exposure
+from creditgate.service.state import Service
+from creditgate.service.webhooks import WebhookSettings
+
+log = logging.getLogger("creditgate.service")
+
+
+def build(
+    settings: RedisSettings,
+    *,
+    host: str,
+    prefix: str = "credit-gate",
+    ledger_retention: int = 10_000,
+    admin_token_files: tuple[Path, ...] = (),
+    read_token_files: tuple[Path, ...] = (),
+    body_limit: int = 1 << 20,
+    billing_map: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> tuple[FastAPI, str | None]:
+    """The application and a warning to show (open access on loopback), or ConfigError."""
+    tokens = Tokens.load(admin_files=admin_token_files, read_files=read_token_files, environ=environ)
+    warning = check_exposure(tokens, host)
+    hooks = WebhookSettings.load(billing_map, environ)
+    admin = Admin.connect(settings, prefix, ledger_retention=ledger_retention)
+    service = Service(
+        admin=admin,
+        auth=Authenticator(tokens, open_access=warning is not None),
+        key_prefix=prefix,
+        body_limit=body_limit,
+        extra={"webhooks": hooks},
+    )
+    return create_app(service), warning
+
+
+def run(app: FastAPI, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, server_header=False)
