@@ -178,11 +178,6 @@ def broken_store(settings: object, client: redis.Redis) -> Iterator[RedisStore]:
     store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="money finding 7: ledger_base at 2**53 or above is read as a counter (check_counter), although "
-    "a double no longer holds it exactly and the fold adds to it in Lua",
-)
 def test_a_bad_number_in_any_account_field_is_refused_with_nothing_written(
     broken_store: RedisStore, client: redis.Redis
 ) -> None:

@@ -15,6 +15,7 @@ local MAX_CREDITS = 1000000000000000    -- 10^15
 local MAX_INSTANT = 32503680000         -- 3000-01-01T00:00:00Z, core/model.py's MAX_INSTANT
 local MAX_COUNTER_DIGITS = 18           -- a usage counter stays far from int64's end (HINCRBY)
 local FOLD_MAX = 256                    -- ledger entries folded by one call at most
+local MAX_EXACT = 9007199254740991      -- 2^53 - 1: the largest integer every double step holds exactly
 
 local function bad(key, field, why)
   error({err = 'BADDATA ' .. key .. ' ' .. field .. ': ' .. why})
@@ -168,7 +169,9 @@ end
 -- ledger_append() writes the entry and applies the plan.
 local function ledger_plan(account_key, ledger_key, retention, adds)
   check_type(ledger_key, 'stream')
-  check_counter(account_key, 'ledger_base', redis.call('HGET', account_key, 'ledger_base'))
+  -- The base is added to in Lua (below), so it must be an integer a double holds exactly.
+  local base = read_int(account_key, 'ledger_base', redis.call('HGET', account_key, 'ledger_base'), 0,
+    -MAX_EXACT, MAX_EXACT)
   local plan = {folded = 0, last = nil}
   if retention <= 0 then return plan end
   local length = redis.call('XLEN', ledger_key)
@@ -185,7 +188,7 @@ local function ledger_plan(account_key, ledger_key, retention, adds)
         amount = read_int(ledger_key, entry[1] .. ' amount', entry_fields[i + 1], 0, -MAX_CREDITS, MAX_CREDITS)
       end
     end
-    if math.abs(folded + amount) > 9007199254740991 - MAX_CREDITS then break end
+    if math.abs(base + folded + amount) > MAX_EXACT - MAX_CREDITS then break end
     folded = folded + amount
     plan.last = entry[1]
   end
