@@ -113,7 +113,9 @@ def test_a_replayed_idempotent_request_that_fails_refunds_nothing(
 ) -> None:
     policy = {"cost": 10, "refund_on_failure": True, "idempotency_window": 3600}
     first = send(kong, settings, headers={"Idempotency-Key": "order-1"}, **policy)
-    replay = send(kong, settings, status=503, headers={**echoed(first), "Idempotency-Key": "order-1"}, **policy)
+    replay = send(
+        kong, settings, status=503, headers={**echoed(first), "Idempotency-Key": "order-1"}, **policy
+    )
 
     assert replay.response_headers.get("X-Credit-Replayed") == "true"
     assert balance(store) == 90  # the replay charged nothing, so it gives nothing back
