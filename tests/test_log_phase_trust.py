@@ -96,7 +96,7 @@ def test_echoed_headers_replayed_on_free_failing_requests_refund_nothing(
 def test_echoed_headers_replayed_on_refused_requests_refund_nothing(
     kong: KongSide, settings: RedisSettings, prepaid: Admin, store: RedisStore
 ) -> None:
-    policy = {"cost": 10, "refund_on_failure": True, "refund_statuses": ["4xx", "5xx"]}
+    policy: dict[str, Any] = {"cost": 10, "refund_on_failure": True, "refund_statuses": ["4xx", "5xx"]}
     paid = [send(kong, settings, **policy) for _ in range(10)]
     assert balance(store) == 0
 
@@ -111,7 +111,7 @@ def test_echoed_headers_replayed_on_refused_requests_refund_nothing(
 def test_a_replayed_idempotent_request_that_fails_refunds_nothing(
     kong: KongSide, settings: RedisSettings, prepaid: Admin, store: RedisStore
 ) -> None:
-    policy = {"cost": 10, "refund_on_failure": True, "idempotency_window": 3600}
+    policy: dict[str, Any] = {"cost": 10, "refund_on_failure": True, "idempotency_window": 3600}
     first = send(kong, settings, headers={"Idempotency-Key": "order-1"}, **policy)
     replay = send(
         kong, settings, status=503, headers={**echoed(first), "Idempotency-Key": "order-1"}, **policy
