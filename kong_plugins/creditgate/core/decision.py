@@ -146,7 +146,7 @@ def _detail(result: ChargeResult, entitled: Sequence[str]) -> str:
         tail = f" It renews at {when}." if when else ""
         return (
             f"This member has used {result.member_used} of the {credits_text(result.member_cap)} "
-            "its pool allows it per period, and this request costs {result.cost}.{tail} "
+            f"its pool allows it per period, and this request costs {result.cost}.{tail} "
             "Ask the pool's owner to raise the cap."
         )
     if reason is Reason.INSUFFICIENT_CREDIT:
