@@ -45,6 +45,7 @@ from creditgate.core.decision import (
 from creditgate.core.pricing import parse_settled_cost
 from creditgate.errors import ConfigError, StoreError
 from creditgate.store.breaker import BreakerState, CircuitBreaker
+from creditgate.store.keys import account_name
 from creditgate.store.redis_store import RedisStore
 
 DEFAULT_TYPE_BASE = "urn:credit-gate:problem:"
@@ -227,7 +228,8 @@ class Gate:
                 ),
                 log=f"credit-gate: invalid configuration: {self.config_error}",
             )
-        account = self._account(facts.identity, config.account_by)
+        identity = self._account(facts.identity, config.account_by)
+        account = None if identity is None else account_name(config.account_namespace, identity)
         if account is None:
             return Refuse(
                 failure(

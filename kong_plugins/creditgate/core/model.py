@@ -14,7 +14,6 @@ from creditgate.errors import InvalidDocument
 # Credits are integers. Redis Lua numbers are doubles, exact up to 2**53: stay well below.
 MAX_CREDITS = 10**15
 PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-MAX_ACCOUNT_LENGTH = 256
 
 
 class Status(str, enum.Enum):
@@ -51,8 +50,10 @@ def check_plan_name(name: object, where: str = "name") -> str:
 
 
 def check_account(account: object, where: str = "account") -> str:
-    if not isinstance(account, str) or not account or len(account) > MAX_ACCOUNT_LENGTH:
-        raise InvalidDocument(f"must be a non-empty string of at most {MAX_ACCOUNT_LENGTH} characters", where)
+    # No length limit: Kong's consumer username and custom_id have none, and every identity Kong can
+    # give must be billable. The keys stay bounded whatever the length (store/keys.py).
+    if not isinstance(account, str) or not account:
+        raise InvalidDocument("must be a non-empty string", where)
     if any(ord(ch) < 32 for ch in account):
         raise InvalidDocument("must not contain control characters", where)
     return account
