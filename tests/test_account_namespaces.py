@@ -16,15 +16,17 @@ import pytest
 import redis
 
 from creditgate.admin import Admin
-from creditgate.core.config import ConfigError, RedisSettings, parse_config
+from creditgate.core.config import RedisSettings, parse_config
 from creditgate.core.model import Plan
+from creditgate.errors import ConfigError
 from creditgate.store.keys import READABLE_NAME, account_keys
 from creditgate.store.redis_store import RedisStore
 from tests.cli_support import Cli
 from tests.gate_fixtures import gate_config
 from tests.kong_harness import KongRequest, KongSide, Outcome
 
-BOB = {"id": "0b0b0b0b-0000-4000-8000-000000000001", "username": "bob", "custom_id": None, "tags": None}
+BOB_ID = "0b0b0b0b-0000-4000-8000-000000000001"
+BOB = {"id": BOB_ID, "username": "bob", "custom_id": None, "tags": None}
 # Another consumer, whose custom_id happens to be the first one's username.
 CAROL = {"id": "ca401000-0000-4000-8000-000000000002", "username": "carol", "custom_id": "bob", "tags": None}
 
@@ -78,11 +80,11 @@ def test_consumer_ids_stay_bare_as_before_namespaces(
     kong: KongSide, settings: RedisSettings, admin: Admin, store: RedisStore
 ) -> None:
     admin.apply_plan(Plan("pro"))
-    admin.subscribe(BOB["id"], "pro", starts_at=admin.now() - 10)
-    admin.grant(BOB["id"], 5)
+    admin.subscribe(BOB_ID, "pro", starts_at=admin.now() - 10)
+    admin.grant(BOB_ID, 5)
 
     assert call(kong, settings, BOB, cost=1).proxied
-    assert store.account_state(BOB["id"]).balance == 4
+    assert store.account_state(BOB_ID).balance == 4
 
 
 def test_an_operator_shares_one_namespace_on_purpose(
