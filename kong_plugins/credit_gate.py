@@ -54,6 +54,16 @@ Schema: list[dict[str, Any]] = [
         }
     },
     {
+        "account_namespace": {
+            "type": "string",
+            "len_min": 0,
+            "description": "The account is <namespace>:<identity>. Unset: the kind account_by names "
+            "(username, custom_id, credential; consumer ids, which are UUIDs, stay bare), so identities "
+            "of different kinds never share an account. The same value on several entries shares their "
+            "accounts on purpose; an empty string gives bare names, one namespace for every kind.",
+        }
+    },
+    {
         "payment_url": {
             "type": "string",
             "description": "Where a refused client can pay or top up; sent as payment_url in every 402 body.",

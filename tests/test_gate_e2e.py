@@ -152,7 +152,11 @@ def test_an_exhausted_quota_says_when_it_renews(
 
 @pytest.mark.parametrize(
     ("account_by", "account"),
-    [("consumer_username", "acme"), ("consumer_custom_id", "cust-42"), ("credential_id", "key-7")],
+    [
+        ("consumer_username", "username:acme"),
+        ("consumer_custom_id", "custom_id:cust-42"),
+        ("credential_id", "credential:key-7"),
+    ],
 )
 def test_the_account_can_be_named_by_username_custom_id_or_credential(
     kong: KongSide, settings: RedisSettings, admin: Admin, store: RedisStore, account_by: str, account: str

@@ -398,10 +398,18 @@ def documented_acl(prefix: str = "credit-gate") -> list[str]:
     ]
 
 
-@pytest.fixture
-def acl_settings(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[RedisSettings]:
+@pytest.fixture(params=[0, 3], ids=["db0", "db3"])  # a database other than 0 needs SELECT
+def acl_settings(
+    request: pytest.FixtureRequest, redis_server: RedisServer, redis_client: redis.Redis
+) -> Iterator[RedisSettings]:
     redis_client.execute_command("ACL", "SETUSER", "credit-gate", "reset", *documented_acl())
-    yield RedisSettings(port=redis_server.port, username="credit-gate", password=ACL_PASSWORD, **TIMEOUTS)
+    yield RedisSettings(
+        port=redis_server.port,
+        username="credit-gate",
+        password=ACL_PASSWORD,
+        database=request.param,
+        **TIMEOUTS,
+    )
     redis_client.execute_command("ACL", "DELUSER", "credit-gate")
 
 
@@ -412,7 +420,12 @@ def test_the_documented_acl_lets_the_operators_api_and_the_gate_work(
     try:
         seed(admin, ["acme", "bravo"])
         redis_client.script_flush()  # the user's own SCRIPT LOAD must bring the scripts back
-        record = {"port": acl_settings.port, "username": "credit-gate", "password": ACL_PASSWORD}
+        record = {
+            "port": acl_settings.port,
+            "username": "credit-gate",
+            "password": ACL_PASSWORD,
+            "database": acl_settings.database,
+        }
         assert charge_through_gate(kong, record, "acme", cost=10).proxied
         assert admin.view("acme").balance == 90
         admin.adjust_down("bravo", 5)

@@ -335,6 +335,13 @@ def pass_admin(function: F) -> F:
     "Env: CREDIT_GATE_REDIS_URL.",
 )
 @click.option(
+    "--redis-password-file",
+    envvar="CREDIT_GATE_REDIS_PASSWORD_FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding the Redis password (one line), instead of a password in the URL, where `ps` "
+    "would show it. Env: CREDIT_GATE_REDIS_PASSWORD_FILE.",
+)
+@click.option(
     "--key-prefix",
     envvar="CREDIT_GATE_KEY_PREFIX",
     default="credit-gate",
@@ -417,6 +424,7 @@ def pass_admin(function: F) -> F:
 def cli(
     ctx: click.Context,
     redis_url: str,
+    redis_password_file: str | None,
     key_prefix: str,
     ssl: bool | None,
     ssl_verify: bool,
@@ -438,6 +446,7 @@ def cli(
     try:
         settings = settings_from_url(
             redis_url,
+            password=_read_password(redis_password_file) if redis_password_file else None,
             ssl=ssl,
             ssl_verify=ssl_verify,
             server_name=server_name,
@@ -452,6 +461,22 @@ def cli(
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="--redis-url") from None
     ctx.obj = Env(settings, key_prefix, ledger_retention)
+
+
+def _read_password(path: str) -> str:
+    """The password in a file: its first line, without the line break (never echoed)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise click.BadParameter(
+            f"cannot read {path}: {getattr(error, 'strerror', None) or type(error).__name__}",
+            param_hint="--redis-password-file",
+        ) from None
+    password = text.splitlines()[0] if text.strip("\r\n") else ""
+    if not password:
+        raise click.BadParameter(f"{path} is empty", param_hint="--redis-password-file")
+    return password
 
 
 # Plans

@@ -13,17 +13,16 @@ Rules this module keeps, all from kong-pdk 0.36 and Kong's plugin-server protoco
   the headers (upstream, client) or one to refuse. Opt-in features add what they read: the method
   and path for cost rules, the Idempotency-Key header, the upstream for fail-closed routing.
 - The log phase (refunds, settlements) runs only when the plugin server was started with
-  ``--log-phase``; it trusts nothing a client could send: the charge it settles is named by a token
-  the access phase signed.
+  ``--log-phase``; it acts only on what the access phase of the same request recorded in Kong's
+  per-request context (``kong.ctx.shared``), which no client and no upstream can send or see. That
+  record costs one PDK call (``kong.ctx.shared.set``) on a charged request, and only when the log
+  phase is configured.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+import json
 import math
-import os
 import sys
 import threading
 from collections.abc import Mapping
@@ -45,6 +44,7 @@ from creditgate.core.decision import (
 from creditgate.core.pricing import parse_settled_cost
 from creditgate.errors import ConfigError, StoreDataError, StoreError
 from creditgate.store.breaker import BreakerState, CircuitBreaker
+from creditgate.store.keys import account_name
 from creditgate.store.redis_store import RedisStore
 
 DEFAULT_TYPE_BASE = "urn:credit-gate:problem:"
@@ -90,6 +90,7 @@ class Proxy(NamedTuple):
     route_to: str | None = None
     log: str | None = None
     log_level: str = "warn"
+    charge: str | None = None  # recorded in kong.ctx.shared for the log phase
 
 
 class Refuse(NamedTuple):
@@ -120,42 +121,34 @@ ACCOUNT_FIELD = {
     AccountBy.CONSUMER_CUSTOM_ID: "custom_id",
     AccountBy.CREDENTIAL_ID: "id",
 }
-TOKEN_HEADER = "X-Credit-Charge-Token"
-
-# Signs the charge tokens the log phase trusts. Access and log phases of one request run on the same
-# Kong node, hence the same plugin server; after a restart in between, the token no longer verifies
-# and the charge stands (logged), which is the safe side for a money path.
-_TOKEN_KEY = os.urandom(32)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+# The key of kong.ctx.shared under which the access phase records the charge the log phase may settle.
+# kong.ctx.shared lives as long as the request, and Kong hands the same table to the log timer
+# (kong/runloop/plugin_servers/plugin.lua: ``ctx_shared = kong.ctx.shared`` in the data saved for
+# later); only plugins the operator installed can write it. Nothing travels in a header: a header
+# sent upstream is seen by an upstream that echoes requests, and a request header in the log phase
+# is whatever the client sent.
+CHARGE_CONTEXT_KEY = "credit-gate.charge"
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def charge_record(account: str, charge_id: str, cost: int) -> str:
+    """What the access phase records of a charge: a JSON text (the context holds Lua values)."""
+    return json.dumps([account, charge_id, cost], separators=(",", ":"))
 
 
-def sign_charge(account: str, charge_id: str, cost: int) -> str:
-    payload = f"{_b64(account.encode())}.{charge_id}.{cost}"
-    mac = hmac.new(_TOKEN_KEY, payload.encode(), hashlib.sha256).hexdigest()[:32]
-    return f"{payload}.{mac}"
-
-
-def verify_charge(token: str) -> tuple[str, str, int] | None:
-    """The (account, charge id, cost) a token names, or None when it was not signed here."""
-    parts = token.split(".")
-    if len(parts) != 4:
-        return None
-    payload = ".".join(parts[:3])
-    mac = hmac.new(_TOKEN_KEY, payload.encode(), hashlib.sha256).hexdigest()[:32]
-    if not hmac.compare_digest(mac, parts[3]) or not parts[2].isdigit():
+def read_charge_record(record: object) -> tuple[str, str, int] | None:
+    """The (account, charge id, cost) of a record, or None when there is none or it is not one of ours."""
+    if not isinstance(record, str):
         return None
     try:
-        account = _unb64(parts[0]).decode()
-    except (ValueError, UnicodeDecodeError):
+        value = json.loads(record)
+    except ValueError:
         return None
-    return account, parts[1], int(parts[2])
+    if not (isinstance(value, list) and len(value) == 3):
+        return None
+    account, charge_id, cost = value
+    if not (isinstance(account, str) and isinstance(charge_id, str) and type(cost) is int and cost >= 0):
+        return None
+    return account, charge_id, cost
 
 
 def _stderr(message: str) -> None:
@@ -234,7 +227,8 @@ class Gate:
                 ),
                 log=f"credit-gate: invalid configuration: {self.config_error}",
             )
-        account = self._account(facts.identity, config.account_by)
+        identity = self._account(facts.identity, config.account_by)
+        account = None if identity is None else account_name(config.account_namespace, identity)
         if account is None:
             return Refuse(
                 failure(
@@ -300,14 +294,15 @@ class Gate:
     def _act(self, config: GateConfig, payer: str, member: str, result: ChargeResult) -> Action:
         if result.allowed:
             upstream = upstream_headers(payer, result, member)
+            charge = None
             if config.needs_log_phase and result.charge_id and not result.replayed:
-                upstream[TOKEN_HEADER] = sign_charge(payer, result.charge_id, result.cost)
+                charge = charge_record(payer, result.charge_id, result.cost)
             client = {} if config.hide_client_headers else client_headers(result)
             if config.warnings.enabled:
                 client.update(warning_headers(result, config.warnings))
             if config.rate_limit_headers:
                 client.update(rate_limit_headers(result))
-            return Proxy(upstream=upstream, client=client or None, route_to=config.upstream)
+            return Proxy(upstream=upstream, client=client or None, route_to=config.upstream, charge=charge)
         problem = refusal(
             result,
             type_base=config.problem_type_base,
@@ -378,6 +373,8 @@ class Gate:
                 # Fail-closed deployments: only an allowed request is sent to the paid upstream.
                 kong.service.set_upstream(action.route_to)
             kong.service.request.set_headers(action.upstream)
+            if action.charge:
+                kong.ctx.shared.set(CHARGE_CONTEXT_KEY, action.charge)
             if action.client:
                 kong.response.set_headers(action.client)
         except Exception as error:  # the channel to Kong itself failed: nothing more can be sent
@@ -396,12 +393,12 @@ class Gate:
             _stderr(f"log phase failed, the charge stands: {type(error).__name__}: {error}")
 
     def _settle(self, kong: Any, config: GateConfig, store: RedisStore) -> None:
-        token = kong.request.get_header(TOKEN_HEADER)
-        if not token:
-            return  # not charged through this instance: refused, replayed, free or unmetered
-        charge = verify_charge(str(token))
+        record = kong.ctx.shared.get(CHARGE_CONTEXT_KEY)
+        if record is None:
+            return  # this request charged nothing: refused, replayed, free or unmetered
+        charge = read_charge_record(record)
         if charge is None:
-            kong.log.warn("credit-gate: a charge token did not verify (client-sent, or the server restarted)")
+            kong.log.warn(f"credit-gate: {CHARGE_CONTEXT_KEY} in kong.ctx.shared is not a charge record")
             return
         account, charge_id, held = charge
         status = kong.response.get_status()

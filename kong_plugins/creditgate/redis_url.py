@@ -37,6 +37,7 @@ def settings_from_url(
     sentinel_username: str | None = None,
     sentinel_password: str | None = None,
     cluster_nodes: Sequence[str] = (),
+    password: str | None = None,
 ) -> RedisSettings:
     """Settings from a URL; ``ssl`` None means "as the scheme says" (``rediss://`` is TLS).
 
@@ -45,16 +46,28 @@ def settings_from_url(
     being the seeds. The result goes through the plugin's own ``parse_redis``, so the CLI obeys the
     same rules as the plugin's ``redis`` record.
     """
+    if _userinfo(url) is not None and "@" not in _authority(url):
+        # "/", "?" or "#" in the user or password ends the URL's host part early: parsed as it is, the
+        # password would be taken for a host, a port or a path, and shown in the error.
+        raise ConfigError(
+            f"Redis URL {redacted(url)!r} is not valid: a user or password containing '/', '?' or '#' "
+            "must be percent-encoded (%2F, %3F, %23), or the password given with --redis-password-file"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as error:
-        raise ConfigError(f"Redis URL {redacted(url)!r} is not valid: {error}") from None
+        # The parser's message may quote a piece of the password: say it only when there is none.
+        why = f": {error}" if _userinfo(url) is None else " (check the host and the port)"
+        raise ConfigError(f"Redis URL {redacted(url)!r} is not valid{why}") from None
+    if password is not None and parts.password is not None:
+        raise ConfigError("the Redis password is given twice: in the URL and with --redis-password-file")
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
             "Redis URL must start with redis://, rediss:// (TLS) or unix:// (a socket path), "
             f"got {redacted(url)!r}"
         )
+    url_password = unquote(parts.password) if parts.password is not None else None
     socket_path = None
     if parts.scheme == "unix":
         socket_path, path = parts.path, _unix_database(parts.query)
@@ -76,7 +89,7 @@ def settings_from_url(
         "port": port or 6379,
         "socket_path": socket_path,
         "username": unquote(parts.username) if parts.username else None,
-        "password": unquote(parts.password) if parts.password is not None else None,
+        "password": password if password is not None else url_password,
         "database": int(path) if path else 0,
         "connect_timeout": timeout_ms,
         "read_timeout": timeout_ms,
@@ -121,14 +134,30 @@ def describe(settings: RedisSettings) -> str:
     return f"{scheme}://{user}{host}:{settings.port}/{settings.database}"
 
 
+def _userinfo(url: str) -> str | None:
+    """What stands between ``scheme://`` and the last ``@``: the credentials, however they are written."""
+    _, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return None
+    return rest.rpartition("@")[0]
+
+
+def _authority(url: str) -> str:
+    """The host part as a URL parser reads it: up to the first ``/``, ``?`` or ``#``."""
+    rest = url.partition("://")[2]
+    for end in "/?#":
+        rest = rest.split(end, 1)[0]
+    return rest
+
+
 def redacted(url: str) -> str:
-    """The URL with its password replaced, safe to print."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
+    """The URL with its credentials replaced, safe to print, whatever characters the password holds.
+
+    Everything up to the last ``@`` is credentials: a password with ``/``, ``#``, ``?`` or ``@`` that
+    a URL parser would split elsewhere is still hidden whole. The user name is hidden with it.
+    """
+    userinfo = _userinfo(url)
+    if userinfo is None:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"

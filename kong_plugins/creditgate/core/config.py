@@ -35,12 +35,26 @@ class AccountBy(str, enum.Enum):
     CREDENTIAL_ID = "credential_id"
 
 
+# The namespace of each kind of identity, unless the operator names one (``account_namespace``): a
+# consumer whose custom_id is "bob" and one whose username is "bob" are two accounts. Consumer ids
+# stay bare: Kong makes every id a UUID (typedefs.uuid), which holds no ':' and so equals no name
+# of another namespace; bare ids are also what every deployment had before namespaces.
+DEFAULT_NAMESPACE = {
+    AccountBy.CONSUMER_ID: "",
+    AccountBy.CONSUMER_USERNAME: "username",
+    AccountBy.CONSUMER_CUSTOM_ID: "custom_id",
+    AccountBy.CREDENTIAL_ID: "credential",
+}
+NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+
+
 @dataclass(frozen=True)
 class GateConfig:
     """Everything one plugin instance needs, immutable."""
 
     plans: tuple[str, ...] = ()
     account_by: AccountBy = AccountBy.CONSUMER_ID
+    account_namespace: str = ""
     payment_url: str | None = None
     problem_type_base: str = "urn:credit-gate:problem:"
     fault_tolerant: bool = False
@@ -95,6 +109,15 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
             f"account_by must be one of {[a.value for a in AccountBy]}, got {account_by_raw!r}"
         ) from None
 
+    namespace = get_value(raw, "account_namespace", None)
+    if namespace is None:
+        namespace = DEFAULT_NAMESPACE[account_by]
+    if not isinstance(namespace, str) or not NAMESPACE.match(namespace):
+        raise ConfigError(
+            "account_namespace must be at most 64 characters of A-Z, a-z, 0-9, '_', '.', '-' "
+            f"(empty for bare names), got {namespace!r}"
+        )
+
     payment_url = get_str(raw, "payment_url", None)
     if payment_url is not None:
         parsed = urlparse(payment_url)
@@ -120,6 +143,7 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
     return GateConfig(
         plans=plans,
         account_by=account_by,
+        account_namespace=namespace,
         payment_url=payment_url,
         problem_type_base=type_base,
         fault_tolerant=get_bool(raw, "fault_tolerant", False),

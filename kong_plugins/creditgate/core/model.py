@@ -18,7 +18,6 @@ MAX_CREDITS = 10**15
 # milliseconds (about 1.7e12 today) is refused rather than read as a date in the year 55,000.
 MAX_INSTANT = 32_503_680_000
 PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-MAX_ACCOUNT_LENGTH = 256
 
 
 _INSTANT_RULE = f"must be a Unix time in whole seconds, at most {MAX_INSTANT} (the year 3000)"
@@ -58,8 +57,10 @@ def check_plan_name(name: object, where: str = "name") -> str:
 
 
 def check_account(account: object, where: str = "account") -> str:
-    if not isinstance(account, str) or not account or len(account) > MAX_ACCOUNT_LENGTH:
-        raise InvalidDocument(f"must be a non-empty string of at most {MAX_ACCOUNT_LENGTH} characters", where)
+    # No length limit: Kong's consumer username and custom_id have none, and every identity Kong can
+    # give must be billable. The keys stay bounded whatever the length (store/keys.py).
+    if not isinstance(account, str) or not account:
+        raise InvalidDocument("must be a non-empty string", where)
     if any(ord(ch) < 32 for ch in account):
         raise InvalidDocument("must not contain control characters", where)
     return account

@@ -2,7 +2,10 @@
 
 All keys of one account share the hash tag ``{<account>}`` so that each script touches a single Redis
 Cluster slot. Account names are percent-encoded inside the tag: a name containing ``{``, ``}``, ``:``
-or ``%`` can neither break the tag nor collide with another account's keys.
+or ``%`` can neither break the tag nor collide with another account's keys. A name longer than
+``READABLE_NAME`` characters (which Kong allows: a username has no limit) is tagged by its SHA-256
+instead, ``#<hex>``, so that keys stay bounded; ``#`` never appears in an encoded name, so the two
+forms cannot meet. The full name is kept where names are listed (``accounts``, ``plan:<name>:accounts``).
 
     <prefix>:{<account>}:account        hash: subscription, plan terms, balance, period usage
     <prefix>:{<account>}:ledger         stream: every change of the account's credit
@@ -35,7 +38,23 @@ from urllib.parse import quote
 SAFE = "-._~@+="
 
 
+def account_name(namespace: str, identity: str) -> str:
+    """The account an identity pays from: ``<namespace>:<identity>``, or the bare identity for "".
+
+    Each kind of identity has its own namespace (the plugin's ``account_namespace``), so a custom_id
+    and a username that are equal still name two accounts. Operators name accounts the same way.
+    """
+    return f"{namespace}:{identity}" if namespace else identity
+
+
+# Names up to this length keep a readable tag (every name was at most this long before longer ones were
+# accepted, so existing keys do not move).
+READABLE_NAME = 256
+
+
 def account_tag(account: str) -> str:
+    if len(account) > READABLE_NAME:
+        return "#" + hashlib.sha256(account.encode("utf-8", "surrogatepass")).hexdigest()
     return quote(account, safe=SAFE)
 
 
