@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from creditgate import export
 from creditgate.admin import account_view, stream_bound
 from creditgate.core.inputs import parse_instant
-from creditgate.core.model import MAX_ACCOUNT_LENGTH, MAX_CREDITS, Status
+from creditgate.core.model import MAX_CREDITS, Status
 from creditgate.core.periods import DAY_SECONDS
 from creditgate.documents import parse_plans, schema
 from creditgate.errors import InvalidDocument, NotFound
@@ -73,7 +73,7 @@ Reader = Annotated[Service, Depends(reader)]
 Writer = Annotated[Service, Depends(writer)]
 AccountName = Annotated[
     str,
-    Path(min_length=1, max_length=MAX_ACCOUNT_LENGTH, description="The account (a Kong consumer's id, ...)"),
+    Path(min_length=1, description="The account (a Kong consumer's id, ...)"),
 ]
 Since = Annotated[str | None, Query(description="RFC 3339 time, date (00:00 UTC) or Unix seconds")]
 Until = Annotated[str | None, Query(description="RFC 3339 time, date (00:00 UTC) or Unix seconds; excluded")]
