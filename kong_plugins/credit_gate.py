@@ -384,6 +384,7 @@ def main() -> None:
 
     pdk_runtime.install_exit_fix()
     pdk_runtime.install_small_read_buffers()
+    pdk_runtime.install_unique_ids()
     if "--no-lua-style" not in sys.argv:
         sys.argv.append("--no-lua-style")
     plugin = Plugin

@@ -1384,6 +1384,13 @@ def _idle_connection_alive(sock: socket.socket) -> bool:
     return False  # EOF, or stray bytes: unusable either way
 
 
+# What Kong forgets when the server answers "no plugin instance" (kong/runloop/plugin_servers/plugin.lua,
+# ``reset_instance`` and ``reset_instances_for_plugin``): Kong 3.4 resets the one plugin id that failed,
+# in the worker that met it; Kong 3.6 and 3.9 reset every instance of the plugin in that worker (3.7+
+# then post the ``plugin_server``/``reset_instances`` worker event to the other workers, applied later).
+RESET_SCOPE = {"3.4": "plugin id", "3.6": "worker", "3.9": "worker"}
+
+
 class KongSide:
     """Kong's side of the plugin-server protocol for one plugin (one ``Rpc`` object of a Kong worker).
 
@@ -1398,7 +1405,11 @@ class KongSide:
         timeout: float = DEFAULT_READ_TIMEOUT,
         node_id: str | None = None,
         claim_wait: float = 10.0,
+        kong_version: str = "3.9",
     ) -> None:
+        if kong_version not in RESET_SCOPE:
+            raise ValueError(f"kong_version must be one of {sorted(RESET_SCOPE)}, got {kong_version!r}")
+        self.kong_version = kong_version
         self.socket_path = os.fspath(socket_path)
         self.plugin_info = plugin_info
         self.timeout = timeout
@@ -1501,6 +1512,8 @@ class KongSide:
             ),
             "__seq__": plugin.seq,
         }
+        if self.kong_version == "3.4":
+            del extra["__seq__"]  # added to the config by Kong 3.6 (kong/runloop/plugins_iterator.lua)
         cfg.update({k: v for k, v in extra.items() if v is not None})
         return cfg
 
@@ -1573,10 +1586,19 @@ class KongSide:
                 pass  # Kong: "don't care if there's an error, maybe other thread closed it first"
         return new_id
 
-    def reset_instances(self) -> None:
-        """plugin.lua's ``reset_instance``: forget EVERY instance of this plugin, not only the failing one."""
+    def reset_instances(self, plugin_id: str | None = None) -> None:
+        """plugin.lua's ``reset_instance`` after "no plugin instance", by the rules of ``kong_version``.
+
+        Kong 3.4 forgets only the failing plugin id, in this worker; 3.5 and later forget every
+        instance of the plugin in this worker at once (3.7+ also post a ``reset_instances`` worker
+        event that the other workers apply later: a test plays that delay by calling this method on
+        the other workers' sides when it chooses, with no ``plugin_id``).
+        """
         with self._instances_cond:
-            self._instances.clear()
+            if plugin_id is not None and RESET_SCOPE[self.kong_version] == "plugin id":
+                self._instances.pop(plugin_id, None)
+            else:
+                self._instances.clear()
             self._instances_cond.notify_all()
 
     # -- events -------------------------------------------------------------------------------------------
@@ -1675,7 +1697,7 @@ class KongSide:
                 step_in = self.call(step_method, {"EventId": event_id, "Data": result}, trace=trace)
         except KongRpcError as exc:
             if "no plugin instance" in exc.message.lower():
-                self.reset_instances()
+                self.reset_instances(plugin.plugin_id)
                 run.outcome.log_lines.append(LogLine(phase, "warn", exc.message))
                 if retried:
                     raise _BypassError(f"{exc.message} (again after re-creating the instance)", exc) from exc

@@ -13,10 +13,19 @@
   by page, and the server's RSS climbed about 17 MB over its first 100,000 requests before levelling
   off, gate or no gate. ``install_small_read_buffers`` gives the listener 16 KiB buffers (msgpack
   grows one for a bigger message).
+- kong-pdk numbers plugin instances (and events) from 0 in every process, and Kong never learns that
+  a server restarted: a worker keeps the old ids, and after a restart a stale id could name a fresh
+  instance of ANOTHER plugin entry (another route's configuration, its cost and plans). Kong 3.4
+  re-creates only the failing entry, 3.5+ every entry of the worker but the other workers later
+  (kong/runloop/plugin_servers/plugin.lua). ``install_unique_ids`` starts each server process's
+  numbering at a random point below 2^52 (Kong's Lua numbers are doubles, exact to 2^53), so the
+  ids of one process never meet those of an earlier process or of a sibling: a stale id is always
+  "no plugin instance", and Kong re-creates that entry with its own configuration.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -82,3 +91,24 @@ def install_exit_fix() -> None:
     import kong_pdk.server
 
     kong_pdk.server._handler_event_func = event_runner()
+
+
+ID_SPAN = 2**52  # a random start below this, counted up by one: always below 2^53
+
+
+def install_unique_ids() -> None:
+    """Start every ``PluginServer``'s instance and event numbering at a random point (see above)."""
+    import kong_pdk.server
+
+    server_class = cast(Any, kong_pdk.server).PluginServer
+    original_init = server_class.__init__
+    if getattr(original_init, "_credit_gate_unique_ids", False):
+        return
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.instance_id = secrets.randbelow(ID_SPAN)
+        self.event_id = secrets.randbelow(ID_SPAN)
+
+    __init__._credit_gate_unique_ids = True  # type: ignore[attr-defined]
+    server_class.__init__ = __init__
