@@ -17,9 +17,11 @@ on plan ``basic``: route A must always refuse it (402 plan_not_entitled) and rou
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +114,34 @@ def test_kong_3_4_sends_no_seq_and_3_6_does(
     new = KongSide(tmp_path / "none.sock", plugin_info, kong_version="3.6").build_config(plugin)
     assert "__seq__" not in old
     assert new["__seq__"] == plugin.seq
+
+
+def test_a_store_no_instance_uses_any_more_is_closed(
+    plugin_info: PluginInfo, settings: RedisSettings, basic_account: RedisStore, redis_client: Any
+) -> None:
+    """20 changes of a setting that picks a Redis store (a timeout, as a password rotation would be):
+    Redis connections and open files stay flat, because each old store is closed with its instance."""
+    server = start_plugin_server("-g", "--processes", "1")
+    try:
+        _, free = routes(settings)
+        with KongSide(server.socket_path, plugin_info, timeout=10.0) as kong:
+
+            def connections() -> int:
+                return sum(1 for c in redis_client.client_list() if c.get("name") != "test-observer")
+
+            def open_files() -> int:
+                return len(os.listdir(f"/proc/{server.pid}/fd"))
+
+            redis_client.client_setname("test-observer")
+            plugin = free
+            assert send(kong, plugin).proxied
+            before = (connections(), open_files())
+            for i in range(20):
+                redis = {**plugin.config["redis"], "read_timeout": 1001 + i}
+                plugin = plugin.changed(redis=redis)
+                assert send(kong, plugin).proxied
+            assert len(kong.closed_instance_ids) == 20
+            assert (connections(), open_files()) == before
+    finally:
+        server.stop()
+        shutil.rmtree(Path(server.socket_path).parent, ignore_errors=True)

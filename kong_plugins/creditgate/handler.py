@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -50,19 +51,30 @@ from creditgate.store.redis_store import RedisStore
 DEFAULT_TYPE_BASE = "urn:credit-gate:problem:"
 
 
+StoreKey = tuple[RedisSettings, str, int, int]
+
+
 class _StoreRegistry:
     """One Redis client (and its connection pool) per distinct Redis setting, shared by instances.
 
     Kong re-creates every plugin instance on any configuration change; sharing the pools keeps
     connections from churning each time. The store owns the circuit breaker, so every instance on
     one Redis sees the same circuit (instances with other breaker settings get a store of their own).
+
+    A store lives as long as an instance uses it: each gate that takes one holds a claim, given back
+    when kong-pdk drops the instance (CloseInstance, or its idle expiry), and the last claim closes the
+    store's connections. Otherwise every change of a Redis setting (a password rotation, a timeout)
+    would leave a live connection behind for the life of the process.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stores: dict[tuple[RedisSettings, str, int, int], RedisStore] = {}
+        self._stores: dict[StoreKey, RedisStore] = {}
+        self._claims: dict[StoreKey, int] = {}
 
-    def get(self, config: GateConfig) -> RedisStore:
+    def get(self, config: GateConfig, owner: object) -> RedisStore:
+        """The store for these settings, claimed until ``owner`` is garbage: kong-pdk keeps no other
+        handle on an instance's end (its idle expiry drops instances without a call)."""
         key = (config.redis, config.key_prefix, config.breaker_failures, config.breaker_cooldown_ms)
         with self._lock:
             store = self._stores.get(key)
@@ -72,7 +84,27 @@ class _StoreRegistry:
                 )
                 store = RedisStore.from_settings(config.redis, config.key_prefix, breaker=breaker)
                 self._stores[key] = store
-            return store
+            self._claims[key] = self._claims.get(key, 0) + 1
+        weakref.finalize(owner, self._release, key)
+        return store
+
+    def _release(self, key: StoreKey) -> None:
+        with self._lock:
+            left = self._claims.get(key, 0) - 1
+            if left > 0:
+                self._claims[key] = left
+                return
+            self._claims.pop(key, None)
+            store = self._stores.pop(key, None)
+        if store is not None:
+            try:
+                store.close()
+            except Exception as error:  # never into kong-pdk: a failed close only leaks what it leaked
+                _stderr(f"could not close a Redis store no instance uses: {type(error).__name__}: {error}")
+
+    def open_stores(self) -> int:
+        with self._lock:
+            return len(self._stores)
 
 
 def _breaker_changed(old: BreakerState, new: BreakerState, why: str) -> None:
@@ -170,7 +202,7 @@ class Gate:
                     "refund_on_failure and settle_header act after the response, in Kong's log phase: "
                     "run the plugin server with --log-phase (in both the start and the query command)"
                 )
-            self.store = STORES.get(self.config)
+            self.store = STORES.get(self.config, self)
         except ConfigError as error:
             self.config_error = str(error)
         except Exception as error:  # a bug or an unusable setting: refuse, never pass
