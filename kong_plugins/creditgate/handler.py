@@ -108,7 +108,15 @@ class _StoreRegistry:
 
 
 def _breaker_changed(old: BreakerState, new: BreakerState, why: str) -> None:
-    _stderr(f"Redis circuit {old.value} -> {new.value}: {why}")
+    # Said once per opening and once per closing, not per request and not per half-open probe.
+    if new is BreakerState.CLOSED:
+        NOTICES.forget("circuit:open")
+        NOTICES.forget("circuit:closed")
+        NOTICES.say("circuit:closed", "notice", f"Redis circuit {old.value} -> {new.value}: {why}")
+    elif new is BreakerState.OPEN:
+        NOTICES.say("circuit:open", "err", f"Redis circuit {old.value} -> {new.value}: {why}")
+    else:
+        _stderr(f"Redis circuit {old.value} -> {new.value}: {why}")
 
 
 STORES = _StoreRegistry()
@@ -184,8 +192,50 @@ def read_charge_record(record: object) -> tuple[str, str, int] | None:
 
 
 def _stderr(message: str) -> None:
-    # The plugin server's stderr is merged into Kong's error log by Kong's process manager.
+    # The plugin server's stderr is merged into Kong's error log by Kong's process manager, at INFO
+    # (process.lua, raw_log(ngx_INFO, ...)): below Kong's default log_level, notice. What an operator
+    # must act on goes through NOTICES as well.
     print(f"[credit-gate] {message}", file=sys.stderr, flush=True)
+
+
+class _Notices:
+    """What an operator must act on, said once per cause through Kong's own log at its own level.
+
+    Lines the plugin server prints reach Kong's error log at INFO only, which Kong's default level
+    (notice) drops. So each cause (an invalid configuration, the circuit opening or closing, a failed
+    log phase) is queued once and written with ``kong.log.<level>`` by the next event of this process:
+    one PDK call more for that one request, none while nothing is pending.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._said: set[str] = set()
+        self._pending: list[tuple[str, str]] = []
+        self.pending = False  # read without the lock on every request: a stale False only delays
+
+    def say(self, cause: str, level: str, message: str) -> None:
+        _stderr(message)
+        with self._lock:
+            if cause in self._said:
+                return
+            self._said.add(cause)
+            self._pending.append((level, f"credit-gate: {message}"))
+            self.pending = True
+
+    def forget(self, cause: str) -> None:
+        """Let the cause be said again (the circuit closed: its next opening is news)."""
+        with self._lock:
+            self._said.discard(cause)
+
+    def flush(self, kong: Any) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self.pending = False
+        for level, message in pending:
+            getattr(kong.log, level)(message)
+
+
+NOTICES = _Notices()
 
 
 class Gate:
@@ -208,8 +258,10 @@ class Gate:
         except Exception as error:  # a bug or an unusable setting: refuse, never pass
             self.config_error = f"{type(error).__name__}: {error}"
         if self.config_error:
-            _stderr(
-                f"invalid configuration, every request through this instance is refused: {self.config_error}"
+            NOTICES.say(
+                f"config:{self.config_error}",
+                "err",
+                f"invalid configuration, every request through this instance is refused: {self.config_error}",
             )
 
     # The access phase
@@ -256,8 +308,7 @@ class Gate:
                     Reason.MISCONFIGURED,
                     "The gateway's billing configuration is invalid; the operator has been told.",
                     type_base=DEFAULT_TYPE_BASE,
-                ),
-                log=f"credit-gate: invalid configuration: {self.config_error}",
+                ),  # the cause is in Kong's log once (NOTICES), not once per request
             )
         identity = self._account(facts.identity, config.account_by)
         account = None if identity is None else account_name(config.account_namespace, identity)
@@ -395,6 +446,8 @@ class Gate:
     def _apply(kong: Any, action: Action) -> bool:
         ending = isinstance(action, Refuse)  # once exit is tried, never end the event another way
         try:
+            if NOTICES.pending:
+                NOTICES.flush(kong)
             if action.log:
                 getattr(kong.log, action.log_level)(action.log)
             if isinstance(action, Refuse):
@@ -422,7 +475,11 @@ class Gate:
         try:
             self._settle(kong, config, self.store)
         except Exception as error:
-            _stderr(f"log phase failed, the charge stands: {type(error).__name__}: {error}")
+            NOTICES.say(
+                f"log:{type(error).__name__}",
+                "err",
+                f"log phase failed, the charge stands: {type(error).__name__}: {error}",
+            )
 
     def _settle(self, kong: Any, config: GateConfig, store: RedisStore) -> None:
         record = kong.ctx.shared.get(CHARGE_CONTEXT_KEY)
