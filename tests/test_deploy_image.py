@@ -148,11 +148,12 @@ def test_compose_builds_the_image_once_and_every_service_that_runs_it_waits_for_
     assert builders == ["kong"]
     assert services["kong"]["image"] == tag
     users = sorted(name for name, service in services.items() if service.get("image") == tag)
-    assert users == ["kong", "seed"]
-    # seed runs the built tag: never pulled (it exists in no registry); Compose builds it before it
-    # creates any container of `up`.
-    assert services["seed"].get("pull_policy") == "never"
-    assert "build" not in services["seed"]
+    assert users == ["credit-gate-api", "kong", "seed"]
+    # seed and the API run the built tag: never pulled (it exists in no registry); Compose builds it
+    # before it creates any container of `up`.
+    for name in ("seed", "credit-gate-api"):
+        assert services[name].get("pull_policy") == "never", name
+        assert "build" not in services[name], name
 
 
 # The commands, run here as Kong runs them

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from creditgate.admin import Admin
+from creditgate.core.config import RedisSettings
 from creditgate.core.decision import STATUS, Reason, refusal
+from creditgate.core.model import Plan
 from creditgate.handler import Gate, RequestFacts
+from creditgate.store.redis_store import RedisStore
 from tests.test_decision import BASE, result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +59,16 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def gate_failure_detail(reason: Reason) -> str:
+def gate_failure_detail(reason: Reason, settings: RedisSettings) -> str:
     """The detail the gate itself answers with, for the reasons that are not about payment."""
     redis = {"host": "127.0.0.1", "port": closed_port(), "connect_timeout": 50, "read_timeout": 50}
+    if reason is Reason.ACCOUNT_DATA_INVALID:  # a real Redis whose account holds a field that does not parse
+        redis = {"host": settings.host, "port": settings.port, "connect_timeout": 1000, "read_timeout": 1000}
+        admin = Admin(RedisStore.from_settings(settings))
+        admin.apply_plan(Plan("pro", prepaid=True))
+        admin.subscribe(ACME["id"], "pro", starts_at=admin.now() - 60)
+        admin.store.client.hset(admin.store.keys.account(ACME["id"]).state, "balance", "1e3")
+        admin.close()
     config = {"redis": redis, "breaker_failures": 0}
     if reason is Reason.MISCONFIGURED:
         config["account_by"] = "no-such-identity"
@@ -76,8 +87,10 @@ def gate_failure_detail(reason: Reason) -> str:
 @pytest.mark.parametrize(
     "reason", [r for r in STATUS if r is not Reason.GATE_UNAVAILABLE], ids=lambda r: r.value
 )
-def test_every_failure_the_gate_answers_has_a_formatted_detail(reason: Reason) -> None:
-    assert_formatted(gate_failure_detail(reason))
+def test_every_failure_the_gate_answers_has_a_formatted_detail(
+    reason: Reason, settings: RedisSettings
+) -> None:
+    assert_formatted(gate_failure_detail(reason, settings))
 
 
 def test_the_gate_unavailable_detail_of_kong_yml_is_formatted() -> None:
