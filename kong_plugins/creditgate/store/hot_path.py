@@ -26,6 +26,7 @@ connection's connect and set-up) yield like redis-py's.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -124,9 +125,20 @@ class HotPath:
         return reply
 
     def _checkout(self) -> socket.socket:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
+        """An idle connection Redis has not closed, or a new one.
+
+        Redis closes a client idle for longer than its ``timeout`` setting. A charge written to such a
+        socket fails after the send, where re-sending it is never safe (the gate cannot tell it did not
+        run): so a closed socket is found before anything is written, by a poll that does not wait.
+        """
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                sock = self._idle.pop()
+            if _still_open(sock):
+                return sock
+            sock.close()
         return self._connect()
 
     def _connect(self) -> socket.socket:
@@ -185,6 +197,14 @@ class HotPath:
             reply = reader.gets()
             if reply is not False:
                 return reply
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """True when an idle socket has nothing to read: neither Redis's close (EOF, a reset) nor bytes that
+    nobody asked for. One poll that does not wait; no round trip to Redis."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return not poller.poll(0)
 
 
 def _gevent_patched() -> bool:
