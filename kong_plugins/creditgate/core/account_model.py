@@ -35,31 +35,20 @@ import enum
 from dataclasses import dataclass, field, replace
 
 from creditgate.core.model import MAX_CREDITS
-from creditgate.core.periods import DAY_SECONDS, WEEK_SECONDS, Period, Window, add_months, civil_from_days
+from creditgate.core.periods import (
+    Period,
+    Window,
+    window_at,
+)
 
 # The bound on every balance, allowance and total: well below 2**53, so a Lua double holds it exactly.
 CAP = MAX_CREDITS
 CHARGEABLE = ("active", "trialing")
 
 
-def lattice_window(period: Period, anchor: int, now: int) -> Window:
-    """The window of the anchor's lattice that holds ``now``, on either side of the anchor.
-
-    Unlike ``periods.window_at`` this never clamps ``now`` to the anchor: an anchor in the future (the
-    next renewal date a billing system sends) gives the period that ends at it, or an earlier one.
-    """
-    if period is Period.NONE:
-        return Window(anchor, 0)
-    if period is Period.DAY or period is Period.WEEK:
-        length = DAY_SECONDS if period is Period.DAY else WEEK_SECONDS
-        start = anchor + (now - anchor) // length * length
-        return Window(start, start + length)
-    anchor_year, anchor_month, _ = civil_from_days(anchor // DAY_SECONDS)
-    now_year, now_month, _ = civil_from_days(now // DAY_SECONDS)
-    months = (now_year - anchor_year) * 12 + (now_month - anchor_month)
-    if add_months(anchor, months) > now:
-        months -= 1
-    return Window(add_months(anchor, months), add_months(anchor, months + 1))
+# The window of the anchor's lattice that holds ``now``, on either side of the anchor: the core's own
+# rule, which the Lua scripts twin (an anchor in the future gives the period that ends at it).
+lattice_window = window_at
 
 
 def ledger_bound(retention: int) -> int:
