@@ -21,6 +21,7 @@ Rules this module keeps, all from kong-pdk 0.36 and Kong's plugin-server protoco
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import sys
@@ -71,6 +72,7 @@ class _StoreRegistry:
         self._lock = threading.Lock()
         self._stores: dict[StoreKey, RedisStore] = {}
         self._claims: dict[StoreKey, int] = {}
+        self._released: collections.deque[StoreKey] = collections.deque()  # given back, not yet counted
 
     def get(self, config: GateConfig, owner: object) -> RedisStore:
         """The store for these settings, claimed until ``owner`` is garbage: kong-pdk keeps no other
@@ -85,18 +87,43 @@ class _StoreRegistry:
                 store = RedisStore.from_settings(config.redis, config.key_prefix, breaker=breaker)
                 self._stores[key] = store
             self._claims[key] = self._claims.get(key, 0) + 1
+            unused = self._count_released()
         weakref.finalize(owner, self._release, key)
+        self._close(unused)
         return store
 
     def _release(self, key: StoreKey) -> None:
-        with self._lock:
+        """A finalizer: it runs inside the garbage collector, which may have interrupted this very
+        thread (or greenlet) anywhere, ``get`` with the lock held included. So it only queues the
+        claim, and counts the queue if the lock is free at once; ``get`` counts whatever is left.
+        Waiting for the lock here would wait for ever."""
+        self._released.append(key)
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            unused = self._count_released()
+        finally:
+            self._lock.release()
+        self._close(unused)
+
+    def _count_released(self) -> list[RedisStore]:
+        """The stores whose last claim was given back (called with the lock held)."""
+        unused: list[RedisStore] = []
+        while self._released:
+            key = self._released.popleft()
             left = self._claims.get(key, 0) - 1
             if left > 0:
                 self._claims[key] = left
-                return
+                continue
             self._claims.pop(key, None)
             store = self._stores.pop(key, None)
-        if store is not None:
+            if store is not None:
+                unused.append(store)
+        return unused
+
+    @staticmethod
+    def _close(stores: list[RedisStore]) -> None:
+        for store in stores:
             try:
                 store.close()
             except Exception as error:  # never into kong-pdk: a failed close only leaks what it leaked
@@ -104,7 +131,10 @@ class _StoreRegistry:
 
     def open_stores(self) -> int:
         with self._lock:
-            return len(self._stores)
+            unused = self._count_released()
+            count = len(self._stores)
+        self._close(unused)
+        return count
 
 
 def _breaker_changed(old: BreakerState, new: BreakerState, why: str) -> None:
