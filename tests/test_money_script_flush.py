@@ -16,6 +16,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.hot_path import HotPath
 from creditgate.store.redis_store import RedisStore, _script_source
+from creditgate.store.topology import connect
 from tests.conftest import Clock
 
 
@@ -26,7 +27,7 @@ def seed(admin: Admin) -> None:
 
 
 def test_the_hot_path_charges_when_scripts_are_flushed_again_after_the_reload(
-    settings: RedisSettings, redis_client: redis.Redis, admin: Admin, store: RedisStore, clock: Clock
+    settings: RedisSettings, redis_client: redis.Redis, admin: Admin, clock: Clock
 ) -> None:
     seed(admin)
     source = _script_source("charge")
@@ -36,13 +37,14 @@ def test_the_hot_path_charges_when_scripts_are_flushed_again_after_the_reload(
         redis_client.script_flush()  # another flush lands before the resend
         return sha
 
-    assert store.hot_path is not None
-    store.hot_path.close()
-    store.hot_path = HotPath(settings, store._charge.sha, load_then_flushed_again, source)
-    store._send_charge = store.hot_path.evalsha
-    redis_client.script_flush()
-    result = store.charge("acme", 1, now=clock.now)
-    assert result.allowed and store.account_state("acme").balance == 9
+    hot_path = HotPath(settings, redis_client.register_script(source).sha, load_then_flushed_again, source)
+    store = RedisStore(connect(settings), timeout_ms=settings.read_timeout, hot_path=hot_path)
+    try:
+        redis_client.script_flush()
+        result = store.charge("acme", 1, now=clock.now)
+        assert result.allowed and store.account_state("acme").balance == 9
+    finally:
+        store.close()
 
 
 class FlushingClient(redis.Redis):

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from creditgate.core.redis_settings import RedisSettings, parse_redis
 from creditgate.errors import ConfigError
+from creditgate.store.topology import topology_for
 
 
 def parse_node(text: str, what: str) -> dict[str, Any]:
@@ -120,18 +121,8 @@ def _unix_database(query: str) -> str:
 
 
 def describe(settings: RedisSettings) -> str:
-    """Where the settings point, for messages: never the password."""
-    scheme = "rediss" if settings.ssl else "redis"
-    user = f"{settings.username}@" if settings.username else ""
-    if settings.socket_path:
-        return f"unix://{user}{settings.socket_path}?db={settings.database}"
-    if settings.topology == "sentinel":
-        nodes = ",".join(str(n) for n in settings.sentinel_nodes)
-        return f"master '{settings.sentinel_master}' of sentinels {nodes} ({scheme}, db {settings.database})"
-    if settings.topology == "cluster":
-        return f"Redis Cluster {','.join(str(n) for n in settings.cluster_nodes)} ({scheme})"
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    return f"{scheme}://{user}{host}:{settings.port}/{settings.database}"
+    """Where the settings point, for messages: never the password (each topology says it its way)."""
+    return topology_for(settings).describe()
 
 
 def _userinfo(url: str) -> str | None:

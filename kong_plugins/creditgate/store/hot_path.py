@@ -9,8 +9,9 @@ under gevent one connection that the charges of concurrent requests share, pipel
 gevent's event loop without a greenlet or a timer per charge, the charges of one turn of the loop
 sharing one write (about 6 µs per charge at 16 in flight).
 
-Everything else (the operators' commands, loading scripts, Sentinel, Cluster, TLS) goes through
-redis-py. The rules of the money path hold here as there:
+The standalone topology builds it for the store (``store/topology/standalone.py``); everything else
+(the operators' commands, loading scripts, Sentinel, Cluster, TLS) goes through redis-py. The rules
+of the money path hold here as there:
 
 - nothing is ever re-sent after a timeout or a connection error: the outcome of such a charge is
   unknown, the connection is dropped, and the error is raised (the charge's deadline keeps a late

@@ -5,9 +5,10 @@ core explains them). Commands are never re-sent by the client: redis-py retries 
 connection errors by default, and a re-sent charge whose first reply was lost would be applied twice.
 A failed call raises ``StoreError`` and its outcome is unknown; the ledger tells what happened.
 
-``connect`` builds the client for the configured topology (standalone, Sentinel, Cluster; TLS and
-ACL user on each); the store runs unchanged on all three, since every script's keys share one
-account's hash tag. An optional ``CircuitBreaker`` makes the store fail at once while Redis is down.
+``RedisStore.from_settings`` builds the client for the configured topology (``store/topology/``: one
+module each for standalone, TLS, Sentinel and Cluster); the store runs unchanged on all of them, since
+every script's keys share one account's hash tag. An optional ``CircuitBreaker`` makes the store fail
+at once while Redis is down.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,13 +24,6 @@ from importlib import resources
 from typing import Any, TypeVar, cast
 
 import redis
-from redis._parsers import Encoder
-from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
-from redis.commands.core import Script
-from redis.connection import SSLConnection
-from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from creditgate.core.config import RedisSettings
 from creditgate.core.decision import ChargeResult, Reason
@@ -40,11 +33,11 @@ from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreTimeo
 from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.hot_path import HotPath
 from creditgate.store.keys import Keys, account_keys, slot_marker, store_markers
+from creditgate.store.topology import Client, LazyCluster, topology_for
 
 T = TypeVar("T")
 
 USAGE_TTL_SECONDS = 400 * 86_400
-MAX_CONNECTIONS = 4096  # per pool (per node on a Cluster); Redis's own default maxclients is 10000
 DEFAULT_LEDGER_RETENTION = 10_000
 
 # Errors that mean "Redis could not be reached or did not answer in time", as opposed to an error
@@ -82,217 +75,6 @@ def _data_error(error: BaseException) -> StoreDataError | None:
 def _script_source(name: str) -> str:
     lua = resources.files("creditgate.store") / "lua"
     return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
-
-
-class _NamedSSLConnection(SSLConnection):
-    """TLS to the configured address, with SNI and the certificate check against ``server_name``.
-
-    redis-py sends SNI and checks the certificate against the address it connects to
-    (``SSLConnection._wrap_socket_with_ssl`` passes ``server_hostname=self.host``); Kong's
-    ``server_name`` names the certificate while ``host`` (or the master a sentinel reports, an
-    address) says where to connect.
-    """
-
-    def __init__(self, *, ssl_server_name: str, **kwargs: Any) -> None:
-        self.ssl_server_name = ssl_server_name
-        super().__init__(**kwargs)
-
-    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
-        address = self.host
-        self.host = self.ssl_server_name
-        try:
-            return cast(Any, super())._wrap_socket_with_ssl(sock)
-        finally:
-            self.host = address
-
-
-class _NamedSentinelSSLConnection(SentinelManagedConnection, _NamedSSLConnection):
-    """A connection to the master a sentinel reports, TLS checked against ``server_name``."""
-
-
-def _common(settings: RedisSettings) -> dict[str, Any]:
-    """Options every data connection shares, whatever the topology."""
-    return {
-        "username": settings.username,
-        "password": settings.password,
-        "socket_connect_timeout": settings.connect_timeout / 1000,
-        "socket_timeout": settings.read_timeout / 1000,
-        "health_check_interval": 0,
-        "driver_info": None,  # no CLIENT SETINFO round trips on each new connection
-        # redis-py 8 caps a pool at 100 connections and raises past it. Each request in flight in the
-        # plugin server holds one connection for its charge, and Kong may send far more than 100
-        # at once (threads or greenlets): a cap that low would turn a burst into 503s.
-        "max_connections": MAX_CONNECTIONS,
-    }
-
-
-def _tls(settings: RedisSettings) -> dict[str, Any]:
-    if not settings.ssl:
-        return {}
-    return {
-        "ssl_cert_reqs": "required" if settings.ssl_verify else "none",
-        "ssl_check_hostname": settings.ssl_verify,
-        "ssl_ca_certs": settings.ca_file,
-    }
-
-
-def _no_retry() -> Retry:
-    # redis-py retries timeouts and connection errors by re-sending the command (10 times by
-    # default in redis-py 8): a charge whose reply was lost would be applied again.
-    return Retry(NoBackoff(), 0)
-
-
-class LazyCluster:
-    """A RedisCluster built on first use, and built again on a later call if Redis was unreachable.
-
-    redis-py's RedisCluster asks its seed nodes for the slot map in its constructor and raises when
-    none answers; built eagerly, a plugin instance started during a Cluster outage would stay broken
-    after the Cluster came back. Scripts are registered against this object: hashing a script needs
-    only the encoder, and Script sends EVALSHA/SCRIPT LOAD through the attributes forwarded below.
-    """
-
-    def __init__(self, build: Callable[[], RedisCluster]) -> None:
-        self._build = build
-        self._client: RedisCluster | None = None
-        self._lock = threading.Lock()
-        # The encoder RedisCluster builds for itself with its default options.
-        self._encoder = cast(Any, Encoder)("utf-8", "strict", False)
-
-    @property
-    def cluster(self) -> RedisCluster:
-        client = self._client
-        if client is None:
-            # Built outside the lock so that concurrent requests do not queue behind one attempt's
-            # connect timeouts; the first to finish wins and the others close theirs.
-            built = self._build()
-            with self._lock:
-                if self._client is None:
-                    self._client = built
-                    return built
-                client = self._client
-            built.close()
-        return client
-
-    def get_encoder(self) -> Any:
-        return self._encoder
-
-    def register_script(self, script: str) -> Script:
-        return Script(cast(Any, self), script)
-
-    def close(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.cluster, name)
-
-
-Client = redis.Redis | LazyCluster
-
-
-def connect(settings: RedisSettings) -> Client:
-    """A client for the settings' topology, with a connection pool, short timeouts and no automatic
-    re-sending of commands.
-
-    Nothing here talks to Redis: connections are made on first use, so an instance built while
-    Redis is down works once Redis is back.
-    """
-    if settings.topology == "cluster":
-        return LazyCluster(lambda: _cluster(settings))
-    if settings.topology == "sentinel":
-        return _sentinel_master(settings)
-    if settings.socket_path:
-        return redis.Redis(
-            unix_socket_path=settings.socket_path,
-            db=settings.database,
-            retry=_no_retry(),
-            **_common(settings),
-        )
-    client = redis.Redis(
-        host=settings.host,
-        port=settings.port,
-        db=settings.database,
-        retry=_no_retry(),
-        ssl=settings.ssl,
-        **_common(settings),
-        **_tls(settings),
-    )
-    if settings.ssl and settings.server_name:
-        # The pool has made no connection yet: its connections will check server_name.
-        pool = client.connection_pool
-        pool.connection_class = _NamedSSLConnection
-        pool.connection_kwargs["ssl_server_name"] = settings.server_name
-    return client
-
-
-def _sentinel_master(settings: RedisSettings) -> redis.Redis:
-    """The current master, as the sentinels report it.
-
-    redis-py asks a sentinel for the master's address on each new connection; after a failover the
-    old master's connections fail (connection refused, or READONLY, which redis-py's
-    SentinelManagedConnection turns into a ConnectionError and a reconnect), so the next request
-    reaches the new master. Those failing requests are answered 503 (or passed through with
-    fault_tolerant), never re-sent.
-    """
-    sentinel_options: dict[str, Any] = {
-        "username": settings.sentinel_username,
-        "password": settings.sentinel_password,
-        "socket_connect_timeout": settings.connect_timeout / 1000,
-        "socket_timeout": settings.read_timeout / 1000,
-        "retry": _no_retry(),
-        "health_check_interval": 0,
-        "driver_info": None,
-        "ssl": settings.ssl,
-        **_tls(settings),
-    }
-    sentinel = cast(Any, Sentinel)(
-        [(node.host, node.port) for node in settings.sentinel_nodes], sentinel_kwargs=sentinel_options
-    )
-    master_options: dict[str, Any] = {
-        "db": settings.database,
-        "retry": _no_retry(),
-        **_common(settings),
-        **_tls(settings),
-    }
-    if settings.ssl and settings.server_name:
-        master_options["connection_class"] = _NamedSentinelSSLConnection
-        master_options["ssl_server_name"] = settings.server_name
-    else:
-        master_options["ssl"] = settings.ssl
-    master: redis.Redis = sentinel.master_for(settings.sentinel_master, **master_options)
-    return master
-
-
-def _cluster(settings: RedisSettings) -> RedisCluster:
-    """A Redis Cluster client that follows redirections but never re-sends a command after an error.
-
-    - MOVED and ASK (and TRYAGAIN) answers mean the node did not run the command: following them
-      cannot apply a charge twice. redis-py follows up to ``RedisClusterRequestTTL`` - 1 of them per
-      command; Kong's ``cluster_max_redirections`` sets it.
-    - A connection error or timeout leaves the outcome unknown: ``retry`` with 0 retries stops
-      RedisCluster from running the command again (it would otherwise refresh the slot map and
-      re-send up to 10 times). The slot map is still refreshed, so the next request finds the node
-      that took the slot over.
-    - ``require_full_coverage`` False: with a master down, accounts on the other masters' slots are
-      still charged; those on its slots get the failure answer until a replica takes over. That
-      holds for a client built while the master is down too (a plugin instance started then).
-    """
-    client = RedisCluster(
-        startup_nodes=[cast(Any, ClusterNode)(node.host, node.port) for node in settings.cluster_nodes],
-        # While it is built, RedisCluster asks one node for the command table (COMMAND): that node
-        # may be a dead master the slot map still names, so building may try the next ones (it
-        # reads, it charges nothing). Charges get no retry: set right after.
-        retry=Retry(NoBackoff(), len(settings.cluster_nodes)),
-        require_full_coverage=False,
-        ssl=settings.ssl,
-        **_common(settings),
-        **_tls(settings),
-    )
-    client.set_retry(_no_retry())
-    client.RedisClusterRequestTTL = settings.cluster_max_redirections + 1
-    return client
 
 
 def _text(value: Any) -> str:
@@ -487,6 +269,9 @@ class RedisStore:
 
     ``breaker``, when given, is asked before every call and told how it went: while it is open the
     store raises ``StoreUnavailable`` at once instead of waiting on an unreachable Redis.
+
+    ``hot_path``, when given, carries the charge script instead of the client (the topology builds it
+    where it serves, see ``Topology.hot_path``); every other command goes through the client.
     """
 
     def __init__(
@@ -496,18 +281,21 @@ class RedisStore:
         *,
         timeout_ms: int = 0,
         breaker: CircuitBreaker | None = None,
+        hot_path: HotPath | None = None,
     ) -> None:
         self.client = client
         self.breaker = breaker
-        # Set for a standalone Redis without TLS: the charge's own socket pool (see hot_path.py).
-        self.hot_path: HotPath | None = None
+        # The charge's own transport when the topology has one (see hot_path.py), else the client.
+        self.hot_path = hot_path
         self.keys = Keys(prefix)
         self._account_keys = partial(account_keys, prefix)  # the charge's: no Python call when cached
         self.clock = RedisClock()
         # Leave the reply time to travel back before the client's own timeout fires.
         self.charge_budget_ms = timeout_ms - max(timeout_ms / 5, 5) if timeout_ms else 0
-        # How the charge script is sent: through redis-py, or the hot path when there is one.
-        self._send_charge: Callable[[Sequence[str], Sequence[Any]], Any] = self._charge_via_client
+        # How the charge script is sent: the hot path when there is one, else redis-py.
+        self._send_charge: Callable[[Sequence[str], Sequence[Any]], Any] = (
+            self._charge_via_client if hot_path is None else hot_path.evalsha  # strings arrive decoded
+        )
         self._charge = client.register_script(_script_source("charge"))
         self._settle = client.register_script(_script_source("settle"))
         self._credit = client.register_script(_script_source("credit"))
@@ -521,18 +309,10 @@ class RedisStore:
     def from_settings(
         cls, settings: RedisSettings, prefix: str = "credit-gate", *, breaker: CircuitBreaker | None = None
     ) -> RedisStore:
-        store = cls(connect(settings), prefix, timeout_ms=settings.read_timeout, breaker=breaker)
-        if settings.topology == "standalone" and not settings.ssl:
-            store.hot_path = HotPath(
-                settings, store._charge.sha, store._load_charge, _script_source("charge")
-            )
-            store._send_charge = store.hot_path.evalsha  # strings arrive decoded
-        return store
-
-    def _load_charge(self) -> str:
-        sha: str = self.client.script_load(self._charge.script)
-        self._charge.sha = sha
-        return sha
+        topology = topology_for(settings)
+        client = topology.client()
+        hot_path = topology.hot_path(client, _script_source("charge"))
+        return cls(client, prefix, timeout_ms=settings.read_timeout, breaker=breaker, hot_path=hot_path)
 
     def close(self) -> None:
         if self.hot_path is not None:

@@ -1,0 +1,128 @@
+"""What a Redis topology answers, and the options every topology's data connections share.
+
+A topology is one way of reaching credit-gate's Redis: a standalone server, the same over TLS, a
+master found through Sentinel, a Cluster. Each is a small class in its own module (``standalone.py``,
+``tls.py``, ``sentinel.py``, ``cluster.py``) that says, in one place, how to build its client, how to
+describe where it points, and whether the charge's own transport (``store/hot_path.py``) serves it.
+The store runs unchanged on every one, since every script's keys share one account's hash tag.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.connection import SSLConnection
+from redis.retry import Retry
+
+from creditgate.core.redis_settings import RedisSettings
+from creditgate.store.hot_path import HotPath
+
+if TYPE_CHECKING:
+    from creditgate.store.topology.cluster import LazyCluster
+
+Client: TypeAlias = "redis.Redis | LazyCluster"
+
+MAX_CONNECTIONS = 4096  # per pool (per node on a Cluster); Redis's own default maxclients is 10000
+
+
+class Topology(ABC):
+    """One way of reaching Redis, for the settings it accepts (exactly one topology accepts any
+    parsed settings: ``creditgate.store.topology.topology_for`` picks it)."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+
+    @staticmethod
+    @abstractmethod
+    def accepts(settings: RedisSettings) -> bool:
+        """Whether ``settings`` describe this topology."""
+
+    @abstractmethod
+    def client(self) -> Client:
+        """A client with a connection pool, short timeouts and no automatic re-sending of commands.
+
+        Nothing here talks to Redis: connections are made on first use, so an instance built while
+        Redis is down works once Redis is back.
+        """
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the settings point, for messages: never the password."""
+
+    def hot_path(self, client: Client, charge_script: str) -> HotPath | None:
+        """The charge's own transport for a store over ``client``; None (the default): charges go
+        through the client, as every other command does."""
+        return None
+
+
+def common_options(settings: RedisSettings) -> dict[str, Any]:
+    """Options every data connection shares, whatever the topology."""
+    return {
+        "username": settings.username,
+        "password": settings.password,
+        "socket_connect_timeout": settings.connect_timeout / 1000,
+        "socket_timeout": settings.read_timeout / 1000,
+        "health_check_interval": 0,
+        "driver_info": None,  # no CLIENT SETINFO round trips on each new connection
+        # redis-py 8 caps a pool at 100 connections and raises past it. Each request in flight in the
+        # plugin server holds one connection for its charge, and Kong may send far more than 100
+        # at once (threads or greenlets): a cap that low would turn a burst into 503s.
+        "max_connections": MAX_CONNECTIONS,
+    }
+
+
+def tls_options(settings: RedisSettings) -> dict[str, Any]:
+    """The certificate check, when ``ssl`` is on (nothing otherwise)."""
+    if not settings.ssl:
+        return {}
+    return {
+        "ssl_cert_reqs": "required" if settings.ssl_verify else "none",
+        "ssl_check_hostname": settings.ssl_verify,
+        "ssl_ca_certs": settings.ca_file,
+    }
+
+
+def no_retry() -> Retry:
+    # redis-py retries timeouts and connection errors by re-sending the command (10 times by
+    # default in redis-py 8): a charge whose reply was lost would be applied again.
+    return Retry(NoBackoff(), 0)
+
+
+def scheme(settings: RedisSettings) -> str:
+    return "rediss" if settings.ssl else "redis"
+
+
+def user(settings: RedisSettings) -> str:
+    """``name@`` for an ACL user, for descriptions."""
+    return f"{settings.username}@" if settings.username else ""
+
+
+def server_url(settings: RedisSettings) -> str:
+    """One server's address as a URL, without the password."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"{scheme(settings)}://{user(settings)}{host}:{settings.port}/{settings.database}"
+
+
+class NamedSSLConnection(SSLConnection):
+    """TLS to the configured address, with SNI and the certificate check against ``server_name``.
+
+    redis-py sends SNI and checks the certificate against the address it connects to
+    (``SSLConnection._wrap_socket_with_ssl`` passes ``server_hostname=self.host``); Kong's
+    ``server_name`` names the certificate while ``host`` (or the master a sentinel reports, an
+    address) says where to connect.
+    """
+
+    def __init__(self, *, ssl_server_name: str, **kwargs: Any) -> None:
+        self.ssl_server_name = ssl_server_name
+        super().__init__(**kwargs)
+
+    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
+        address = self.host
+        self.host = self.ssl_server_name
+        try:
+            return cast(Any, super())._wrap_socket_with_ssl(sock)
+        finally:
+            self.host = address
