@@ -7,8 +7,10 @@ reload-and-resend was answered 503 store_unavailable while Redis was up.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import redis
 
 from creditgate.admin import Admin
@@ -20,16 +22,9 @@ from creditgate.store.topology import connect
 from tests.conftest import Clock
 
 
-def seed(admin: Admin) -> None:
-    admin.apply_plan(Plan("pro"))
-    admin.subscribe("acme", "pro")
-    admin.grant("acme", 10)
-
-
-def test_the_hot_path_charges_when_scripts_are_flushed_again_after_the_reload(
-    settings: RedisSettings, redis_client: redis.Redis, admin: Admin, clock: Clock
-) -> None:
-    seed(admin)
+@pytest.fixture
+def store(settings: RedisSettings, redis_client: redis.Redis) -> Iterator[RedisStore]:
+    """This module's store: its hot path's every reload of the script is followed by another flush."""
     source = _script_source("charge")
 
     def load_then_flushed_again() -> str:
@@ -39,12 +34,24 @@ def test_the_hot_path_charges_when_scripts_are_flushed_again_after_the_reload(
 
     hot_path = HotPath(settings, redis_client.register_script(source).sha, load_then_flushed_again, source)
     store = RedisStore(connect(settings), timeout_ms=settings.read_timeout, hot_path=hot_path)
-    try:
-        redis_client.script_flush()
-        result = store.charge("acme", 1, now=clock.now)
-        assert result.allowed and store.account_state("acme").balance == 9
-    finally:
-        store.close()
+    yield store
+    store.close()
+
+
+def seed(admin: Admin) -> None:
+    admin.apply_plan(Plan("pro"))
+    admin.subscribe("acme", "pro")
+    admin.grant("acme", 10)
+
+
+def test_the_hot_path_charges_when_scripts_are_flushed_again_after_the_reload(
+    settings: RedisSettings, redis_client: redis.Redis, admin: Admin, store: RedisStore, clock: Clock
+) -> None:
+    seed(admin)
+    assert store.hot_path is not None
+    redis_client.script_flush()
+    result = store.charge("acme", 1, now=clock.now)
+    assert result.allowed and store.account_state("acme").balance == 9
 
 
 class FlushingClient(redis.Redis):

@@ -30,10 +30,10 @@ from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.model import Plan, Status, Subscription
 from creditgate.core.periods import Period
 from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreTimeout, StoreUnavailable
+from creditgate.store import topology
 from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.hot_path import HotPath
 from creditgate.store.keys import Keys, account_keys, slot_marker, store_markers
-from creditgate.store.topology import Client, LazyCluster, topology_for
 
 T = TypeVar("T")
 
@@ -276,7 +276,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: Client,
+        client: topology.Client,
         prefix: str = "credit-gate",
         *,
         timeout_ms: int = 0,
@@ -309,9 +309,9 @@ class RedisStore:
     def from_settings(
         cls, settings: RedisSettings, prefix: str = "credit-gate", *, breaker: CircuitBreaker | None = None
     ) -> RedisStore:
-        topology = topology_for(settings)
-        client = topology.client()
-        hot_path = topology.hot_path(client, _script_source("charge"))
+        chosen = topology.topology_for(settings)
+        client = chosen.client()
+        hot_path = chosen.hot_path(client, _script_source("charge"))
         return cls(client, prefix, timeout_ms=settings.read_timeout, breaker=breaker, hot_path=hot_path)
 
     def close(self) -> None:
@@ -374,7 +374,7 @@ class RedisStore:
         SCRIPT LOAD goes to every master, so with one master down no account could be charged
         until the script was known everywhere. EVAL caches the script on that node.
         """
-        if not isinstance(self.client, LazyCluster):
+        if not isinstance(self.client, topology.LazyCluster):
             try:
                 return script(keys=keys, args=args)  # redis-py's Script: EVALSHA, SCRIPT LOAD, EVALSHA
             except redis.exceptions.NoScriptError:
@@ -454,13 +454,13 @@ class RedisStore:
         return _charge_result(reply)
 
     def _marker(self, account: str) -> str:
-        if isinstance(self.client, LazyCluster):
+        if isinstance(self.client, topology.LazyCluster):
             return slot_marker(self.keys.prefix, account)
         return self.keys.store
 
     def mark_store(self) -> None:
         """Write the store marker (every slot's on a Cluster): "this Redis holds credit-gate's data"."""
-        if not isinstance(self.client, LazyCluster):
+        if not isinstance(self.client, topology.LazyCluster):
             self._run("SET", self.keys.store, "1")
             return
         markers = store_markers(self.keys.prefix)
@@ -473,7 +473,7 @@ class RedisStore:
 
     def store_marked(self) -> bool:
         """Whether the marker is there (on a Cluster: on every slot)."""
-        if not isinstance(self.client, LazyCluster):
+        if not isinstance(self.client, topology.LazyCluster):
             return bool(self._run("EXISTS", self.keys.store))
         markers = store_markers(self.keys.prefix)
 
@@ -490,7 +490,7 @@ class RedisStore:
 
         def ask() -> tuple[float, Any, float]:
             client: Any = self.client
-            if isinstance(client, LazyCluster):
+            if isinstance(client, topology.LazyCluster):
                 cluster: Any = client.cluster
                 node = cluster.get_node_from_key(key)
                 sent = time.time() * 1000
