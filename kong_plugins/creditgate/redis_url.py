@@ -1,8 +1,9 @@
 """A Redis URL as the plugin's ``RedisSettings``: ``redis://`` or ``rediss://`` (TLS), with
 ``user:password@``, or ``unix:///path/to/redis.sock?db=N`` for Redis's unix socket.
 
-The CLI and the plugin build their clients through the same ``connect(RedisSettings)``, so a URL is
-only ever a way of writing the plugin's ``redis`` record: same fields, same TLS options.
+The CLI and the plugin build their clients through the same ``RedisStore.from_settings`` (the
+topology's class, in ``store/topology/``), so a URL is only ever a way of writing the plugin's
+``redis`` record: same fields, same TLS options.
 """
 
 from __future__ import annotations
