@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from creditgate.admin import Admin
 from creditgate.core.balance import BalanceView, balance_answer, balance_body
 from creditgate.core.decision import Warnings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period, window_at
+from creditgate.core.redis_settings import parse_redis
 from creditgate.errors import StoreDataError, StoreEmpty
 from creditgate.store.redis_store import RedisStore
+from tests.redis_servers import RedisClusterServers
 from tests.test_money_data_errors import NOT_INTEGERS, snapshot
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "balance.schema.json").read_text())
@@ -263,3 +267,34 @@ def test_a_key_of_the_wrong_type_is_never_shown(
     redis_client.delete(key)
     redis_client.rpush(key, "x")
     assert charge_and_read_refuse(store, "ann") == (key, key)
+
+
+# Redis Cluster: each account is read on its own slot, in one script
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
+    yield servers
+    servers.stop()
+
+
+def test_a_cluster_answers_every_account_from_its_own_slot(cluster: RedisClusterServers) -> None:
+    nodes = [{"ip": host, "port": port} for host, port in cluster.nodes]
+    store = RedisStore.from_settings(parse_redis({"cluster_nodes": nodes, "read_timeout": 1000}))
+    try:
+        admin = Admin(store)
+        admin.apply_plan(Plan("pro", period=Period.DAY, allowance=3, prepaid=True))
+        accounts = [f"acct-{i}" for i in range(12)]  # spread over the three masters
+        for i, account in enumerate(accounts):
+            admin.subscribe(account, "pro", starts_at=int(time.time()) - 60)
+            admin.grant(account, 10 + i)
+            store.charge(account, 4)
+        seen = [store.balance(account) for account in accounts]
+        assert [(v.balance, v.allowance_remaining) for v in seen] == [(9 + i, 0) for i in range(12)]
+        with cluster.client() as client:
+            client.flushall(target_nodes=RedisCluster.PRIMARIES)
+        with pytest.raises(StoreEmpty):
+            store.balance(accounts[0])
+    finally:
+        store.close()
