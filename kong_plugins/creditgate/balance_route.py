@@ -77,4 +77,5 @@ def _answer(config: GateConfig, store: RedisStore, identity: Mapping[str, Any] |
             ),
             log=f"credit-gate: store unavailable, balance answered 503: {error}",
         )
+    # Refuse is the gate's "end the request with this answer": here a 200, applied the same way.
     return handler.Refuse(balance_answer(view, payer, member, config.warnings))
