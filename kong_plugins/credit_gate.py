@@ -44,6 +44,17 @@ Schema: list[dict[str, Any]] = [
         }
     },
     {
+        "role": {
+            "type": "string",
+            "default": "gate",
+            "required": True,
+            "one_of": ["gate", "balance"],
+            "description": "gate charges each request and proxies it; balance answers the authenticated "
+            "consumer with its own account as JSON (schemas/balance.schema.json), never charged, never "
+            "proxied. The settings about charging do nothing in the balance role.",
+        }
+    },
+    {
         "account_by": {
             "type": "string",
             "default": "consumer_id",

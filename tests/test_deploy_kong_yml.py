@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from creditgate.core.config import parse_config
+from creditgate.core.config import Role, parse_config
 from creditgate.errors import ConfigError
 from creditgate.kong_schema import validate
 from tests.gate_fixtures import PLUGIN_SERVER
@@ -251,6 +251,11 @@ def gate_entries() -> list[PluginEntry]:
     return entries
 
 
+def charging(entry: PluginEntry) -> bool:
+    """An entry in the gate role (the default), as opposed to one answering the client's balance."""
+    return entry.config.get("role", "gate") == "gate"
+
+
 @pytest.mark.parametrize("entry", gate_entries(), ids=lambda e: e.where)
 def test_every_credit_gate_entry_passes_kongs_schema_check_and_the_plugins_parser(
     dumped: PluginInfo, entry: PluginEntry
@@ -263,7 +268,10 @@ def test_every_credit_gate_entry_passes_kongs_schema_check_and_the_plugins_parse
         parsed = parse_config({**filled, **{k: v for k, v in extra.items() if v}})
     except ConfigError as error:
         pytest.fail(f"{entry.where}: the plugin would refuse every request: {error}")
-    assert parsed.cost == entry.config["cost"]
+    if charging(entry):
+        assert parsed.cost == entry.config["cost"]
+    else:  # a price on an entry that never charges would only mislead its reader
+        assert parsed.role is Role.BALANCE and "cost" not in entry.config
 
 
 def test_the_schema_check_catches_what_kong_would_refuse(dumped: PluginInfo) -> None:
@@ -293,6 +301,9 @@ def _priced(route: dict[str, Any], service: dict[str, Any]) -> bool:
 
 def test_every_gate_entry_sends_allowed_requests_to_an_upstream_that_exists() -> None:
     for entry in gate_entries():
+        if not charging(entry):
+            assert "upstream" not in entry.config, f"{entry.where}: a balance entry never proxies"
+            continue
         name = entry.config.get("upstream")
         assert name, f"{entry.where}: no `upstream`: allowed requests would go to the service's dead end"
         assert name in kong_yml().upstream_names(), f"{entry.where}: upstream {name!r} is not in kong.yml"
@@ -301,7 +312,7 @@ def test_every_gate_entry_sends_allowed_requests_to_an_upstream_that_exists() ->
 def test_the_paid_upstream_targets_the_demo_api_and_the_api_is_not_published() -> None:
     api = compose()["services"]["httpbin"]
     assert "ports" not in api, "the API must be reachable only through Kong"
-    for name in {e.config["upstream"] for e in gate_entries()}:
+    for name in {e.config["upstream"] for e in gate_entries() if charging(e)}:
         upstream = kong_yml().upstream(name)
         assert upstream is not None
         # go-httpbin listens on 8080; its compose service name is its host name on the network.
@@ -364,3 +375,11 @@ def test_a_consumer_entry_replaces_the_route_entries_for_that_consumer() -> None
     assert bob is not None and alice is not None
     assert (bob.where, bob.config["cost"]) == ("consumers.bob", 2)
     assert (alice.where, alice.config["cost"]) == ("routes.premium", 5)
+
+
+def test_the_balance_route_answers_every_consumer_with_a_balance_entry_never_a_charging_one() -> None:
+    """A consumer's own entry outranks a route's: without a route+consumer entry of its own, that
+    consumer's balance requests would be charged and proxied."""
+    for who in [None, *(c["username"] for c in kong_yml().consumers)]:
+        entry = kong_yml().plugin_for(GATE, "balance", who)
+        assert entry is not None and not charging(entry), f"{who}: {entry and entry.where}"

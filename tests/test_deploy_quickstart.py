@@ -159,6 +159,13 @@ def play(player: Player) -> list[tuple[str, Block, Callable[[str], None]]]:
             expect('"reason":"plan_not_entitled"', '"plans":["pro"]'),
         ),
         ("bob", player.headers(bob, "/premium/get"), expect("HTTP/1.1 200 OK", "X-Credit-Cost: 2")),
+        (
+            "own balance",
+            player.body(alice, "/balance"),
+            expect(
+                '"balance":9', '"allowance_remaining":0', '"warnings":["low_balance"]', "200 application/json"
+            ),
+        ),
     ]
 
 

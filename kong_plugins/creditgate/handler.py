@@ -30,7 +30,8 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from creditgate.core.config import AccountBy, GateConfig, RedisSettings, parse_config
+from creditgate import balance_route
+from creditgate.core.config import AccountBy, GateConfig, RedisSettings, Role, parse_config
 from creditgate.core.decision import (
     ChargeResult,
     Problem,
@@ -287,6 +288,10 @@ class Gate:
             self.config_error = str(error)
         except Exception as error:  # a bug or an unusable setting: refuse, never pass
             self.config_error = f"{type(error).__name__}: {error}"
+        # The balance role answers every request itself (balance_route.py); an invalid config is the gate's.
+        self.balance_role = (
+            self.store is not None and self.config is not None and self.config.role is Role.BALANCE
+        )
         if self.config_error:
             NOTICES.say(
                 f"config:{self.config_error}",
@@ -298,6 +303,8 @@ class Gate:
 
     def access(self, kong: Any) -> bool:
         """Decide and tell Kong. True when the request was ended here with ``kong.response.exit``."""
+        if self.balance_role:
+            return balance_route.balance_access(self, kong)
         facts: RequestFacts | Exception
         try:
             facts = self._read_request(kong)

@@ -48,11 +48,19 @@ DEFAULT_NAMESPACE = {
 NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
 
 
+class Role(str, enum.Enum):
+    """What a plugin entry does: charge and proxy (the gate), or answer the client's own balance."""
+
+    GATE = "gate"
+    BALANCE = "balance"
+
+
 @dataclass(frozen=True)
 class GateConfig:
     """Everything one plugin instance needs, immutable."""
 
     plans: tuple[str, ...] = ()
+    role: Role = Role.GATE
     account_by: AccountBy = AccountBy.CONSUMER_ID
     account_namespace: str = ""
     payment_url: str | None = None
@@ -84,7 +92,11 @@ class GateConfig:
     @cached_property  # asked on every allowed request
     def needs_log_phase(self) -> bool:
         """Refunds and settlements happen after the response, in Kong's log phase."""
-        return self.enforce and (self.refund is not None or self.settle_header is not None)
+        return (
+            self.role is Role.GATE
+            and self.enforce
+            and (self.refund is not None or self.settle_header is not None)
+        )
 
 
 def parse_config(raw: Mapping[str, Any]) -> GateConfig:
@@ -140,8 +152,15 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
     service = get_str(raw, "service_id", None)
     attribution = f"route:{route}" if route else f"service:{service}" if service else "global"
 
+    role_raw = get_value(raw, "role", Role.GATE.value)
+    try:
+        role = Role(role_raw)
+    except ValueError:
+        raise ConfigError(f"role must be one of {[r.value for r in Role]}, got {role_raw!r}") from None
+
     return GateConfig(
         plans=plans,
+        role=role,
         account_by=account_by,
         account_namespace=namespace,
         payment_url=payment_url,

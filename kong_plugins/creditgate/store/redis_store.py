@@ -19,12 +19,13 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from importlib import resources
 from typing import Any, TypeVar, cast
 
 import redis
 
+from creditgate.core.balance import BalanceView
 from creditgate.core.config import RedisSettings
 from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.model import Plan, Status, Subscription
@@ -769,6 +770,52 @@ class RedisStore:
             self._run("SADD", self.keys.plan_accounts(plan_name), account)
         self._run("SADD", self.keys.accounts, account)
         return ImportOutcome(previous_plan, int(outcome), int(balance), _text(ledger_id))
+
+    # The balance route: one read-only script, one round trip.
+
+    @cached_property
+    def _balance(self) -> Script:
+        """balance.lua, registered on first use (only stores behind a balance route need it)."""
+        script: Script = self.client.register_script(_script_source("balance"))
+        return script
+
+    def balance(self, account: str, member: str = "") -> BalanceView:
+        """What ``account`` holds now, at Redis's time, as the next charge would find it (balance.lua).
+
+        Reads only: one script, checked as strictly as the charge (a field that does not parse raises
+        StoreDataError, never a wrong figure). ``member`` is the asking pool member, "" for none.
+        """
+        keys = self._account_keys(account)
+        marker = self._marker(account)
+        reply = self._call(self._balance, [keys.state, keys.members, marker], [member])
+        return self._balance_view(reply)
+
+    @staticmethod
+    def _balance_view(reply: Sequence[Any]) -> BalanceView:
+        """Read balance.lua's fixed-shape reply, by name."""
+        (state, plan, status, balance, allowance, used, period, period_start, period_end, starts_at,
+         expires_at, prepaid, now, member_used, member_cap) = reply  # fmt: skip
+        if _text(state) == "store_empty":
+            raise StoreEmpty(
+                "Redis holds no credit-gate data (no store marker): it was emptied (a restart without "
+                "persistence, a flush) or is not the configured database; restore it, see docs/redis.md"
+            )
+        return BalanceView(
+            plan=_text(plan),
+            status=_text(status),
+            balance=int(balance),
+            allowance=int(allowance),
+            allowance_used=int(used),
+            period=_text(period),
+            period_start=int(period_start),
+            period_end=int(period_end),
+            starts_at=int(starts_at),
+            expires_at=int(expires_at),
+            prepaid=int(prepaid) == 1,
+            now=int(now),
+            member_used=int(member_used),
+            member_cap=int(member_cap),
+        )
 
 
 @dataclass(frozen=True)
