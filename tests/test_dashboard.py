@@ -25,7 +25,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period
 from creditgate.store.redis_store import RedisStore
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, free_port
 from tests.service_support import READ_TOKEN, Running, running_service
 
 CHROMIUM = "/usr/bin/chromium"
@@ -486,8 +486,29 @@ def test_each_section_says_it_is_loading_until_its_answer_comes(world: World, wi
     page.wait_for_selector("#plans:not([aria-busy='true'])")  # the other sections came in
     assert page.is_visible("[data-loading='overview']") and page.is_hidden("#overview-body")
     assert page.inner_text("[data-loading='overview']") == "Loading…"
-    while not held:
+    for _ in range(100):  # the held call reaches the handler while Playwright waits on the page
+        if held:
+            break
         page.wait_for_timeout(50)
+    assert len(held) == 1
     held[0].continue_()
     page.wait_for_selector("body[data-ready='true']")
     assert page.is_hidden("[data-loading='overview']") and page.is_visible("#overview-body")
+
+
+def test_a_redis_that_does_not_answer_is_said_so_not_shown_as_empty(browser: Browser) -> None:
+    nowhere = RedisSettings(host="127.0.0.1", port=free_port(), connect_timeout=200, read_timeout=200)
+    with running_service(nowhere) as api:
+        watched = open_page(browser, 1280)
+        try:
+            page = watched.page
+            page.goto(api.url + "/dashboard/")
+            page.wait_for_selector("body[data-ready='signed-out']")
+            page.fill("#token", READ_TOKEN)
+            page.click("#sign-in-button")
+            page.wait_for_selector("body[data-ready='unreachable']")
+            message = page.inner_text("#sign-in-error")
+            assert message.startswith("Could not reach the API: accounts: 503 "), message
+            assert page.is_hidden("#dashboard")
+        finally:
+            watched.page.context.close()

@@ -393,6 +393,7 @@
 
   async function guarded(work) {
     const generation = state.generation;
+    $("problem").hidden = true;
     try {
       await work();
     } catch (error) {
@@ -410,7 +411,6 @@
   }
 
   async function loadAll() {
-    $("problem").hidden = true;
     await guarded(async () => {
       await loadAccounts();
       if (!state.chosen || !chosenAccount()) state.chosen = state.accounts.length ? state.accounts[0].account : null;
@@ -431,7 +431,7 @@
       $("sign-in-error").textContent = message;
       show("sign-in-error", true);
       show("sign-in", true);
-      document.body.dataset.ready = "refused";
+      document.body.dataset.ready = error instanceof Unauthorized ? "refused" : "unreachable";
       return;
     }
     sessionStorage.setItem(TOKEN_KEY, token);
