@@ -469,6 +469,8 @@ def test_an_empty_store_shows_empty_states(world: World, wide: Watched) -> None:
     for empty in ("#accounts-empty", "#overview-empty", "#plans-empty", "#account-none", "#ledger-empty"):
         assert page.is_visible(empty), empty
     assert page.inner_text("#accounts-empty") == "No accounts yet."
+    assert table(page, "#top-accounts") == [["No account used the API in this range."]]
+    assert page.is_hidden("#account-select")
     assert chart(page, "chart-api-credits")["datasets"][0]["data"] == [0] * 30
     assert wide.errors == []
     screenshot(page, "dashboard-empty-1280.png")

@@ -98,6 +98,14 @@
     return tr;
   }
 
+  function note(text, columns) {
+    const tr = document.createElement("tr");
+    const td = el("td", text, "wrap empty-row");
+    td.colSpan = columns;
+    tr.appendChild(td);
+    return tr;
+  }
+
   function fillTable(id, rows) {
     const body = $(id).querySelector("tbody");
     body.replaceChildren(...rows);
@@ -220,14 +228,14 @@
             tr.addEventListener("click", () => choose(a.account, true));
             return tr;
           })
-        : [row([["No account used the API in this range.", "wrap"]])],
+        : [note("No account used the API in this range.", 5)],
     );
     const routes = [...totals.routes].sort((a, b) => b.refused - a.refused || b.requests - a.requests);
     fillTable(
       "route-totals",
       routes.length
         ? routes.map((r) => row([r.route, [number(r.refused), "num"], [number(r.requests), "num"], [number(r.credits), "num"], [number(r.refunded), "num"]]))
-        : [row([["No route was used in this range.", "wrap"]])],
+        : [note("No route was used in this range.", 5)],
     );
     busy("overview", false);
   }
@@ -266,6 +274,7 @@
     );
     show("accounts-table", accounts.length > 0);
     show("accounts-empty", accounts.length === 0);
+    $("account-select").parentElement.hidden = accounts.length === 0;
     const select = $("account-select");
     select.replaceChildren(...accounts.map((a) => {
       const option = el("option", a.account);
