@@ -121,6 +121,18 @@ def test_the_page_links_only_its_own_files(api: Running) -> None:
     assert "MIT License" in licence and "Chart.js Contributors" in licence
 
 
+def test_a_file_the_browser_holds_is_not_sent_again(api: Running) -> None:
+    first = api.call("GET", "/dashboard/chart.umd.min.js", token=None)
+    again = api.call(
+        "GET", "/dashboard/chart.umd.min.js", token=None, headers={"If-None-Match": first.headers["etag"]}
+    )
+    assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", first.headers["etag"])
+    other = api.call(
+        "GET", "/dashboard/dashboard.js", token=None, headers={"If-None-Match": first.headers["etag"]}
+    )
+    assert other.status_code == 200 and other.headers["etag"] != first.headers["etag"]
+
+
 @pytest.mark.parametrize("name", ["nothing.js", "..%2Fapp.py", "vendor%2Fchart.umd.min.js", "%2E%2E"])
 def test_no_other_file_is_reachable(api: Running, name: str) -> None:
     answer = api.call("GET", f"/dashboard/{name}", token=None)

@@ -9,10 +9,11 @@ origin), which is what keeps a token in sessionStorage out of reach of injected 
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib.resources import files
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from creditgate.service.problems import ApiProblem
@@ -58,8 +59,17 @@ def _content(name: str) -> bytes:
     return (folder / name).read_bytes()
 
 
-def _file(name: str) -> Response:
-    return Response(_content(name), media_type=FILES[name], headers=HEADERS)
+@cache
+def _etag(name: str) -> str:
+    return '"' + hashlib.sha256(_content(name)).hexdigest()[:32] + '"'
+
+
+def _file(request: Request, name: str) -> Response:
+    """The file, or 304 when the browser holds this version (no-cache: it asks each time, cheaply)."""
+    headers = {**HEADERS, "ETag": _etag(name)}
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    return Response(_content(name), media_type=FILES[name], headers=headers)
 
 
 @router.get("/dashboard")
@@ -69,12 +79,12 @@ def dashboard_redirect() -> RedirectResponse:
 
 
 @router.get("/dashboard/")
-def dashboard_page() -> Response:
-    return _file("index.html")
+def dashboard_page(request: Request) -> Response:
+    return _file(request, "index.html")
 
 
 @router.get("/dashboard/{name}")
-def dashboard_file(name: str) -> Response:
+def dashboard_file(request: Request, name: str) -> Response:
     if name not in FILES:
         raise ApiProblem(404, "not_found", "no such file of the dashboard")
-    return _file(name)
+    return _file(request, name)
