@@ -70,6 +70,14 @@ def test_the_build_makes_a_wheel_and_an_sdist_with_the_plugin_the_scripts_and_th
     assert "credit_gate.py" in names
     assert "creditgate/store/lua/charge.lua" in names
     assert "creditgate/schemas/plugin-config.schema.json" in names
+    for page in (
+        "index.html",
+        "dashboard.js",
+        "dashboard.css",
+        "vendor/chart.umd.min.js",
+        "vendor/LICENSE.chart.js.txt",
+    ):
+        assert f"creditgate/service/static/{page}" in names  # the dashboard, served from the package
     assert not any(n.startswith("tests/") for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()

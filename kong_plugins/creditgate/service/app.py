@@ -66,6 +66,11 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(metrics.router)
 
+    from creditgate.service import dashboard, totals
+
+    app.include_router(totals.router)
+    app.include_router(dashboard.router)
+
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
         """The process answers (no Redis call, no token)."""
