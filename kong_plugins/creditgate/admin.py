@@ -24,9 +24,9 @@ from creditgate.core.model import (
     credits,
 )
 from creditgate.core.periods import DAY_SECONDS, Period, window_at
+from creditgate.core.schema import default
 from creditgate.errors import ConfigError, Conflict, InvalidDocument, NotFound, StoreEmpty
 from creditgate.store.redis_store import (
-    DEFAULT_LEDGER_RETENTION,
     USAGE_TTL_SECONDS,
     AccountState,
     BalanceCapReached,
@@ -201,7 +201,7 @@ class Admin:
         self,
         store: RedisStore,
         *,
-        ledger_retention: int = DEFAULT_LEDGER_RETENTION,
+        ledger_retention: int = default("ledger_retention"),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -220,9 +220,9 @@ class Admin:
     def connect(
         cls,
         settings: RedisSettings,
-        prefix: str = "credit-gate",
+        prefix: str = default("key_prefix"),
         *,
-        ledger_retention: int = DEFAULT_LEDGER_RETENTION,
+        ledger_retention: int = default("ledger_retention"),
         clock: Callable[[], float] = time.time,
     ) -> Admin:
         """An Admin on a new client; ``prefix`` and ``ledger_retention`` must match the plugin's config."""

@@ -39,6 +39,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.inputs import format_instant, parse_credits, parse_instant
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS
+from creditgate.core.schema import between, default
 from creditgate.documents import load_plans
 from creditgate.errors import ConfigError, Conflict, CreditGateError, InvalidDocument, NotFound, StoreError
 from creditgate.redis_url import describe, settings_from_url
@@ -344,7 +345,7 @@ def pass_admin(function: F) -> F:
 @click.option(
     "--key-prefix",
     envvar="CREDIT_GATE_KEY_PREFIX",
-    default="credit-gate",
+    default=default("key_prefix"),
     show_default=True,
     help="The plugin's key_prefix. Env: CREDIT_GATE_KEY_PREFIX.",
 )
@@ -413,8 +414,8 @@ def pass_admin(function: F) -> F:
 )
 @click.option(
     "--ledger-retention",
-    type=click.IntRange(100, 10_000_000),
-    default=10_000,
+    type=click.IntRange(*between("ledger_retention")),
+    default=default("ledger_retention"),
     show_default=True,
     envvar="CREDIT_GATE_LEDGER_RETENTION",
     help="Ledger entries kept per account: the plugin's ledger_retention. Env: CREDIT_GATE_LEDGER_RETENTION.",
