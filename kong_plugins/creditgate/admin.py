@@ -33,9 +33,9 @@ from creditgate.store.redis_store import (
     CreditResult,
     ImportOutcome,
     InsufficientBalance,
-    LedgerEntry,
     RedisStore,
 )
+from creditgate.store.redis_store import LedgerEntry as LedgerEntry  # re-exported: what ledger() returns
 
 MAX_USAGE_DAYS = USAGE_TTL_SECONDS // DAY_SECONDS
 # The charge and settle scripts' counters (see charge.lua, settle.lua): "<route>[|member:<m>]|<field>".
@@ -181,6 +181,16 @@ class UsageRow:
             "shadow_allowed": self.shadow_allowed,
             "shadow_refused": self.shadow_refused,
         }
+
+
+def credits_per_day(rows: Iterable[UsageRow]) -> dict[str, int]:
+    """Credits spent per UTC day, net of refunds, counting each charge once: a pool member's row
+    repeats part of its pool's, so members' rows are left out."""
+    per_day: dict[str, int] = {}
+    for row in rows:
+        if not row.member:
+            per_day[row.day] = per_day.get(row.day, 0) + row.net_credits
+    return per_day
 
 
 def stream_bound(epoch: int | None, *, end: bool) -> str:
@@ -466,6 +476,10 @@ class Admin:
             yield from self.store.ledger(
                 account, stream_bound(since, end=False), stream_bound(until, end=True)
             )
+
+    def store_marked(self) -> bool:
+        """Whether Redis holds this store's marker: an emptied Redis, or another database, has none."""
+        return self.store.store_marked()
 
     def verify_ledger(self, account: str) -> LedgerCheck:
         """Replay an account's ledger against its balance, from one consistent snapshot."""
