@@ -7,21 +7,8 @@ from typing import Any
 import click
 
 from creditgate.admin import AccountView, Admin
-from creditgate.cli.common import (
-    CAP,
-    INSTANT,
-    STATUS,
-    json_option,
-    pass_admin,
-)
-from creditgate.cli.output import (
-    credits,
-    emit_json,
-    show,
-    show_view,
-    table,
-    when,
-)
+from creditgate.cli.common import CAP, INSTANT, STATUS, json_option, pass_admin
+from creditgate.cli.output import credits, emit_json, show, show_view, table, when
 from creditgate.core.model import Status
 from creditgate.errors import InvalidDocument, NotFound
 

@@ -8,22 +8,8 @@ import click
 
 from creditgate import export
 from creditgate.admin import Admin, LedgerEntry
-from creditgate.cli.common import (
-    CREDITS,
-    EXIT_PROBLEMS,
-    INSTANT,
-    json_option,
-    pass_admin,
-    say_error,
-)
-from creditgate.cli.output import (
-    credits,
-    emit_json,
-    show,
-    show_view,
-    table,
-    when,
-)
+from creditgate.cli.common import CREDITS, EXIT_PROBLEMS, INSTANT, json_option, pass_admin, say_error
+from creditgate.cli.output import credits, emit_json, show, show_view, table, when
 from creditgate.errors import NotFound, StoreError
 
 

@@ -7,14 +7,8 @@ from pathlib import Path
 import click
 
 from creditgate import deploy
-from creditgate.cli.common import (
-    Env,
-    json_option,
-    say_error,
-)
-from creditgate.cli.output import (
-    emit_json,
-)
+from creditgate.cli.common import Env, json_option, say_error
+from creditgate.cli.output import emit_json
 
 
 @click.command("kong-conf")

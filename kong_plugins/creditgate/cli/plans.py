@@ -10,16 +10,8 @@ import click
 from rich.table import Table
 
 from creditgate.admin import Admin
-from creditgate.cli.common import (
-    json_option,
-    pass_admin,
-)
-from creditgate.cli.output import (
-    emit_json,
-    show,
-    table,
-    yes_no,
-)
+from creditgate.cli.common import json_option, pass_admin
+from creditgate.cli.output import emit_json, show, table, yes_no
 from creditgate.core.model import Plan
 from creditgate.documents import load_plan_files
 from creditgate.errors import Conflict

@@ -23,14 +23,7 @@ from creditgate.cli.common import (
     pass_admin,
     silence_stdout,
 )
-from creditgate.cli.output import (
-    conflicting_formats,
-    console,
-    emit_json,
-    show,
-    table,
-    when,
-)
+from creditgate.cli.output import conflicting_formats, console, emit_json, show, table, when
 from creditgate.core.periods import DAY_SECONDS
 from creditgate.errors import InvalidDocument
 
