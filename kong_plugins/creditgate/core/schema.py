@@ -315,5 +315,6 @@ def between(name: str, fields: Fields = FIELDS) -> tuple[int, int]:
 COST_RULE_FIELDS: Fields = declared("costs")["elements"]["fields"]
 # The HTTP methods a cost rule may name.
 METHODS = frozenset(declared("methods", COST_RULE_FIELDS)["elements"]["one_of"])
-# What a problem type is when no config could be read (a broken config is answered with it).
+# The problem types of an instance whose config could not be parsed: answered 500 misconfigured
+# under the default base, as no other is known.
 PROBLEM_TYPE_BASE: str = default("problem_type_base")
