@@ -27,8 +27,11 @@ types:
 test:
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The generated JSON Schemas: the plugin's config (from core/schema.py) and the problem body (its
+# reasons and statuses from core/decision.py's Reason). Tests fail when a committed file differs.
 schema:
 	$(PY) -m creditgate.kong_schema > schemas/plugin-config.schema.json
+	$(PY) -m creditgate.problem_schema > schemas/problem.schema.json
 
 bench:
 	$(PY) -m bench $(ARGS)

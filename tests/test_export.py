@@ -7,6 +7,7 @@ import io
 import json
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import jsonschema
 import pytest
@@ -15,7 +16,7 @@ from creditgate.admin import Admin
 from creditgate.cli import EXIT_INVALID
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
-from creditgate.export import CSV_COLUMNS, split_global_id
+from creditgate.export import CSV_COLUMNS
 from creditgate.store.redis_store import RedisStore
 from tests.cli_support import Cli
 
@@ -70,6 +71,13 @@ def test_the_summary_goes_to_stderr_and_the_data_alone_to_stdout(cli: Cli) -> No
     result = cli.ok("export")
     assert result.stderr == "credit-gate: exported 4 ledger entries\n"
     assert len(lines(result.stdout)) == 4
+
+
+def split_global_id(value: str) -> tuple[str, str]:
+    """The account and ledger id of an export's id, as a billing system splits it: the account is
+    percent-encoded before the last '/'."""
+    tag, _, stream_id = value.rpartition("/")
+    return unquote(tag), stream_id
 
 
 def test_ids_are_the_same_in_every_export_and_name_their_account(cli: Cli) -> None:

@@ -24,18 +24,18 @@ from creditgate.core.model import (
     credits,
 )
 from creditgate.core.periods import DAY_SECONDS, Period, window_at
+from creditgate.core.schema import default
 from creditgate.errors import ConfigError, Conflict, InvalidDocument, NotFound, StoreEmpty
 from creditgate.store.redis_store import (
-    DEFAULT_LEDGER_RETENTION,
     USAGE_TTL_SECONDS,
     AccountState,
     BalanceCapReached,
     CreditResult,
     ImportOutcome,
     InsufficientBalance,
-    LedgerEntry,
     RedisStore,
 )
+from creditgate.store.redis_store import LedgerEntry as LedgerEntry  # re-exported: what ledger() returns
 
 MAX_USAGE_DAYS = USAGE_TTL_SECONDS // DAY_SECONDS
 # The charge and settle scripts' counters (see charge.lua, settle.lua): "<route>[|member:<m>]|<field>".
@@ -183,6 +183,16 @@ class UsageRow:
         }
 
 
+def credits_per_day(rows: Iterable[UsageRow]) -> dict[str, int]:
+    """Credits spent per UTC day, net of refunds, counting each charge once: a pool member's row
+    repeats part of its pool's, so members' rows are left out."""
+    per_day: dict[str, int] = {}
+    for row in rows:
+        if not row.member:
+            per_day[row.day] = per_day.get(row.day, 0) + row.net_credits
+    return per_day
+
+
 def stream_bound(epoch: int | None, *, end: bool) -> str:
     """The stream id bound for "recorded at or after ``epoch``" (start) or "before ``epoch``" (end).
 
@@ -201,7 +211,7 @@ class Admin:
         self,
         store: RedisStore,
         *,
-        ledger_retention: int = DEFAULT_LEDGER_RETENTION,
+        ledger_retention: int = default("ledger_retention"),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -220,9 +230,9 @@ class Admin:
     def connect(
         cls,
         settings: RedisSettings,
-        prefix: str = "credit-gate",
+        prefix: str = default("key_prefix"),
         *,
-        ledger_retention: int = DEFAULT_LEDGER_RETENTION,
+        ledger_retention: int = default("ledger_retention"),
         clock: Callable[[], float] = time.time,
     ) -> Admin:
         """An Admin on a new client; ``prefix`` and ``ledger_retention`` must match the plugin's config."""
@@ -466,6 +476,10 @@ class Admin:
             yield from self.store.ledger(
                 account, stream_bound(since, end=False), stream_bound(until, end=True)
             )
+
+    def store_marked(self) -> bool:
+        """Whether Redis holds this store's marker: an emptied Redis, or another database, has none."""
+        return self.store.store_marked()
 
     def verify_ledger(self, account: str) -> LedgerCheck:
         """Replay an account's ledger against its balance, from one consistent snapshot."""

@@ -8,6 +8,7 @@ to the line to fix. Either every plan in a file is valid and applied, or none is
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -161,3 +162,14 @@ def parse_plans(content: Any, source: str) -> list[Plan]:
 
 def load_plans(path: Path) -> list[Plan]:
     return parse_plans(read_document(path), str(path))
+
+
+def load_plan_files(paths: Iterable[Path]) -> list[Plan]:
+    """The plans of several files, each checked, and no plan defined in two of them: the whole set
+    is refused on the first error, before anything is written."""
+    loaded = [plan for path in paths for plan in load_plans(path)]
+    names = [plan.name for plan in loaded]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise InvalidDocument(f"plan '{duplicate}' is defined in more than one file")
+    return loaded

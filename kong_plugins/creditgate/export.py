@@ -19,7 +19,6 @@ import enum
 import json
 from collections.abc import Iterable
 from typing import Any, TextIO
-from urllib.parse import unquote
 
 from creditgate.core.inputs import format_instant, format_millis
 from creditgate.store.keys import account_tag
@@ -70,12 +69,6 @@ class Format(str, enum.Enum):
 
 def global_id(entry: LedgerEntry) -> str:
     return f"{account_tag(entry.account)}/{entry.id}"
-
-
-def split_global_id(value: str) -> tuple[str, str]:
-    """The account and stream id of a global id (the inverse of ``global_id``)."""
-    tag, _, stream_id = value.rpartition("/")
-    return unquote(tag), stream_id
 
 
 def record(entry: LedgerEntry) -> dict[str, Any]:

@@ -45,13 +45,11 @@ from creditgate.core.decision import (
     warning_headers,
 )
 from creditgate.core.pricing import parse_settled_cost
+from creditgate.core.schema import PROBLEM_TYPE_BASE as DEFAULT_TYPE_BASE
 from creditgate.errors import ConfigError, StoreDataError, StoreError
 from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.keys import account_name
 from creditgate.store.redis_store import RedisStore
-
-DEFAULT_TYPE_BASE = "urn:credit-gate:problem:"
-
 
 StoreKey = tuple[RedisSettings, str, int, int]
 

@@ -1,8 +1,9 @@
 """Kong's plugin schema, seen from the outside: as JSON Schema, and checked the way Kong checks it.
 
-The plugin's ``Schema`` (in ``credit_gate.py``) is the one source of truth. ``to_json_schema`` derives
-``schemas/plugin-config.schema.json`` from it (``python -m creditgate.kong_schema`` rewrites the file;
-a test fails when the two differ), and ``to_markdown`` the README's config table (``--markdown``).
+The plugin's fields (``creditgate.core.schema.FIELDS``, the plugin file's ``Schema``) are the one
+source of truth. ``to_json_schema`` derives ``schemas/plugin-config.schema.json`` from them
+(``python -m creditgate.kong_schema`` rewrites the file; a test fails when the two differ), and
+``to_markdown`` the README's config table (``--markdown``).
 ``validate`` applies the rules Kong applies to a plugin's ``config`` in ``kong.yml`` before it ever
 reaches the plugin (``kong/db/schema/init.lua``): unknown fields are rejected, types are strict,
 missing fields take their defaults (a required record is expanded to get its nested defaults),
@@ -178,12 +179,12 @@ def to_markdown(fields: KongFields) -> str:
 
 
 def main() -> None:
-    from credit_gate import Schema
+    from creditgate.core.schema import FIELDS
 
     if "--markdown" in sys.argv[1:]:
-        sys.stdout.write(to_markdown(Schema))
+        sys.stdout.write(to_markdown(FIELDS))
         return
-    json.dump(to_json_schema(Schema), sys.stdout, indent=2)
+    json.dump(to_json_schema(FIELDS), sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 

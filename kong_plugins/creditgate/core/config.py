@@ -1,7 +1,9 @@
 """The plugin's configuration, parsed once per instance.
 
-Kong has already checked every field against the plugin's ``Schema`` (types, defaults, bounds); what
-the PDK schema cannot express is checked here, once, when the instance starts. Kong also sends keys
+Kong has already checked every field against the plugin's schema (types, defaults, bounds); what
+the PDK schema cannot express is checked here, once, when the instance starts. Defaults and bounds
+are read from the schema (``creditgate.core.schema``), never written here: only the rules across
+fields and the formats Kong's schema cannot state are this module's own. Kong also sends keys
 of its own (``route_id``, ``__seq__``, ...) and ``null`` for unset fields: both are accepted.
 """
 
@@ -20,6 +22,7 @@ from creditgate.core.model import check_plan_name
 from creditgate.core.pricing import Pricing, RefundPolicy, parse_refund_statuses, parse_rules
 from creditgate.core.redis_settings import RedisSettings as RedisSettings  # re-exported
 from creditgate.core.redis_settings import parse_redis
+from creditgate.core.schema import between, default
 from creditgate.core.values import get_bool, get_int, get_str, get_value
 from creditgate.errors import ConfigError, InvalidDocument
 
@@ -46,6 +49,7 @@ DEFAULT_NAMESPACE = {
     AccountBy.CREDENTIAL_ID: "credential",
 }
 NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+DEFAULT_ACCOUNT_BY = AccountBy(default("account_by"))
 
 
 class Role(str, enum.Enum):
@@ -55,32 +59,35 @@ class Role(str, enum.Enum):
     BALANCE = "balance"
 
 
+DEFAULT_ROLE = Role(default("role"))
+
+
 @dataclass(frozen=True)
 class GateConfig:
     """Everything one plugin instance needs, immutable."""
 
     plans: tuple[str, ...] = ()
-    role: Role = Role.GATE
-    account_by: AccountBy = AccountBy.CONSUMER_ID
+    role: Role = DEFAULT_ROLE
+    account_by: AccountBy = DEFAULT_ACCOUNT_BY
     account_namespace: str = ""
     payment_url: str | None = None
-    problem_type_base: str = "urn:credit-gate:problem:"
-    fault_tolerant: bool = False
-    breaker_failures: int = 5
-    breaker_cooldown_ms: int = 1000
-    hide_client_headers: bool = False
+    problem_type_base: str = default("problem_type_base")
+    fault_tolerant: bool = default("fault_tolerant")
+    breaker_failures: int = default("breaker_failures")
+    breaker_cooldown_ms: int = default("breaker_cooldown_ms")
+    hide_client_headers: bool = default("hide_client_headers")
     upstream: str | None = None
-    enforce: bool = True
-    pricing: Pricing = field(default_factory=lambda: Pricing(1))
-    idempotency_window: int = 0
+    enforce: bool = default("enforce")
+    pricing: Pricing = field(default_factory=lambda: Pricing(default("cost")))
+    idempotency_window: int = default("idempotency_window")
     refund: RefundPolicy | None = None
     settle_header: str | None = None
-    settle_timeout: int = 300
+    settle_timeout: int = default("settle_timeout")
     pool_tag_prefix: str | None = None
     warnings: Warnings = field(default_factory=Warnings)
-    rate_limit_headers: bool = False
-    key_prefix: str = "credit-gate"
-    ledger_retention: int = 10_000
+    rate_limit_headers: bool = default("rate_limit_headers")
+    key_prefix: str = default("key_prefix")
+    ledger_retention: int = default("ledger_retention")
     redis: RedisSettings = field(default_factory=RedisSettings)
     route: str = "global"
 
@@ -99,11 +106,20 @@ class GateConfig:
         )
 
 
+def _int(raw: Mapping[str, Any], name: str) -> int:
+    low, high = between(name)
+    return get_int(raw, name, default(name), low, high)
+
+
+def _bool(raw: Mapping[str, Any], name: str) -> bool:
+    return get_bool(raw, name, default(name))
+
+
 def parse_config(raw: Mapping[str, Any]) -> GateConfig:
     """The instance's config from Kong's JSON, or a ConfigError that tells the operator what to fix."""
     if not isinstance(raw, Mapping):
         raise ConfigError("the plugin configuration must be an object")
-    plans_raw = get_value(raw, "plans", [])
+    plans_raw = get_value(raw, "plans", default("plans"))
     if not isinstance(plans_raw, list):
         raise ConfigError(f"plans must be a list of plan names, got {plans_raw!r}")
     try:
@@ -113,7 +129,7 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
     if len(set(plans)) != len(plans):
         raise ConfigError(f"plans lists a plan twice: {list(plans)}")
 
-    account_by_raw = get_value(raw, "account_by", AccountBy.CONSUMER_ID.value)
+    account_by_raw = get_value(raw, "account_by", default("account_by"))
     try:
         account_by = AccountBy(account_by_raw)
     except ValueError:
@@ -136,11 +152,11 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(f"payment_url must be an absolute http(s) URL, got {payment_url!r}")
 
-    type_base = get_str(raw, "problem_type_base", "urn:credit-gate:problem:") or ""
+    type_base = get_str(raw, "problem_type_base", default("problem_type_base")) or ""
     if not urlparse(type_base).scheme:
         raise ConfigError(f"problem_type_base must be an absolute URI, got {type_base!r}")
 
-    key_prefix = get_str(raw, "key_prefix", "credit-gate") or ""
+    key_prefix = get_str(raw, "key_prefix", default("key_prefix")) or ""
     if not KEY_PREFIX.match(key_prefix):
         raise ConfigError(
             "key_prefix must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', ':', '-' (no braces), "
@@ -152,7 +168,7 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
     service = get_str(raw, "service_id", None)
     attribution = f"route:{route}" if route else f"service:{service}" if service else "global"
 
-    role_raw = get_value(raw, "role", Role.GATE.value)
+    role_raw = get_value(raw, "role", default("role"))
     try:
         role = Role(role_raw)
     except ValueError:
@@ -165,28 +181,28 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
         account_namespace=namespace,
         payment_url=payment_url,
         problem_type_base=type_base,
-        fault_tolerant=get_bool(raw, "fault_tolerant", False),
-        breaker_failures=get_int(raw, "breaker_failures", 5, 0, 1000),
-        breaker_cooldown_ms=get_int(raw, "breaker_cooldown_ms", 1000, 10, 600_000),
-        hide_client_headers=get_bool(raw, "hide_client_headers", False),
+        fault_tolerant=_bool(raw, "fault_tolerant"),
+        breaker_failures=_int(raw, "breaker_failures"),
+        breaker_cooldown_ms=_int(raw, "breaker_cooldown_ms"),
+        hide_client_headers=_bool(raw, "hide_client_headers"),
         upstream=get_str(raw, "upstream", None),
-        enforce=get_bool(raw, "enforce", True),
-        pricing=Pricing(get_int(raw, "cost", 1, 0, 1_000_000_000), parse_rules(get_value(raw, "costs", []))),
-        idempotency_window=get_int(raw, "idempotency_window", 0, 0, 7 * 86_400),
-        refund=parse_refund_statuses(get_value(raw, "refund_statuses", ["5xx"]))
-        if get_bool(raw, "refund_on_failure", False)
+        enforce=_bool(raw, "enforce"),
+        pricing=Pricing(_int(raw, "cost"), parse_rules(get_value(raw, "costs", default("costs")))),
+        idempotency_window=_int(raw, "idempotency_window"),
+        refund=parse_refund_statuses(get_value(raw, "refund_statuses", default("refund_statuses")))
+        if _bool(raw, "refund_on_failure")
         else None,
         settle_header=get_str(raw, "settle_header", None),
-        settle_timeout=get_int(raw, "settle_timeout", 300, 1, 86_400),
+        settle_timeout=_int(raw, "settle_timeout"),
         pool_tag_prefix=get_str(raw, "pool_tag_prefix", None),
         warnings=Warnings(
-            balance_below=get_int(raw, "warn_balance_below", 0, 0, 10**15),
-            allowance_below=get_int(raw, "warn_allowance_below", 0, 0, 10**15),
-            expiry_days=get_int(raw, "warn_expiry_days", 0, 0, 3650),
+            balance_below=_int(raw, "warn_balance_below"),
+            allowance_below=_int(raw, "warn_allowance_below"),
+            expiry_days=_int(raw, "warn_expiry_days"),
         ),
-        rate_limit_headers=get_bool(raw, "rate_limit_headers", False),
+        rate_limit_headers=_bool(raw, "rate_limit_headers"),
         key_prefix=key_prefix,
-        ledger_retention=get_int(raw, "ledger_retention", 10_000, 100, 10_000_000),
+        ledger_retention=_int(raw, "ledger_retention"),
         redis=parse_redis(raw.get("redis")),
         route=attribution,
     )

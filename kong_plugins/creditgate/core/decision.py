@@ -14,56 +14,56 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+PAYMENT_REQUIRED = 402
 
 
 class Reason(str, enum.Enum):
-    """Why a request was not proxied. The values are the stable ``reason`` codes of the problem body."""
+    """Why a request was not proxied: the ``reason`` code of the problem body (the value, stable),
+    the HTTP status answered with it and the problem's title, declared together, once.
 
-    UNAUTHENTICATED = "unauthenticated"
-    NO_SUBSCRIPTION = "no_subscription"
-    SUBSCRIPTION_INACTIVE = "subscription_inactive"
-    SUBSCRIPTION_EXPIRED = "subscription_expired"
-    PLAN_NOT_ENTITLED = "plan_not_entitled"
-    QUOTA_EXHAUSTED = "quota_exhausted"
-    INSUFFICIENT_CREDIT = "insufficient_credit"
-    MEMBER_CAP_REACHED = "member_cap_reached"
-    STORE_UNAVAILABLE = "store_unavailable"
+    ``schemas/problem.schema.json`` lists the codes and statuses generated from here
+    (``python -m creditgate.problem_schema``); a test fails when a reason is missing from it, from
+    the README's table or from the details ``refusal`` and the gate write.
+    """
+
+    _value_: str
+    status: int
+    heading: str  # the problem's title (``title`` is str's own method)
+
+    if not TYPE_CHECKING:  # builds each member from its triple; ``Reason(code)`` still looks one up
+
+        def __new__(cls, code: str, status: int, heading: str) -> Reason:
+            member = str.__new__(cls, code)
+            member._value_ = code
+            member.status = status
+            member.heading = heading
+            return member
+
+    UNAUTHENTICATED = ("unauthenticated", 401, "Authentication required")
+    NO_SUBSCRIPTION = ("no_subscription", PAYMENT_REQUIRED, "No subscription")
+    SUBSCRIPTION_INACTIVE = ("subscription_inactive", PAYMENT_REQUIRED, "Subscription inactive")
+    SUBSCRIPTION_EXPIRED = ("subscription_expired", PAYMENT_REQUIRED, "Subscription expired")
+    PLAN_NOT_ENTITLED = ("plan_not_entitled", PAYMENT_REQUIRED, "Not included in your plan")
+    QUOTA_EXHAUSTED = ("quota_exhausted", PAYMENT_REQUIRED, "Quota exhausted")
+    INSUFFICIENT_CREDIT = ("insufficient_credit", PAYMENT_REQUIRED, "Insufficient credit")
+    MEMBER_CAP_REACHED = ("member_cap_reached", PAYMENT_REQUIRED, "Member cap reached")
+    STORE_UNAVAILABLE = ("store_unavailable", 503, "Billing temporarily unavailable")
     # Redis answered, but the account's data there is of the wrong type or does not parse: refused
     # whatever fault_tolerant says (bad data is not an outage), and the operator is told which key.
-    ACCOUNT_DATA_INVALID = "account_data_invalid"
-    MISCONFIGURED = "misconfigured"
-    INTERNAL_ERROR = "internal_error"
+    ACCOUNT_DATA_INVALID = ("account_data_invalid", 500, "Account data invalid")
+    MISCONFIGURED = ("misconfigured", 500, "Gateway misconfigured")
+    INTERNAL_ERROR = ("internal_error", 500, "Gateway error")
     # Never sent by the plugin: Kong's request-termination answers it in a fail-closed deployment when
     # the plugin could not run (kong.yml, docs/fail-closed.md). Listed so clients see one vocabulary.
-    GATE_UNAVAILABLE = "gate_unavailable"
+    GATE_UNAVAILABLE = ("gate_unavailable", 503, "Billing gate unavailable")
 
 
-STATUS = {
-    Reason.UNAUTHENTICATED: 401,
-    Reason.STORE_UNAVAILABLE: 503,
-    Reason.ACCOUNT_DATA_INVALID: 500,
-    Reason.MISCONFIGURED: 500,
-    Reason.INTERNAL_ERROR: 500,
-    Reason.GATE_UNAVAILABLE: 503,
-}
-PAYMENT_REQUIRED = 402
-
-TITLES = {
-    Reason.UNAUTHENTICATED: "Authentication required",
-    Reason.NO_SUBSCRIPTION: "No subscription",
-    Reason.SUBSCRIPTION_INACTIVE: "Subscription inactive",
-    Reason.SUBSCRIPTION_EXPIRED: "Subscription expired",
-    Reason.PLAN_NOT_ENTITLED: "Not included in your plan",
-    Reason.QUOTA_EXHAUSTED: "Quota exhausted",
-    Reason.INSUFFICIENT_CREDIT: "Insufficient credit",
-    Reason.MEMBER_CAP_REACHED: "Member cap reached",
-    Reason.STORE_UNAVAILABLE: "Billing temporarily unavailable",
-    Reason.ACCOUNT_DATA_INVALID: "Account data invalid",
-    Reason.MISCONFIGURED: "Gateway misconfigured",
-    Reason.INTERNAL_ERROR: "Gateway error",
-    Reason.GATE_UNAVAILABLE: "Billing gate unavailable",
-}
+# Read per refused request: plain dicts, derived from the enum.
+STATUS = {reason: reason.status for reason in Reason if reason.status != PAYMENT_REQUIRED}
+TITLES = {reason: reason.heading for reason in Reason}
+PAYMENT_REASONS = tuple(reason for reason in Reason if reason.status == PAYMENT_REQUIRED)
 
 PROBLEM_JSON = "application/problem+json"
 

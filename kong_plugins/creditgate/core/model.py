@@ -32,10 +32,6 @@ class Status(str, enum.Enum):
     SUSPENDED = "suspended"
     CANCELED = "canceled"
 
-    @property
-    def chargeable(self) -> bool:
-        return self in (Status.ACTIVE, Status.TRIALING)
-
 
 def credits(value: object, where: str, *, minimum: int = 0) -> int:
     """An amount of credits, checked: an integer (never a float, never a bool) within bounds."""

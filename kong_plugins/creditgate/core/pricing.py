@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from creditgate.core.schema import COST_RULE_FIELDS, METHODS, between
 from creditgate.errors import ConfigError
 
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 STATUS_PATTERN = re.compile(r"^[1-5]([0-9]{2}|xx)$")
 SETTLED_COST = re.compile(r"^[0-9]{1,16}$")
 
@@ -67,13 +67,14 @@ class Pricing:
 
 def parse_rules(raw: Sequence[Mapping[str, Any]] | None) -> tuple[CostRule, ...]:
     rules = []
+    low, high = between("cost", COST_RULE_FIELDS)
     for index, entry in enumerate(raw or ()):
         where = f"costs[{index}]"
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{where} must be a record with methods, path and cost")
         cost = entry.get("cost")
-        if isinstance(cost, bool) or not isinstance(cost, int) or not 0 <= cost <= 1_000_000_000:
-            raise ConfigError(f"{where}.cost must be a whole number from 0 to 1000000000, got {cost!r}")
+        if isinstance(cost, bool) or not isinstance(cost, int) or not low <= cost <= high:
+            raise ConfigError(f"{where}.cost must be a whole number from {low} to {high}, got {cost!r}")
         methods = frozenset(str(m).upper() for m in entry.get("methods") or ())
         unknown = methods - METHODS
         if unknown:

@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any, TypeVar, cast
 
 import redis
+from redis.commands.core import Script
 
 from creditgate.core.balance import BalanceView
 from creditgate.core.config import RedisSettings
