@@ -37,36 +37,54 @@ def test_a_sigkill_under_load_loses_no_charge_and_applies_none_twice(
     plugin = gate_config(settings, cost=1)
     verdicts: Counter[str] = Counter()
     lock = threading.Lock()
-    stop = time.monotonic() + 3.0
+    stop = threading.Event()
 
     def load() -> None:
-        while time.monotonic() < stop:
+        while not stop.is_set():
             try:
                 outcome = kong.request(plugin, KongRequest(consumer=ACCOUNT))
-                verdict = "allowed" if outcome.proxied else "refused"
+                if outcome.proxied:
+                    verdict = "allowed"
+                elif outcome.errors:  # Kong's own 500: the plugin never answered (its server was down)
+                    verdict = "no answer"
+                else:
+                    verdict = "refused"
             except (KongWouldBypass, KongRpcError):
                 verdict = "no answer"  # Kong would proxy it without the plugin
             with lock:
                 verdicts[verdict] += 1
 
+    def allowed_count() -> int:
+        with lock:
+            return verdicts["allowed"]
+
+    def until_allowed(count: int) -> None:
+        """Phases end on what was served, not on the wall clock: a loaded machine serves less per second."""
+        deadline = time.monotonic() + 60
+        while allowed_count() < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     workers = [threading.Thread(target=load) for _ in range(8)]
     try:
         for worker in workers:
             worker.start()
-        time.sleep(1.0)
+        until_allowed(60)
         server.kill()
         time.sleep(0.3)
         server.start()  # Kong respawns its plugin server; instances come back on first use
+        until_allowed(allowed_count() + 60)
+        stop.set()
         for worker in workers:
             worker.join()
     finally:
+        stop.set()
         kong.close()
         server.stop()
 
     charges = [e for e in store.ledger("load") if e.fields["kind"] == "charge"]
     assert len({e.id for e in charges}) == len(charges)
     assert verdicts["refused"] == 0
-    assert verdicts["allowed"] > 100 and verdicts["no answer"] >= 1
+    assert verdicts["allowed"] >= 120 and verdicts["no answer"] >= 1  # served before and after the kill
     # Every allowed request is charged; each unanswered one at most once.
     assert verdicts["allowed"] <= len(charges) <= verdicts["allowed"] + verdicts["no answer"]
     assert store.account_state("load").balance == 1_000_000 - len(charges)
