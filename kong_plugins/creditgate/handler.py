@@ -1,5 +1,9 @@
 """The Kong side of the gate: read who is calling, charge, and apply the decision.
 
+The decision is the core's (``core/policy.py``: who pays, what is charged, shadow mode, the failure
+policy, the headers, what the log phase gives back); this module reads the request from Kong, makes
+the one store call, and tells Kong the answer.
+
 Rules this module keeps, all from kong-pdk 0.36 and Kong's plugin-server protocol:
 
 - The first thing a phase does is a PDK call. kong-pdk holds a server-wide lock from the start of an
