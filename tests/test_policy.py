@@ -30,6 +30,7 @@ from creditgate.core.policy import (
     refunds,
     settlement,
     store_failed,
+    unauthenticated,
 )
 from creditgate.errors import StoreDataError, StoreError, StoreTimeout, StoreUnavailable
 from tests.test_decision import NOW, result
@@ -90,7 +91,9 @@ def test_an_operator_named_namespace_replaces_the_default_one() -> None:
     "identity", [None, {}, {"id": ""}, {"id": 7}, {"username": "acme"}, ["id", "c-1"], "c-1"]
 )
 def test_a_request_without_a_usable_identity_is_refused_with_401(identity: Any) -> None:
-    action = refused(charge_request(config(), RequestFacts(identity)))
+    cfg = config()
+    assert charge_request(cfg, RequestFacts(identity)) is None  # no one pays
+    action = unauthenticated(cfg)
     assert action.problem.status == 401
     assert action.problem.body["reason"] == "unauthenticated"
     assert action.log is None  # a client's mistake, not the operator's

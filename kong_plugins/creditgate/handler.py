@@ -275,8 +275,8 @@ class Gate:
         if config is None or store is None:
             return policy.misconfigured()
         request = policy.charge_request(config, facts, None if self.clock is None else int(self.clock()))
-        if isinstance(request, Refuse):
-            return request
+        if request is None:
+            return policy.unauthenticated(config)
         try:
             result = store.charge(request)
         except StoreError as error:
