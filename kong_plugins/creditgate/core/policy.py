@@ -1,12 +1,12 @@
 """The request policy: from what Kong said about a request to what the gate does with it.
 
 The Kong adapter (``handler.py``) reads the request into ``RequestFacts``, asks ``charge_request``
-who pays and how, sends the ``ChargeRequest`` to the store (one script), and applies the ``Action``
-that ``decided`` (or ``store_failed``) returns; in the log phase it asks ``settlement`` what to give
-back. Who pays (consumer, credential, pool tags), what shadow mode and ``fault_tolerant`` do, which
-headers go upstream and which to the client, and the refund window are decided here, in plain
-functions over plain values, as Kong's own handlers hand each phase to a module
-(kong/plugins/basic-auth/handler.lua: ``access.execute(conf)``).
+who pays and how (None: no one, ``unauthenticated``), sends the ``ChargeRequest`` to the store (one
+script), and applies the ``Action`` that ``decided`` (or ``store_failed``) returns; in the log phase
+it asks ``settlement`` what to give back. Who pays (consumer, credential, pool tags), what shadow
+mode and ``fault_tolerant`` do, which headers go upstream and which to the client, and the refund
+window are decided here, in plain functions over plain values, as Kong's own handlers hand each
+phase to a module (kong/plugins/basic-auth/handler.lua: ``access.execute(conf)``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from creditgate.core.decision import (
     upstream_headers,
     warning_headers,
 )
+from creditgate.core.periods import DAY_SECONDS
 from creditgate.core.pricing import parse_settled_cost
 from creditgate.errors import StoreDataError, StoreError
 from creditgate.store.keys import account_name
@@ -38,7 +39,6 @@ from creditgate.store.keys import account_name
 # asked for without one (operators' tools, tests).
 DEFAULT_TYPE_BASE = GateConfig.problem_type_base
 DEFAULT_LEDGER_RETENTION = GateConfig.ledger_retention
-DAY_SECONDS = 86_400
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 # The field of Kong's consumer (or credential) entity that names the account.
