@@ -9,6 +9,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.inputs import format_instant, parse_credits, parse_instant
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.errors import ConfigError, Conflict, InvalidDocument, NotFound
 from creditgate.store.redis_store import RedisStore
 from tests.conftest import Clock
@@ -27,7 +28,7 @@ def daily(admin: Admin) -> Admin:
 def test_the_view_rolls_the_period_over_as_the_next_charge_would(
     daily: Admin, store: RedisStore, clock: Clock
 ) -> None:
-    store.charge("acme", 4, now=T0 + 5)
+    store.charge(ChargeRequest("acme", 4, now=T0 + 5))
     assert (daily.view("acme").used, daily.view("acme").period_end) == (4, T0 + DAY_SECONDS)
     clock.now = T0 + DAY_SECONDS + 1
     view = daily.view("acme")
@@ -50,13 +51,13 @@ def test_changing_to_a_plan_of_the_same_period_keeps_the_allowance_used(
     daily: Admin, store: RedisStore
 ) -> None:
     daily.apply_plan(Plan("daily-plus", period=Period.DAY, allowance=20))
-    store.charge("acme", 4, now=T0 + 5)
+    store.charge(ChargeRequest("acme", 4, now=T0 + 5))
     assert daily.change_plan("acme", "daily-plus") == "daily"
     assert (store.account_state("acme").used, store.account_state("acme").allowance) == (4, 20)
 
 
 def test_changing_the_period_length_restarts_the_period(daily: Admin, store: RedisStore) -> None:
-    store.charge("acme", 4, now=T0 + 5)
+    store.charge(ChargeRequest("acme", 4, now=T0 + 5))
     daily.change_plan("acme", "weekly")
     assert store.account_state("acme").used == 0
 
@@ -78,7 +79,7 @@ def test_the_ledger_replays_to_the_balance_after_retention_folded_old_entries(
     small = Admin(store, ledger_retention=100, clock=daily.clock)
     small.grant("acme", 1_000)
     for i in range(300):
-        store.charge("acme", 1, now=T0 + i, ledger_retention=100)
+        store.charge(ChargeRequest("acme", 1, now=T0 + i, ledger_retention=100))
         if i % 50 == 0:
             small.grant("acme", 3)
     check = small.verify_ledger("acme")

@@ -11,6 +11,7 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.store.redis_store import RedisStore
 from tests.cli_support import CONSOLE_SCRIPT, redis_url
 
@@ -70,7 +71,7 @@ def test_concurrent_charges_and_grants_keep_the_ledger_replaying_to_the_balance(
     lock = threading.Lock()
 
     def charge(i: int) -> None:
-        result = store.charge("acme", 1 + i % 3, now=T0 + i, ledger_retention=100)
+        result = store.charge(ChargeRequest("acme", 1 + i % 3, now=T0 + i, ledger_retention=100))
         with lock:
             allowed.append(result.allowed)
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from creditgate.admin import Admin
 from creditgate.core.model import MAX_CREDITS, Plan
 from creditgate.core.periods import Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.errors import CreditGateError
 from creditgate.store.redis_store import RedisStore
 from tests.conftest import Clock
@@ -75,15 +76,17 @@ def seed(store: RedisStore, client: redis.Redis) -> tuple[Admin, str]:
 
 def charge(store: RedisStore, *, key: str = "r2", hold: int = 0) -> object:
     return store.charge(
-        ACCOUNT,
-        3,
-        now=T0 + 10,
-        ledger_retention=RETENTION,
-        idempotency_key=key,
-        idempotency_window=3600,
-        member="m1",
-        hold_seconds=hold,
-        settle_window=3600,
+        ChargeRequest(
+            ACCOUNT,
+            3,
+            now=T0 + 10,
+            ledger_retention=RETENTION,
+            idempotency_key=key,
+            idempotency_window=3600,
+            member="m1",
+            hold_seconds=hold,
+            settle_window=3600,
+        )
     )
 
 

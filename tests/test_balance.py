@@ -22,6 +22,7 @@ from creditgate.core.balance import BalanceView, balance_answer, balance_body
 from creditgate.core.decision import Warnings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period, window_at
+from creditgate.core.policy import ChargeRequest
 from creditgate.core.redis_settings import parse_redis
 from creditgate.errors import StoreDataError, StoreEmpty
 from creditgate.store.redis_store import RedisStore
@@ -141,7 +142,7 @@ def live(store: RedisStore) -> Admin:
 
 def test_the_figures_are_the_ones_the_charges_left(live: Admin, store: RedisStore) -> None:
     for _ in range(3):
-        charged = store.charge("acme", 4)
+        charged = store.charge(ChargeRequest("acme", 4))
     seen = store.balance("acme")
     assert (seen.plan, seen.status, seen.prepaid) == ("pro", "active", True)
     assert (seen.balance, seen.allowance_used, seen.allowance_remaining) == (48, 10, 0)
@@ -151,7 +152,7 @@ def test_the_figures_are_the_ones_the_charges_left(live: Admin, store: RedisStor
 
 
 def test_reading_writes_nothing(live: Admin, store: RedisStore, redis_client: redis.Redis) -> None:
-    store.charge("acme", 4)
+    store.charge(ChargeRequest("acme", 4))
     before = snapshot(redis_client)
     store.balance("acme")
     store.balance("acme", "ann")
@@ -161,7 +162,7 @@ def test_reading_writes_nothing(live: Admin, store: RedisStore, redis_client: re
 def test_an_ended_period_reads_as_the_next_one_with_nothing_used_and_stays_unwritten(
     live: Admin, store: RedisStore, redis_client: redis.Redis
 ) -> None:
-    store.charge("acme", 4)
+    store.charge(ChargeRequest("acme", 4))
     state = store.keys.account("acme").state
     anchor = int(time.time()) - 86_400 * 70  # two months and more ago: the stored period has ended
     redis_client.hset(
@@ -172,7 +173,7 @@ def test_an_ended_period_reads_as_the_next_one_with_nothing_used_and_stays_unwri
     window = window_at(Period.MONTH, anchor, seen.now)
     assert (seen.period_start, seen.period_end, seen.allowance_used) == (window.start, window.end, 0)
     assert snapshot(redis_client) == before
-    assert store.charge("acme", 1).period_end == seen.period_end  # the charge agrees
+    assert store.charge(ChargeRequest("acme", 1)).period_end == seen.period_end  # the charge agrees
 
 
 def test_an_account_never_subscribed_shows_its_balance_and_no_plan(live: Admin, store: RedisStore) -> None:
@@ -192,8 +193,8 @@ def test_a_redis_emptied_under_the_gate_is_an_outage_not_an_empty_account(
 
 def test_a_pool_member_reads_its_own_use_of_the_current_period_only(live: Admin, store: RedisStore) -> None:
     live.set_member_cap("acme", "ann", 9)
-    store.charge("acme", 3, member="ann")
-    store.charge("acme", 2, member="bob")
+    store.charge(ChargeRequest("acme", 3, member="ann"))
+    store.charge(ChargeRequest("acme", 2, member="bob"))
     ann, bob, cid = store.balance("acme", "ann"), store.balance("acme", "bob"), store.balance("acme", "cid")
     assert (ann.member_used, ann.member_cap) == (3, 9)
     assert (bob.member_used, bob.member_cap) == (2, -1)
@@ -213,7 +214,7 @@ def test_a_script_flush_between_reads_is_survived(
 
 def charge_and_read_refuse(store: RedisStore, member: str = "") -> tuple[str, str]:
     with pytest.raises(StoreDataError) as charged:
-        store.charge("acme", 1, member=member)
+        store.charge(ChargeRequest("acme", 1, member=member))
     with pytest.raises(StoreDataError) as read:
         store.balance("acme", member)
     return charged.value.key, read.value.key
@@ -289,7 +290,7 @@ def test_a_cluster_answers_every_account_from_its_own_slot(cluster: RedisCluster
         for i, account in enumerate(accounts):
             admin.subscribe(account, "pro", starts_at=int(time.time()) - 60)
             admin.grant(account, 10 + i)
-            store.charge(account, 4)
+            store.charge(ChargeRequest(account, 4))
         seen = [store.balance(account) for account in accounts]
         assert [(v.balance, v.allowance_remaining) for v in seen] == [(9 + i, 0) for i in range(12)]
         with cluster.client() as client:

@@ -10,6 +10,7 @@ import pytest
 
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
+from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreError, StoreUnavailable
 from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.redis_store import RedisStore
@@ -155,7 +156,7 @@ def redis_timeout_ms() -> int:
 def timed_charge(store: RedisStore) -> tuple[type[BaseException] | None, float]:
     started = time.monotonic()
     try:
-        store.charge("acme", 1, now=int(time.time()))
+        store.charge(ChargeRequest("acme", 1, now=int(time.time())))
         error: type[BaseException] | None = None
     except StoreError as failure:
         error = type(failure)

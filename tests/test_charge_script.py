@@ -12,6 +12,7 @@ from creditgate.admin import Admin
 from creditgate.core.decision import Reason
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period, window_at
+from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreTimeout
 from creditgate.store.redis_store import RedisStore, _script_source
 from tests.conftest import Clock
@@ -31,14 +32,14 @@ def seed(
 
 def test_refuses_an_account_without_subscription(store: RedisStore) -> None:
     store.mark_store()  # a store the operators set up (an empty Redis is store_empty: test_money_empty_store)
-    result = store.charge("nobody", 1, now=T0)
+    result = store.charge(ChargeRequest("nobody", 1, now=T0))
     assert not result.allowed
     assert result.reason is Reason.NO_SUBSCRIPTION
 
 
 def test_charges_the_prepaid_balance(admin: Admin, store: RedisStore) -> None:
     seed(admin, balance=10)
-    result = store.charge("acme", 3, now=T0 + 5)
+    result = store.charge(ChargeRequest("acme", 3, now=T0 + 5))
     assert result.allowed and result.reason is None
     assert (result.balance, result.from_balance, result.from_allowance) == (7, 3, 0)
     assert store.account_state("acme").balance == 7
@@ -47,7 +48,7 @@ def test_charges_the_prepaid_balance(admin: Admin, store: RedisStore) -> None:
 def test_refuses_with_insufficient_credit_and_charges_nothing(admin: Admin, store: RedisStore) -> None:
     seed(admin, balance=2)
     charges_before = [e for e in store.ledger("acme") if e.fields["kind"] == "charge"]
-    result = store.charge("acme", 3, now=T0 + 5)
+    result = store.charge(ChargeRequest("acme", 3, now=T0 + 5))
     assert result.reason is Reason.INSUFFICIENT_CREDIT
     assert result.balance == 2
     assert store.account_state("acme").balance == 2
@@ -56,14 +57,14 @@ def test_refuses_with_insufficient_credit_and_charges_nothing(admin: Admin, stor
 
 def test_the_allowance_pays_before_the_balance(admin: Admin, store: RedisStore) -> None:
     seed(admin, plan=Plan("starter", period=Period.DAY, allowance=5, prepaid=True), balance=10)
-    first = store.charge("acme", 4, now=T0 + 1)
+    first = store.charge(ChargeRequest("acme", 4, now=T0 + 1))
     assert (first.from_allowance, first.from_balance, first.allowance_remaining, first.balance) == (
         4,
         0,
         1,
         10,
     )
-    second = store.charge("acme", 3, now=T0 + 2)
+    second = store.charge(ChargeRequest("acme", 3, now=T0 + 2))
     assert (second.from_allowance, second.from_balance, second.allowance_remaining, second.balance) == (
         1,
         2,
@@ -76,8 +77,8 @@ def test_refuses_with_quota_exhausted_when_the_plan_has_no_prepaid_use(
     admin: Admin, store: RedisStore
 ) -> None:
     seed(admin, plan=Plan("free", period=Period.DAY, allowance=2, prepaid=False), balance=100)
-    assert store.charge("acme", 2, now=T0 + 10).allowed
-    result = store.charge("acme", 1, now=T0 + 20)
+    assert store.charge(ChargeRequest("acme", 2, now=T0 + 10)).allowed
+    result = store.charge(ChargeRequest("acme", 1, now=T0 + 20))
     assert result.reason is Reason.QUOTA_EXHAUSTED
     assert result.period_end == T0 + DAY_SECONDS
     assert store.account_state("acme").balance == 100
@@ -85,9 +86,9 @@ def test_refuses_with_quota_exhausted_when_the_plan_has_no_prepaid_use(
 
 def test_the_period_rolls_over_at_its_end_to_the_second(admin: Admin, store: RedisStore) -> None:
     seed(admin, plan=Plan("free", period=Period.DAY, allowance=1, prepaid=False))
-    assert store.charge("acme", 1, now=T0).allowed
-    assert store.charge("acme", 1, now=T0 + DAY_SECONDS - 1).reason is Reason.QUOTA_EXHAUSTED
-    renewed = store.charge("acme", 1, now=T0 + DAY_SECONDS)
+    assert store.charge(ChargeRequest("acme", 1, now=T0)).allowed
+    assert store.charge(ChargeRequest("acme", 1, now=T0 + DAY_SECONDS - 1)).reason is Reason.QUOTA_EXHAUSTED
+    renewed = store.charge(ChargeRequest("acme", 1, now=T0 + DAY_SECONDS))
     assert renewed.allowed
     assert renewed.period_end == T0 + 2 * DAY_SECONDS
     kinds = [entry.fields["kind"] for entry in store.ledger("acme")]
@@ -99,7 +100,7 @@ def test_a_monthly_period_anchored_on_the_31st_ends_on_the_last_day_of_february(
 ) -> None:
     jan_31 = T0 + 30 * DAY_SECONDS + 3600
     seed(admin, plan=Plan("m", period=Period.MONTH, allowance=1, prepaid=False), starts_at=jan_31)
-    result = store.charge("acme", 1, now=jan_31 + 5)
+    result = store.charge(ChargeRequest("acme", 1, now=jan_31 + 5))
     feb_28 = T0 + (31 + 27) * DAY_SECONDS + 3600
     assert result.period_end == feb_28
 
@@ -122,36 +123,36 @@ def test_an_inactive_subscription_is_refused_and_trialing_is_charged(admin: Admi
     seed(admin, balance=10)
     for status in (Status.PAST_DUE, Status.SUSPENDED, Status.CANCELED):
         admin.set_status("acme", status)
-        assert store.charge("acme", 1, now=T0 + 5).reason is Reason.SUBSCRIPTION_INACTIVE
+        assert store.charge(ChargeRequest("acme", 1, now=T0 + 5)).reason is Reason.SUBSCRIPTION_INACTIVE
     admin.set_status("acme", Status.TRIALING)
-    assert store.charge("acme", 1, now=T0 + 5).allowed
+    assert store.charge(ChargeRequest("acme", 1, now=T0 + 5)).allowed
 
 
 def test_a_subscription_that_has_not_started_is_inactive(admin: Admin, store: RedisStore) -> None:
     seed(admin, balance=10, starts_at=T0 + 100)
-    result = store.charge("acme", 1, now=T0 + 99)
+    result = store.charge(ChargeRequest("acme", 1, now=T0 + 99))
     assert result.reason is Reason.SUBSCRIPTION_INACTIVE
     assert result.starts_at == T0 + 100
 
 
 def test_expiry_takes_effect_at_the_second(admin: Admin, store: RedisStore) -> None:
     seed(admin, balance=10, expires_at=T0 + 60)
-    assert store.charge("acme", 1, now=T0 + 59).allowed
-    assert store.charge("acme", 1, now=T0 + 60).reason is Reason.SUBSCRIPTION_EXPIRED
+    assert store.charge(ChargeRequest("acme", 1, now=T0 + 59)).allowed
+    assert store.charge(ChargeRequest("acme", 1, now=T0 + 60)).reason is Reason.SUBSCRIPTION_EXPIRED
 
 
 def test_a_plan_not_entitled_to_the_route_is_refused(admin: Admin, store: RedisStore) -> None:
     seed(admin, balance=10)
     assert (
-        store.charge("acme", 1, now=T0 + 1, entitled=["enterprise", "team"]).reason
+        store.charge(ChargeRequest("acme", 1, now=T0 + 1, entitled=["enterprise", "team"])).reason
         is Reason.PLAN_NOT_ENTITLED
     )
-    assert store.charge("acme", 1, now=T0 + 1, entitled=["team", "pro"]).allowed
+    assert store.charge(ChargeRequest("acme", 1, now=T0 + 1, entitled=["team", "pro"])).allowed
 
 
 def test_a_free_request_is_allowed_without_a_charge(admin: Admin, store: RedisStore) -> None:
     seed(admin)
-    result = store.charge("acme", 0, now=T0 + 1)
+    result = store.charge(ChargeRequest("acme", 0, now=T0 + 1))
     assert result.allowed and result.charge_id == ""
     assert [e.fields["kind"] for e in store.ledger("acme")] == ["period_reset"]
 
@@ -160,9 +161,9 @@ def test_charges_go_on_after_a_script_flush(
     admin: Admin, store: RedisStore, redis_client: redis.Redis
 ) -> None:
     seed(admin, balance=10)
-    assert store.charge("acme", 1, now=T0 + 1).allowed
+    assert store.charge(ChargeRequest("acme", 1, now=T0 + 1)).allowed
     redis_client.script_flush()
-    assert store.charge("acme", 1, now=T0 + 2).balance == 8
+    assert store.charge(ChargeRequest("acme", 1, now=T0 + 2)).balance == 8
 
 
 def test_every_charge_is_in_the_ledger_and_the_ledger_replays_to_the_balance(
@@ -170,7 +171,7 @@ def test_every_charge_is_in_the_ledger_and_the_ledger_replays_to_the_balance(
 ) -> None:
     seed(admin, plan=Plan("mix", period=Period.DAY, allowance=3, prepaid=True), balance=100)
     for i in range(30):
-        store.charge("acme", 1 + i % 3, now=T0 + i * 3600)
+        store.charge(ChargeRequest("acme", 1 + i % 3, now=T0 + i * 3600))
     admin.adjust_down("acme", 5)
     charges = [e for e in store.ledger("acme") if e.fields["kind"] == "charge"]
     assert len(charges) == 30
@@ -180,7 +181,7 @@ def test_every_charge_is_in_the_ledger_and_the_ledger_replays_to_the_balance(
 def test_retention_folds_old_entries_without_breaking_the_replay(admin: Admin, store: RedisStore) -> None:
     seed(admin, balance=1_000)
     for i in range(400):
-        store.charge("acme", 1, now=T0 + i, ledger_retention=100)
+        store.charge(ChargeRequest("acme", 1, now=T0 + i, ledger_retention=100))
     state = store.account_state("acme")
     assert len(list(store.ledger("acme"))) <= 100 + 100 // 16
     assert state.ledger_base != 0
@@ -190,7 +191,7 @@ def test_retention_folds_old_entries_without_breaking_the_replay(admin: Admin, s
 def test_usage_is_counted_per_route_and_day(admin: Admin, store: RedisStore) -> None:
     seed(admin, balance=3)
     for _ in range(4):
-        store.charge("acme", 1, now=T0 + 1, route="route:r1")
+        store.charge(ChargeRequest("acme", 1, now=T0 + 1, route="route:r1"))
     assert store.usage("acme", T0) == {"route:r1|requests": 3, "route:r1|credits": 3, "route:r1|refused": 1}
 
 
@@ -200,7 +201,7 @@ def test_concurrent_charges_never_spend_more_than_the_balance(admin: Admin, stor
     lock = threading.Lock()
 
     def spend() -> None:
-        allowed = store.charge("acme", 1, now=T0 + 1).allowed
+        allowed = store.charge(ChargeRequest("acme", 1, now=T0 + 1)).allowed
         with lock:
             results.append(allowed)
 
@@ -238,18 +239,18 @@ def test_racing_grants_with_one_key_count_once(admin: Admin, store: RedisStore) 
 def test_account_names_cannot_escape_their_hash_tag(admin: Admin, store: RedisStore, clock: Clock) -> None:
     seed(admin, "a}b:{c}%", balance=5)
     seed(admin, "a", balance=1)
-    assert store.charge("a}b:{c}%", 5, now=T0 + 1).allowed
+    assert store.charge(ChargeRequest("a}b:{c}%", 5, now=T0 + 1)).allowed
     assert store.account_state("a").balance == 1
     assert store.keys.account("a}b:{c}%").state.count("{") == 1
 
 
 def test_a_charge_that_runs_after_its_deadline_applies_nothing(admin: Admin, store: RedisStore) -> None:
     seed(admin, balance=10)
-    store.charge("acme", 1, now=T0 + 1)  # learns the offset to Redis's clock
+    store.charge(ChargeRequest("acme", 1, now=T0 + 1))  # learns the offset to Redis's clock
     store.charge_budget_ms = 100
     store.clock.offset_ms = -(10**9)  # as if the charge reached Redis ten days after the caller gave up
     with pytest.raises(StoreTimeout):
-        store.charge("acme", 1, now=T0 + 2)
+        store.charge(ChargeRequest("acme", 1, now=T0 + 2))
     assert store.account_state("acme").balance == 9
 
 
@@ -263,7 +264,7 @@ def test_a_burst_of_300_concurrent_charges_is_served_without_pool_errors(
     def charge() -> None:
         barrier.wait()
         try:
-            store.charge("acme", 1, now=T0 + 1)
+            store.charge(ChargeRequest("acme", 1, now=T0 + 1))
         except Exception as error:  # the pool refusing a connection would land here
             failures.append(error)
 
@@ -280,8 +281,8 @@ def test_a_refund_after_the_period_ended_gives_back_nothing_to_the_new_period(
     admin: Admin, store: RedisStore
 ) -> None:
     seed(admin, plan=Plan("daily", period=Period.DAY, allowance=5, prepaid=False))
-    charge = store.charge("acme", 2, now=T0 + 1)
-    store.charge("acme", 1, now=T0 + DAY_SECONDS + 1)  # the next day's period starts
+    charge = store.charge(ChargeRequest("acme", 2, now=T0 + 1))
+    store.charge(ChargeRequest("acme", 1, now=T0 + DAY_SECONDS + 1))  # the next day's period starts
     refund = store.settle(
         "acme", charge.charge_id, 0, now=T0 + DAY_SECONDS + 2, refund=True, window_seconds=3 * DAY_SECONDS
     )
@@ -291,7 +292,7 @@ def test_a_refund_after_the_period_ended_gives_back_nothing_to_the_new_period(
 
 def test_a_charge_is_settled_at_most_once(admin: Admin, store: RedisStore) -> None:
     seed(admin, balance=10)
-    charge = store.charge("acme", 4, now=T0 + 1, hold_seconds=60)
+    charge = store.charge(ChargeRequest("acme", 4, now=T0 + 1, hold_seconds=60))
     first = store.settle("acme", charge.charge_id, 1, now=T0 + 2)
     again = store.settle("acme", charge.charge_id, 0, now=T0 + 3, refund=True)
     assert (first.outcome, first.given_back, again.outcome) == ("applied", 3, "already")

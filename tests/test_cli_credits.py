@@ -8,6 +8,7 @@ from creditgate.admin import Admin
 from creditgate.cli import EXIT_CONFLICT, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_PROBLEMS
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
+from creditgate.core.policy import ChargeRequest
 from creditgate.store.redis_store import RedisStore
 from tests.cli_support import Cli
 
@@ -100,7 +101,7 @@ def test_verify_confirms_that_every_ledger_replays_to_its_balance(
     cli: Cli, admin: Admin, store: RedisStore
 ) -> None:
     admin.grant("acme", 10)
-    store.charge("acme", 4, now=admin.now() + 1)
+    store.charge(ChargeRequest("acme", 4, now=admin.now() + 1))
     (check,) = cli.json("verify")
     assert check == {"account": "acme", "balance": 6, "replayed": 6, "entries": 3, "ok": True}
 

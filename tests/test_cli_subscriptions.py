@@ -12,6 +12,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.inputs import format_instant
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period, window_at
+from creditgate.core.policy import ChargeRequest
 from creditgate.store.redis_store import RedisStore
 from tests.cli_support import Cli
 
@@ -138,7 +139,7 @@ def test_balance_shows_the_current_period_even_before_the_first_charge_rolls_it(
 ) -> None:
     cli.ok("subscribe", "acme", "pro", "--start", str(JAN_1))
     admin.grant("acme", 7)
-    store.charge("acme", 3, now=JAN_1 + 10)
+    store.charge(ChargeRequest("acme", 3, now=JAN_1 + 10))
     shown = cli.json("balance", "acme")
     # The charge was in January's period; the one shown is the period the CLI's clock is in.
     current = window_at(Period.MONTH, JAN_1, int(time.time()))
@@ -154,7 +155,7 @@ def test_balance_shows_allowance_used_in_the_current_period(
 ) -> None:
     now = int(time.time())
     cli.ok("subscribe", "acme", "pro", "--start", str(now - 60))
-    store.charge("acme", 4, now=now)
+    store.charge(ChargeRequest("acme", 4, now=now))
     shown = cli.json("balance", "acme")
     assert (shown["period"]["used"], shown["period"]["remaining"]) == (4, 996)
     table = cli.ok("balance", "acme").stdout

@@ -13,6 +13,7 @@ from creditgate.cli import EXIT_INVALID, EXIT_NOT_FOUND
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import DAY_SECONDS, Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.store.redis_store import RedisStore
 from tests.cli_support import Cli
 
@@ -25,11 +26,11 @@ def cli(settings: RedisSettings, admin: Admin, store: RedisStore) -> Cli:
     for account in ("acme", "globex"):
         admin.subscribe(account, "pro", starts_at=JAN_1 - DAY_SECONDS)
         admin.grant(account, 100)
-    store.charge("acme", 2, now=JAN_1 + 10, route="route:r1")
-    store.charge("acme", 3, now=JAN_1 + 20, route="route:r1")
-    store.charge("acme", 1, now=JAN_1 + 30, route="service:s1")
-    store.charge("acme", 500, now=JAN_1 + 40, route="route:r1")  # refused: insufficient credit
-    store.charge("globex", 4, now=JAN_1 + DAY_SECONDS + 5, route="route:r1")
+    store.charge(ChargeRequest("acme", 2, now=JAN_1 + 10, route="route:r1"))
+    store.charge(ChargeRequest("acme", 3, now=JAN_1 + 20, route="route:r1"))
+    store.charge(ChargeRequest("acme", 1, now=JAN_1 + 30, route="service:s1"))
+    store.charge(ChargeRequest("acme", 500, now=JAN_1 + 40, route="route:r1"))  # refused: insufficient credit
+    store.charge(ChargeRequest("globex", 4, now=JAN_1 + DAY_SECONDS + 5, route="route:r1"))
     return Cli(settings)
 
 
@@ -120,8 +121,8 @@ def test_the_table_comes_with_a_chart_of_credits_per_day(cli: Cli) -> None:
 
 def test_usage_defaults_to_the_last_seven_days(cli: Cli, store: RedisStore) -> None:
     now = int(time.time())
-    store.charge("acme", 1, now=now, route="route:today")
-    store.charge("acme", 1, now=now - 8 * DAY_SECONDS, route="route:old")
+    store.charge(ChargeRequest("acme", 1, now=now, route="route:today"))
+    store.charge(ChargeRequest("acme", 1, now=now - 8 * DAY_SECONDS, route="route:old"))
     routes = {r["route"] for r in cli.json("usage")}
     assert routes == {"route:today"}
 

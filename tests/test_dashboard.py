@@ -24,6 +24,7 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.store.redis_store import RedisStore
 from tests.redis_servers import RedisServer, free_port
 from tests.service_support import READ_TOKEN, Running, running_service
@@ -95,7 +96,7 @@ def seed_month(admin: Admin, store: RedisStore) -> Month:
             )
             for second, route, cost in calls:
                 now = start + index * DAY_SECONDS + second
-                result = store.charge(account, cost, now=now, route=route)
+                result = store.charge(ChargeRequest(account, cost, now=now, route=route))
                 counts = month.usage[(account, day, route)]
                 if not result.allowed:
                     counts["refused"] += 1

@@ -11,6 +11,7 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import DAY_SECONDS, Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.service.dashboard import FILES
 from creditgate.store.redis_store import RedisStore
 from tests.service_support import READ_TOKEN, Running, running_service
@@ -31,12 +32,15 @@ def seeded(admin: Admin, store: RedisStore) -> None:
     for account in ("acme", "globex", "initech", "pool"):
         admin.subscribe(account, "pro", starts_at=JAN_1 - DAY_SECONDS)
         admin.grant(account, 100)
-    store.charge("acme", 2, now=JAN_1 + 10, route="route:search")
-    charge = store.charge("acme", 3, now=JAN_1 + 20, route="route:search")
+    store.charge(ChargeRequest("acme", 2, now=JAN_1 + 10, route="route:search"))
+    charge = store.charge(ChargeRequest("acme", 3, now=JAN_1 + 20, route="route:search"))
     store.settle("acme", charge.charge_id, 0, now=JAN_1 + 30, refund=True, window_seconds=DAY_SECONDS)
-    store.charge("acme", 500, now=JAN_1 + 40, route="route:export")  # refused: not enough credit
-    store.charge("globex", 7, now=JAN_1 + 2 * DAY_SECONDS + 5, route="route:search")
-    store.charge("pool", 4, now=JAN_1 + 2 * DAY_SECONDS + 6, route="route:export", member="alice")
+    refused = ChargeRequest("acme", 500, now=JAN_1 + 40, route="route:export")  # not enough credit
+    store.charge(refused)
+    store.charge(ChargeRequest("globex", 7, now=JAN_1 + 2 * DAY_SECONDS + 5, route="route:search"))
+    store.charge(
+        ChargeRequest("pool", 4, now=JAN_1 + 2 * DAY_SECONDS + 6, route="route:export", member="alice")
+    )
 
 
 def test_totals_add_up_every_account_per_day_route_and_account(api: Running, seeded: None) -> None:

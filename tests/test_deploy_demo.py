@@ -20,6 +20,7 @@ import yaml
 
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
+from creditgate.core.policy import ChargeRequest
 from creditgate.documents import load_plans
 from creditgate.store.redis_store import RedisStore
 from tests.test_deploy_kong_yml import GATE, ROOT, compose, kong_yml
@@ -117,7 +118,7 @@ def test_seeding_again_grants_nothing_and_keeps_the_period_used(
     seeded: RedisStore, settings: RedisSettings
 ) -> None:
     admin = Admin(seeded)
-    charged = seeded.charge("alice", 2, now=admin.now(), entitled=(), route="route:basic")
+    charged = seeded.charge(ChargeRequest("alice", 2, now=admin.now(), entitled=(), route="route:basic"))
     assert charged.allowed
     before = seeded.account_state("alice")
     output = run_seed(settings)

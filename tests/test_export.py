@@ -16,6 +16,7 @@ from creditgate.admin import Admin
 from creditgate.cli import EXIT_INVALID
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
+from creditgate.core.policy import ChargeRequest
 from creditgate.export import CSV_COLUMNS
 from creditgate.store.redis_store import RedisStore
 from tests.cli_support import Cli
@@ -46,7 +47,7 @@ def cli(settings: RedisSettings, admin: Admin, store: RedisStore) -> Cli:
     admin.subscribe("a/b%c", "pro", starts_at=JAN_1)
     admin.grant("acme", 100, note="top-up", idempotency_key="in_1")
     admin.grant("a/b%c", 10)
-    store.charge("acme", 3, now=JAN_1 + 60, route="route:r1")
+    store.charge(ChargeRequest("acme", 3, now=JAN_1 + 60, route="route:r1"))
     return Cli(settings)
 
 

@@ -12,6 +12,7 @@ from creditgate.cli import EXIT_INVALID, EXIT_PROBLEMS, EXIT_STORE
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.store.redis_store import RedisStore
 from tests.cli_support import Cli
 from tests.redis_servers import free_port
@@ -70,7 +71,7 @@ def test_rows_create_subscriptions_and_opening_balances(cli: Cli, tmp_path: Path
 def test_importing_the_same_file_again_changes_nothing(cli: Cli, tmp_path: Path, store: RedisStore) -> None:
     path = write(tmp_path, GOOD)
     cli.ok("import", str(path))
-    store.charge("acme", 3, now=JAN_1 + 5)
+    store.charge(ChargeRequest("acme", 3, now=JAN_1 + 5))
     before = {a: store.account_state(a) for a in ("acme", "globex", "initech")}
     report = cli.json("import", str(path))
     assert (report["applied"], report["granted_credits"], report["grants_already_applied"]) == (3, 0, 2)
@@ -82,7 +83,7 @@ def test_a_row_without_times_keeps_the_current_subscription(
     cli: Cli, tmp_path: Path, admin: Admin, store: RedisStore
 ) -> None:
     admin.subscribe("acme", "free", starts_at=JAN_1 - 100, anchor=JAN_1 - 50)
-    store.charge("acme", 2, now=JAN_1 + 10)
+    store.charge(ChargeRequest("acme", 2, now=JAN_1 + 10))
     cli.ok("import", str(write(tmp_path, "account,plan\nacme,pro\n")))
     state = store.account_state("acme")
     assert (state.plan, state.starts_at, state.anchor, state.used) == ("pro", JAN_1 - 100, JAN_1 - 50, 2)

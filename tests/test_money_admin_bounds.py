@@ -12,6 +12,7 @@ import redis
 from creditgate.admin import Admin
 from creditgate.core.model import MAX_CREDITS, MAX_INSTANT, Plan
 from creditgate.core.periods import Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.errors import Conflict, InvalidDocument, StoreDataError
 from creditgate.importer import import_csv
 from creditgate.store.redis_store import RedisStore, _script_source
@@ -53,7 +54,7 @@ def test_an_anchor_in_milliseconds_written_into_redis_is_refused_with_nothing_ch
     admin.grant("acme", 100)
     redis_client.hset(store.keys.account("acme").state, mapping={"anchor": clock.now * 1000, "period_end": 0})
     with pytest.raises(StoreDataError):
-        store.charge("acme", 10, now=clock.now)
+        store.charge(ChargeRequest("acme", 10, now=clock.now))
     assert store.account_state("acme").balance == 100
 
 

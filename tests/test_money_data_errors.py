@@ -18,6 +18,7 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreDataError
 from creditgate.store.redis_store import RedisStore
 from tests.conftest import Clock
@@ -46,7 +47,7 @@ def charge_refused_writing_nothing(
 ) -> str:
     before = snapshot(client)
     with pytest.raises(StoreDataError) as raised:
-        store.charge("acme", 3, now=now, **options)  # type: ignore[arg-type]
+        store.charge(ChargeRequest("acme", 3, now=now, **options))  # type: ignore[arg-type]
     assert snapshot(client) == before
     return raised.value.key
 
@@ -101,7 +102,7 @@ def test_a_wrong_ledger_type_never_takes_credits_without_an_entry(
     redis_client.set(keys.ledger, "not a stream")
     for _ in range(3):
         with pytest.raises(StoreDataError):
-            store.charge("acme", 5, now=clock.now)
+            store.charge(ChargeRequest("acme", 5, now=clock.now))
     assert store.account_state("acme").balance == 100
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
+from creditgate.core.policy import ChargeRequest
 from creditgate.store.redis_store import RedisClock
 from tests.gate_fixtures import gate_config, start_plugin_server
 from tests.kong_harness import KongRequest, KongSide, PluginInfo
@@ -31,7 +32,7 @@ def redis_timeout_ms() -> int:
 def test_a_fresh_plugin_server_facing_a_paused_redis_answers_503_and_charges_nothing(
     own_redis: RedisServer, own_settings: RedisSettings, funded: Admin, plugin_info: PluginInfo
 ) -> None:
-    assert funded.store.charge("acme", 1).allowed  # Redis knows the charge script
+    assert funded.store.charge(ChargeRequest("acme", 1)).allowed  # Redis knows the charge script
     server = start_plugin_server()  # has never heard from Redis: its clock is unknown
     try:
         own_redis.pause()

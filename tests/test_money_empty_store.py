@@ -17,6 +17,7 @@ from creditgate.cli import EXIT_PROBLEMS
 from creditgate.core.config import RedisSettings
 from creditgate.core.decision import Reason
 from creditgate.core.model import Plan
+from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreEmpty
 from creditgate.store.redis_store import RedisStore
 from tests.cli_support import Cli
@@ -37,7 +38,7 @@ def test_an_empty_redis_is_not_no_subscription_and_nothing_is_written(
     store: RedisStore, redis_client: redis.Redis, clock: Clock
 ) -> None:
     with pytest.raises(StoreEmpty):
-        store.charge("acme", 1, now=clock.now)
+        store.charge(ChargeRequest("acme", 1, now=clock.now))
     assert redis_client.dbsize() == 0
 
 
@@ -45,7 +46,7 @@ def test_once_the_operators_set_up_the_store_an_unknown_account_is_no_subscripti
     admin: Admin, store: RedisStore, clock: Clock
 ) -> None:
     admin.apply_plan(Plan("pro"))
-    result = store.charge("nobody", 1, now=clock.now)
+    result = store.charge(ChargeRequest("nobody", 1, now=clock.now))
     assert result.reason is Reason.NO_SUBSCRIPTION
 
 

@@ -15,6 +15,7 @@ import redis
 from creditgate.admin import Admin
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.store.redis_store import RedisStore
 from tests.conftest import Clock
 
@@ -39,13 +40,13 @@ def test_a_charge_folds_a_bounded_number_of_entries_however_long_the_ledger(
     pipe.execute()
     lengths = [redis_client.xlen(keys.ledger)]
     for _ in range(5):
-        assert store.charge("acme", 1, now=clock.now, ledger_retention=100).allowed
+        assert store.charge(ChargeRequest("acme", 1, now=clock.now, ledger_retention=100)).allowed
         lengths.append(redis_client.xlen(keys.ledger))
     # Each call appends one entry and folds at most FOLD_MAX: never the 19,900 entries at once.
     assert all(0 < before + 1 - after <= FOLD_MAX for before, after in itertools.pairwise(lengths))
     assert prepaid.verify_ledger("acme").ok
     while redis_client.xlen(keys.ledger) > 100 + 6:
-        store.charge("acme", 1, now=clock.now, ledger_retention=100)
+        store.charge(ChargeRequest("acme", 1, now=clock.now, ledger_retention=100))
     check = prepaid.verify_ledger("acme")
     assert check.ok and check.entries <= 106
 
@@ -55,10 +56,14 @@ def test_a_hold_is_settled_after_its_charge_left_the_ledger(
 ) -> None:
     prepaid.grant("acme", 10_000)
     hold = store.charge(
-        "acme", 500, now=clock.now, ledger_retention=100, hold_seconds=600, settle_window=86_400
+        ChargeRequest(
+            "acme", 500, now=clock.now, ledger_retention=100, hold_seconds=600, settle_window=86_400
+        )
     )
     for i in range(300):  # the charge's entry is folded away
-        assert store.charge("acme", 1, now=clock.now + 1 + i // 100, ledger_retention=100).allowed
+        assert store.charge(
+            ChargeRequest("acme", 1, now=clock.now + 1 + i // 100, ledger_retention=100)
+        ).allowed
     assert hold.charge_id not in {e.id for e in store.ledger("acme")}
     settled = store.settle(
         "acme", hold.charge_id, 3, now=clock.now + 10, window_seconds=600, ledger_retention=100
@@ -74,9 +79,9 @@ def test_a_refund_after_the_charge_left_the_ledger_gives_back_once(
     prepaid: Admin, store: RedisStore, clock: Clock
 ) -> None:
     prepaid.grant("acme", 1_000)
-    paid = store.charge("acme", 40, now=clock.now, ledger_retention=20, settle_window=86_400)
+    paid = store.charge(ChargeRequest("acme", 40, now=clock.now, ledger_retention=20, settle_window=86_400))
     for _ in range(60):
-        store.charge("acme", 1, now=clock.now + 1, ledger_retention=20)
+        store.charge(ChargeRequest("acme", 1, now=clock.now + 1, ledger_retention=20))
     refund = store.settle(
         "acme", paid.charge_id, 0, now=clock.now + 5, refund=True, window_seconds=86_400, ledger_retention=20
     )
@@ -90,10 +95,10 @@ def test_expired_holds_are_dropped_a_few_per_charge(
 ) -> None:
     prepaid.grant("acme", 1_000)
     for _ in range(20):
-        store.charge("acme", 1, now=clock.now, settle_window=60)
+        store.charge(ChargeRequest("acme", 1, now=clock.now, settle_window=60))
     holds = store.keys.account("acme").holds
     assert redis_client.hlen(holds) == 20
-    store.charge("acme", 1, now=clock.now + 120, settle_window=60)
+    store.charge(ChargeRequest("acme", 1, now=clock.now + 120, settle_window=60))
     assert redis_client.hlen(holds) == 20 - 8 + 1
     assert 0 < redis_client.ttl(holds) <= 120
 
@@ -104,7 +109,7 @@ def test_a_refund_after_the_period_restarted_gives_nothing_back_to_the_new_allow
     admin.apply_plan(Plan("daily", period=Period.DAY, allowance=10, prepaid=True))
     admin.subscribe("acme", "daily", starts_at=clock.now - 60)
     admin.grant("acme", 3)
-    paid = store.charge("acme", 7, now=clock.now, settle_window=86_400)  # from the allowance
+    paid = store.charge(ChargeRequest("acme", 7, now=clock.now, settle_window=86_400))  # from the allowance
     admin.subscribe("acme", "daily", starts_at=clock.now - 60, anchor=clock.now - 30)  # a new period
     refund = store.settle("acme", paid.charge_id, 0, now=clock.now + 5, refund=True, window_seconds=86_400)
     assert (refund.outcome, refund.given_back, refund.balance) == ("applied", 0, 3)

@@ -33,6 +33,7 @@ from creditgate.core.account_model import CAP, AccountModel, ChargeOutcome, Term
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.errors import Conflict, CreditGateError, InvalidDocument, NotFound
 from creditgate.store.redis_store import RedisStore
 from tests.conftest import Clock
@@ -250,17 +251,19 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             )
             try:
                 got = self.store.charge(
-                    ACCOUNT,
-                    cost,
-                    now=now,
-                    entitled=entitled,
-                    route=route,
-                    ledger_retention=self.retention,
-                    idempotency_key=key or None,
-                    idempotency_window=IDEMPOTENCY_WINDOW if key else 0,
-                    member=member,
-                    hold_seconds=hold,
-                    settle_window=SETTLE_WINDOW,
+                    ChargeRequest(
+                        ACCOUNT,
+                        cost,
+                        now=now,
+                        entitled=entitled,
+                        route=route,
+                        ledger_retention=self.retention,
+                        idempotency_key=key or None,
+                        idempotency_window=IDEMPOTENCY_WINDOW if key else 0,
+                        member=member,
+                        hold_seconds=hold,
+                        settle_window=SETTLE_WINDOW,
+                    )
                 )
             except CreditGateError as error:
                 raise AssertionError(

@@ -11,6 +11,7 @@ import time
 from creditgate.admin import Admin
 from creditgate.core.model import Plan
 from creditgate.core.periods import DAY_SECONDS, Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.store.redis_store import RedisStore
 from tests.conftest import Clock
 
@@ -27,7 +28,7 @@ def test_a_future_anchor_gives_the_allowance_once_not_on_every_request(
     now = admin.now()
     admin.apply_plan(Plan("free", period=Period.MONTH, allowance=10, prepaid=False))
     admin.subscribe("acme", "free", starts_at=now - 3600, anchor=now + 20 * DAY_SECONDS)
-    allowed = sum(store.charge("acme", 1).allowed for _ in range(100))  # Redis's clock decides
+    allowed = sum(store.charge(ChargeRequest("acme", 1)).allowed for _ in range(100))  # Redis's clock decides
     assert allowed == 10
     assert resets(store, "acme") == 1
     state = store.account_state("acme")
@@ -41,7 +42,7 @@ def test_a_future_anchor_from_the_import_path_is_the_same(
     admin.import_account(
         "acme", plan="free", starts_at=clock.now - 60, anchor=clock.now + 5 * DAY_SECONDS + 3600
     )
-    results = [store.charge("acme", 1, now=clock.now + i) for i in range(20)]
+    results = [store.charge(ChargeRequest("acme", 1, now=clock.now + i)) for i in range(20)]
     assert sum(r.allowed for r in results) == 3
     assert results[0].period_start == clock.now + 3600 - DAY_SECONDS
     assert resets(store, "acme") == 1
@@ -53,9 +54,11 @@ def test_two_nodes_one_second_apart_at_a_period_boundary_get_one_allowance(
     admin.apply_plan(Plan("daily", period=Period.DAY, allowance=10, prepaid=False))
     admin.subscribe("acme", "daily", starts_at=clock.now)
     end = clock.now + DAY_SECONDS
-    assert sum(store.charge("acme", 1, now=end - 100).allowed for _ in range(12)) == 10  # used up
+    assert (
+        sum(store.charge(ChargeRequest("acme", 1, now=end - 100)).allowed for _ in range(12)) == 10
+    )  # used up
     # Node A's clock is one second behind node B's; their requests alternate across the boundary.
-    allowed = sum(store.charge("acme", 1, now=end - 1 + i % 2).allowed for i in range(200))
+    allowed = sum(store.charge(ChargeRequest("acme", 1, now=end - 1 + i % 2)).allowed for i in range(200))
     assert allowed == 10  # the new day's allowance, once
     assert resets(store, "acme") == 2  # the first day's and the second's: never back and forth
     assert store.account_state("acme").period_start == end
@@ -66,7 +69,7 @@ def test_a_clock_behind_the_current_period_is_counted_in_it(
 ) -> None:
     admin.apply_plan(Plan("daily", period=Period.DAY, allowance=5, prepaid=False))
     admin.subscribe("acme", "daily", starts_at=clock.now - 3 * DAY_SECONDS)
-    assert store.charge("acme", 5, now=clock.now + 10).allowed
-    late = store.charge("acme", 1, now=clock.now - DAY_SECONDS)  # a node a day behind
+    assert store.charge(ChargeRequest("acme", 5, now=clock.now + 10)).allowed
+    late = store.charge(ChargeRequest("acme", 1, now=clock.now - DAY_SECONDS))  # a node a day behind
     assert not late.allowed and late.period_start == clock.now
     assert store.account_state("acme").period_start == clock.now

@@ -16,6 +16,7 @@ import redis
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
+from creditgate.core.policy import ChargeRequest
 from creditgate.store.hot_path import HotPath
 from creditgate.store.redis_store import RedisStore, _script_source
 from creditgate.store.topology import connect
@@ -50,7 +51,7 @@ def test_the_hot_path_charges_when_scripts_are_flushed_again_after_the_reload(
     seed(admin)
     assert store.hot_path is not None
     redis_client.script_flush()
-    result = store.charge("acme", 1, now=clock.now)
+    result = store.charge(ChargeRequest("acme", 1, now=clock.now))
     assert result.allowed and store.account_state("acme").balance == 9
 
 
@@ -71,7 +72,7 @@ def test_the_redis_py_path_charges_when_scripts_are_flushed_again_after_the_relo
     store = RedisStore(client, timeout_ms=1000)  # no hot path: redis-py's EVALSHA, as on TLS, Sentinel
     try:
         redis_client.script_flush()
-        assert store.charge("acme", 1, now=clock.now).allowed
+        assert store.charge(ChargeRequest("acme", 1, now=clock.now)).allowed
         assert store.account_state("acme").balance == 9
     finally:
         store.close()

@@ -27,6 +27,7 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings, parse_config
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.core.redis_settings import Node, parse_redis
 from creditgate.errors import ConfigError, StoreError
 from creditgate.kong_schema import validate
@@ -153,7 +154,7 @@ def test_cluster_charges_accounts_spread_over_every_master(
     accounts = [f"acct-{i}" for i in range(30)]
     seed(cluster_admin, accounts)
     store = cluster_admin.store
-    results = [store.charge(a, 7, now=int(time.time())) for a in accounts]
+    results = [store.charge(ChargeRequest(a, 7, now=int(time.time()))) for a in accounts]
     assert all(r.allowed and r.balance == 93 for r in results)
     owners = slot_owners(cluster)
     masters = {owners[key_slot(store.keys.account(a).state.encode())] for a in accounts}
@@ -166,7 +167,7 @@ def test_cluster_keeps_every_key_of_an_account_on_the_accounts_slot(
 ) -> None:
     seed(cluster_admin, ["acme"])
     now = int(time.time())
-    assert cluster_admin.store.charge("acme", 3, now=now).allowed
+    assert cluster_admin.store.charge(ChargeRequest("acme", 3, now=now)).allowed
     keys = cluster_admin.store.keys.account("acme")
     names = [keys.state, keys.ledger, keys.idempotency, keys.usage(now)]
     slots = {key_slot(name.encode()) for name in names}
@@ -182,12 +183,12 @@ def test_cluster_reloads_the_scripts_after_script_flush_on_every_master(
     cluster: RedisClusterServers, cluster_admin: Admin
 ) -> None:
     seed(cluster_admin, ["acme", "bravo"])
-    assert cluster_admin.store.charge("acme", 1, now=int(time.time())).allowed
+    assert cluster_admin.store.charge(ChargeRequest("acme", 1, now=int(time.time()))).allowed
     for server in cluster.servers:
         with server.client() as node:
             node.script_flush()
-    assert cluster_admin.store.charge("acme", 1, now=int(time.time())).balance == 98
-    assert cluster_admin.store.charge("bravo", 1, now=int(time.time())).balance == 99
+    assert cluster_admin.store.charge(ChargeRequest("acme", 1, now=int(time.time()))).balance == 98
+    assert cluster_admin.store.charge(ChargeRequest("bravo", 1, now=int(time.time()))).balance == 99
 
 
 def test_cluster_store_built_while_the_cluster_is_unreachable_works_once_it_answers(
@@ -201,11 +202,11 @@ def test_cluster_store_built_while_the_cluster_is_unreachable_works_once_it_answ
             parse_redis({**cluster_record(cluster), "connect_timeout": 100, "read_timeout": 100})
         )
         with pytest.raises(StoreError):
-            store.charge("acme", 1, now=int(time.time()))
+            store.charge(ChargeRequest("acme", 1, now=int(time.time())))
     finally:
         for server in cluster.servers:
             server.resume()
-    assert store.charge("acme", 1, now=int(time.time())).balance == 99
+    assert store.charge(ChargeRequest("acme", 1, now=int(time.time()))).balance == 99
     store.close()
 
 
@@ -243,7 +244,7 @@ def test_sentinel_charges_on_the_master_the_sentinels_name(sentinels: SentinelSe
     admin = Admin(RedisStore.from_settings(parse_redis(sentinel_record(sentinels))))
     try:
         seed(admin, ["acme"])
-        assert admin.store.charge("acme", 4, now=int(time.time())).balance == 96
+        assert admin.store.charge(ChargeRequest("acme", 4, now=int(time.time()))).balance == 96
         with sentinels.master.client() as master:
             assert int(master.hget(admin.store.keys.account("acme").state, "balance") or 0) == 96
     finally:

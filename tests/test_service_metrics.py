@@ -7,6 +7,7 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 
 from creditgate.core.config import RedisSettings
+from creditgate.core.policy import ChargeRequest
 from creditgate.store.redis_store import RedisStore
 from tests.service_support import READ_TOKEN, running_service
 
@@ -20,9 +21,11 @@ def test_a_scrape_reports_todays_requests_credits_and_refusals_by_route(
         api.call("POST", "/v1/accounts/acme/grants", json={"amount": 5}, headers={"Idempotency-Key": "k"})
         now = int(time.time())
         for _ in range(3):
-            assert store.charge("acme", 4, now=now, route="route:search").allowed  # 12 of 15
-        assert not store.charge("acme", 4, now=now, route="route:search").allowed  # 3 left: refused
-        assert store.charge("acme", 1, now=now, route="route:chat").allowed
+            assert store.charge(ChargeRequest("acme", 4, now=now, route="route:search")).allowed  # 12 of 15
+        assert not store.charge(
+            ChargeRequest("acme", 4, now=now, route="route:search")
+        ).allowed  # 3 left: refused
+        assert store.charge(ChargeRequest("acme", 1, now=now, route="route:chat")).allowed
 
         scrape = api.call("GET", "/metrics", token=READ_TOKEN)
         assert scrape.headers["content-type"].startswith("text/plain")

@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from creditgate import handler
+from creditgate.core import policy
 from creditgate.core.balance import balance_answer
 from creditgate.core.config import AccountBy, GateConfig
 from creditgate.core.decision import Reason, failure
 from creditgate.errors import StoreDataError, StoreError
-from creditgate.store.keys import account_name
 from creditgate.store.redis_store import RedisStore
 
 
@@ -29,7 +29,7 @@ def balance_access(gate: handler.Gate, kong: Any) -> bool:
     """The access phase of a balance entry: always ends the request. Never raises."""
     config, store = gate.config, gate.store
     assert config is not None and store is not None  # the gate answers an invalid config itself
-    action: handler.Action
+    action: policy.Action
     try:
         if config.account_by is AccountBy.CREDENTIAL_ID:
             identity = kong.client.get_credential()
@@ -37,28 +37,20 @@ def balance_access(gate: handler.Gate, kong: Any) -> bool:
             identity = kong.client.get_consumer()
         action = _answer(config, store, identity)
     except Exception as error:
-        action = gate._internal_error(error)
+        action = policy.internal_error(config, error)
     return gate._apply(kong, action)
 
 
-def _answer(config: GateConfig, store: RedisStore, identity: Mapping[str, Any] | None) -> handler.Action:
+def _answer(config: GateConfig, store: RedisStore, identity: Mapping[str, Any] | None) -> policy.Action:
     """No PDK call in here: the identity in, the answer out."""
-    name = handler.Gate._account(identity, config.account_by)
-    if name is None:
-        return handler.Refuse(
-            failure(
-                Reason.UNAUTHENTICATED,
-                "This API needs an authenticated consumer; send your API credentials.",
-                type_base=config.problem_type_base,
-            )
-        )
-    payer, member = account_name(config.account_namespace, name), ""
-    if config.pool_tag_prefix:
-        payer, member = handler.Gate._payer(identity, payer, config.pool_tag_prefix)
+    paying = policy.who_pays(config, identity)
+    if paying is None:
+        return policy.unauthenticated(config)
+    payer, member = paying
     try:
         view = store.balance(payer, member)
     except StoreDataError as error:
-        return handler.Refuse(
+        return policy.Refuse(
             failure(
                 Reason.ACCOUNT_DATA_INVALID,
                 "The account's billing data is invalid, so its balance cannot be shown; "
@@ -68,7 +60,7 @@ def _answer(config: GateConfig, store: RedisStore, identity: Mapping[str, Any] |
             log=f"credit-gate: balance of account '{payer}' answered 500, {error}",
         )
     except StoreError as error:
-        return handler.Refuse(
+        return policy.Refuse(
             failure(
                 Reason.STORE_UNAVAILABLE,
                 "Billing is temporarily unavailable, so the balance cannot be shown. Retry shortly.",
@@ -78,4 +70,4 @@ def _answer(config: GateConfig, store: RedisStore, identity: Mapping[str, Any] |
             log=f"credit-gate: store unavailable, balance answered 503: {error}",
         )
     # Refuse is the gate's "end the request with this answer": here a 200, applied the same way.
-    return handler.Refuse(balance_answer(view, payer, member, config.warnings))
+    return policy.Refuse(balance_answer(view, payer, member, config.warnings))

@@ -1,5 +1,9 @@
 """The Kong side of the gate: read who is calling, charge, and apply the decision.
 
+The decision is the core's (``core/policy.py``: who pays, what is charged, shadow mode, the failure
+policy, the headers, what the log phase gives back); this module reads the request from Kong, makes
+the one store call, and tells Kong the answer.
+
 Rules this module keeps, all from kong-pdk 0.36 and Kong's plugin-server protocol:
 
 - The first thing a phase does is a PDK call. kong-pdk holds a server-wide lock from the start of an
@@ -22,33 +26,18 @@ Rules this module keeps, all from kong-pdk 0.36 and Kong's plugin-server protoco
 from __future__ import annotations
 
 import collections
-import json
-import math
 import sys
 import threading
 import weakref
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from creditgate import balance_route
+from creditgate.core import policy
 from creditgate.core.config import AccountBy, GateConfig, RedisSettings, Role, parse_config
-from creditgate.core.decision import (
-    ChargeResult,
-    Problem,
-    Reason,
-    client_headers,
-    failure,
-    rate_limit_headers,
-    refusal,
-    shadow_headers,
-    upstream_headers,
-    warning_headers,
-)
-from creditgate.core.pricing import parse_settled_cost
-from creditgate.core.schema import PROBLEM_TYPE_BASE as DEFAULT_TYPE_BASE
-from creditgate.errors import ConfigError, StoreDataError, StoreError
+from creditgate.core.policy import IDEMPOTENCY_HEADER, Action, Refuse, RequestFacts
+from creditgate.errors import ConfigError, StoreError
 from creditgate.store.breaker import BreakerState, CircuitBreaker
-from creditgate.store.keys import account_name
 from creditgate.store.redis_store import RedisStore
 
 StoreKey = tuple[RedisSettings, str, int, int]
@@ -151,45 +140,6 @@ def _breaker_changed(old: BreakerState, new: BreakerState, why: str) -> None:
 STORES = _StoreRegistry()
 
 
-class Proxy(NamedTuple):
-    """Let the request through with these headers."""
-
-    upstream: dict[str, str]
-    client: dict[str, str] | None
-    route_to: str | None = None
-    log: str | None = None
-    log_level: str = "warn"
-    charge: str | None = None  # recorded in kong.ctx.shared for the log phase
-
-
-class Refuse(NamedTuple):
-    """End the request with this problem."""
-
-    problem: Problem
-    log: str | None = None
-    log_level: str = "err"
-
-
-Action = Proxy | Refuse
-
-
-class RequestFacts(NamedTuple):
-    """What the access phase read from Kong: the identity always, the rest only when a feature needs it."""
-
-    identity: Mapping[str, Any] | None
-    method: str = ""
-    path: str = ""
-    idempotency_key: str | None = None
-
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-# The field of Kong's consumer (or credential) entity that names the account.
-ACCOUNT_FIELD = {
-    AccountBy.CONSUMER_ID: "id",
-    AccountBy.CONSUMER_USERNAME: "username",
-    AccountBy.CONSUMER_CUSTOM_ID: "custom_id",
-    AccountBy.CREDENTIAL_ID: "id",
-}
 # The key of kong.ctx.shared under which the access phase records the charge the log phase may settle.
 # kong.ctx.shared lives as long as the request, and Kong hands the same table to the log timer
 # (kong/runloop/plugin_servers/plugin.lua: ``ctx_shared = kong.ctx.shared`` in the data saved for
@@ -197,27 +147,6 @@ ACCOUNT_FIELD = {
 # sent upstream is seen by an upstream that echoes requests, and a request header in the log phase
 # is whatever the client sent.
 CHARGE_CONTEXT_KEY = "credit-gate.charge"
-
-
-def charge_record(account: str, charge_id: str, cost: int) -> str:
-    """What the access phase records of a charge: a JSON text (the context holds Lua values)."""
-    return json.dumps([account, charge_id, cost], separators=(",", ":"))
-
-
-def read_charge_record(record: object) -> tuple[str, str, int] | None:
-    """The (account, charge id, cost) of a record, or None when there is none or it is not one of ours."""
-    if not isinstance(record, str):
-        return None
-    try:
-        value = json.loads(record)
-    except ValueError:
-        return None
-    if not (isinstance(value, list) and len(value) == 3):
-        return None
-    account, charge_id, cost = value
-    if not (isinstance(account, str) and isinstance(charge_id, str) and type(cost) is int and cost >= 0):
-        return None
-    return account, charge_id, cost
 
 
 def _stderr(message: str) -> None:
@@ -268,9 +197,21 @@ NOTICES = _Notices()
 
 
 class Gate:
-    """One plugin instance: its parsed config and its store. Never raises."""
+    """One plugin instance: its parsed config and its store. Never raises.
 
-    def __init__(self, raw_config: Mapping[str, Any], *, log_phase: bool = False) -> None:
+    ``clock`` (Unix seconds) decides the charges' and settlements' time instead of Redis's own clock:
+    for tests, which then need not wait on the wall clock. Kong's instances never get one, so that
+    one clock, Redis's, decides for every gateway node.
+    """
+
+    def __init__(
+        self,
+        raw_config: Mapping[str, Any],
+        *,
+        log_phase: bool = False,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.clock = clock
         self.config: GateConfig | None = None
         self.config_error: str | None = None
         self.store: RedisStore | None = None
@@ -311,7 +252,7 @@ class Gate:
         try:
             action = self._decide(facts)
         except Exception as error:
-            action = self._internal_error(error)
+            action = policy.internal_error(self.config, error)
         return self._apply(kong, action)
 
     def _read_request(self, kong: Any) -> RequestFacts:
@@ -334,146 +275,20 @@ class Gate:
     # The decision: no PDK calls below this line until _apply.
 
     def _decide(self, facts: RequestFacts | Exception) -> Action:
+        """The core's policy around the one store call."""
         if isinstance(facts, Exception):
-            return self._internal_error(facts)
-        config = self.config
-        if config is None or self.store is None:
-            return Refuse(
-                failure(
-                    Reason.MISCONFIGURED,
-                    "The gateway's billing configuration is invalid; the operator has been told.",
-                    type_base=DEFAULT_TYPE_BASE,
-                ),  # the cause is in Kong's log once (NOTICES), not once per request
-            )
-        identity = self._account(facts.identity, config.account_by)
-        account = None if identity is None else account_name(config.account_namespace, identity)
-        if account is None:
-            return Refuse(
-                failure(
-                    Reason.UNAUTHENTICATED,
-                    "This API needs an authenticated consumer; send your API credentials.",
-                    type_base=config.problem_type_base,
-                )
-            )
-        payer, member = (account, "")
-        if config.pool_tag_prefix:
-            payer, member = self._payer(facts.identity, account, config.pool_tag_prefix)
-        pricing = config.pricing
-        cost = pricing.cost_of(facts.method, facts.path) if pricing.rules else pricing.cost
+            return policy.internal_error(self.config, facts)
+        config, store = self.config, self.store
+        if config is None or store is None:
+            return policy.misconfigured()
+        request = policy.charge_request(config, facts, None if self.clock is None else int(self.clock()))
+        if request is None:
+            return policy.unauthenticated(config)
         try:
-            result = self.store.charge(
-                payer,
-                cost,
-                entitled=config.plans,
-                route=config.route,
-                ledger_retention=config.ledger_retention,
-                shadow=not config.enforce,
-                idempotency_key=facts.idempotency_key,
-                idempotency_window=config.idempotency_window,
-                member=member,
-                hold_seconds=config.settle_timeout if config.settle_header else 0,
-                settle_window=max(config.settle_timeout, 86_400) if config.needs_log_phase else 0,
-            )
-        except StoreDataError as error:  # Redis is up, the data is wrong: refused, fault_tolerant or not
-            return Refuse(
-                failure(
-                    Reason.ACCOUNT_DATA_INVALID,
-                    "The account's billing data is invalid, so the request was not processed; "
-                    "the operator has been told.",
-                    type_base=config.problem_type_base,
-                ),
-                log=f"credit-gate: account '{payer}' refused with 500, {error}",
-            )
+            result = store.charge(request)
         except StoreError as error:
-            return self._store_failure(config, payer, member, error)
-        if not config.enforce:
-            return self._shadow(config, payer, member, result)
-        return self._act(config, payer, member, result)
-
-    @staticmethod
-    def _account(identity: Mapping[str, Any] | None, by: AccountBy) -> str | None:
-        if not identity or (type(identity) is not dict and not isinstance(identity, Mapping)):
-            return None  # (Kong's entity arrives as a dict: the exact check spares the ABC's)
-        value = identity.get(ACCOUNT_FIELD[by])
-        return value if isinstance(value, str) and value else None
-
-    @staticmethod
-    def _payer(identity: Mapping[str, Any] | None, account: str, prefix: str) -> tuple[str, str]:
-        """The account that pays and the pool member, from the tags Kong has on the consumer or credential.
-
-        A consumer tagged ``<prefix><pool>`` draws from the pool's account; no Redis lookup needed.
-        """
-        if identity:
-            for tag in identity.get("tags") or ():
-                if isinstance(tag, str) and tag.startswith(prefix) and len(tag) > len(prefix):
-                    return tag[len(prefix) :], account
-        return account, ""
-
-    def _act(self, config: GateConfig, payer: str, member: str, result: ChargeResult) -> Action:
-        if result.allowed:
-            upstream = upstream_headers(payer, result, member)
-            charge = None
-            if config.needs_log_phase and result.charge_id and not result.replayed:
-                charge = charge_record(payer, result.charge_id, result.cost)
-            client = {} if config.hide_client_headers else client_headers(result)
-            if config.warnings.enabled:
-                client.update(warning_headers(result, config.warnings))
-            if config.rate_limit_headers:
-                client.update(rate_limit_headers(result))
-            return Proxy(upstream=upstream, client=client or None, route_to=config.upstream, charge=charge)
-        problem = refusal(
-            result,
-            type_base=config.problem_type_base,
-            payment_url=config.payment_url,
-            entitled=config.plans,
-        )
-        if config.rate_limit_headers:
-            problem.headers.update(rate_limit_headers(result))
-        return Refuse(problem)
-
-    def _shadow(self, config: GateConfig, payer: str, member: str, result: ChargeResult) -> Action:
-        """Shadow mode: say what would have happened, refuse and charge nothing."""
-        log = None
-        if not result.allowed:
-            assert result.reason is not None
-            log = f"credit-gate shadow: would refuse account '{payer}' with {result.reason.value}"
-        return Proxy(
-            upstream=upstream_headers(payer, None, member),
-            client=shadow_headers(result),
-            route_to=config.upstream,
-            log=log,
-            log_level="notice",
-        )
-
-    def _store_failure(self, config: GateConfig, payer: str, member: str, error: StoreError) -> Action:
-        if config.fault_tolerant or not config.enforce:
-            return Proxy(
-                upstream=upstream_headers(payer, None, member),
-                client=None,
-                route_to=config.upstream,
-                log=f"credit-gate: store unavailable, request proxied UNMETERED: {error}",
-            )
-        return Refuse(
-            failure(
-                Reason.STORE_UNAVAILABLE,
-                "Billing is temporarily unavailable, so the request was not processed. Retry shortly.",
-                type_base=config.problem_type_base,
-                # While the breaker cools down, retrying sooner only meets another 503.
-                retry_after_seconds=max(1, math.ceil(error.retry_after_ms / 1000)),
-            ),
-            log=f"credit-gate: store unavailable, request refused with 503: {error}",
-        )
-
-    def _internal_error(self, error: BaseException) -> Refuse:
-        type_base = self.config.problem_type_base if self.config else DEFAULT_TYPE_BASE
-        return Refuse(
-            failure(
-                Reason.INTERNAL_ERROR,
-                "The gateway could not process the request's billing; nothing was charged.",
-                type_base=type_base,
-            ),
-            log=f"credit-gate: internal error, request refused with 500: {type(error).__name__}: {error}",
-        )
+            return policy.store_failed(config, request, error)
+        return policy.decided(config, request, result)
 
     # Applying the decision: the last PDK calls of the event.
 
@@ -520,38 +335,28 @@ class Gate:
         record = kong.ctx.shared.get(CHARGE_CONTEXT_KEY)
         if record is None:
             return  # this request charged nothing: refused, replayed, free or unmetered
-        charge = read_charge_record(record)
+        charge = policy.read_charge_record(record)
         if charge is None:
             kong.log.warn(f"credit-gate: {CHARGE_CONTEXT_KEY} in kong.ctx.shared is not a charge record")
             return
         account, charge_id, held = charge
-        status = kong.response.get_status()
-        if config.refund is not None and config.refund.refunds(status):
-            final, refund, note = 0, True, None
-        elif config.settle_header:
-            raw = kong.response.get_header(config.settle_header)
-            final, problem = parse_settled_cost(raw, held)
-            refund, note = (
-                False,
-                (
-                    f"settle header {config.settle_header}: {problem}; settled at the hold"
-                    if problem
-                    else None
-                ),
-            )
-        else:
+        refund = policy.refunds(config, kong.response.get_status())
+        if not refund and not config.settle_header:
             return
-        if note:
-            kong.log.warn(f"credit-gate: {note}")
-        if final == held:
+        reported = None if refund else kong.response.get_header(config.settle_header)
+        settlement = policy.settlement(config, held, refund=refund, reported=reported)
+        if settlement.note:
+            kong.log.warn(f"credit-gate: {settlement.note}")
+        if settlement.final == held:
             return  # nothing to give back
         try:
             outcome = store.settle(
                 account,
                 charge_id,
-                final,
-                refund=refund,
-                window_seconds=max(config.settle_timeout, 86_400) if refund else config.settle_timeout,
+                settlement.final,
+                refund=settlement.refund,
+                now=None if self.clock is None else int(self.clock()),
+                window_seconds=settlement.window_seconds,
                 ledger_retention=config.ledger_retention,
             )
         except StoreError as error:

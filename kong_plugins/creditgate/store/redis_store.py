@@ -31,11 +31,12 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.model import Plan, Status, Subscription
 from creditgate.core.periods import Period
+from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreTimeout, StoreUnavailable
 from creditgate.store import topology
 from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.hot_path import HotPath
-from creditgate.store.keys import Keys, account_keys, slot_marker, store_markers
+from creditgate.store.keys import AccountKeys, Keys, account_keys, slot_marker, store_markers
 
 T = TypeVar("T")
 
@@ -83,40 +84,84 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _charge_result(reply: Sequence[Any]) -> ChargeResult:
-    """Read charge.lua's fixed-shape reply (integers arrive as ints, strings as str)."""
-    (allowed, reason, plan, status, cost, balance, allowance, remaining, period_start, period_end,
-     starts_at, expires_at, now, from_allowance, from_balance, charge_id, _, replayed, member_used,
-     member_cap) = reply  # fmt: skip
-    reason_text = reason or ""
-    if reason_text == "deadline_passed":
-        raise StoreTimeout("Redis ran the charge after the caller's deadline; nothing was charged")
-    if reason_text == "store_empty":
-        raise StoreEmpty(
+# A named tuple's own __new__ is a Python function (collections.namedtuple writes one): the reply is
+# decoded on every request, so it goes to tuple's, at half the cost.
+_charge_result = cast(Callable[[tuple[Any, ...]], ChargeResult], partial(tuple.__new__, ChargeResult))
+
+
+def _charge_arguments(
+    request: ChargeRequest, keys: AccountKeys, marker: str, deadline: int
+) -> tuple[list[str], list[Any]]:
+    """charge.lua's KEYS and ARGV for a request (see the script's header), with the account's keys,
+    its slot's store marker and the deadline on Redis's clock."""
+    (_account, cost, now, entitled, route, ledger_retention, shadow, idempotency_key, idempotency_window,
+     member, hold_seconds, settle_window) = request  # fmt: skip
+    window = idempotency_window if idempotency_key else 0
+    return [
+        keys.state,
+        keys.ledger,
+        keys.usage(int(time.time()) if now is None else now),
+        # Unused by the script without a key: any key of the account's slot will do. The key is
+        # bound to the route and the cost, so that a key paid for on a cheap route cannot let a
+        # dearer request through.
+        keys.request(f"{route}\0{cost}\0{idempotency_key}") if window else keys.members,
+        keys.members,
+        keys.holds,
+        keys.holds_index,
+        marker,
+    ], [
+        "" if now is None else now,
+        cost,
+        ",".join(entitled),
+        route,
+        ledger_retention,
+        USAGE_TTL_SECONDS,
+        deadline,
+        "shadow" if shadow else "charge",
+        window,
+        member,
+        hold_seconds,
+        settle_window,
+    ]
+
+
+def _charge_reply(reply: Sequence[Any]) -> tuple[int, ChargeResult | StoreError]:
+    """charge.lua's reply, read by name in the one order the script writes it (``answer`` there):
+    Redis's clock in milliseconds, and the decision, or the error that a reason only the store sees
+    stands for. Integers arrive as ints, strings as str."""
+    (allowed, reason, plan, status, cost, balance, allowance, allowance_remaining, period_end, starts_at,
+     expires_at, now, from_allowance, from_balance, charge_id, period_start, replayed, member_used,
+     member_cap, redis_ms) = reply  # fmt: skip
+    if reason == "deadline_passed":
+        return redis_ms, StoreTimeout("Redis ran the charge after the caller's deadline; nothing was charged")
+    if reason == "store_empty":
+        return redis_ms, StoreEmpty(
             "Redis holds no credit-gate data (no store marker): it was emptied (a restart without "
             "persistence, a flush) or is not the configured database; restore it, see docs/redis.md"
         )
-    # Positional, in the order of ChargeResult's fields: built on every request, at half the cost.
-    return ChargeResult(
-        allowed == 1,
-        Reason(reason_text) if reason_text else None,
-        plan,
-        status,
-        cost,
-        balance,
-        allowance,
-        remaining,
-        period_end,
-        starts_at,
-        expires_at,
-        now,
-        from_allowance,
-        from_balance,
-        charge_id,
-        period_start,
-        replayed == 1,
-        member_used,
-        member_cap,
+    # In the reply's order, which is ChargeResult's: built on every request, with tuple's own __new__.
+    return redis_ms, _charge_result(
+        (
+            allowed == 1,
+            Reason(reason) if reason else None,
+            plan,
+            status,
+            cost,
+            balance,
+            allowance,
+            allowance_remaining,
+            period_end,
+            starts_at,
+            expires_at,
+            now,
+            from_allowance,
+            from_balance,
+            charge_id,
+            period_start,
+            replayed == 1,
+            member_used,
+            member_cap,
+        )
     )
 
 
@@ -392,68 +437,20 @@ class RedisStore:
 
     # The hot path: one script, one round trip.
 
-    def charge(
-        self,
-        account: str,
-        cost: int,
-        *,
-        now: int | None = None,
-        entitled: Sequence[str] = (),
-        route: str = "global",
-        ledger_retention: int = DEFAULT_LEDGER_RETENTION,
-        shadow: bool = False,
-        idempotency_key: str | None = None,
-        idempotency_window: int = 0,
-        member: str = "",
-        hold_seconds: int = 0,
-        settle_window: int = 0,
-    ) -> ChargeResult:
-        """Decide and charge one request in one script (see charge.lua for the rules).
-
-        ``now`` None (the gate): Redis's own clock decides, so that every gateway node sees the same
-        periods; a given ``now`` (operators' tools with their own clock, tests) overrides it.
-        ``settle_window`` > 0 keeps what settling the charge needs for that many seconds.
-
-        An idempotency key answers only for a retry of the same route at the same cost: the key is
-        bound to both, so a key paid for on a cheap route cannot let a dearer request through.
-        """
-        keys = self._account_keys(account)
-        window = idempotency_window if idempotency_key else 0
-        marker = self._marker(account)  # on a Cluster the first call builds the slot table: not timed
+    def charge(self, request: ChargeRequest) -> ChargeResult:
+        """Decide and charge one request in one script (see charge.lua for the rules)."""
+        keys = self._account_keys(request.account)
+        marker = self._marker(request.account)  # on a Cluster the first call builds the slot table: not timed
         if self.clock.offset_ms is None and self.charge_budget_ms > 0:
             self._learn_clock(keys.state)
         sent_ms = time.time() * 1000
         deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
-        reply = self._guarded(
-            self._send_charge,
-            [
-                keys.state,
-                keys.ledger,
-                keys.usage(int(time.time()) if now is None else now),
-                # Unused by the script without a key: any key of the account's slot will do.
-                keys.request(f"{route}\0{cost}\0{idempotency_key}") if window else keys.members,
-                keys.members,
-                keys.holds,
-                keys.holds_index,
-                marker,
-            ],
-            [
-                "" if now is None else now,
-                cost,
-                ",".join(entitled),
-                route,
-                ledger_retention,
-                USAGE_TTL_SECONDS,
-                deadline,
-                "shadow" if shadow else "charge",
-                window,
-                member,
-                hold_seconds,
-                settle_window,
-            ],
-        )
-        self.clock.observe(int(reply[16]), sent_ms, time.time() * 1000)
-        return _charge_result(reply)
+        reply = self._guarded(self._send_charge, *_charge_arguments(request, keys, marker, deadline))
+        redis_ms, outcome = _charge_reply(reply)
+        self.clock.observe(redis_ms, sent_ms, time.time() * 1000)
+        if isinstance(outcome, StoreError):
+            raise outcome
+        return outcome
 
     def _marker(self, account: str) -> str:
         if isinstance(self.client, topology.LazyCluster):

@@ -23,10 +23,12 @@
 --          the holds hash that long), 0 = never settled
 --
 -- Returns {allowed (1|0), reason ("" when allowed), plan, status, cost, balance, allowance,
---          allowance_remaining, period_start, period_end, starts_at, expires_at, now, from_allowance,
---          from_balance, ledger id ("" when nothing was charged), Redis's clock in milliseconds,
---          replayed (1 when an earlier charge with this idempotency key answered), member_used,
---          member_cap (-1: no cap)}
+--          allowance_remaining, period_end, starts_at, expires_at, now, from_allowance, from_balance,
+--          charge_id (the ledger id, "" when nothing was charged), period_start, replayed (1 when an
+--          earlier charge with this idempotency key answered), member_used, member_cap (-1: no cap),
+--          redis_ms (Redis's clock in milliseconds)}: the fields of ChargeResult in its order, then
+--          Redis's clock, written by `answer` only and read by name by one Python function
+--          (_charge_reply in redis_store.py)
 -- or the error reply "BADDATA <key> <field>: ..." (see _lib.lua), with nothing written. An account
 -- without a subscription in a Redis without the store marker answers reason "store_empty" with nothing
 -- written: a Redis restarted empty is told from an account that never subscribed.
@@ -63,8 +65,22 @@ local member = ARGV[10]
 local hold_seconds = arg_int(11, 0, 1e12)
 local settle_window = arg_int(12, 0, 1e12)
 
+-- The account's figures the reply carries, at what a charge that has read nothing answers; read below.
+local plan, status, balance, allowance, used = '', '', 0, 0, 0
+local period_start, period_end, starts_at, expires_at = 0, 0, 0, 0
+local member_used, member_cap = 0, -1
+
+-- The reply, in the one order of the header's "Returns".
+local function answer(allowed, reason, from_allowance, from_balance, charge_id, replayed)
+  local allowance_remaining = allowance - used
+  if allowance_remaining < 0 then allowance_remaining = 0 end
+  return {allowed, reason, plan, status, cost, balance, allowance, allowance_remaining, period_end,
+          starts_at, expires_at, now, from_allowance, from_balance, charge_id, period_start, replayed,
+          member_used, member_cap, redis_ms}
+end
+
 if deadline > 0 and redis_ms > deadline then
-  return {0, 'deadline_passed', '', '', cost, 0, 0, 0, 0, 0, 0, 0, now, 0, 0, '', redis_ms, 0, 0, -1}
+  return answer(0, 'deadline_passed', 0, 0, '', 0)
 end
 
 -- Read and check everything.
@@ -81,23 +97,21 @@ local f = redis.call('HMGET', account_key,
   'plan', 'status', 'starts_at', 'anchor', 'expires_at', 'period', 'allowance', 'prepaid',
   'balance', 'used', 'period_start', 'period_end')
 local K = account_key
-local plan = f[1] or ''
-local status = read_word(K, 'status', f[2], '', STATUSES)
-local starts_at = read_int(K, 'starts_at', f[3], 0, 0, MAX_INSTANT)
+plan = f[1] or ''
+status = read_word(K, 'status', f[2], '', STATUSES)
+starts_at = read_int(K, 'starts_at', f[3], 0, 0, MAX_INSTANT)
 local anchor = read_int(K, 'anchor', f[4], starts_at, 0, MAX_INSTANT)
-local expires_at = read_int(K, 'expires_at', f[5], 0, 0, MAX_INSTANT)
+expires_at = read_int(K, 'expires_at', f[5], 0, 0, MAX_INSTANT)
 local period = read_word(K, 'period', f[6], 'none', PERIODS)
-local allowance = read_int(K, 'allowance', f[7], 0, 0, MAX_CREDITS)
+allowance = read_int(K, 'allowance', f[7], 0, 0, MAX_CREDITS)
 local prepaid = read_word(K, 'prepaid', f[8], '0', FLAGS) == '1'
-local balance = read_int(K, 'balance', f[9], 0, 0, MAX_CREDITS)
-local used = read_int(K, 'used', f[10], 0, 0, MAX_CREDITS)
-local period_start = read_int(K, 'period_start', f[11], 0, 0, MAX_INSTANT)
-local period_end = read_int(K, 'period_end', f[12], 0, 0, MAX_INSTANT)
+balance = read_int(K, 'balance', f[9], 0, 0, MAX_CREDITS)
+used = read_int(K, 'used', f[10], 0, 0, MAX_CREDITS)
+period_start = read_int(K, 'period_start', f[11], 0, 0, MAX_INSTANT)
+period_end = read_int(K, 'period_end', f[12], 0, 0, MAX_INSTANT)
 if period_end ~= 0 and period_end <= period_start then
   bad(K, 'period_end', 'is not after period_start')
 end
-local member_used = 0
-local member_cap = -1
 
 local function usage_name(field)
   return route .. '|' .. field
@@ -150,14 +164,6 @@ local function count_usage(field, amount)
     end
   end
   redis.call('HINCRBY', usage_key, name, fmt(amount))
-end
-
-local function answer(allowed, reason, from_allowance, from_balance, ledger_id, replayed)
-  local remaining = allowance - used
-  if remaining < 0 then remaining = 0 end
-  return {allowed, reason, plan, status, cost, balance, allowance, remaining, period_start, period_end,
-          starts_at, expires_at, now, from_allowance, from_balance, ledger_id, redis_ms, replayed,
-          member_used, member_cap}
 end
 
 local function refuse(reason)
