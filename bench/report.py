@@ -253,7 +253,8 @@ def verdicts(
             Verdict(
                 "instructions per allowed request with several processes <= 1 process's, 16 and 64 in flight",
                 "; ".join(
-                    f"{_family(cell)}, {cell.processes} processes, {cell.concurrency} in flight: {x:.3f}x"
+                    f"{_family(cell)}, {cell.processes} processes, {cell.concurrency} in flight: {x:.3f}x "
+                    f"(windows spread {cell.spread * 100:.1f}%)"
                     for cell, x in against_one
                 ),
                 all(x <= 1.0 for x in at_load) if at_load else None,
