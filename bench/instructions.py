@@ -111,7 +111,7 @@ class InstructionCell:
     path: str
     processes: int
     requests: int
-    paced: bool
+    paced: bool  # each message sent once the server sleeps (1 in flight): see the module's docstring
     per_request: list[float] = field(default_factory=list)  # one per window
     errors: int = 0
     first_error: str | None = None
