@@ -8,7 +8,8 @@ With ``--round-trip`` the server adds, between those calls, the one Redis round 
 makes: charge.lua's EVALSHA with the gate's keys and arguments, through the gate's own connection
 (``creditgate.store.hot_path``), its reply read and thrown away. What that costs above the baseline
 is the round trip alone; what the gate costs above it is the gate's own logic. Its config names the
-Redis (``redis_port``, or ``redis_socket`` for the unix socket).
+Redis (``redis_port``, or ``redis_socket`` for the unix socket) and its ``redis_read_timeout``
+(milliseconds, the gate's as the benchmark configures it).
 
 Run as a script with kong-pdk's flags (``--kong-prefix``, ``--socket-name``, ``-g``, ``-m``); it adds
 ``--no-lua-style`` as ``credit-gate-pluginserver`` does. It imports kong-pdk, and runs on the same
@@ -29,6 +30,7 @@ ROUND_TRIP_FLAG = "--round-trip"
 ROUND_TRIP_SCHEMA: list[dict[str, Any]] = [
     {"redis_port": {"type": "integer", "default": 6379, "required": True}},
     {"redis_socket": {"type": "string"}},
+    {"redis_read_timeout": {"type": "integer", "default": 2_000, "required": True}},
 ]
 ROUTE = "bench-route"
 
@@ -73,7 +75,7 @@ class RoundTripPlugin(Plugin):
             host="127.0.0.1",
             port=int(config["redis_port"]),
             socket_path=config.get("redis_socket") or None,
-            read_timeout=2_000,
+            read_timeout=int(config["redis_read_timeout"]),
         )
         self.store = RedisStore.from_settings(settings)
         assert self.store.hot_path is not None, "a standalone Redis without TLS has the gate's hot path"

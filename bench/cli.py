@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.instructions import InstructionCell, instructions
 from bench.procs import MODE_FLAGS, BenchError, machine
 from bench.report import as_json, markdown
 from bench.runner import Bench, LongResult, OverspendResult, Settings
@@ -95,6 +96,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overspend-requests", type=_positive, default=defaults.overspend_requests)
     p.add_argument("--overspend-concurrency", type=_positive, default=defaults.overspend_concurrency)
     p.add_argument("--overspend-servers", type=_positive, default=defaults.overspend_servers)
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="user-space instructions per request, each server under valgrind's callgrind (slow: "
+        "use --instruction-requests, --repeat and --concurrency to bound it)",
+    )
+    p.add_argument(
+        "--instruction-requests",
+        type=_positive,
+        default=defaults.instruction_requests,
+        help="per window of --instructions (default: %(default)s)",
+    )
     p.add_argument("--json", type=Path, help="also write the raw results as JSON to this path")
     return p
 
@@ -131,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         overspend_requests=args.overspend_requests,
         overspend_concurrency=args.overspend_concurrency,
         overspend_servers=args.overspend_servers,
+        instructions=args.instructions,
+        instruction_requests=args.instruction_requests,
     )
     command = command_line(args_list)
     about = machine()
@@ -138,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     longs: list[LongResult] = []
     overspends: list[OverspendResult] = []
+    counted: list[InstructionCell] = []
     try:
         with Bench(settings) as bench:
             cells = bench.table() if settings.table else []
@@ -145,13 +161,15 @@ def main(argv: list[str] | None = None) -> None:
                 longs = bench.long()
             if settings.overspend:
                 overspends = bench.overspend()
+            if settings.instructions:
+                counted = instructions(bench)
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         sys.exit(2)
     print(f"# finished in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
-    print(markdown(command, about, settings, cells, longs, overspends), end="")
+    print(markdown(command, about, settings, cells, longs, overspends, counted), end="")
     if args.json:
-        payload = as_json(command, about, settings, cells, longs, overspends)
+        payload = as_json(command, about, settings, cells, longs, overspends, counted)
         payload["duration_seconds"] = round(time.monotonic() - started, 1)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nRaw results: {os.fspath(args.json)}")

@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import math
 import multiprocessing
+import os
 import selectors
 import socket
 import time
@@ -33,6 +34,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
+
+from bench.procs import process_tree
 
 ACCESS = "access"
 
@@ -86,6 +89,11 @@ class Job:
     concurrency: int
     timeout: float
     target_offset: int = 0
+    # A server's pid: before each message, wait until every thread of it and of its children sleeps,
+    # so that the message finds the server waiting for it. A server that finds a message already there
+    # reads it without waiting, a shorter path: otherwise the instructions per request would depend on
+    # who was quicker (``--instructions``, at 1 in flight). 0: send at once.
+    wait_idle: int = 0
 
 
 @dataclass
@@ -173,6 +181,7 @@ class _Driver:
         self.remaining = 0
         self.active = 0
         self.sampled: _Slot | None = None
+        self.idle_stats: list[str] = []  # /proc stat files of the server's threads (Job.wait_idle)
         self.instances: dict[Target, int] = {}  # this process's instances, kept between jobs
 
     def instance_id(self, target: Target, timeout: float) -> int:
@@ -210,6 +219,8 @@ class _Driver:
         conn.slot = slot
         conn.msg_id = next(self.msg_ids)
         slot.trips += 1
+        if self.idle_stats:
+            _wait_idle(self.idle_stats)
         try:
             conn.sock.sendall(msgpack.packb([0, conn.msg_id, method, [arg]]))
         except OSError as error:
@@ -318,6 +329,7 @@ class _Driver:
         self.result = result = JobResult()
         self.consumer = job.consumer
         self.remaining = job.requests
+        self.idle_stats = _thread_stats(job.wait_idle) if job.wait_idle else []
         targets = job.targets
         try:
             ids = {t: self.instance_id(t, job.timeout) for t in targets}
@@ -346,6 +358,29 @@ class _Driver:
         result.ended = time.monotonic()
         result.cpu_seconds = time.process_time() - cpu
         return result
+
+
+def _thread_stats(pid: int) -> list[str]:
+    """The ``/proc`` stat file of every thread of ``pid`` and of its descendants."""
+    return [f"/proc/{p}/task/{tid}/stat" for p in process_tree(pid) for tid in os.listdir(f"/proc/{p}/task")]
+
+
+def _wait_idle(stats: list[str], bound: float = 10.0) -> None:
+    """Until every thread is asleep (state S: in a system call that waits), for at most ``bound``
+    seconds; a thread that has exited counts as asleep."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        for path in stats:
+            try:
+                with open(path, "rb") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            if text[text.rindex(b")") + 2 : text.rindex(b")") + 3] != b"S":
+                break
+        else:
+            return
+        time.sleep(0.0002)
 
 
 def _worker_main(pipe: Connection) -> None:
@@ -416,8 +451,10 @@ class LoadDriver:
         requests: int,
         concurrency: int,
         timeout: float,
+        wait_idle: int = 0,
     ) -> Run:
-        """``requests`` events with ``concurrency`` in flight in total; bounded by ``timeout`` seconds."""
+        """``requests`` events with ``concurrency`` in flight in total; bounded by ``timeout`` seconds;
+        ``wait_idle``: see ``Job``."""
         used = self._workers[: max(1, min(len(self._workers), concurrency))]
         n = len(used)
         shares = [concurrency // n + (1 if i < concurrency % n else 0) for i in range(n)]
@@ -425,7 +462,7 @@ class LoadDriver:
         counts[0] += requests - sum(counts)
         offset = 0
         for (_, pipe), share, count in zip(used, shares, counts, strict=True):
-            pipe.send(Job(tuple(targets), consumer, count, share, timeout, offset))
+            pipe.send(Job(tuple(targets), consumer, count, share, timeout, offset, wait_idle))
             offset += share
         results: list[JobResult] = []
         for process, pipe in used:

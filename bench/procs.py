@@ -246,7 +246,16 @@ class RedisStats:
 class PluginServer:
     """One dedicated kong-pdk plugin server, listening on ``<temporary prefix>/<name>.sock``."""
 
-    def __init__(self, argv: list[str], name: str, mode: str, start_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        name: str,
+        mode: str,
+        start_timeout: float = 15.0,
+        *,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.mode = mode
         self.prefix = short_dir("cgb-")
@@ -262,14 +271,24 @@ class PluginServer:
         self.log_path = self.prefix / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 - open for the server's lifetime
         self.process = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
         )
-        deadline = time.monotonic() + start_timeout
+        self.start_timeout = start_timeout
+        if wait:
+            self.wait_listening()
+
+    def wait_listening(self) -> None:
+        """Until the server accepts connections (``wait=False`` starts several at once, then waits)."""
+        deadline = time.monotonic() + self.start_timeout
         while not _accepts(self.socket_path):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 log = self.log_text()
                 self.stop()
-                raise BenchError(f"plugin server {name} ({mode}) did not listen:\n{log}")
+                raise BenchError(f"plugin server {self.name} ({self.mode}) did not listen:\n{log}")
             time.sleep(0.02)
 
     @property

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.instructions import InstructionCell
 from bench.runner import GATE_PATHS, Cell, LongResult, OverspendResult, Settings
 
 LABELS = {
@@ -83,7 +84,7 @@ def best_mode(cells: Sequence[Cell]) -> tuple[str | None, dict[str, float]]:
     return (min(means, key=means.__getitem__) if means else None), means
 
 
-def _family(cell: Cell) -> str:
+def _family(cell: Cell | InstructionCell) -> str:
     """The label without its process count: the rows that differ only by the gate's processes."""
     suffix = f", {cell.processes} process{'es' if cell.processes > 1 else ''}"
     return cell.mode.replace(suffix, "", 1)
@@ -131,8 +132,43 @@ def process_rows(cells: Sequence[Cell]) -> list[ProcessRow]:
 PROCESS_TARGET_CONCURRENCIES = (16, 64)
 
 
+def _counted_peer(
+    cells: Sequence[InstructionCell], cell: InstructionCell, path: str, processes: int | None = None
+) -> InstructionCell | None:
+    """The cell of ``path`` in ``cell``'s family at its concurrency (on ``processes``, if given)."""
+    return next(
+        (
+            c
+            for c in cells
+            if c.path == path
+            and c.ok
+            and c.concurrency == cell.concurrency
+            and _family(c) == _family(cell)
+            and (processes is None or c.processes == processes)
+        ),
+        None,
+    )
+
+
+def counted_ratio(
+    cells: Sequence[InstructionCell], cell: InstructionCell, path: str, processes: int | None = None
+) -> float:
+    """``cell``'s instructions per request over those of ``path`` (the baseline, the gate on 1 process)."""
+    other = _counted_peer(cells, cell, path, processes)
+    return cell.median / other.median if other is not None and cell.ok else float("nan")
+
+
+def over_floor(cells: Sequence[InstructionCell], cell: InstructionCell) -> float:
+    """Instructions per request over the baseline plus the round trip's: the gate's own logic."""
+    floor = _counted_peer(cells, cell, "round_trip")
+    return cell.median - floor.median if floor is not None and cell.ok else float("nan")
+
+
 def verdicts(
-    cells: Sequence[Cell], longs: Sequence[LongResult], overspends: Sequence[OverspendResult]
+    cells: Sequence[Cell],
+    longs: Sequence[LongResult],
+    overspends: Sequence[OverspendResult],
+    counted: Sequence[InstructionCell] = (),
 ) -> list[Verdict]:
     out: list[Verdict] = []
     if cells:
@@ -205,10 +241,26 @@ def verdicts(
                         f"{r.normalized_vs_one:.2f}x ({r.cpu_vs_one:.2f}x unnormalized)"
                         for r in many
                     ),
-                    bool(judged) and all(r.normalized_vs_one <= 1.0 for r in judged),
+                    all(r.normalized_vs_one <= 1.0 for r in judged) if judged else None,
                     "16/64 not run",
                 )
             )
+    several = [cell for cell in counted if cell.path == "allowed" and cell.processes > 1]
+    if several:
+        against_one = [(cell, counted_ratio(counted, cell, "allowed", 1)) for cell in several]
+        at_load = [x for cell, x in against_one if cell.concurrency in PROCESS_TARGET_CONCURRENCIES]
+        out.append(
+            Verdict(
+                "instructions per allowed request with several processes <= 1 process's, 16 and 64 in flight",
+                "; ".join(
+                    f"{_family(cell)}, {cell.processes} processes, {cell.concurrency} in flight: {x:.3f}x "
+                    f"(windows spread {cell.spread * 100:.1f}%)"
+                    for cell, x in against_one
+                ),
+                all(x <= 1.0 for x in at_load) if at_load else None,
+                "16/64 not run",
+            )
+        )
     rss_target = f"RSS growth < {RSS_GROWTH_TARGET_MB:.0f} MB over {LONG_TARGET_REQUESTS:,} requests"
     if longs:
         gate_runs = [r for r in longs if r.cell.path != "baseline"]
@@ -243,6 +295,7 @@ def markdown(
     cells: Sequence[Cell],
     longs: Sequence[LongResult],
     overspends: Sequence[OverspendResult],
+    counted: Sequence[InstructionCell] = (),
 ) -> str:
     m = machine
     lines = [
@@ -377,10 +430,48 @@ def markdown(
                 f"| {o.allowed:,} | {refused:,} | {o.completed - o.allowed - refused} "
                 f"| {o.final_balance} | {ledger} |"
             )
+    if counted:
+        lines += ["", *instruction_lines(settings, counted)]
     lines += ["", "| target | measured | verdict |", "|---|---|---|"]
-    for v in verdicts(cells, longs, overspends):
+    for v in verdicts(cells, longs, overspends, counted):
         lines.append(f"| {v.target} | {v.measured} | {v.word} |")
     return "\n".join(lines) + "\n"
+
+
+def instruction_lines(settings: Settings, counted: Sequence[InstructionCell]) -> list[str]:
+    """The ``--instructions`` table and what the gate adds over the round-trip floor."""
+    many = any(c.processes > 1 for c in counted)
+    lines = [
+        "Instructions per request, counted by valgrind's callgrind: the user-space instructions of the "
+        "plugin server (every process of it), not the kernel's. Each row: the median of "
+        f"{settings.repeat} windows of {settings.instruction_requests:,} requests, the paths taking turns, "
+        '"spread" the largest window less the smallest over the median. At 1 in flight the driver sends a '
+        "message only once every thread of the server sleeps, so that every message finds it waiting; "
+        "at more in flight the server under valgrind is the bottleneck and messages queue for it. "
+        "\"over the floor\" is the row less the baseline + the round trip's: the gate's own logic.",
+        "",
+        "| mode | in flight | plugin | instructions/req | spread | vs baseline | over the floor "
+        + ("| vs 1 process |" if many else "|"),
+        "|---|---:|---|---:|---:|---:|---:|" + ("---:|" if many else ""),
+    ]
+    for c in counted:
+        if not c.ok:
+            why = c.first_error or f"{c.errors} errors"
+            lines.append(
+                f"| {c.mode} | {c.concurrency} | {LABELS[c.path]} | {why} ||||" + ("|" if many else "")
+            )
+            continue
+        floor = over_floor(counted, c) if c.path in GATE_PATHS else float("nan")
+        gate_only = "-" if math.isnan(floor) else f"{floor:+,.0f}"
+        line = (
+            f"| {c.mode} | {c.concurrency} | {LABELS[c.path]} | {_num(c.median)} | {c.spread * 100:.2f}% "
+            f"| {_ratio(counted_ratio(counted, c, 'baseline'))} | {gate_only} |"
+        )
+        if many:
+            one = counted_ratio(counted, c, c.path, 1) if c.path in GATE_PATHS else float("nan")
+            line += f" {'-' if math.isnan(one) else f'{one:.3f}x'} |"
+        lines.append(line)
+    return lines
 
 
 def _clean(value: Any) -> Any:
@@ -401,6 +492,7 @@ def as_json(
     cells: Sequence[Cell],
     longs: Sequence[LongResult],
     overspends: Sequence[OverspendResult],
+    counted: Sequence[InstructionCell] = (),
 ) -> dict[str, Any]:
     mode, means = best_mode(cells)
     payload: dict[str, Any] = _clean(
@@ -413,7 +505,17 @@ def as_json(
             "allowed_server_cpu_us_by_mode": means,
             "long": [r.to_json() for r in longs],
             "overspend": [{**asdict(o), "ok": o.ok} for o in overspends],
-            "targets": [{**asdict(v), "verdict": v.word} for v in verdicts(cells, longs, overspends)],
+            "instructions": [
+                {
+                    **c.to_json(),
+                    "ratio_to_baseline": counted_ratio(counted, c, "baseline"),
+                    "over_the_floor": over_floor(counted, c),
+                }
+                for c in counted
+            ],
+            "targets": [
+                {**asdict(v), "verdict": v.word} for v in verdicts(cells, longs, overspends, counted)
+            ],
         }
     )
     return payload

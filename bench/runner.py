@@ -68,6 +68,8 @@ class Settings:
     overspend_requests: int = 5_000
     overspend_concurrency: int = 64
     overspend_servers: int = 3
+    instructions: bool = False  # --instructions: instructions per request, under valgrind's callgrind
+    instruction_requests: int = 300
 
 
 def mode_label(mode: str, transport: str, processes: int = 1) -> str:
@@ -102,10 +104,10 @@ def kong_config(fields: list[dict[str, Any]], given: dict[str, Any], plugin_id: 
     return json.dumps(config)
 
 
-def start_instance(server: PluginServer, name: str, config: str) -> Target:
+def start_instance(server: PluginServer, name: str, config: str, timeout: float = 10.0) -> Target:
     """A plugin entity on ``server``; each driver process starts its own instance of it, as each nginx
     worker does. Started once here too, so that a config the server refuses fails the run at once."""
-    rpc_call(server.socket_path, "plugin.StartInstance", {"Name": name, "Config": config})
+    rpc_call(server.socket_path, "plugin.StartInstance", {"Name": name, "Config": config}, timeout)
     return Target(server.socket_path, name, config)
 
 
@@ -217,19 +219,24 @@ class Bench:
         self.admin.grant(PAYING, HUGE_BALANCE, note="benchmark")
         self.admin.subscribe(BROKE, PLAN, starts_at=start)
 
-    def gate_config(self, plugin_id: str, transport: str = "tcp") -> str:
+    def gate_config(self, plugin_id: str, transport: str = "tcp", read_timeout_ms: int | None = None) -> str:
         redis: dict[str, Any] = {
             "host": self.redis_settings.host,
             "port": self.redis_settings.port,
             "connect_timeout": self.redis_settings.connect_timeout,
-            "read_timeout": self.redis_settings.read_timeout,
+            "read_timeout": read_timeout_ms or self.redis_settings.read_timeout,
         }
         if transport == "unix":
             redis["socket_path"] = str(self.redis.unix_socket)
         return kong_config(self.gate_fields, {"cost": self.settings.cost, "redis": redis}, plugin_id)
 
-    def round_trip_config(self, plugin_id: str, transport: str = "tcp") -> str:
-        given: dict[str, Any] = {"redis_port": self.redis.port}
+    def round_trip_config(
+        self, plugin_id: str, transport: str = "tcp", read_timeout_ms: int | None = None
+    ) -> str:
+        given: dict[str, Any] = {
+            "redis_port": self.redis.port,
+            "redis_read_timeout": read_timeout_ms or self.redis_settings.read_timeout,
+        }
         if transport == "unix":
             given["redis_socket"] = str(self.redis.unix_socket)
         return kong_config(self.round_trip_fields, given, plugin_id)

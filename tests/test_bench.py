@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from bench.cli import command_line
-from bench.report import as_json, markdown, process_rows
+from bench.instructions import instructions
+from bench.report import as_json, markdown, over_floor, process_rows
 from bench.runner import Bench, Cell, OverspendResult, Settings
 
 SETTINGS = Settings(
@@ -157,3 +158,33 @@ def test_one_and_two_processes_run_side_by_side_and_are_compared(bench: Bench) -
     text = markdown("python -m bench", MACHINE, bench.settings, cells, [], [])
     assert "| gevent | 4 | 2 | " in text and "| gevent | 4 | 1 | " in text
     assert "with several processes <= 1 process's" in text
+
+
+def test_instructions_are_counted_per_request_for_every_path_under_callgrind(bench: Bench) -> None:
+    bench.settings = settings = dataclasses.replace(
+        SETTINGS,
+        modes=("gevent",),
+        processes=(1,),
+        concurrencies=(1,),
+        warmup=10,
+        repeat=1,
+        instructions=True,
+        instruction_requests=10,
+    )
+    try:
+        counted = instructions(bench)
+    finally:
+        bench.settings = SETTINGS
+    by_path = {c.path: c for c in counted}
+    assert set(by_path) == {"baseline", "round_trip", "allowed", "refused"}
+    assert all(c.ok and c.paced and len(c.per_request) == 1 for c in counted), counted
+    assert by_path["allowed"].statuses == {200: 10} and by_path["refused"].statuses == {402: 10}
+    # A Python plugin server runs hundreds of thousands of instructions a request; the round trip adds
+    # to the baseline's, and the gate's allowed path to the round trip's.
+    baseline, floor, allowed = (by_path[p].median for p in ("baseline", "round_trip", "allowed"))
+    assert 100_000 < baseline < floor < allowed < 10_000_000
+    assert over_floor(counted, by_path["allowed"]) == allowed - floor
+    text = markdown("python -m bench --instructions", MACHINE, settings, [], [], [], counted)
+    assert "the median of 1 windows of 10 requests" in text
+    assert "| gevent, 1 process | 1 | credit-gate allowed | " in text
+    assert f"| {allowed - floor:+,.0f} |" in text
