@@ -58,6 +58,7 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Body over the size limit",
         415: "Body not sent as application/json",
         422: f"Invalid input; codes: {', '.join(CODES)}",
+        502: "The receiver did not take the event",
         503: "Redis is unavailable; Retry-After says when to ask again",
     }
     return {
