@@ -70,6 +70,9 @@ def create_app(service: Service) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.service = service
+    from creditgate.service.paths import KeepEncodedSlashes
+
+    app.add_middleware(KeepEncodedSlashes)
     app.add_exception_handler(problems.ApiProblem, problems.on_problem)
     app.add_exception_handler(CreditGateError, problems.on_creditgate_error)
     app.add_exception_handler(RequestValidationError, problems.on_validation_error)

@@ -348,7 +348,7 @@ assert set(ALERTS_SCHEMA["properties"]) == set(FIELDS)
 DEAD_LETTER_ID = Annotated[str, Path(pattern="^[0-9a-f]{24}$")]
 
 
-@router.get("/accounts/{account}/alerts", responses={**READ, **_problems(404)})
+@router.get("/accounts/{account:name}/alerts", responses={**READ, **_problems(404)})
 def get_alerts(service: Reader, account: AccountName) -> dict[str, Any]:
     """What the account's threshold events watch (null or false: not watched)."""
     alerts: Alerts = service.admin.alerts(account)
@@ -356,7 +356,7 @@ def get_alerts(service: Reader, account: AccountName) -> dict[str, Any]:
 
 
 @router.put(
-    "/accounts/{account}/alerts",
+    "/accounts/{account:name}/alerts",
     responses={**WRITE, **_problems(404)},
     openapi_extra=_request_body(ALERTS_SCHEMA),
 )
@@ -370,13 +370,13 @@ def put_alerts(
     return {"account": account, **alerts.to_json()}
 
 
-@router.delete("/accounts/{account}/alerts", responses={**WRITE, **_problems(404)})
+@router.delete("/accounts/{account:name}/alerts", responses={**WRITE, **_problems(404)})
 def delete_alerts(service: Writer, account: AccountName) -> dict[str, Any]:
     alerts = service.admin.set_alerts(account, Alerts())
     return {"account": account, **alerts.to_json()}
 
 
-@router.get("/accounts/{account}/events", responses={**READ, **_problems(404)})
+@router.get("/accounts/{account:name}/events", responses={**READ, **_problems(404)})
 def account_events(
     service: Reader, account: AccountName, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, Any]:
