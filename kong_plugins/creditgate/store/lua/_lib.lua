@@ -306,7 +306,7 @@ end
 -- the charge's arguments do not change. Each event is raised once per crossing: a balance or an
 -- allowance crosses its level in exactly one charge (charges of an account are serialized), and the
 -- two events that are about time (expiring, first refusal) remember what they were raised for in the
--- account's hash (alerted_expiring, alerted_refusal). The service delivers the stream (service/events.py).
+-- account's hash (alerted_expiring: the expiry told; alerted_refusal: the latest period told). The service delivers the stream (service/events.py).
 --
 -- Notifications never cost a charge: an alert field that does not parse is read as unset, and an
 -- events key of another type is skipped, so these functions cannot fail after the script's writes.
@@ -387,7 +387,10 @@ local function refusal_events(account_key, usage_key, r)
   elseif r.period_end == 0 or r.now >= r.period_end then
     start = window_at(r.period, r.anchor, r.now)
   end
-  if v[2] == fmt(start) then return end
+  -- Told once per period, and never again for an earlier one: a caller's clock behind another's (or a
+  -- day back, for an account without a period) must not make the period already told new again.
+  local told = strict_int(v[2], 0, MAX_INSTANT)
+  if told and start <= told then return end
   redis.call('HSET', account_key, 'alerted_refusal', fmt(start))
   emit_event(account_key, 'account.refused', r.now, {'reason', r.reason, 'period_start', fmt(start),
                                                      'plan', r.plan})
