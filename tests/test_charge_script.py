@@ -192,7 +192,12 @@ def test_usage_is_counted_per_route_and_day(admin: Admin, store: RedisStore) -> 
     seed(admin, balance=3)
     for _ in range(4):
         store.charge(ChargeRequest("acme", 1, now=T0 + 1, route="route:r1"))
-    assert store.usage("acme", T0) == {"route:r1|requests": 3, "route:r1|credits": 3, "route:r1|refused": 1}
+    assert store.usage("acme", T0) == {
+        "route:r1|requests": 3,
+        "route:r1|credits": 3,
+        "route:r1|refused": 1,
+        "route:r1|refused:insufficient_credit": 1,  # by reason, for /metrics
+    }
 
 
 def test_concurrent_charges_never_spend_more_than_the_balance(admin: Admin, store: RedisStore) -> None:

@@ -4,7 +4,9 @@ Each sequence runs through the same Python entry points the gate and the CLI use
 charges and settlements, ``Admin`` for everything an operator does) on a real Redis, and through
 ``AccountModel`` side by side. Charges come from several nodes whose clocks differ from each other and
 jump forward and back. After every step the two must agree on the decision, its reason and figures,
-and on the whole account; the ledger must replay to the balance.
+and on the whole account; the ledger must replay to the balance. Alerts change at random, so the
+threshold events' writes run in the same steps: each level crossing the model sees is raised once, and
+an event about time once per what it is about.
 
 Profiles and reproduction: ``tests/money_support.py``; the long run: ``bench/README.md``.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 import pytest
 import redis
@@ -30,6 +33,7 @@ from hypothesis.stateful import (
 
 from creditgate.admin import Admin
 from creditgate.core.account_model import CAP, AccountModel, ChargeOutcome, Terms, ledger_bound
+from creditgate.core.alerts import Alerts
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period
@@ -56,6 +60,15 @@ STATUSES = [Status.ACTIVE, Status.ACTIVE, Status.TRIALING, Status.PAST_DUE, Stat
 
 small = st.integers(0, 12)
 amounts = st.one_of(st.integers(1, 60), st.sampled_from([CAP, CAP - 1, CAP // 2 + 1]), st.integers(1, CAP))
+# Mostly watched: an unset level is one choice in three.
+alert_sets = st.builds(
+    Alerts,
+    balance_below=st.integers(1, 60) | st.integers(1, 60) | st.none(),
+    depleted=st.booleans(),
+    allowance_below_percent=st.integers(1, 100) | st.integers(1, 100) | st.none(),
+    expiring_within=st.integers(1, 3 * DAY_SECONDS) | st.none(),
+    first_refusal=st.booleans(),
+)
 costs = st.one_of(small, small, st.sampled_from([CAP, CAP // 2 + 1]))
 offsets = st.one_of(
     st.integers(-3 * DAY_SECONDS, 3 * DAY_SECONDS),
@@ -108,6 +121,9 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             self.retention = 8
             self.admin = Admin(self.store, ledger_retention=self.retention, clock=self.clock)
             self.ids: dict[int, str] = {}  # model charge ref -> the real ledger id
+            self.alerts = Alerts()
+            self.crossings = {"balance.low": 0, "balance.depleted": 0, "allowance.low": 0}
+            self.cleared_at = [0]  # stream lengths when every alert was cleared (what was told is forgotten)
             for plan in self.plans.values():
                 self.admin.apply_plan(plan)
 
@@ -119,14 +135,18 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             plan=st.sampled_from(sorted(PLANS)),
             anchor=offsets,
             balance=st.integers(0, 100),
+            alerts=alert_sets,
         )
-        def start(self, node_skews: list[int], retention: int, plan: str, anchor: int, balance: int) -> None:
+        def start(
+            self, node_skews: list[int], retention: int, plan: str, anchor: int, balance: int, alerts: Alerts
+        ) -> None:
             self.skews = [0, *node_skews]
             self.retention = retention
             self.admin = Admin(self.store, ledger_retention=retention, clock=self.clock)
             self.subscribe(plan, Status.ACTIVE, -DAY_SECONDS, anchor, None)
             if balance:
                 self.grant(balance, "")
+            self.alerts_change(alerts)
 
         def now(self, node: int) -> int:
             return self.clock.now + self.skews[node % len(self.skews)]
@@ -218,6 +238,33 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
                 outcome = "applied" if result.applied else "already"
             assert expected is not None and outcome == expected.outcome, f"adjust -{amount} (key {key!r})"
 
+        @rule(alerts=alert_sets)
+        def alerts_change(self, alerts: Alerts) -> None:
+            self.admin.set_alerts(ACCOUNT, alerts)
+            self.alerts = alerts
+            if not alerts.any:
+                self.cleared_at.append(len(self.events()))
+
+        def events(self) -> list[dict[str, str]]:
+            raw = run.client.xrange(self.store.keys.account(ACCOUNT).events)
+            return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in raw]
+
+        def count_crossings(self, before: int, expected: ChargeOutcome) -> None:
+            """The crossings of the model's charge, as the charge script must raise them."""
+            if not expected.allowed or expected.replayed:
+                return
+            level, after = self.alerts.balance_below, expected.balance
+            if level is not None and before >= level > after:
+                self.crossings["balance.low"] += 1
+            if self.alerts.depleted and before > 0 and after == 0:
+                self.crossings["balance.depleted"] += 1
+            percent, terms = self.alerts.allowance_below_percent, self.model.terms
+            if percent is not None and terms is not None and terms.allowance > 0:
+                mark = terms.allowance * percent // 100
+                left = expected.allowance_remaining
+                if left + expected.from_allowance >= mark > left:
+                    self.crossings["allowance.low"] += 1
+
         @rule(member=st.sampled_from(["m1", "m2"]), cap=st.none() | small)
         def member_cap(self, member: str, cap: int | None) -> None:
             self.admin.set_member_cap(ACCOUNT, member, cap)
@@ -246,9 +293,11 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             entitled: tuple[str, ...],
         ) -> int:
             now = self.now(node)
+            before = self.model.balance
             expected = self.model.charge(
                 now, cost, entitled=entitled, route=route, key=key, member=member, hold_seconds=hold
             )
+            self.count_crossings(before, expected)
             try:
                 got = self.store.charge(
                     ChargeRequest(
@@ -370,6 +419,22 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             assert theirs == mine, f"account: script {theirs} != model {mine}"
             assert 0 <= state.balance <= CAP
             assert state.used >= 0
+
+        @invariant()
+        def each_crossing_is_raised_once(self) -> None:
+            events = self.events()
+            for kind, expected in self.crossings.items():
+                assert sum(e["type"] == kind for e in events) == expected, kind
+            bounds = [*self.cleared_at, len(events)]
+            for start, end in pairwise(bounds):  # each span since alerts were cleared
+                expiring = [
+                    e["expires_at"] for e in events[start:end] if e["type"] == "subscription.expiring"
+                ]
+                assert all(a != b for a, b in pairwise(expiring)), f"told twice: {expiring}"
+                periods = [
+                    int(e["period_start"]) for e in events[start:end] if e["type"] == "account.refused"
+                ]
+                assert periods == sorted(set(periods)), f"a period told twice, or an earlier one: {periods}"
 
         @invariant()
         def pool_members_agree(self) -> None:

@@ -40,6 +40,8 @@ def test_a_scrape_reports_todays_requests_credits_and_refusals_by_route(
         assert samples[("credit_gate_credits_charged_total", (search,))] == 12
         assert samples[("credit_gate_credits_charged_total", (("route", "route:chat"),))] == 1
         assert samples[("credit_gate_balance_credits", ())] == 2
+        reason = (("outcome", "refused"), ("reason", "insufficient_credit"), search)
+        assert samples[("credit_gate_refusals_total", reason)] == 1
 
 
 def test_the_grafana_dashboard_uses_only_metrics_the_service_exports(settings: RedisSettings) -> None:

@@ -175,6 +175,36 @@ def test_refunds_and_disputes_take_back_the_refunded_share_once(api: Running) ->
     assert balance(api, "acme") == 750
 
 
+def test_a_dispute_closed_as_won_gives_the_taken_credits_back_once(api: Running) -> None:
+    send(api, checkout("evt_1"))  # 1000 credits for 2000 (cents)
+    created = {
+        "id": "evt_d",
+        "type": "charge.dispute.created",
+        "data": {
+            "object": {"id": "dp_1", "payment_intent": "pi_1", "amount": 1000, "status": "needs_response"}
+        },
+    }
+    assert send(api, created).json()["credits"] == -500
+    assert send(api, created).json()["outcome"] == "already_applied"
+    assert balance(api, "acme") == 500
+
+    def closed(event_id: str, status: str, dispute: str = "dp_1") -> dict[str, Any]:
+        obj = {"id": dispute, "object": "dispute", "payment_intent": "pi_1", "amount": 1000, "status": status}
+        return {"id": event_id, "type": "charge.dispute.closed", "data": {"object": obj}}
+
+    won = closed("evt_w", "won")
+    with ThreadPoolExecutor(4) as pool:  # Stripe re-sends, also at once
+        outcomes = sorted(r.json()["outcome"] for r in pool.map(lambda _: send(api, won), range(4)))
+    assert outcomes == ["already_applied"] * 3 + ["given_back"]
+    assert (
+        send(api, closed("evt_w2", "won")).json()["outcome"] == "already_applied"
+    )  # another event, same dispute
+    assert balance(api, "acme") == 1000
+    assert send(api, closed("evt_l", "lost", dispute="dp_2")).json()["outcome"] == "dispute_not_won"
+    assert send(api, closed("evt_x", "won", dispute="dp_never")).json()["outcome"] == "nothing_taken"
+    assert balance(api, "acme") == 1000
+
+
 def test_refunds_can_be_turned_off(settings: RedisSettings, tmp_path: Path) -> None:
     billing = tmp_path / "billing.yaml"
     billing.write_text("credits: {price_small: 1000}\nrefunds: false\n")

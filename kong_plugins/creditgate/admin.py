@@ -586,6 +586,65 @@ class Admin:
             self._catch_up_terms(account, subscription[1])
         return outcome
 
+    # Threshold events (the charge script raises them; the service delivers them, service/events.py)
+
+    def set_alerts(self, account: str, alerts: Any) -> Any:
+        """What the account's threshold events watch, in force from its next charge (``core.alerts``).
+
+        Written in one MULTI: the alert fields replaced, and the account listed for delivery while it has
+        any. What the script remembers (an expiry or a period already told) is kept, so that setting the
+        same alerts again raises nothing twice; clearing every alert forgets it.
+        """
+        from creditgate.core.alerts import FIELDS, MEMORY_FIELDS, Alerts
+
+        assert isinstance(alerts, Alerts)
+        self.account(account)
+        keys = self.store.keys
+        state = keys.account(account).state
+        fields = alerts.fields()
+
+        # Listed before the fields are written and unlisted after they are gone: a listed account
+        # without alerts costs the service one read, an unlisted one with alerts would lose its events.
+        # The account's fields change in one MULTI (one key, so also on a Cluster).
+        if fields:
+            self.store._run("SADD", keys.event_accounts, account)
+
+        def fill(pipe: Any) -> None:
+            pipe.hdel(state, *FIELDS.values())
+            if fields:
+                pipe.hset(state, mapping=fields)
+            else:
+                pipe.hdel(state, *MEMORY_FIELDS)
+
+        self.store._pipeline(fill, transaction=True)
+        if not fields:
+            self.store._run("SREM", keys.event_accounts, account)
+        return alerts
+
+    def alerts(self, account: str) -> Any:
+        from creditgate.core.alerts import FIELDS, Alerts
+
+        self.account(account)
+        names = list(FIELDS.values())
+        values = self.store._run("HMGET", self.store.keys.account(account).state, *names)
+        raw = {n: (v.decode() if isinstance(v, bytes) else v) for n, v in zip(names, values, strict=True)}
+        return Alerts.from_fields({n: v for n, v in raw.items() if v is not None})
+
+    def recent_events(self, account: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest events of the account's stream, oldest first (what the service delivers)."""
+        self.account(account)
+        entries = self.store._run(
+            "XREVRANGE", self.store.keys.account(account).events, "+", "-", "COUNT", limit
+        )
+
+        def text(value: Any) -> str:
+            return value.decode() if isinstance(value, bytes) else str(value)
+
+        return [
+            {"stream_id": text(i), **{text(k): text(v) for k, v in fields.items()}}
+            for i, fields in reversed(entries)
+        ]
+
 
 def _cap_conflict(account: str, balance: int, amount: int) -> Conflict:
     return Conflict(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -44,8 +46,22 @@ async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The event delivery thread runs while the application does (when event URLs are configured)."""
+    dispatcher = app.state.service.extra.get("dispatcher")
+    if dispatcher is not None:
+        dispatcher.start()
+    try:
+        yield
+    finally:
+        if dispatcher is not None:
+            dispatcher.stop()
+
+
 def create_app(service: Service) -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="credit-gate",
         version=version(),
         description=DESCRIPTION,
@@ -54,6 +70,9 @@ def create_app(service: Service) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.service = service
+    from creditgate.service.paths import KeepEncodedSlashes
+
+    app.add_middleware(KeepEncodedSlashes)
     app.add_exception_handler(problems.ApiProblem, problems.on_problem)
     app.add_exception_handler(CreditGateError, problems.on_creditgate_error)
     app.add_exception_handler(RequestValidationError, problems.on_validation_error)
@@ -61,9 +80,10 @@ def create_app(service: Service) -> FastAPI:
     app.add_exception_handler(Exception, on_unexpected)
     app.include_router(routes.router)
 
-    from creditgate.service import metrics, webhooks
+    from creditgate.service import events, metrics, webhooks
 
     app.include_router(webhooks.router)
+    app.include_router(events.router)
     app.include_router(metrics.router)
 
     from creditgate.service import dashboard, totals

@@ -26,6 +26,9 @@ BATCH = 500
 
 # What the service itself does: webhooks received, by source and outcome.
 WEBHOOK_EVENTS = "credit_gate_webhook_events"
+EVENT_DELIVERIES = "credit_gate_event_deliveries"
+# The charge script also counts each refusal by reason: "<route>|refused:<reason>" (see _lib.lua).
+REASONED = ("refused", "shadow_refused")
 
 
 class UsageCollector(Collector):
@@ -46,7 +49,8 @@ class UsageCollector(Collector):
                 (counters,) = admin.store.usage_days(account, [today])
                 for name, value in counters.items():
                     where, _, field = name.rpartition("|")
-                    if field in USAGE_FIELDS and "|member:" not in where:  # a member's rows repeat its pool's
+                    counted = field in USAGE_FIELDS or field.partition(":")[0] in REASONED
+                    if counted and "|member:" not in where:  # a member's rows repeat its pool's
                         totals[(where, field)] = totals.get((where, field), 0) + value
         requests = CounterMetricFamily(
             "credit_gate_requests",
@@ -61,6 +65,11 @@ class UsageCollector(Collector):
             "Credits given back today (UTC): refunds and settlements",
             labels=["route"],
         )
+        refusals = CounterMetricFamily(
+            "credit_gate_refusals",
+            "Requests refused today (UTC), by route, reason (the 402 body's code) and outcome",
+            labels=["route", "reason", "outcome"],
+        )
         outcomes = {
             "requests": "allowed",
             "refused": "refused",
@@ -73,6 +82,9 @@ class UsageCollector(Collector):
                 requests.add_metric([route, outcomes[field]], value)
             elif field == "credits":
                 charged.add_metric([route], value)
+            elif field.partition(":")[0] in REASONED:
+                outcome, _, reason = field.partition(":")
+                refusals.add_metric([route, reason, outcome], value)
         refunds: dict[str, int] = {}
         for (route, field), value in totals.items():
             if field in ("refunded", "settled_back"):
@@ -80,6 +92,7 @@ class UsageCollector(Collector):
         for route, value in sorted(refunds.items()):
             refunded.add_metric([route], value)
         yield requests
+        yield refusals
         yield charged
         yield refunded
         yield GaugeMetricFamily("credit_gate_accounts", "Accounts the operators created", value=len(names))
@@ -99,6 +112,12 @@ def registry_for(service: Service) -> CollectorRegistry:
             ["source", "outcome"],
             registry=registry,
         )
+        service.extra["event_deliveries"] = Counter(
+            EVENT_DELIVERIES,
+            "Threshold event deliveries, by outcome (delivered, failed attempt, dead_lettered)",
+            ["outcome"],
+            registry=registry,
+        )
         service.extra["registry"] = registry
     assert isinstance(registry, CollectorRegistry)
     return registry
@@ -107,6 +126,11 @@ def registry_for(service: Service) -> CollectorRegistry:
 def count_webhook(service: Service, source: str, outcome: str) -> None:
     registry_for(service)
     service.extra["webhook_events"].labels(source, outcome).inc()
+
+
+def count_delivery(service: Service, outcome: str) -> None:
+    registry_for(service)
+    service.extra["event_deliveries"].labels(outcome).inc()
 
 
 router = APIRouter(tags=["service"])

@@ -34,6 +34,8 @@ TITLES = {
     "idempotency_key_required": "Idempotency-Key required",
     "bad_signature": "Bad signature",
     "webhook_not_configured": "Webhook not configured",
+    "events_not_configured": "Events not configured",
+    "delivery_failed": "Delivery failed",
     "method_not_allowed": "Method not allowed",
     "internal_error": "Internal error",
 }

@@ -27,6 +27,7 @@ from creditgate.core.model import MAX_CREDITS, Status
 from creditgate.core.periods import DAY_SECONDS
 from creditgate.documents import parse_plans, schema
 from creditgate.errors import InvalidDocument, NotFound
+from creditgate.service import paths  # noqa: F401 - registers the {param:name} convertor
 from creditgate.service.body import json_body, validate
 from creditgate.service.problems import CODES, ApiProblem
 from creditgate.service.state import Service, reader, writer
@@ -58,6 +59,7 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Body over the size limit",
         415: "Body not sent as application/json",
         422: f"Invalid input; codes: {', '.join(CODES)}",
+        502: "The receiver did not take the event",
         503: "Redis is unavailable; Retry-After says when to ask again",
     }
     return {
@@ -73,7 +75,9 @@ Reader = Annotated[Service, Depends(reader)]
 Writer = Annotated[Service, Depends(writer)]
 AccountName = Annotated[
     str,
-    Path(min_length=1, description="The account (a Kong consumer's id, ...)"),
+    Path(
+        min_length=1, description="The account (a Kong consumer's id, ...); `/` sent as `%2F`, `%` as `%25`"
+    ),
 ]
 Since = Annotated[str | None, Query(description="RFC 3339 time, date (00:00 UTC) or Unix seconds")]
 Until = Annotated[str | None, Query(description="RFC 3339 time, date (00:00 UTC) or Unix seconds; excluded")]
@@ -185,7 +189,7 @@ def apply_plans(service: Writer, content: Annotated[Any, body_dependency(None)])
     return [{**plan.to_document(), "accounts_updated": len(service.admin.apply_plan(plan))} for plan in plans]
 
 
-@router.get("/plans/{name}", tags=["plans"], responses={**READ, **_problems(404)})
+@router.get("/plans/{name:name}", tags=["plans"], responses={**READ, **_problems(404)})
 def get_plan(service: Reader, name: str) -> dict[str, Any]:
     """A plan and how many accounts are subscribed to it."""
     plan = service.admin.plan(name)
@@ -193,7 +197,7 @@ def get_plan(service: Reader, name: str) -> dict[str, Any]:
 
 
 @router.put(
-    "/plans/{name}", tags=["plans"], responses=WRITE, openapi_extra=_request_body(_plan_body_schema())
+    "/plans/{name:name}", tags=["plans"], responses=WRITE, openapi_extra=_request_body(_plan_body_schema())
 )
 def put_plan(service: Writer, name: str, content: Annotated[Any, body_dependency(None)]) -> dict[str, Any]:
     """Create or replace one plan (the body's name, if given, must be the path's)."""
@@ -207,14 +211,14 @@ def put_plan(service: Writer, name: str, content: Annotated[Any, body_dependency
     return {**plan.to_document(), "accounts_updated": len(service.admin.apply_plan(plan))}
 
 
-@router.delete("/plans/{name}", tags=["plans"], responses={**WRITE, **_problems(404, 409)})
+@router.delete("/plans/{name:name}", tags=["plans"], responses={**WRITE, **_problems(404, 409)})
 def delete_plan(service: Writer, name: str, force: bool = False) -> dict[str, Any]:
     """Delete a plan; 409 while accounts are subscribed to it, unless ``force`` (they keep its terms)."""
     service.admin.delete_plan(name, force=force)
     return {"deleted": name}
 
 
-@router.get("/plans/{name}/subscribers", tags=["plans"], responses={**READ, **_problems(404)})
+@router.get("/plans/{name:name}/subscribers", tags=["plans"], responses={**READ, **_problems(404)})
 def plan_subscribers(service: Reader, name: str) -> dict[str, Any]:
     """The accounts subscribed to the plan."""
     service.admin.plan(name)
@@ -240,7 +244,7 @@ def list_accounts(
     return {"accounts": views, "next": page[-1] if more and page else None}
 
 
-@router.get("/accounts/{account}", tags=["accounts"], responses={**READ, **_problems(404)})
+@router.get("/accounts/{account:name}", tags=["accounts"], responses={**READ, **_problems(404)})
 def get_account(service: Reader, account: AccountName) -> dict[str, Any]:
     """Balance, the current period's allowance (used, left, end) and the subscription."""
     return service.admin.view(account).to_json()
@@ -251,7 +255,9 @@ def _subscription_json(service: Service, account: str) -> dict[str, Any]:
     return {"account": account, **(view.to_json()["subscription"] or {})}
 
 
-@router.get("/accounts/{account}/subscription", tags=["subscriptions"], responses={**READ, **_problems(404)})
+@router.get(
+    "/accounts/{account:name}/subscription", tags=["subscriptions"], responses={**READ, **_problems(404)}
+)
 def get_subscription(service: Reader, account: AccountName) -> dict[str, Any]:
     view = service.admin.view(account)
     if not view.subscribed:
@@ -260,7 +266,7 @@ def get_subscription(service: Reader, account: AccountName) -> dict[str, Any]:
 
 
 @router.put(
-    "/accounts/{account}/subscription",
+    "/accounts/{account:name}/subscription",
     tags=["subscriptions"],
     responses={**WRITE, **_problems(404)},
     openapi_extra=_request_body(_subscription_schema()),
@@ -288,7 +294,7 @@ def put_subscription(
 
 
 @router.put(
-    "/accounts/{account}/subscription/plan",
+    "/accounts/{account:name}/subscription/plan",
     tags=["subscriptions"],
     responses={**WRITE, **_problems(404)},
     openapi_extra=_request_body(CHANGE_PLAN_SCHEMA),
@@ -304,7 +310,7 @@ def change_plan(
 
 
 @router.put(
-    "/accounts/{account}/subscription/status",
+    "/accounts/{account:name}/subscription/status",
     tags=["subscriptions"],
     responses={**WRITE, **_problems(404)},
     openapi_extra=_request_body(STATUS_SCHEMA),
@@ -338,7 +344,7 @@ def _credit_answer(response: Response, account: str, amount: int, result: Credit
 
 
 @router.post(
-    "/accounts/{account}/grants",
+    "/accounts/{account:name}/grants",
     tags=["credits"],
     status_code=201,
     responses={
@@ -368,7 +374,7 @@ def grant(
 
 
 @router.post(
-    "/accounts/{account}/adjustments",
+    "/accounts/{account:name}/adjustments",
     tags=["credits"],
     status_code=201,
     responses={**WRITE, **_problems(404, 409), 200: {"description": "The key was already applied"}},
@@ -391,13 +397,13 @@ def adjust_down(
 # Pools
 
 
-@router.get("/accounts/{pool}/member-caps", tags=["pools"], responses=READ)
+@router.get("/accounts/{pool:name}/member-caps", tags=["pools"], responses=READ)
 def member_caps(service: Reader, pool: str) -> list[dict[str, Any]]:
     return [{"member": m, "cap": c} for m, c in sorted(service.admin.member_caps(pool).items())]
 
 
 @router.put(
-    "/accounts/{pool}/member-caps/{member}",
+    "/accounts/{pool:name}/member-caps/{member:name}",
     tags=["pools"],
     responses=WRITE,
     openapi_extra=_request_body(CAP_SCHEMA),
@@ -410,7 +416,7 @@ def set_member_cap(
     return {"pool": pool, "member": member, "cap": content["cap"]}
 
 
-@router.delete("/accounts/{pool}/member-caps/{member}", tags=["pools"], responses=WRITE)
+@router.delete("/accounts/{pool:name}/member-caps/{member:name}", tags=["pools"], responses=WRITE)
 def remove_member_cap(service: Writer, pool: str, member: str) -> dict[str, Any]:
     service.admin.set_member_cap(pool, member, None)
     return {"pool": pool, "member": member, "cap": None}
@@ -419,7 +425,7 @@ def remove_member_cap(service: Writer, pool: str, member: str) -> dict[str, Any]
 # The ledger
 
 
-@router.get("/accounts/{account}/ledger", tags=["ledger"], responses={**READ, **_problems(404)})
+@router.get("/accounts/{account:name}/ledger", tags=["ledger"], responses={**READ, **_problems(404)})
 def ledger(
     service: Reader,
     account: AccountName,
@@ -450,7 +456,7 @@ def ledger(
     return {"entries": [export.record(e) for e in entries], "next": entries[-1].id if more else None}
 
 
-@router.get("/accounts/{account}/ledger/verify", tags=["ledger"], responses={**READ, **_problems(404)})
+@router.get("/accounts/{account:name}/ledger/verify", tags=["ledger"], responses={**READ, **_problems(404)})
 def verify_ledger(service: Reader, account: AccountName) -> dict[str, Any]:
     """Whether replaying the ledger gives the balance."""
     check = service.admin.verify_ledger(account)

@@ -11,6 +11,8 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.service.app import create_app
 from creditgate.service.auth import Authenticator, Tokens, check_exposure
+from creditgate.service.events import Dispatcher, EventSettings
+from creditgate.service.metrics import count_delivery, registry_for
 from creditgate.service.state import Service
 from creditgate.service.webhooks import WebhookSettings
 
@@ -33,14 +35,20 @@ def build(
     tokens = Tokens.load(admin_files=admin_token_files, read_files=read_token_files, environ=environ)
     warning = check_exposure(tokens, host)
     hooks = WebhookSettings.load(billing_map, environ)
+    events = EventSettings.load(environ)
     admin = Admin.connect(settings, prefix, ledger_retention=ledger_retention)
     service = Service(
         admin=admin,
         auth=Authenticator(tokens, open_access=warning is not None),
         key_prefix=prefix,
         body_limit=body_limit,
-        extra={"webhooks": hooks},
+        extra={"webhooks": hooks, "events": events},
     )
+    registry_for(service)  # built before any thread counts into it
+    if events.urls:
+        service.extra["dispatcher"] = Dispatcher(
+            admin.store, admin.store.keys, events, count=lambda outcome: count_delivery(service, outcome)
+        )
     return create_app(service), warning
 
 

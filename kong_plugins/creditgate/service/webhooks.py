@@ -7,7 +7,8 @@ acknowledged (and logged), and only a Redis failure answers 503, which makes Str
 
 Once only: each grant or adjustment carries an idempotency key made of the Stripe object it comes
 from (``stripe:checkout:<session>``, ``stripe:invoice:<invoice>``, ``stripe:refund:<refund>``,
-``stripe:dispute:<dispute>``). That is stricter than the event id: a re-sent event has the same id and
+``stripe:dispute:<dispute>``, and ``stripe:dispute_won:<dispute>`` for a dispute closed as won, which
+gives those credits back). That is stricter than the event id: a re-sent event has the same id and
 the same object, and two different events about one payment (``checkout.session.completed`` then
 ``checkout.session.async_payment_succeeded``) still credit it once.
 
@@ -198,6 +199,27 @@ def _take_back(
     return _ack(event, outcome, account=record["account"], credits=-credits)
 
 
+def _dispute_closed(service: Service, event: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    """Won (the customer's bank sided with the merchant): the credits the dispute took come back, once
+    (``stripe:dispute_won:<dispute id>``). Lost or a closed warning: the adjustment stands."""
+    status = obj.get("status")
+    if status != "won":
+        return _ack(event, "dispute_not_won", status=status)
+    raw = service.admin.store._run("HGET", _payments_key(service), f"dispute:{obj['id']}")
+    if not raw:
+        log.warning("credit-gate: Stripe %s %s: the dispute took no credits", event["type"], event["id"])
+        return _ack(event, "nothing_taken")
+    taken = json.loads(raw)
+    result = service.admin.grant(
+        taken["account"],
+        taken["credits"],
+        note=f"stripe {event['type']} won",
+        idempotency_key=f"stripe:dispute_won:{obj['id']}",
+    )
+    outcome = "given_back" if result.applied else "already_applied"
+    return _ack(event, outcome, account=taken["account"], credits=taken["credits"])
+
+
 def apply_stripe_event(service: Service, event: dict[str, Any]) -> dict[str, Any]:
     settings = settings_of(service)
     kind = event.get("type")
@@ -240,7 +262,15 @@ def apply_stripe_event(service: Service, event: dict[str, Any]) -> dict[str, Any
         return _take_back(service, event, f"stripe:refund:{obj['id']}", refs, obj.get("amount"))
     if kind == "charge.dispute.created":
         refs = [r for r in (obj.get("payment_intent"), obj.get("charge")) if isinstance(r, str)]
-        return _take_back(service, event, f"stripe:dispute:{obj['id']}", refs, obj.get("amount"))
+        answer = _take_back(service, event, f"stripe:dispute:{obj['id']}", refs, obj.get("amount"))
+        if answer["outcome"] in ("adjusted", "already_applied"):
+            # What was taken, for the dispute's close. Written after the adjustment (so it never names
+            # credits not taken) and again on a re-sent event (so a crash between the two heals).
+            taken = json.dumps({"account": answer["account"], "credits": -answer["credits"]})
+            service.admin.store._run("HSET", _payments_key(service), f"dispute:{obj['id']}", taken)
+        return answer
+    if kind == "charge.dispute.closed":
+        return _dispute_closed(service, event, obj)
     log.info("credit-gate: Stripe event %s (%s) acknowledged, not handled", event.get("id"), kind)
     return _ack(event, "ignored")
 

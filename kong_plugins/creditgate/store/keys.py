@@ -16,10 +16,15 @@ forms cannot meet. The full name is kept where names are listed (``accounts``, `
     <prefix>:{<account>}:holds:until    sorted set: charge id by the end of its settlement window
     <prefix>:{<account>}:request:<hash> string: the charge a request's Idempotency-Key answered with
     <prefix>:{<account>}:settled:<id>   string: the settlement of charge <id> (settled at most once)
+    <prefix>:{<account>}:events         stream: threshold events the charge script raised (the charge
+                                        script derives the name from the account hash's)
     <prefix>:plan:<name>                string: the plan's JSON document
     <prefix>:plans                      set: plan names
     <prefix>:plan:<name>:accounts       set: accounts subscribed to the plan
     <prefix>:accounts                   set: every account the operators created
+    <prefix>:events:accounts            set: accounts with alerts set (whose events the service delivers)
+    <prefix>:events:cursors             hash: account -> id of the last event delivered (or dead-lettered)
+    <prefix>:events:dead                hash: dead letter id -> the event and receiver that gave up (JSON)
     <prefix>:store                      string: "this Redis holds credit-gate's data" (standalone,
                                         Sentinel); on a Cluster one such key per slot,
                                         <prefix>:{<slot tag>}:store, so that a charge reads the one
@@ -85,6 +90,11 @@ class AccountKeys:
     def settled(self, charge_id: str) -> str:
         return f"{self.base}settled:{charge_id}"
 
+    @property
+    def events(self) -> str:
+        """Written by charge.lua as ``state`` with its last word replaced (see _lib.lua)."""
+        return f"{self.base}events"
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -110,6 +120,18 @@ class Keys:
     @property
     def store(self) -> str:
         return f"{self.prefix}:store"
+
+    @property
+    def event_accounts(self) -> str:
+        return f"{self.prefix}:events:accounts"
+
+    @property
+    def event_cursors(self) -> str:
+        return f"{self.prefix}:events:cursors"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:events:dead"
 
 
 @lru_cache(maxsize=16_384)  # names are pure functions of (prefix, account): build each once

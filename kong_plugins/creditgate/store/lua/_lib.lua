@@ -298,3 +298,100 @@ local function remember_hold(holds_key, index_key, id, facts, until_at, now, win
   redis.call('EXPIRE', holds_key, window + 60)
   redis.call('EXPIRE', index_key, window + 60)
 end
+
+-- Events out. The charge script raises threshold events in the same atomic step as the charge that
+-- crosses them: one XADD to the account's events stream, <prefix>:{<account>}:events, the account
+-- hash's neighbour (so the same Cluster slot; the name is derived from KEYS[1], see store/keys.py).
+-- What to watch is read from the account's hash (alert_* fields, written by Admin.set_alerts), so
+-- the charge's arguments do not change. Each event is raised once per crossing: a balance or an
+-- allowance crosses its level in exactly one charge (charges of an account are serialized), and the
+-- two events that are about time (expiring, first refusal) remember what they were raised for in the
+-- account's hash (alerted_expiring: the expiry told; alerted_refusal: the latest period told). The service delivers the stream (service/events.py).
+--
+-- Notifications never cost a charge: an alert field that does not parse is read as unset, and an
+-- events key of another type is skipped, so these functions cannot fail after the script's writes.
+-- Shadow mode raises nothing. Each events stream keeps EVENTS_MAXLEN entries (about), the service
+-- reading far behind that is the operator's alarm.
+local EVENTS_MAXLEN = 1000
+local ALERT_FIELDS = {'alert_balance_below', 'alert_depleted', 'alert_allowance_percent',
+                      'alert_expiring_within', 'alert_first_refusal', 'alerted_expiring', 'alerted_refusal'}
+
+local function events_key_of(account_key)
+  return string.sub(account_key, 1, -8) .. 'events'  -- '<base>account' -> '<base>events'
+end
+
+local function emit_event(account_key, kind, now, fields)
+  local key = events_key_of(account_key)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= 'stream' then return end
+  local entry = {'type', kind, 'at', fmt(now)}
+  for i = 1, #fields, 2 do
+    entry[#entry + 1] = fields[i]
+    entry[#entry + 1] = fields[i + 1]
+  end
+  redis.call('XADD', key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', unpack(entry))
+end
+
+-- floor(total * percent / 100), exact for any total up to MAX_CREDITS.
+local function share_of(total, percent)
+  return floordiv(total, 100) * percent + floordiv((total % 100) * percent, 100)
+end
+
+-- After a charge is decided allowed (before or after its writes: nothing can refuse it any more).
+-- c: now, plan, balance_before, balance_after, allowance, used_before, used_after, period_start,
+-- expires_at.
+local function charge_events(account_key, c)
+  local v = redis.call('HMGET', account_key, unpack(ALERT_FIELDS))
+  local level = strict_int(v[1], 1, MAX_CREDITS)
+  if level and c.balance_before >= level and c.balance_after < level then
+    emit_event(account_key, 'balance.low', c.now, {'balance', fmt(c.balance_after), 'level', fmt(level),
+                                                   'plan', c.plan})
+  end
+  if v[2] == '1' and c.balance_before > 0 and c.balance_after == 0 then
+    emit_event(account_key, 'balance.depleted', c.now, {'balance', '0', 'plan', c.plan})
+  end
+  local percent = strict_int(v[3], 1, 100)
+  if percent and c.allowance > 0 then
+    local mark = share_of(c.allowance, percent)
+    local before = math.max(c.allowance - c.used_before, 0)
+    local after = math.max(c.allowance - c.used_after, 0)
+    if before >= mark and after < mark then
+      emit_event(account_key, 'allowance.low', c.now, {'allowance', fmt(c.allowance), 'remaining', fmt(after),
+                 'percent', fmt(percent), 'period_start', fmt(c.period_start), 'plan', c.plan})
+    end
+  end
+  local within = strict_int(v[4], 1, MAX_INSTANT)
+  if within and c.expires_at > 0 and c.now < c.expires_at and c.expires_at - c.now <= within
+      and v[6] ~= fmt(c.expires_at) then
+    redis.call('HSET', account_key, 'alerted_expiring', fmt(c.expires_at))
+    emit_event(account_key, 'subscription.expiring', c.now, {'expires_at', fmt(c.expires_at),
+                                                             'plan', c.plan})
+  end
+end
+
+-- After a refusal's own counters: the refusal counted by reason ("<route>|refused:<reason>", read by
+-- /metrics), and the account's first refusal in its period (the UTC day when it has no period).
+-- r: route, reason, shadow, now, plan, period, anchor, period_start, period_end.
+local function refusal_events(account_key, usage_key, r)
+  local field = r.route .. '|' .. (r.shadow and 'shadow_refused:' or 'refused:') .. r.reason
+  local count = redis.call('HGET', usage_key, field)
+  if count == false or (#count <= MAX_COUNTER_DIGITS and string.find(count, '^%-?[0-9]+$')) then
+    redis.call('HINCRBY', usage_key, field, 1)
+  end
+  if r.shadow then return end
+  local v = redis.call('HMGET', account_key, 'alert_first_refusal', 'alerted_refusal')
+  if v[1] ~= '1' then return end
+  local start = r.period_start
+  if r.period == 'none' then
+    start = r.now - r.now % DAY
+  elseif r.period_end == 0 or r.now >= r.period_end then
+    start = window_at(r.period, r.anchor, r.now)
+  end
+  -- Told once per period, and never again for an earlier one: a caller's clock behind another's (or a
+  -- day back, for an account without a period) must not make the period already told new again.
+  local told = strict_int(v[2], 0, MAX_INSTANT)
+  if told and start <= told then return end
+  redis.call('HSET', account_key, 'alerted_refusal', fmt(start))
+  emit_event(account_key, 'account.refused', r.now, {'reason', r.reason, 'period_start', fmt(start),
+                                                     'plan', r.plan})
+end

@@ -47,6 +47,11 @@
 -- The deadline closes the "refused but charged" hole: a caller that timed out answers 503 and
 -- proxies nothing, so a script that only runs after that (Redis was paused, or the command sat in a
 -- slow network) must not charge. It refuses with reason "deadline_passed" and writes nothing.
+--
+-- Events and reasons (charge_events and refusal_events in _lib.lua): a charge that crosses one of the
+-- account's alert levels adds a threshold event to <prefix>:{<account>}:events, and a refusal is also
+-- counted by reason in the usage hash ("<route>|refused:<reason>"); both in this same step, neither can
+-- fail the charge, and neither changes the reply.
 
 local account_key, ledger_key, usage_key, idempotency_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local holds_key, holds_index_key = KEYS[6], KEYS[7]
@@ -171,6 +176,8 @@ local function refuse(reason)
   if member ~= '' then
     count_usage('member:' .. member .. '|refused', 1)
   end
+  refusal_events(account_key, usage_key, {route = route, reason = reason, shadow = shadow, now = now, plan = plan,
+    period = period, anchor = anchor, period_start = period_start, period_end = period_end})
   return answer(0, reason, 0, 0, '', 0)
 end
 
@@ -242,6 +249,11 @@ if shadow then
   count_usage('shadow_credits', cost)
   return answer(1, '', from_allowance, from_balance, '', 0)
 end
+
+-- Threshold events (see _lib.lua): decided here, where nothing can refuse the charge any more.
+charge_events(account_key, {now = now, plan = plan, balance_before = balance, balance_after = balance - from_balance,
+  allowance = allowance, used_before = used, used_after = used + from_allowance, period_start = period_start,
+  expires_at = expires_at})
 
 count_usage('requests', 1)
 if member ~= '' then
