@@ -226,7 +226,8 @@ class KongNode:
         deadline = time.monotonic() + timeout
         while not (self.server.running() and self.server.accepts()):
             if time.monotonic() > deadline:
-                raise TimeoutError("the plugin server did not come back\n" + self.server.log_text())
+                errors = self.respawner.errors if self.respawner is not None else []
+                raise TimeoutError(f"the plugin server did not come back {errors}\n{self.server.log_text()}")
             time.sleep(0.01)
 
     def down_windows(self) -> list[tuple[float, float]]:

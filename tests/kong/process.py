@@ -77,6 +77,7 @@ class PluginServerProcess:
         self.env = dict(env) if env is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._lock = threading.RLock()  # a test's kill() and the Respawner's start() in turn
         if start:
             self.start()
 
@@ -100,16 +101,17 @@ class PluginServerProcess:
 
         ``wait=False`` spawns it and returns at once, as Kong 3.9's process.lua does.
         """
-        if self.running():
-            raise RuntimeError("plugin server already running")
-        self.prefix.mkdir(parents=True, exist_ok=True)  # kong-pdk refuses to start without it
-        self._close_log()
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        self._log.write(f"--- harness: starting {self.argv!r}\n".encode())
-        self._log.flush()
-        self._proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=self.env
-        )
+        with self._lock:
+            if self.running():
+                raise RuntimeError("plugin server already running")
+            self.prefix.mkdir(parents=True, exist_ok=True)  # kong-pdk refuses to start without it
+            self._close_log()
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+            self._log.write(f"--- harness: starting {self.argv!r}\n".encode())
+            self._log.flush()
+            self._proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+            )
         if wait:
             self.wait_until_listening()
 
@@ -147,11 +149,12 @@ class PluginServerProcess:
 
     def kill(self) -> None:
         """SIGKILL, as in a crash: the socket file stays behind, connections are reset."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(self.stop_timeout)
-        self._close_log()
+        with self._lock:
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(self.stop_timeout)
+            self._close_log()
 
     def exited(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for the server to exit; True when it has (or was never started)."""
@@ -290,8 +293,8 @@ class Respawner:
             self.starts.append(time.monotonic())
             try:
                 self.server.start(wait=False)
-            except OSError as exc:  # process.lua would log it and try again a second later
-                self.errors.append(str(exc))
+            except Exception as exc:  # process.lua would log it and try again a second later
+                self.errors.append(repr(exc))
                 continue
             deadline = time.monotonic() + self.server.start_timeout
             while not self._stop.is_set() and time.monotonic() < deadline and self.server.running():
