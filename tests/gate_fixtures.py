@@ -53,19 +53,32 @@ def plugin_info() -> PluginInfo:
 MODES = {"threads": (), "gevent": ("-g",)}
 
 
-@pytest.fixture(scope="module", params=sorted(MODES))
-def plugin_server(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
-    server = start_plugin_server(*MODES[request.param])
+def serving(*flags: str) -> Iterator[PluginServerProcess]:
+    """A plugin server for a fixture's lifetime, removed with its directory afterwards."""
+    server = start_plugin_server(*flags)
     yield server
     server.stop()
     shutil.rmtree(Path(server.socket_path).parent, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", params=sorted(MODES))
+def plugin_server(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
+    yield from serving(*MODES[request.param])
+
+
 @pytest.fixture
-def kong(plugin_server: PluginServerProcess, plugin_info: PluginInfo) -> Iterator[KongSide]:
+def kong_version() -> str:
+    """The Kong release whose rules the ``kong`` fixture plays (a module may parametrize it)."""
+    return "3.9"
+
+
+@pytest.fixture
+def kong(
+    plugin_server: PluginServerProcess, plugin_info: PluginInfo, kong_version: str
+) -> Iterator[KongSide]:
     if not plugin_server.running():
         plugin_server.start()
-    with KongSide(plugin_server.socket_path, plugin_info, timeout=10.0) as side:
+    with KongSide(plugin_server.socket_path, plugin_info, timeout=10.0, kong_version=kong_version) as side:
         yield side
 
 
