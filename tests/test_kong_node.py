@@ -25,10 +25,13 @@ from tests.kong import (
     RULES,
     KongNode,
     KongRequest,
+    KongSide,
+    KongWouldBypass,
     NodeResult,
     PluginInfo,
     PluginServerProcess,
 )
+from tests.kong.worker import InstanceInfo
 
 CONSUMER = {"id": "acme", "username": "acme", "custom_id": None}
 
@@ -209,3 +212,27 @@ def test_after_a_restart_no_worker_runs_a_route_under_another_route_s_configurat
         assert refused_as_premium(send(node, "route-a", 1))
         assert send(node, "route-b", 1).outcome.proxied  # type: ignore[union-attr]
     assert basic_account.account(CONSUMER["id"]).balance == 100
+
+
+@pytest.mark.parametrize("kong_version", KONG_VERSIONS)
+def test_an_instance_claim_that_times_out_by_each_release_s_rules(
+    server: PluginServerProcess,
+    plugin_info: PluginInfo,
+    settings: RedisSettings,
+    basic_account: Admin,
+    kong_version: str,
+) -> None:
+    """Another request holds the claim on the instance for longer than ``WAIT_TIME``: 3.4 ignores the
+    error and sends ``HandleEvent`` with a nil id, which kong-pdk answers "no plugin instance", so the
+    instance is started again and the request charged; 3.6+ log it and proxy without the plugin."""
+    plugin = gate_config(settings, cost=0, route_id="route-b")
+    kong = KongSide(server.socket_path, plugin_info, timeout=10, claim_wait=0.05, kong_version=kong_version)
+    with kong:
+        kong._instances[plugin.plugin_id] = InstanceInfo(plugin.seq, plugin.plugin_id)  # being started
+        if kong_version == "3.4":
+            outcome = kong.request(plugin, KongRequest(consumer=CONSUMER))
+            assert outcome.proxied and outcome.rpc_methods()[0] == "plugin.HandleEvent"
+            assert any("Could not claim" in line for line in outcome.logs("err"))
+        else:
+            with pytest.raises(KongWouldBypass, match="Could not claim instance_id"):
+                kong.request(plugin, KongRequest(consumer=CONSUMER))
