@@ -66,20 +66,19 @@ def plugin_server(request: pytest.FixtureRequest) -> Iterator[PluginServerProces
     yield from serving(*MODES[request.param])
 
 
-@pytest.fixture
-def kong_version() -> str:
-    """The Kong release whose rules the ``kong`` fixture plays (a module may parametrize it)."""
-    return "3.9"
-
-
-@pytest.fixture
-def kong(
-    plugin_server: PluginServerProcess, plugin_info: PluginInfo, kong_version: str
+def kong_side(
+    plugin_server: PluginServerProcess, plugin_info: PluginInfo, kong_version: str = "3.9"
 ) -> Iterator[KongSide]:
+    """Kong's side of one nginx worker on ``plugin_server``, by the rules of ``kong_version``."""
     if not plugin_server.running():
         plugin_server.start()
     with KongSide(plugin_server.socket_path, plugin_info, timeout=10.0, kong_version=kong_version) as side:
         yield side
+
+
+@pytest.fixture
+def kong(plugin_server: PluginServerProcess, plugin_info: PluginInfo) -> Iterator[KongSide]:
+    yield from kong_side(plugin_server, plugin_info)
 
 
 # A Redis of a test's own, which the test may stop, pause and restart; a module sets how long the

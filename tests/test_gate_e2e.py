@@ -20,9 +20,9 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, serving
+from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, kong_side, serving
 from tests.kong import KONG_VERSIONS
-from tests.kong_harness import KongRequest, KongSide, Outcome, PluginServerProcess
+from tests.kong_harness import KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
 from tests.test_decision import validate_problem
 
 SERVERS = {**MODES, "gevent-2-processes": ("-g", "--processes", "2")}
@@ -37,6 +37,13 @@ def plugin_server(request: pytest.FixtureRequest) -> Iterator[PluginServerProces
 def kong_version(request: pytest.FixtureRequest) -> str:
     version: str = request.param
     return version
+
+
+@pytest.fixture
+def kong(
+    plugin_server: PluginServerProcess, plugin_info: PluginInfo, kong_version: str
+) -> Iterator[KongSide]:
+    yield from kong_side(plugin_server, plugin_info, kong_version)
 
 
 ACME = {"id": "0b8f5c6e-acme", "username": "acme", "custom_id": "cust-42", "tags": None}
