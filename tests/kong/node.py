@@ -232,8 +232,16 @@ class KongNode:
 
     def down_windows(self) -> list[tuple[float, float]]:
         """``(kill, socket accepting again)`` for every kill: when a request could meet no server."""
-        ups = self.respawner.ups if self.respawner is not None else []
-        return [(kill, next((u for u in ups if u >= kill), float("inf"))) for kill in self.kills]
+        if self.respawner is None:
+            return [(kill, float("inf")) for kill in self.kills]
+        exits, ups = self.respawner.exits, self.respawner.ups
+        windows = []
+        for kill in self.kills:
+            # The server came back with the first start after the exit that followed the kill (an up
+            # seen between the stamp and the signal belongs to the server that was killed).
+            exited = next((e for e in exits if e >= kill), float("inf"))
+            windows.append((kill, next((u for u in ups if u > exited), float("inf"))))
+        return windows
 
     def met_a_kill(self, result: NodeResult) -> bool:
         """True when the request was in flight at a kill or ran while the server was down."""

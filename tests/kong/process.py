@@ -298,7 +298,8 @@ class Respawner:
                 continue
             deadline = time.monotonic() + self.server.start_timeout
             while not self._stop.is_set() and time.monotonic() < deadline and self.server.running():
+                checked = time.monotonic()  # stamped before the check: a kill right after it is later
                 if self.server.accepts():
-                    self.ups.append(time.monotonic())
+                    self.ups.append(checked)
                     break
                 time.sleep(0.005)
