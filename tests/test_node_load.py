@@ -211,7 +211,8 @@ def test_under_load_kills_and_config_changes_every_request_is_charged_under_its_
     assert before - pro_account.account(ACCOUNT["id"]).balance == charged
     assert pro_account.verify_ledger(ACCOUNT["id"]).ok
     print(
-        f"\n{kong_version}: {len(results)} requests, {len(answered)} answered under their configuration, "
+        f"\nKong {kong_version}, {server.argv[server.argv.index('--processes') + 1]} process(es): "
+        f"{len(results)} requests, {len(answered)} answered under their configuration, "
         f"{len(refused_500)} answered 500 and {len(lost)} proxied without the plugin at the kill, "
         f"{len(ledger)} charged without an answer, {node.events_posted} reset events"
     )
