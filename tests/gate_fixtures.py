@@ -53,20 +53,32 @@ def plugin_info() -> PluginInfo:
 MODES = {"threads": (), "gevent": ("-g",)}
 
 
-@pytest.fixture(scope="module", params=sorted(MODES))
-def plugin_server(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
-    server = start_plugin_server(*MODES[request.param])
+def serving(*flags: str) -> Iterator[PluginServerProcess]:
+    """A plugin server for a fixture's lifetime, removed with its directory afterwards."""
+    server = start_plugin_server(*flags)
     yield server
     server.stop()
     shutil.rmtree(Path(server.socket_path).parent, ignore_errors=True)
 
 
-@pytest.fixture
-def kong(plugin_server: PluginServerProcess, plugin_info: PluginInfo) -> Iterator[KongSide]:
+@pytest.fixture(scope="module", params=sorted(MODES))
+def plugin_server(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
+    yield from serving(*MODES[request.param])
+
+
+def kong_side(
+    plugin_server: PluginServerProcess, plugin_info: PluginInfo, kong_version: str = "3.9"
+) -> Iterator[KongSide]:
+    """Kong's side of one nginx worker on ``plugin_server``, by the rules of ``kong_version``."""
     if not plugin_server.running():
         plugin_server.start()
-    with KongSide(plugin_server.socket_path, plugin_info, timeout=10.0) as side:
+    with KongSide(plugin_server.socket_path, plugin_info, timeout=10.0, kong_version=kong_version) as side:
         yield side
+
+
+@pytest.fixture
+def kong(plugin_server: PluginServerProcess, plugin_info: PluginInfo) -> Iterator[KongSide]:
+    yield from kong_side(plugin_server, plugin_info)
 
 
 # A Redis of a test's own, which the test may stop, pause and restart; a module sets how long the

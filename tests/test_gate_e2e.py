@@ -1,10 +1,15 @@
-"""The gate end to end: the real plugin server, driven through Kong's protocol, charging a real Redis."""
+"""The gate end to end: the real plugin server, driven through Kong's protocol, charging a real Redis.
+
+Every test runs by the rules of Kong 3.4, 3.6 and 3.9 (tests/kong/versions.py), on kong-pdk's threads
+and gevent modes and on the server of two processes behind one socket.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -15,9 +20,31 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import PLUGIN_SERVER, gate_config
-from tests.kong_harness import KongRequest, KongSide, Outcome
+from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, kong_side, serving
+from tests.kong import KONG_VERSIONS
+from tests.kong_harness import KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
 from tests.test_decision import validate_problem
+
+SERVERS = {**MODES, "gevent-2-processes": ("-g", "--processes", "2")}
+
+
+@pytest.fixture(scope="module", params=sorted(SERVERS))
+def plugin_server(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
+    yield from serving(*SERVERS[request.param])
+
+
+@pytest.fixture(params=KONG_VERSIONS)
+def kong_version(request: pytest.FixtureRequest) -> str:
+    version: str = request.param
+    return version
+
+
+@pytest.fixture
+def kong(
+    plugin_server: PluginServerProcess, plugin_info: PluginInfo, kong_version: str
+) -> Iterator[KongSide]:
+    yield from kong_side(plugin_server, plugin_info, kong_version)
+
 
 ACME = {"id": "0b8f5c6e-acme", "username": "acme", "custom_id": "cust-42", "tags": None}
 
@@ -186,9 +213,10 @@ def test_a_free_route_is_proxied_without_a_charge(
 
 
 def test_an_invalid_config_refuses_with_500_and_leaves_the_server_healthy(
-    kong: KongSide, settings: RedisSettings, paying: Admin
+    kong: KongSide, settings: RedisSettings, paying: Admin, kong_version: str
 ) -> None:
-    broken = call(kong, settings, key_prefix="bad{prefix}")
+    # A prefix of its own: the server says each cause once in its lifetime, and the server is shared.
+    broken = call(kong, settings, key_prefix=f"bad{{prefix}}-{kong_version}")
     assert broken.status == 500 and problem(broken)["reason"] == "misconfigured"
     assert any("key_prefix" in line for line in broken.logs("err"))
     assert call(kong, settings).proxied
