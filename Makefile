@@ -5,9 +5,9 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup check lint types test schema bench constraints dist
 
-# Everything the checks need, on a fresh Debian or Ubuntu machine with Python 3.10+: redis-server and
-# decK from the distribution (.ci/system-tools), then a virtual environment with the package and its
-# test tools at the versions constraints.txt pins (the image installs the same pins).
+# Everything the checks need, on a fresh Debian or Ubuntu machine with Python 3.10+: redis-server,
+# decK, valgrind and Chromium from the distribution (.ci/system-tools), then a virtual environment with
+# the package and its test tools at the versions constraints.txt pins (the image installs the same pins).
 setup:
 	bash .ci/system-tools
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
