@@ -56,6 +56,12 @@ class Month:
         routes = sorted({r for (a, _, r) in self.usage if a == account})
         return {r: [self.usage[(account, d, r)][name] for d in self.days] for r in routes}
 
+    def reasons(self, account: str | None = None) -> dict[str, list[int]]:
+        """Refusals per day by reason, the reasons most refused first (the page's order)."""
+        names = {n for (a, _, _), c in self.usage.items() if account in (None, a) for n in c if ":" in n}
+        by_reason = {n.partition(":")[2]: self.per_day(n, account) for n in names}
+        return dict(sorted(by_reason.items(), key=lambda item: (-sum(item[1]), item[0])))
+
     def per_account(self, name: str) -> Counter[str]:
         out: Counter[str] = Counter()
         for (a, _, _), c in self.usage.items():
@@ -99,7 +105,9 @@ def seed_month(admin: Admin, store: RedisStore) -> Month:
                 result = store.charge(ChargeRequest(account, cost, now=now, route=route))
                 counts = month.usage[(account, day, route)]
                 if not result.allowed:
+                    assert result.reason is not None
                     counts["refused"] += 1
+                    counts[f"refused:{result.reason.value}"] += 1
                     continue
                 counts["requests"] += 1
                 counts["credits"] += cost
@@ -112,6 +120,7 @@ def seed_month(admin: Admin, store: RedisStore) -> Month:
     month.balances = {name: store.account_state(name).balance for name in accounts}
     month.subscribers = {p.name: admin.plan_subscribers(p.name) for p in admin.plans()}
     assert sum(month.per_day("refused")) > 20 and sum(month.per_day("refunded")) > 0
+    assert len(month.reasons()) >= 2, month.reasons()
     return month
 
 
@@ -256,6 +265,11 @@ def test_the_whole_api_shows_the_seeded_month_per_day(world: World, wide: Watche
     refused = chart(page, "chart-api-refused")
     assert refused["labels"] == month.days
     assert refused["datasets"][0]["data"] == month.per_day("refused")
+    reasons = chart(page, "chart-api-reasons")
+    assert reasons["labels"] == month.days
+    assert {d["label"]: d["data"] for d in reasons["datasets"]} == month.reasons()
+    assert [d["label"] for d in reasons["datasets"]] == list(month.reasons())  # most refused first
+    assert {"subscription_inactive", "quota_exhausted"} <= set(month.reasons())
     for key in FIELDS:
         assert figure(card(page, "overview", key)) == sum(month.per_day(key)), key
     assert page.inner_text("#overview-range") == f"{month.days[0]} to {month.days[-1]} (UTC)"
@@ -315,7 +329,15 @@ def test_one_account_is_charted_per_day_and_route(world: World, wide: Watched) -
             none = page.locator(f"figure:has(#chart-account-{name}) .none")
             assert none.is_visible() == (total == 0), (account, name)  # "none in this range"
         assert figure(card(page, "account", "balance")) == month.balances[account]
+        reasons = chart(page, "chart-account-reasons")
+        assert reasons["labels"] == month.days
+        expected = month.reasons(account) or {"Refused": [0] * DAYS}  # none: one empty series
+        assert {d["label"]: d["data"] for d in reasons["datasets"]} == expected
+        assert page.locator("figure:has(#chart-account-reasons) .none").is_visible() == (
+            expected == {"Refused": [0] * DAYS}
+        )
     assert sum(month.per_day("refused", "umbrella")) > 0  # the daily quota was reached
+    assert list(month.reasons("umbrella")) == ["quota_exhausted"]
 
 
 def test_plans_list_their_subscribers(world: World, wide: Watched) -> None:
@@ -473,6 +495,8 @@ def test_an_empty_store_shows_empty_states(world: World, wide: Watched) -> None:
     assert table(page, "#top-accounts") == [["No account used the API in this range."]]
     assert page.is_hidden("#account-select")
     assert chart(page, "chart-api-credits")["datasets"][0]["data"] == [0] * 30
+    assert chart(page, "chart-api-reasons")["datasets"][0]["data"] == [0] * 30
+    assert page.locator("figure:has(#chart-api-reasons) .none").is_visible()  # "none in this range"
     assert wide.errors == []
     screenshot(page, "dashboard-empty-1280.png")
 
@@ -480,7 +504,8 @@ def test_an_empty_store_shows_empty_states(world: World, wide: Watched) -> None:
 def test_each_section_says_it_is_loading_until_its_answer_comes(world: World, wide: Watched) -> None:
     page = wide.page
     held: list[Any] = []
-    page.route("**/v1/usage/totals*", lambda route: held.append(route))
+    overview = lambda url: "/v1/usage/totals" in url and "account=" not in url  # noqa: E731
+    page.route(overview, lambda route: held.append(route))
     page.goto(world.api.url + "/dashboard/")
     page.wait_for_selector("body[data-ready='signed-out']")
     page.fill("#token", READ_TOKEN)

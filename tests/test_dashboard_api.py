@@ -9,7 +9,7 @@ import pytest
 
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
-from creditgate.core.model import Plan
+from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.service.dashboard import FILES
@@ -48,17 +48,20 @@ def test_totals_add_up_every_account_per_day_route_and_account(api: Running, see
     assert answer.status_code == 200
     body = answer.json()
     zero = {"replayed": 0, "shadow_allowed": 0, "shadow_refused": 0}
+    short = {"refused": 1, "refused_by_reason": {"insufficient_credit": 1}}
+    none = {"refused": 0, "refused_by_reason": {}}
     assert body["since"] == "2026-01-01T00:00:00Z"
     assert body["until"] == "2026-01-04T00:00:00Z"
-    assert body["total"] == {"requests": 4, "credits": 16, "refunded": 3, "refused": 1, **zero}
+    assert body["total"] == {"requests": 4, "credits": 16, "refunded": 3, **short, **zero}
+    assert body["reasons"] == ["insufficient_credit"]
     assert body["days"] == [
-        {"day": "2026-01-01", "requests": 2, "credits": 5, "refunded": 3, "refused": 1, **zero},
-        {"day": "2026-01-02", "requests": 0, "credits": 0, "refunded": 0, "refused": 0, **zero},
-        {"day": "2026-01-03", "requests": 2, "credits": 11, "refunded": 0, "refused": 0, **zero},
+        {"day": "2026-01-01", "requests": 2, "credits": 5, "refunded": 3, **short, **zero},
+        {"day": "2026-01-02", "requests": 0, "credits": 0, "refunded": 0, **none, **zero},
+        {"day": "2026-01-03", "requests": 2, "credits": 11, "refunded": 0, **none, **zero},
     ]
     assert body["routes"] == [
-        {"route": "route:export", "requests": 1, "credits": 4, "refunded": 0, "refused": 1, **zero},
-        {"route": "route:search", "requests": 3, "credits": 12, "refunded": 3, "refused": 0, **zero},
+        {"route": "route:export", "requests": 1, "credits": 4, "refunded": 0, **short, **zero},
+        {"route": "route:search", "requests": 3, "credits": 12, "refunded": 3, **none, **zero},
     ]
     assert [(a["account"], a["credits"]) for a in body["top_accounts"]] == [
         ("globex", 7),
@@ -73,6 +76,50 @@ def test_a_pool_members_own_row_is_not_counted_twice(api: Running, seeded: None)
     assert {r["member"] for r in rows} == {None, "alice"}  # the pool's row and the member's own
     body = api.call("GET", "/v1/usage/totals", token=READ_TOKEN, params=RANGE).json()
     assert next(a for a in body["top_accounts"] if a["account"] == "pool")["credits"] == 4
+
+
+def test_refusals_are_given_by_reason_adding_up_to_refused(
+    api: Running, seeded: None, admin: Admin, store: RedisStore
+) -> None:
+    admin.set_status("globex", Status.SUSPENDED)
+    for second in (50, 60):
+        store.charge(ChargeRequest("globex", 1, now=JAN_1 + second, route="route:search"))
+    store.charge(ChargeRequest("pool", 1, now=JAN_1 + 70, route="route:search", member="alice"))
+    body = api.call("GET", "/v1/usage/totals", token=READ_TOKEN, params=RANGE).json()
+    assert body["total"]["refused_by_reason"] == {"insufficient_credit": 1, "subscription_inactive": 2}
+    assert body["reasons"] == ["subscription_inactive", "insufficient_credit"]  # most refused first
+    for figures in [body["total"], *body["days"], *body["routes"], *body["top_accounts"]]:
+        assert sum(figures["refused_by_reason"].values()) == figures["refused"], figures
+    day = body["days"][0]
+    assert (day["refused"], day["refused_by_reason"]) == (
+        3,
+        {"insufficient_credit": 1, "subscription_inactive": 2},
+    )
+    rows = api.call("GET", "/v1/usage", token=READ_TOKEN, params=RANGE).json()["rows"]
+    assert {r["route"] for r in rows} == {"route:export", "route:search"}  # a reason is not a route
+
+
+def test_totals_of_some_accounts_leave_the_others_out(api: Running, seeded: None) -> None:
+    body = api.call("GET", "/v1/usage/totals", token=READ_TOKEN, params={**RANGE, "account": "acme"}).json()
+    assert body["total"]["credits"] == 5 and body["total"]["refused_by_reason"] == {"insufficient_credit": 1}
+    assert [a["account"] for a in body["top_accounts"]] == ["acme"]
+    assert body["accounts_with_usage"] == 1
+    unknown = api.call("GET", "/v1/usage/totals", token=READ_TOKEN, params={**RANGE, "account": "nobody"})
+    assert unknown.status_code == 404
+
+
+def test_refusals_counted_before_reasons_were_are_unrecorded(
+    api: Running, admin: Admin, store: RedisStore
+) -> None:
+    admin.apply_plan(Plan("pro", period=Period.NONE))
+    admin.subscribe("acme", "pro", starts_at=JAN_1 - DAY_SECONDS)
+    store.charge(ChargeRequest("acme", 1, now=JAN_1 + 10, route="route:search"))  # refused: no credit
+    store.client.hincrby(
+        store.keys.account("acme").usage(JAN_1), "route:search|refused", 2
+    )  # as counted by an earlier release
+    body = api.call("GET", "/v1/usage/totals", token=READ_TOKEN, params=RANGE).json()
+    assert body["total"]["refused"] == 3
+    assert body["total"]["refused_by_reason"] == {"insufficient_credit": 1, "unrecorded": 2}
 
 
 def test_top_keeps_the_most_charged_accounts(api: Running, seeded: None) -> None:

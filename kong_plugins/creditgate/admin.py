@@ -49,6 +49,10 @@ USAGE_FIELDS = (
     "shadow_allowed",
     "shadow_refused",
 )
+# Each refusal is also counted by its reason, "<route>|refused:<reason>" (refusal_events in _lib.lua).
+REFUSED_BY = "refused:"
+# Refusals counted before reasons were (or under a counter that would not parse): the rest of `refused`.
+UNRECORDED_REASON = "unrecorded"
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,8 @@ class UsageRow:
     replayed: int = 0  # retries answered by an earlier charge (Idempotency-Key)
     shadow_allowed: int = 0  # shadow mode: would have been charged
     shadow_refused: int = 0  # shadow mode: would have been refused
+    # (reason, count) by reason, adding up to `refused`; empty on a member's row (counted for the pool)
+    refused_by_reason: tuple[tuple[str, int], ...] = ()
 
     @property
     def net_credits(self) -> int:
@@ -655,28 +661,40 @@ def _cap_conflict(account: str, balance: int, amount: int) -> Conflict:
 
 def _usage_rows(day: str, account: str, counters: dict[str, int]) -> list[UsageRow]:
     by_route: dict[tuple[str, str], dict[str, int]] = {}
+    reasons: dict[tuple[str, str], dict[str, int]] = {}
     for name, value in counters.items():
         where, _, field = name.rpartition("|")
-        if field not in USAGE_FIELDS:
-            continue
         route, _, member = where.partition("|member:")
-        by_route.setdefault((route, member), {})[field] = value
-    return [
-        UsageRow(
-            day[:10],
-            account,
-            route,
-            c.get("requests", 0),
-            c.get("credits", 0),
-            c.get("refused", 0),
-            member=member,
-            refunded=c.get("refunded", 0) + c.get("settled_back", 0),
-            replayed=c.get("replayed", 0),
-            shadow_allowed=c.get("shadow_allowed", 0),
-            shadow_refused=c.get("shadow_refused", 0),
+        if field.startswith(REFUSED_BY) and field != REFUSED_BY:
+            reasons.setdefault((route, member), {})[field.removeprefix(REFUSED_BY)] = value
+            by_route.setdefault((route, member), {})
+        elif field in USAGE_FIELDS:
+            by_route.setdefault((route, member), {})[field] = value
+    rows = []
+    for (route, member), c in sorted(by_route.items()):
+        refused, by_reason = c.get("refused", 0), reasons.get((route, member), {})
+        if not member:  # the reasons add up to `refused`, whatever the counters say
+            rest = refused - sum(by_reason.values())
+            if rest > 0:
+                by_reason = {**by_reason, UNRECORDED_REASON: by_reason.get(UNRECORDED_REASON, 0) + rest}
+            refused = max(refused, sum(by_reason.values()))
+        rows.append(
+            UsageRow(
+                day[:10],
+                account,
+                route,
+                c.get("requests", 0),
+                c.get("credits", 0),
+                refused,
+                member=member,
+                refunded=c.get("refunded", 0) + c.get("settled_back", 0),
+                replayed=c.get("replayed", 0),
+                shadow_allowed=c.get("shadow_allowed", 0),
+                shadow_refused=c.get("shadow_refused", 0),
+                refused_by_reason=tuple(sorted(by_reason.items())) if not member else (),
+            )
         )
-        for (route, member), c in sorted(by_route.items())
-    ]
+    return rows
 
 
 __all__ = ["AccountView", "Admin", "InvalidDocument", "LedgerCheck", "UsageRow"]

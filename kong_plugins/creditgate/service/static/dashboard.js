@@ -146,7 +146,7 @@
 
   // --- Charts -----------------------------------------------------------------------------------
 
-  function barChart(id, labels, datasets) {
+  function barChart(id, labels, datasets, legend) {
     const old = state.charts[id];
     if (old) old.destroy();
     const stacked = datasets.length > 1;
@@ -162,7 +162,7 @@
         animation: false,
         interaction: { mode: "index", intersect: false },
         plugins: {
-          legend: { display: stacked, position: "bottom", labels: { boxWidth: 12 } },
+          legend: { display: legend === undefined ? stacked : legend, position: "bottom", labels: { boxWidth: 12 } },
           tooltip: { callbacks: { title: (items) => (items.length ? items[0].label + " (UTC)" : "") } },
         },
         scales: {
@@ -176,6 +176,14 @@
   function series(label, data, index) {
     const color = PALETTE[index % PALETTE.length];
     return { label, data, backgroundColor: color, borderColor: color, borderWidth: 0 };
+  }
+
+  // Refusals by reason, one stacked series per reason (most refused first) over the totals' days.
+  function reasonsChart(id, totals) {
+    const datasets = totals.reasons.map((reason, index) =>
+      series(reason, totals.days.map((d) => d.refused_by_reason[reason] || 0), index + 3));
+    const labels = totals.days.map((d) => d.day);
+    barChart(id, labels, datasets.length ? datasets : [series("Refused", labels.map(() => 0), 3)], datasets.length > 0);
   }
 
   // --- Range ------------------------------------------------------------------------------------
@@ -219,6 +227,7 @@
     show("overview-body", true);
     barChart("chart-api-credits", labels, [series("Credits charged", totals.days.map((d) => d.credits), 0)]);
     barChart("chart-api-refused", labels, [series("Refused", totals.days.map((d) => d.refused), 3)]);
+    reasonsChart("chart-api-reasons", totals);
     fillTable(
       "top-accounts",
       totals.top_accounts.length
@@ -299,7 +308,8 @@
       tr.classList.toggle("chosen", tr.dataset.account === account.account);
     }
     const { since, until } = state.range;
-    const answer = await api("usage", { since, until: nextDay(until), account: account.account });
+    const range = { since, until: nextDay(until), account: account.account };
+    const [answer, totals] = await Promise.all([api("usage", range), api("usage/totals", { ...range, top: 1 })]);
     const rows = answer.rows.filter((r) => !r.member);
     const days = daysBetween(since, until);
     const routes = [...new Set(rows.map((r) => r.route))].sort();
@@ -323,6 +333,7 @@
       });
       barChart("chart-account-" + field, days, datasets.length ? datasets : [series(field, days.map(() => 0), 0)]);
     }
+    reasonsChart("chart-account-reasons", totals);
     busy("account", false);
   }
 
