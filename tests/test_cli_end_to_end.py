@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from creditgate.core.config import RedisSettings
 from tests.cli_support import Cli
 from tests.gate_fixtures import gate_config
 from tests.kong_harness import KongRequest, KongSide
 
-ACME = {"id": "0b8f5c6e-acme", "username": "acme", "custom_id": None, "tags": None}
+ACME: dict[str, Any] = {"id": "0b8f5c6e-acme", "username": "acme", "custom_id": None, "tags": None}
 
 
 def test_a_charge_through_the_plugin_shows_in_balance_usage_and_export(

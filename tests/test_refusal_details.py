@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from tests.test_decision import BASE, result
 ROOT = Path(__file__).resolve().parent.parent
 PAYMENT_REASONS = [reason for reason in Reason if reason not in STATUS]
 FALLBACK = "The request was refused."
-ACME = {"id": "acme", "username": "acme", "custom_id": None, "tags": None}
+ACME: dict[str, Any] = {"id": "acme", "username": "acme", "custom_id": None, "tags": None}
 
 
 def assert_formatted(detail: str) -> None:
