@@ -14,7 +14,8 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.decision import STATUS, Reason, refusal
 from creditgate.core.model import Plan
-from creditgate.handler import Gate, RequestFacts
+from creditgate.core.policy import RequestFacts
+from creditgate.handler import Gate
 from creditgate.store.redis_store import RedisStore
 from tests.test_decision import BASE, result
 
