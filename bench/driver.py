@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from bench.procs import process_tree
 

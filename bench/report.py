@@ -404,14 +404,14 @@ def markdown(
             "| second half MB |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for r in longs:
-            c, d = r.cell, r.second
+        for lr in longs:
+            c, d = lr.cell, lr.second
             errors = c.errors + d.errors
-            note = "" if r.ok else f" ({errors} errors{', timed out' if c.timed_out or d.timed_out else ''})"
+            note = "" if lr.ok else f" ({errors} errors{', timed out' if c.timed_out or d.timed_out else ''})"
             lines.append(
-                f"| {c.mode} | {LABELS[c.path]}{note} | {r.requests:,} | {_num(d.requests_per_second)} "
+                f"| {c.mode} | {LABELS[c.path]}{note} | {lr.requests:,} | {_num(d.requests_per_second)} "
                 f"| {_mib(c.rss_before_kib)} | {_mib(d.rss_before_kib)} | {_mib(d.rss_after_kib)} "
-                f"| {r.growth_mb:+.1f} | {r.second_half_growth_mb:+.1f} |"
+                f"| {lr.growth_mb:+.1f} | {lr.second_half_growth_mb:+.1f} |"
             )
     if overspends:
         lines += [

@@ -15,7 +15,15 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
-from tests.kong_harness import KongSide, PluginConfig, PluginInfo, PluginServerProcess
+from tests.kong_harness import (
+    HeaderInput,
+    KongRequest,
+    KongSide,
+    Outcome,
+    PluginConfig,
+    PluginInfo,
+    PluginServerProcess,
+)
 from tests.redis_servers import RedisServer
 
 # The console script pip installed next to this Python: the same command Kong's start_cmd runs.
@@ -42,6 +50,20 @@ def gate_config(settings: RedisSettings, **config: Any) -> PluginConfig:
     redis.update(config.pop("redis", {}))
     route_id = config.pop("route_id", "route-1")
     return PluginConfig(config={"redis": redis, **config}, route_id=route_id)
+
+
+def through_gate(
+    kong: KongSide,
+    settings: RedisSettings,
+    request: KongRequest,
+    upstream_status: int = 200,
+    upstream_headers: HeaderInput | None = None,
+    **config: Any,
+) -> Outcome:
+    """One request through a gate entry on the test's Redis, its PDK exchange checked clean."""
+    outcome = kong.request(gate_config(settings, **config), request, upstream_status, upstream_headers)
+    outcome.assert_clean()
+    return outcome
 
 
 @pytest.fixture(scope="session")

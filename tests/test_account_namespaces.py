@@ -22,7 +22,7 @@ from creditgate.errors import ConfigError
 from creditgate.store.keys import READABLE_NAME, account_keys
 from creditgate.store.redis_store import RedisStore
 from tests.cli_support import Cli
-from tests.gate_fixtures import gate_config
+from tests.gate_fixtures import through_gate
 from tests.kong_harness import KongRequest, KongSide, Outcome
 
 BOB_ID = "0b0b0b0b-0000-4000-8000-000000000001"
@@ -33,8 +33,7 @@ CAROL = {"id": "ca401000-0000-4000-8000-000000000002", "username": "carol", "cus
 
 def call(kong: KongSide, settings: RedisSettings, consumer: Any, **config: Any) -> Outcome:
     request = KongRequest(path="/v1/answer", consumer=consumer)
-    outcome = kong.request(gate_config(settings, **config), request)
-    outcome.assert_clean()
+    outcome = through_gate(kong, settings, request, **config)
     return outcome
 
 

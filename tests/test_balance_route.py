@@ -18,7 +18,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import gate_config
+from tests.gate_fixtures import gate_config, through_gate
 from tests.kong_harness import KongRequest, KongSide, Outcome
 from tests.redis_servers import RedisServer
 from tests.test_balance import validate_balance
@@ -38,8 +38,7 @@ def ask(kong: KongSide, settings: RedisSettings, consumer: Any = ACME, **config:
         credential=config.pop("credential", None),
         headers={"X-Credit-Account": "globex", "X-Credit-Member": "bob"},
     )
-    outcome = kong.request(gate_config(settings, role="balance", **config), request)
-    outcome.assert_clean()
+    outcome = through_gate(kong, settings, request, role="balance", **config)
     assert not outcome.proxied and outcome.exit_method == "kong.response.exit"
     return outcome
 

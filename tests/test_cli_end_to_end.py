@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from creditgate.core.config import RedisSettings
 from tests.cli_support import Cli
-from tests.gate_fixtures import gate_config
+from tests.gate_fixtures import through_gate
 from tests.kong_harness import KongRequest, KongSide
 
-ACME = {"id": "0b8f5c6e-acme", "username": "acme", "custom_id": None, "tags": None}
+ACME: dict[str, Any] = {"id": "0b8f5c6e-acme", "username": "acme", "custom_id": None, "tags": None}
 
 
 def test_a_charge_through_the_plugin_shows_in_balance_usage_and_export(
@@ -24,8 +25,7 @@ def test_a_charge_through_the_plugin_shows_in_balance_usage_and_export(
     cli.ok("subscribe", ACME["id"], "pro")
     cli.ok("grant", ACME["id"], "10", "--key", "in_1")
 
-    outcome = kong.request(gate_config(settings, cost=3), KongRequest(path="/v1/answer", consumer=ACME))
-    outcome.assert_clean()
+    outcome = through_gate(kong, settings, KongRequest(path="/v1/answer", consumer=ACME), cost=3)
     assert outcome.proxied
     charge_id = outcome.upstream_headers.get("X-Credit-Charge-Id")
 

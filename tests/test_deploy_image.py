@@ -221,7 +221,7 @@ def healthcheck_probe() -> str:
     health = next(rest for word, rest in instructions() if word == "HEALTHCHECK")
     shell, dash_c, command = json.loads(health.split(" CMD ", 1)[1])  # the exec form hadolint asks for
     assert (shell, dash_c) == ("/bin/sh", "-c")
-    kong_half, _, probe = command.partition(" && ")
+    kong_half, _, probe = str(command).partition(" && ")
     assert kong_half.startswith("kong health")
     return probe
 

@@ -253,7 +253,7 @@ def gate_entries() -> list[PluginEntry]:
 
 def charging(entry: PluginEntry) -> bool:
     """An entry in the gate role (the default), as opposed to one answering the client's balance."""
-    return entry.config.get("role", "gate") == "gate"
+    return bool(entry.config.get("role", "gate") == "gate")
 
 
 @pytest.mark.parametrize("entry", gate_entries(), ids=lambda e: e.where)

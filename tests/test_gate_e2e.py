@@ -46,7 +46,7 @@ def kong(
     yield from kong_side(plugin_server, plugin_info, kong_version)
 
 
-ACME = {"id": "0b8f5c6e-acme", "username": "acme", "custom_id": "cust-42", "tags": None}
+ACME: dict[str, Any] = {"id": "0b8f5c6e-acme", "username": "acme", "custom_id": "cust-42", "tags": None}
 
 
 def call(kong: KongSide, settings: RedisSettings, consumer: Any = ACME, **config: Any) -> Outcome:

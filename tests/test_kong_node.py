@@ -12,6 +12,7 @@ import shutil
 import socket
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import msgpack
 import pytest
@@ -33,7 +34,7 @@ from tests.kong import (
 )
 from tests.kong.worker import InstanceInfo
 
-CONSUMER = {"id": "acme", "username": "acme", "custom_id": None}
+CONSUMER: dict[str, Any] = {"id": "acme", "username": "acme", "custom_id": None}
 
 
 @pytest.fixture(scope="module")

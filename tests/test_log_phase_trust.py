@@ -18,7 +18,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, start_plugin_server
+from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, start_plugin_server, through_gate
 from tests.kong_harness import KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
 
 ACME = {"id": "acme", "username": "acme", "custom_id": None, "tags": None}
@@ -60,8 +60,7 @@ def send(
     **config: Any,
 ) -> Outcome:
     request = KongRequest(path="/v1/answer", consumer=ACME, headers=headers or {})
-    outcome = kong.request(gate_config(settings, **config), request, status)
-    outcome.assert_clean()
+    outcome = through_gate(kong, settings, request, status, **config)
     return outcome
 
 

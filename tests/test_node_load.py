@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from creditgate.core.model import Plan
 from tests.gate_fixtures import gate_config, serving
 from tests.kong import KongNode, KongRequest, NodeResult, PluginInfo, PluginServerProcess
 
-ACCOUNT = {"id": "acme", "username": "acme", "custom_id": None}
+ACCOUNT: dict[str, Any] = {"id": "acme", "username": "acme", "custom_id": None}
 COSTS = {"route-a": [5, 7, 9], "route-b": [1, 2, 3], "route-c": [11, 13, 15]}
 PLANS = {"route-a": ["pro"], "route-b": [], "route-c": ["enterprise"]}
 GAP = 0.3  # seconds of load between two actions

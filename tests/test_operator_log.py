@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,12 @@ from tests.gate_fixtures import gate_config, start_plugin_server
 from tests.kong_harness import KongRequest, KongSide, Outcome, PluginConfig, PluginInfo, PluginServerProcess
 from tests.redis_servers import RedisServer
 
-CONSUMER = {"id": "7c2e0d5e-0b8f-4c6e-9a55-5f1d8f0aacme", "username": "acme", "custom_id": None, "tags": None}
+CONSUMER: dict[str, Any] = {
+    "id": "7c2e0d5e-0b8f-4c6e-9a55-5f1d8f0aacme",
+    "username": "acme",
+    "custom_id": None,
+    "tags": None,
+}
 # Kong's levels from the most severe down; notice is its default log_level.
 SHOWN_BY_DEFAULT = ("crit", "alert", "emerg", "err", "warn", "notice")
 

@@ -7,8 +7,8 @@ import datetime as dt
 from creditgate.core.periods import DAY_SECONDS, WEEK_SECONDS, Period, Window, add_months, window_at
 
 
-def at(*parts: int) -> int:
-    return int(dt.datetime(*parts, tzinfo=dt.timezone.utc).timestamp())  # type: ignore[misc]
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(dt.datetime(year, month, day, hour, minute, tzinfo=dt.timezone.utc).timestamp())
 
 
 def test_a_daily_period_starts_at_the_anchor_time_of_day() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,14 +14,15 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.decision import STATUS, Reason, refusal
 from creditgate.core.model import Plan
-from creditgate.handler import Gate, RequestFacts
+from creditgate.core.policy import RequestFacts
+from creditgate.handler import Gate
 from creditgate.store.redis_store import RedisStore
 from tests.test_decision import BASE, result
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYMENT_REASONS = [reason for reason in Reason if reason not in STATUS]
 FALLBACK = "The request was refused."
-ACME = {"id": "acme", "username": "acme", "custom_id": None, "tags": None}
+ACME: dict[str, Any] = {"id": "acme", "username": "acme", "custom_id": None, "tags": None}
 
 
 def assert_formatted(detail: str) -> None:

@@ -32,7 +32,12 @@ from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import start_plugin_server
 from tests.kong_harness import KongRequest, KongSide, Outcome, PluginConfig, PluginInfo, PluginServerProcess
 
-CONSUMER = {"id": "5f1d8f0a-7c55-4d2b-9a55-0b8f5c6eacme", "username": "acme", "custom_id": None, "tags": None}
+CONSUMER: dict[str, Any] = {
+    "id": "5f1d8f0a-7c55-4d2b-9a55-0b8f5c6eacme",
+    "username": "acme",
+    "custom_id": None,
+    "tags": None,
+}
 
 
 @pytest.fixture(params=["1", "2"], ids=["1-process", "2-processes"])

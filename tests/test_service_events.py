@@ -20,7 +20,8 @@ import redis
 from creditgate.admin import Admin
 from creditgate.core.alerts import Alerts
 from creditgate.core.config import RedisSettings
-from creditgate.core.model import Period, Plan
+from creditgate.core.model import Plan
+from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.service.events import Dispatcher, EventSettings
 from creditgate.store.redis_store import RedisStore
