@@ -6,15 +6,17 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.node_report import INTERVAL_ENV
-from tests.gate_fixtures import gate_config, start_plugin_server
+from tests.gate_fixtures import MODES, gate_config, start_plugin_server
 from tests.kong.process import PluginServerProcess
 from tests.kong_harness import KongRequest, KongSide, PluginInfo
 from tests.redis_servers import RedisServer, wait_until
@@ -28,11 +30,13 @@ def redis_timeout_ms() -> int:
     return 200
 
 
-@pytest.fixture
-def reporting_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginServerProcess]:
-    """A plugin server that writes its report every 0.2 s."""
+@pytest.fixture(params=sorted(MODES))
+def reporting_server(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[PluginServerProcess]:
+    """A plugin server (threads or gevent) that writes its report every 0.2 s."""
     monkeypatch.setenv(INTERVAL_ENV, "0.2")
-    server = start_plugin_server()
+    server = start_plugin_server(*MODES[request.param])
     yield server
     server.stop()
     shutil.rmtree(Path(server.socket_path).parent, ignore_errors=True)
@@ -104,3 +108,36 @@ def test_a_plugin_server_that_stopped_drops_out_of_the_scrape(
         # Its report expires after three intervals (at least a second); then the node is gone.
         wait_until(lambda: node_values(api, "credit_gate_breaker_open") == [], 10, "the node to drop out")
         assert node_values(api, "credit_gate_node_report_age_seconds") == []
+
+
+def test_an_allowed_request_still_costs_one_redis_command_while_the_node_reports(
+    reporting_server: PluginServerProcess,
+    plugin_info: PluginInfo,
+    own_redis: RedisServer,
+    own_settings: RedisSettings,
+    funded: Admin,
+) -> None:
+    plugin = gate_config(own_settings)
+    counting = own_redis.client()
+    with KongSide(reporting_server.socket_path, plugin_info, timeout=10.0) as kong:
+        assert kong.request(plugin, ACME).proxied  # connections open, script loaded, reporter started
+        before = redis_counters(counting)
+        started = time.monotonic()
+        for _ in range(100):
+            assert kong.request(plugin, ACME).proxied
+        elapsed = time.monotonic() - started
+        after = redis_counters(counting)
+    spent = {name: after[1].get(name, 0) - before[1].get(name, 0) for name in after[1]}
+    assert spent["evalsha"] == 100
+    # The report: one pipeline (HSET, EXPIRE, SADD) per interval, however many requests there were.
+    pipelines = int(elapsed / 0.2) + 2
+    assert spent.get("sadd", 0) <= pipelines and spent.get("expire", 0) <= pipelines
+    # What Redis read from its clients: the 100 charges, the first INFO, and the report's pipelines.
+    assert after[0] - before[0] <= 100 + 1 + pipelines
+
+
+def redis_counters(client: redis.Redis) -> tuple[int, dict[str, int]]:
+    """Requests Redis read, and calls per command (a script's own commands included)."""
+    info: dict[str, Any] = client.info("stats", "commandstats")
+    calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items() if k.startswith("cmdstat_")}
+    return int(info["total_reads_processed"]), calls
