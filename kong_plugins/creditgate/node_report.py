@@ -91,10 +91,13 @@ class NodeReporter:
         self.stopped = True
 
     def _run(self) -> None:
-        while not self.stopped:
+        # The first write waits one interval: a store opened and closed at once leaves nothing.
+        while True:
+            time.sleep(self.interval)
+            if self.stopped:
+                return
             with contextlib.suppress(Exception):  # ignored: the breaker reports outages
                 self.write()
-            time.sleep(self.interval)
 
     def fields(self) -> dict[str, str | int | float]:
         store = self.store
