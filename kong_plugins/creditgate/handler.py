@@ -32,11 +32,12 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from creditgate import balance_route
+from creditgate import balance_route, node_report
 from creditgate.core import policy
 from creditgate.core.config import AccountBy, GateConfig, RedisSettings, Role, parse_config
 from creditgate.core.policy import IDEMPOTENCY_HEADER, Action, Refuse, RequestFacts
 from creditgate.errors import ConfigError, StoreError
+from creditgate.node_report import NodeReporter
 from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.redis_store import RedisStore
 
@@ -73,6 +74,8 @@ class _StoreRegistry:
                     config.breaker_failures, config.breaker_cooldown_ms, on_change=_breaker_changed
                 )
                 store = RedisStore.from_settings(config.redis, config.key_prefix, breaker=breaker)
+                store.reporter = NodeReporter(store, node_report.interval_from_env())
+                store.reporter.start()  # stopped by store.close()
                 self._stores[key] = store
             self._claims[key] = self._claims.get(key, 0) + 1
             unused = self._count_released()

@@ -9,6 +9,7 @@ account for its usage hash; scrape every 30-60 s.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from creditgate import node_report
 from creditgate.admin import USAGE_FIELDS
 from creditgate.core.periods import DAY_SECONDS
 from creditgate.service.state import Service, reader
@@ -101,11 +103,77 @@ class UsageCollector(Collector):
         )
 
 
+class NodeCollector(Collector):
+    """What each plugin server published (node_report.py): its breaker and the Redis errors it met.
+
+    A node whose report expired (stopped, or unable to write for a few intervals) drops out of the
+    scrape and out of the set of nodes.
+    """
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.service.admin.store
+        client: Any = store.client
+        prefix = store.keys.prefix
+        nodes = sorted(_text(n) for n in client.smembers(node_report.nodes_key(prefix)))
+        breaker_open = GaugeMetricFamily(
+            "credit_gate_breaker_open",
+            "1 while a plugin server's circuit to Redis is open or half-open, by node",
+            labels=["node"],
+        )
+        changes = CounterMetricFamily(
+            "credit_gate_breaker_changes", "Circuit breaker state changes, by node", labels=["node"]
+        )
+        errors = CounterMetricFamily(
+            "credit_gate_redis_errors",
+            "Redis calls a plugin server could not complete, by node and cause (timeout, connection, other)",
+            labels=["node", "cause"],
+        )
+        age = GaugeMetricFamily(
+            "credit_gate_node_report_age_seconds",
+            "Seconds since a plugin server last wrote its report, by node",
+            labels=["node"],
+        )
+        now = time.time()
+        gone: list[str] = []
+        for node in nodes:
+            raw = client.hgetall(node_report.node_key(prefix, node))
+            if not raw:
+                gone.append(node)
+                continue
+            fields = {_text(k): _text(v) for k, v in raw.items()}
+            breaker_open.add_metric([node], 0 if fields.get("breaker") in ("closed", "off") else 1)
+            changes.add_metric([node], _number(fields.get("breaker_changes")))
+            for cause in node_report.CAUSES:
+                errors.add_metric([node, cause], _number(fields.get(f"errors:{cause}")))
+            age.add_metric([node], max(0.0, now - _number(fields.get("written_at"))))
+        if gone:
+            client.srem(node_report.nodes_key(prefix), *gone)
+        yield breaker_open
+        yield changes
+        yield errors
+        yield age
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _number(value: str | None) -> float:
+    try:
+        return float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
 def registry_for(service: Service) -> CollectorRegistry:
     registry: Any = service.extra.get("registry")
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(UsageCollector(service))
+        registry.register(NodeCollector(service))
         service.extra["webhook_events"] = Counter(
             WEBHOOK_EVENTS,
             "Webhook events received, by source and outcome",

@@ -59,6 +59,7 @@ class CircuitBreaker:
         self._consecutive = 0
         self._opened_at = 0.0
         self._probing = False
+        self.changes = 0  # transitions so far, for the node report (node_report.py)
         # True while there is nothing to ask or tell: off, or closed with no failure counted. Read
         # without the lock on every request, so that a healthy Redis costs the breaker no call.
         self.calm = True
@@ -131,6 +132,7 @@ class CircuitBreaker:
 
     def _move(self, new: BreakerState) -> tuple[BreakerState, BreakerState]:
         old, self._state = self._state, new
+        self.changes += 1
         return old, new
 
     def _notify(self, change: tuple[BreakerState, BreakerState] | None, why: str) -> None:

@@ -33,6 +33,7 @@ from creditgate.core.model import Plan, Status, Subscription
 from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreTimeout, StoreUnavailable
+from creditgate.node_report import NodeReporter, RedisErrors
 from creditgate.store import topology
 from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.hot_path import HotPath
@@ -332,6 +333,8 @@ class RedisStore:
     ) -> None:
         self.client = client
         self.breaker = breaker
+        self.redis_errors = RedisErrors()  # counted where a call failed, published by the reporter
+        self.reporter: NodeReporter | None = None
         # The charge's own transport when the topology has one (see hot_path.py), else the client.
         self.hot_path = hot_path
         self.keys = Keys(prefix)
@@ -362,6 +365,8 @@ class RedisStore:
         return cls(client, prefix, timeout_ms=settings.read_timeout, breaker=breaker, hot_path=hot_path)
 
     def close(self) -> None:
+        if self.reporter is not None:
+            self.reporter.stop()
         if self.hot_path is not None:
             self.hot_path.close()
         self.client.close()
@@ -394,6 +399,7 @@ class RedisStore:
         """What a failed call raises, the breaker told: StoreError for the driver's errors."""
         breaker = self.breaker
         if isinstance(error, UNREACHABLE):
+            self.redis_errors.count(error)
             if breaker is not None:
                 breaker.failed()
             if isinstance(error, redis.exceptions.TimeoutError):

@@ -1,0 +1,123 @@
+"""What only the plugin server knows, published in Redis for the service's /metrics.
+
+The circuit breaker's state and the Redis errors the plugin server met live in its memory; the
+service scrapes Redis, not the plugin servers. So each store counts its Redis errors by cause where
+the failure is already handled (nothing on the success path), and a daemon thread writes the counts
+every ``CREDIT_GATE_NODE_REPORT_SECONDS`` (default 10, 0 turns it off) to
+
+    <prefix>:{nodes}:node:<node id>   hash: breaker state, state changes, errors by cause, written at
+                                      (Unix seconds); expires after a few intervals
+    <prefix>:{nodes}:nodes            set: the node ids that reported (the service drops expired ones)
+
+The ``{nodes}`` hash tag keeps both keys in one Cluster slot, away from every account's. A write that
+fails is ignored: the breaker already reports the outage, and the counts are cumulative, so the next
+write carries them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+
+INTERVAL_ENV = "CREDIT_GATE_NODE_REPORT_SECONDS"
+DEFAULT_INTERVAL = 10.0
+TTL_INTERVALS = 3  # a node that missed three writes is gone
+CAUSES = ("timeout", "connection", "other")
+
+
+def node_id() -> str:
+    """hostname:pid, unique per plugin server process (each of ``--processes`` has its own pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def node_key(prefix: str, node: str) -> str:
+    return f"{prefix}:{{nodes}}:node:{node}"
+
+
+def nodes_key(prefix: str) -> str:
+    return f"{prefix}:{{nodes}}:nodes"
+
+
+def interval_from_env() -> float:
+    try:
+        return max(0.0, float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL)))
+    except ValueError:
+        return DEFAULT_INTERVAL
+
+
+class RedisErrors:
+    """Redis failures by cause. Plain increments: a lost one under a race costs one count, no lock."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(CAUSES, 0)
+
+    def count(self, error: BaseException) -> None:
+        if isinstance(error, redis.exceptions.TimeoutError):
+            cause = "timeout"
+        elif isinstance(error, redis.exceptions.ConnectionError):
+            cause = "connection"
+        else:
+            cause = "other"
+        self.counts[cause] += 1
+
+
+class NodeReporter:
+    """A daemon thread writing one store's counts every ``interval`` seconds until ``stop``.
+
+    ``stop`` only sets a flag (no lock, no join): it is called from a garbage-collector finalizer,
+    which must never wait.
+    """
+
+    def __init__(self, store: Any, interval: float, node: str | None = None) -> None:
+        self.store = store
+        self.interval = interval
+        self.node = node or node_id()
+        self.stopped = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.interval <= 0 or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="credit-gate-node-report", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def _run(self) -> None:
+        # The first write waits one interval: a store opened and closed at once leaves nothing.
+        while True:
+            time.sleep(self.interval)
+            if self.stopped:
+                return
+            with contextlib.suppress(Exception):  # ignored: the breaker reports outages
+                self.write()
+
+    def fields(self) -> dict[str, str | int | float]:
+        store = self.store
+        breaker = store.breaker
+        fields: dict[str, str | int | float] = {
+            "breaker": breaker.state.value if breaker is not None and breaker.enabled else "off",
+            "breaker_changes": breaker.changes if breaker is not None else 0,
+            "written_at": round(time.time(), 3),
+        }
+        for cause, value in store.redis_errors.counts.items():
+            fields[f"errors:{cause}"] = value
+        return fields
+
+    def write(self) -> None:
+        prefix = self.store.keys.prefix
+        key = node_key(prefix, self.node)
+        client = self.store.client
+        ttl = max(1, int(self.interval * TTL_INTERVALS + 0.999))
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(key, mapping=self.fields())
+        pipe.expire(key, ttl)
+        pipe.sadd(nodes_key(prefix), self.node)
+        pipe.execute()
