@@ -7,14 +7,21 @@ Profiles (``MONEY_MODEL_PROFILE``, default ``money-ci``):
   failure with the ``--hypothesis-seed`` the run prints, or the ``@reproduce_failure`` blob.
 
 No profile keeps a Hypothesis database: nothing is written into the repository.
+
+A derandomized run repeats its sequences only if what Hypothesis draws does not depend on what else ran
+in the process: ``module_constants_left_out`` keeps out the constants it otherwise collects from every
+project module imported so far (so a module's tests imported or run before changed the sequences).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 from hypothesis import HealthCheck, Phase, settings
+from hypothesis.internal.conjecture import providers
 
 STEPS_PER_SEQUENCE = 40
 _SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
@@ -48,6 +55,26 @@ def money_settings() -> settings:
     if os.environ.get("MONEY_MODEL_SHRINK") == "0":
         chosen = settings(chosen, phases=[Phase.explicit, Phase.reuse, Phase.generate])
     return chosen
+
+
+@contextmanager
+def module_constants_left_out() -> Iterator[None]:
+    """Draw without the literals of the project's imported modules (Hypothesis mixes them into about one
+    draw in twenty, from every module in ``sys.modules`` at the time), so that a derandomized run gives
+    the same sequences whichever test modules were imported or run before it."""
+    collect = getattr(providers, "_get_local_constants", None)
+    cache = getattr(providers, "CONSTANTS_CACHE", None)
+    if collect is None or cache is None:  # another Hypothesis release: nothing to leave out
+        yield
+        return
+    none = providers.Constants()
+    cache.cache.clear()  # the permitted constants of earlier draws, the modules' among them
+    providers._get_local_constants = lambda: none  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        providers._get_local_constants = collect  # type: ignore[attr-defined]
+        cache.cache.clear()
 
 
 def bad_data_settings(examples: int) -> settings:

@@ -189,3 +189,20 @@ def test_giving_back_what_would_pass_the_cap_is_refused_and_changes_nothing() ->
     model.grant(CAP)
     assert model.settle(charge.charge, 0, T0 + 1, window=60, refund=True).outcome == "cap"
     assert model.balance == CAP
+
+
+def test_a_period_restarted_since_a_charge_without_periods_gets_nothing_back() -> None:
+    model = account(Terms("once", Period.NONE, 7, True), balance=1)
+    charge = model.charge(T0, 1)  # from the allowance of a plan without periods: counted at 0
+    model.change_plan(DAILY)  # another length: the period restarts (bounds 0 until the next charge)
+    refund = model.settle(charge.charge, 0, T0 + 1, window=60, refund=False)
+    assert (refund.outcome, refund.given_back, model.balance, model.used) == ("applied", 0, 1, 0)
+
+
+def test_a_charge_of_a_daily_period_gives_nothing_back_to_a_plan_without_periods() -> None:
+    model = account(balance=1)
+    charge = model.charge(T0, 3)  # from the day's allowance
+    model.change_plan(Terms("once", Period.NONE, 7, True))  # restarted
+    model.charge(T0 + 1, 2)
+    refund = model.settle(charge.charge, 0, T0 + 2, window=60, refund=True)
+    assert (refund.given_back, model.used) == (0, 2)

@@ -395,7 +395,14 @@ class AccountModel:
         to_balance = min(give_back, charge.from_balance)
         if self.balance + to_balance > self.cap:
             return SettleOutcome("cap", 0, self.balance)
-        in_period = self.terms is not None and charge.period_start == self.period_start
+        # A period restarted since the charge (a new subscription, anchor or length: bounds 0 until the
+        # next charge) is another period, even when the charge's period also started at 0 (a plan
+        # without periods). A plan without periods has one period, from its last restart.
+        in_period = (
+            self.terms is not None
+            and charge.period_start == self.period_start
+            and (self.terms.period is Period.NONE or self.period_end != 0)
+        )
         to_allowance = give_back - to_balance if in_period else 0
         self.used = max(self.used - to_allowance, 0)
         if charge.member and in_period and give_back > 0:

@@ -114,13 +114,19 @@ end
 -- not given back to the current one.
 -- A period restarted since the charge (a new subscription, anchor or period length: bounds 0 until the
 -- next charge) is another period. The holds hash names the charge's period; a ledger entry its time.
+-- A plan without periods has one, from its last restart (bounds 0): a charge counted in a period of
+-- another plan (its period_start not 0) is not in it.
 local in_period
+local charged_period = nil
+if charge['period_start'] then
+  charged_period = read_int(where, charge_id .. ' period_start', charge['period_start'], 0, 0, MAX_INSTANT)
+end
 if period == 'none' then
-  in_period = true
+  in_period = charged_period == nil or charged_period == period_start
 elseif period_end == 0 then
   in_period = false
-elseif charge['period_start'] then
-  in_period = read_int(where, charge_id .. ' period_start', charge['period_start'], 0, 0, MAX_INSTANT) == period_start
+elseif charged_period ~= nil then
+  in_period = charged_period == period_start
 else
   in_period = charged_at >= period_start and charged_at < period_end
 end
