@@ -15,7 +15,7 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
-from tests.kong_harness import (
+from tests.kong import (
     HeaderInput,
     KongRequest,
     KongSide,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A tiny dedicated-server plugin, used only to self-test ``tests/kong_harness.py``.
+"""A tiny dedicated-server plugin, used only to self-test the harness, ``tests/kong/``.
 
 access: reads the consumer and one header; refuses anonymous or denied requests with 403, otherwise tags
 the upstream request and remembers the consumer in ``kong.ctx.shared``.

@@ -23,7 +23,7 @@ from creditgate.store.keys import READABLE_NAME, account_keys
 from creditgate.store.redis_store import RedisStore
 from tests.cli_support import Cli
 from tests.gate_fixtures import through_gate
-from tests.kong_harness import KongRequest, KongSide, Outcome
+from tests.kong import KongRequest, KongSide, Outcome
 
 BOB_ID = "0b0b0b0b-0000-4000-8000-000000000001"
 BOB = {"id": BOB_ID, "username": "bob", "custom_id": None, "tags": None}

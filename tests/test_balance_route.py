@@ -19,7 +19,7 @@ from creditgate.core.model import Plan
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import gate_config, through_gate
-from tests.kong_harness import KongRequest, KongSide, Outcome
+from tests.kong import KongRequest, KongSide, Outcome
 from tests.redis_servers import RedisServer
 from tests.test_balance import validate_balance
 from tests.test_decision import validate_problem

@@ -15,7 +15,7 @@ from creditgate.errors import StoreError, StoreUnavailable
 from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import gate_config
-from tests.kong_harness import KongRequest, KongSide, Outcome
+from tests.kong import KongRequest, KongSide, Outcome
 from tests.redis_servers import RedisServer
 
 TIMEOUT_MS = 300

@@ -10,7 +10,7 @@ from typing import Any
 from creditgate.core.config import RedisSettings
 from tests.cli_support import Cli
 from tests.gate_fixtures import through_gate
-from tests.kong_harness import KongRequest, KongSide
+from tests.kong import KongRequest, KongSide
 
 ACME: dict[str, Any] = {"id": "0b8f5c6e-acme", "username": "acme", "custom_id": None, "tags": None}
 

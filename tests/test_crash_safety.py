@@ -20,7 +20,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import MODES, gate_config, start_plugin_server
-from tests.kong_harness import KongRequest, KongRpcError, KongSide, KongWouldBypass, PluginInfo
+from tests.kong import KongRequest, KongRpcError, KongSide, KongWouldBypass, PluginInfo
 
 ACCOUNT = {"id": "load", "username": "load", "custom_id": None}
 

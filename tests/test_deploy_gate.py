@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from creditgate.core.config import RedisSettings
-from tests.kong_harness import (
+from tests.kong import (
     KongRequest,
     KongSide,
     KongWouldBypass,

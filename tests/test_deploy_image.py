@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from creditgate import deploy
-from tests.kong_harness import KongRequest, KongSide, PluginInfo, PluginServerProcess
+from tests.kong import KongRequest, KongSide, PluginInfo, PluginServerProcess
 from tests.test_deploy_kong_yml import GATE, ROOT, compose, kong_yml, required_tool
 
 DOCKERFILE = ROOT / "Dockerfile"

@@ -30,7 +30,7 @@ from creditgate.core.config import Role, parse_config
 from creditgate.errors import ConfigError
 from creditgate.kong_schema import validate
 from tests.gate_fixtures import PLUGIN_SERVER
-from tests.kong_harness import PluginConfig, PluginInfo
+from tests.kong import PluginConfig, PluginInfo
 from tests.test_decision import validate_problem
 
 ROOT = Path(__file__).resolve().parent.parent

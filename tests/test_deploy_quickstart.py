@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from creditgate.core.config import RedisSettings
-from tests.kong_harness import KongRequest, KongSide, Outcome
+from tests.kong import KongRequest, KongSide, Outcome
 from tests.test_deploy_demo import run_seed
 from tests.test_deploy_gate import consumer
 from tests.test_deploy_kong_yml import GATE, ROOT, kong_yml
@@ -189,7 +189,7 @@ def test_the_quickstart_shows_what_the_gate_answers(
 def main() -> None:
     """Print the transcript the quick start is written from."""
     from tests.gate_fixtures import PLUGIN_SERVER, start_plugin_server
-    from tests.kong_harness import PluginInfo
+    from tests.kong import PluginInfo
     from tests.redis_servers import RedisServer
 
     with tempfile.TemporaryDirectory(prefix="cg-quickstart-") as directory:

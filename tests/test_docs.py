@@ -20,7 +20,7 @@ import pytest
 
 from creditgate import deploy
 from tests.gate_fixtures import PLUGIN_SERVER
-from tests.kong_harness import PluginInfo
+from tests.kong import PluginInfo
 from tests.test_deploy_kong_yml import ROOT
 
 DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

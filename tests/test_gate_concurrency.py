@@ -13,7 +13,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import MODES, gate_config, start_plugin_server
-from tests.kong_harness import KongRequest, KongSide, PluginInfo
+from tests.kong import KongRequest, KongSide, PluginInfo
 
 ACCOUNT = {"id": "racer", "username": "racer", "custom_id": None}
 

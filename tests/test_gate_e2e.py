@@ -21,8 +21,7 @@ from creditgate.core.model import Plan, Status
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, kong_side, serving
-from tests.kong import KONG_VERSIONS
-from tests.kong_harness import KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
+from tests.kong import KONG_VERSIONS, KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
 from tests.test_decision import validate_problem
 
 SERVERS = {**MODES, "gevent-2-processes": ("-g", "--processes", "2")}

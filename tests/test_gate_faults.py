@@ -12,7 +12,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import gate_config
-from tests.kong_harness import KongRequest, KongSide, Outcome
+from tests.kong import KongRequest, KongSide, Outcome
 from tests.redis_servers import RedisServer
 from tests.test_decision import validate_problem
 

@@ -26,7 +26,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from creditgate import deploy
-from tests.kong_harness import PluginInfo
+from tests.kong import PluginInfo
 from tests.test_deploy_kong_yml import ROOT
 
 CONSTRAINTS = ROOT / "constraints.txt"

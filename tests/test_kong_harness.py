@@ -1,4 +1,4 @@
-"""Self-tests of tests/kong_harness.py against the real kong-pdk server running harness_sample_plugin.py."""
+"""Self-tests of the harness (tests/kong/) against the real kong-pdk server running harness_sample_plugin."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.kong_harness import (
+from tests.kong import (
     Headers,
     KongRequest,
     KongRpcError,

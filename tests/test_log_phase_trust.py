@@ -19,7 +19,7 @@ from creditgate.core.model import Plan
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, start_plugin_server, through_gate
-from tests.kong_harness import KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
+from tests.kong import KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
 
 ACME = {"id": "acme", "username": "acme", "custom_id": None, "tags": None}
 

@@ -23,7 +23,7 @@ from creditgate.errors import StoreDataError
 from creditgate.store.redis_store import RedisStore
 from tests.conftest import Clock
 from tests.gate_fixtures import gate_config
-from tests.kong_harness import KongRequest, KongSide
+from tests.kong import KongRequest, KongSide
 from tests.test_decision import validate_problem
 
 NOT_INTEGERS = ["1e3", "0x10", " 5", "5 ", "inf", "-inf", "nan", "0.5", "", "abc", "01", "+5", "1" * 20]

@@ -18,7 +18,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.policy import ChargeRequest
 from creditgate.store.redis_store import RedisClock
 from tests.gate_fixtures import gate_config, start_plugin_server
-from tests.kong_harness import KongRequest, KongSide, PluginInfo
+from tests.kong import KongRequest, KongSide, PluginInfo
 from tests.redis_servers import RedisServer
 
 ACCOUNT = {"id": "acme", "username": "acme", "custom_id": None}

@@ -23,7 +23,7 @@ from creditgate.store.redis_store import RedisStore
 from tests.cli_support import Cli
 from tests.conftest import Clock
 from tests.gate_fixtures import gate_config
-from tests.kong_harness import KongRequest, KongSide
+from tests.kong import KongRequest, KongSide
 from tests.redis_servers import RedisServer
 
 ACCOUNT = {"id": "acme", "username": "acme", "custom_id": None}

@@ -26,7 +26,7 @@ from creditgate import multiprocess
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from tests.gate_fixtures import PLUGIN_SERVER, gate_config, start_plugin_server
-from tests.kong_harness import (
+from tests.kong import (
     KongRequest,
     KongSide,
     KongWouldBypass,

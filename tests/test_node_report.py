@@ -17,8 +17,8 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.node_report import INTERVAL_ENV
 from tests.gate_fixtures import MODES, gate_config, start_plugin_server
+from tests.kong import KongRequest, KongSide, PluginInfo
 from tests.kong.process import PluginServerProcess
-from tests.kong_harness import KongRequest, KongSide, PluginInfo
 from tests.redis_servers import RedisServer, wait_until
 from tests.service_support import READ_TOKEN, Running, running_service
 

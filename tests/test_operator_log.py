@@ -21,7 +21,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import gate_config, start_plugin_server
-from tests.kong_harness import KongRequest, KongSide, Outcome, PluginConfig, PluginInfo, PluginServerProcess
+from tests.kong import KongRequest, KongSide, Outcome, PluginConfig, PluginInfo, PluginServerProcess
 from tests.redis_servers import RedisServer
 
 CONSUMER: dict[str, Any] = {

@@ -33,7 +33,7 @@ from creditgate.errors import ConfigError, StoreError
 from creditgate.kong_schema import validate
 from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import gate_config
-from tests.kong_harness import KongRequest, KongSide, Outcome
+from tests.kong import KongRequest, KongSide, Outcome
 from tests.redis_servers import (
     RedisClusterServers,
     RedisServer,

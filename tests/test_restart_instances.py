@@ -30,7 +30,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import start_plugin_server
-from tests.kong_harness import KongRequest, KongSide, Outcome, PluginConfig, PluginInfo, PluginServerProcess
+from tests.kong import KongRequest, KongSide, Outcome, PluginConfig, PluginInfo, PluginServerProcess
 
 CONSUMER: dict[str, Any] = {
     "id": "5f1d8f0a-7c55-4d2b-9a55-0b8f5c6eacme",

@@ -19,6 +19,7 @@ so that a test can never mistake it for success.
 from tests.kong.config import PluginConfig, fill_schema
 from tests.kong.node import KongNode, NodeResult, NodeWorker
 from tests.kong.pdk import (
+    HeaderInput,
     Headers,
     KongRequest,
     LogLine,
@@ -40,6 +41,7 @@ __all__ = [
     "KONG_VERSIONS",
     "RESET_SCOPE",
     "RULES",
+    "HeaderInput",
     "Headers",
     "KongNode",
     "KongRequest",
