@@ -91,17 +91,21 @@ _charge_result = cast(Callable[[tuple[Any, ...]], ChargeResult], partial(tuple._
 
 
 def _charge_arguments(
-    request: ChargeRequest, keys: AccountKeys, marker: str, deadline: int
+    request: ChargeRequest, keys: AccountKeys, marker: str, deadline: int, redis_now: float | None = None
 ) -> tuple[list[str], list[Any]]:
     """charge.lua's KEYS and ARGV for a request (see the script's header), with the account's keys,
-    its slot's store marker and the deadline on Redis's clock."""
+    its slot's store marker and the deadline on Redis's clock. ``redis_now`` (Unix seconds, Redis's
+    clock as this host estimates it) picks the day's usage hash when Redis's clock decides, so that
+    gateway nodes whose clocks disagree count a request near midnight to the same day."""
     (_account, cost, now, entitled, route, ledger_retention, shadow, idempotency_key, idempotency_window,
      member, hold_seconds, settle_window) = request  # fmt: skip
     window = idempotency_window if idempotency_key else 0
+    local_or_redis = time.time() if redis_now is None else redis_now
+    day_of = int(local_or_redis) if now is None else now
     return [
         keys.state,
         keys.ledger,
-        keys.usage(int(time.time()) if now is None else now),
+        keys.usage(day_of),
         # Unused by the script without a key: any key of the account's slot will do. The key is
         # bound to the route and the cost, so that a key paid for on a cheap route cannot let a
         # dearer request through.
@@ -451,7 +455,11 @@ class RedisStore:
             self._learn_clock(keys.state)
         sent_ms = time.time() * 1000
         deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
-        reply = self._guarded(self._send_charge, *_charge_arguments(request, keys, marker, deadline))
+        offset_ms = self.clock.offset_ms
+        redis_now = None if offset_ms is None else (sent_ms + offset_ms) / 1000
+        reply = self._guarded(
+            self._send_charge, *_charge_arguments(request, keys, marker, deadline, redis_now)
+        )
         redis_ms, outcome = _charge_reply(reply)
         self.clock.observe(redis_ms, sent_ms, time.time() * 1000)
         if isinstance(outcome, StoreError):
