@@ -17,6 +17,7 @@ write carries them.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import threading
@@ -44,11 +45,18 @@ def nodes_key(prefix: str) -> str:
     return f"{prefix}:{{nodes}}:nodes"
 
 
+MAX_INTERVAL = 3600.0  # an hour: beyond it a report says nothing useful (and sleep() overflows at inf)
+
+
 def interval_from_env() -> float:
+    """The setting, within [0, MAX_INTERVAL]; one that does not parse, or is not finite, is the default."""
     try:
-        return max(0.0, float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL)))
+        interval = float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL))
     except ValueError:
         return DEFAULT_INTERVAL
+    if not math.isfinite(interval):
+        return DEFAULT_INTERVAL
+    return min(max(0.0, interval), MAX_INTERVAL)
 
 
 class RedisErrors:

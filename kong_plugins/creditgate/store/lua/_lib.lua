@@ -308,8 +308,10 @@ end
 -- two events that are about time (expiring, first refusal) remember what they were raised for in the
 -- account's hash (alerted_expiring: the expiry told; alerted_refusal: the latest period told). The service delivers the stream (service/events.py).
 --
--- Notifications never cost a charge: an alert field that does not parse is read as unset, and an
--- events key of another type is skipped, so these functions cannot fail after the script's writes.
+-- Notifications never cost a charge: an alert field that does not parse is read as unset, an events
+-- key of another type is skipped, and the XADD is a pcall (a stream that cannot take an entry, such as
+-- one at the last possible id, loses that event), so these functions cannot fail after the script's
+-- writes.
 -- Shadow mode raises nothing. Each events stream keeps EVENTS_MAXLEN entries (about), the service
 -- reading far behind that is the operator's alarm.
 local EVENTS_MAXLEN = 1000
@@ -329,7 +331,7 @@ local function emit_event(account_key, kind, now, fields)
     entry[#entry + 1] = fields[i]
     entry[#entry + 1] = fields[i + 1]
   end
-  redis.call('XADD', key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', unpack(entry))
+  redis.pcall('XADD', key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', unpack(entry))  -- never fails the charge
 end
 
 -- floor(total * percent / 100), exact for any total up to MAX_CREDITS.
