@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import threading
 from collections.abc import Callable
+from functools import partial
 
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
@@ -78,8 +79,8 @@ def test_concurrent_charges_and_grants_keep_the_ledger_replaying_to_the_balance(
     small = Admin(store, ledger_retention=100, clock=admin.clock)
     for _ in range(100):  # a full ledger, so that retention folds entries during the race
         small.grant("acme", 1)
-    workers: list[Callable[[], object]] = [lambda i=i: charge(i) for i in range(60)]
-    workers += [lambda i=i: small.grant("acme", 5, idempotency_key=f"g{i % 20}") for i in range(30)]
+    workers: list[Callable[[], object]] = [partial(charge, i) for i in range(60)]
+    workers += [partial(small.grant, "acme", 5, idempotency_key=f"g{i % 20}") for i in range(30)]
     workers += [lambda: checks.append(small.verify_ledger("acme")) for _ in range(5)]
     checks: list[object] = []
     race(workers)

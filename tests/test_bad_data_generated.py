@@ -8,14 +8,17 @@ The per-day usage counters may count a refusal, unless the broken key is the usa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 import redis
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from redis.typing import EncodableT, FieldT
 
 from creditgate.admin import Admin
+from creditgate.core.decision import ChargeResult
 from creditgate.core.model import MAX_CREDITS, Plan
 from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
@@ -74,7 +77,7 @@ def seed(store: RedisStore, client: redis.Redis) -> tuple[Admin, str]:
     return admin, held.charge_id
 
 
-def charge(store: RedisStore, *, key: str = "r2", hold: int = 0) -> object:
+def charge(store: RedisStore, *, key: str = "r2", hold: int = 0) -> ChargeResult:
     return store.charge(
         ChargeRequest(
             ACCOUNT,
@@ -92,7 +95,7 @@ def charge(store: RedisStore, *, key: str = "r2", hold: int = 0) -> object:
 
 def every_operation(store: RedisStore, admin: Admin, charge_id: str) -> Iterator[tuple[str, object]]:
     """Each write a request or an operator makes, with what it answered (or the error it raised)."""
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "charge": lambda: charge(store),
         "retried charge": lambda: charge(store, key="r1", hold=600),
         "settle": lambda: store.settle(
@@ -242,11 +245,10 @@ def test_bad_member_ledger_hold_and_usage_values_are_refused_with_nothing_writte
             client.hset(key, "used:m1", value)
         elif where == "ledger amount":
             key = keys.ledger
-            entries = client.xrange(key)
+            entries = cast(list[tuple[bytes, dict[FieldT, EncodableT]]], client.xrange(key))
             client.delete(key)
-            for i, (entry_id, fields) in enumerate(
-                entries
-            ):  # the same stream, its oldest (folded next) broken
+            # The same stream, its oldest entry (folded next) broken.
+            for i, (entry_id, fields) in enumerate(entries):
                 client.xadd(key, {**fields, b"amount": value} if i == 0 else fields, id=entry_id)
         elif where == "hold":
             key = keys.holds
@@ -286,14 +288,15 @@ def test_a_key_of_the_wrong_type_is_refused_with_nothing_written(
         if kind == expected:
             return
         client.delete(key)
-        {
+        write_one: dict[str, Callable[[], object]] = {
             "string": lambda: client.set(key, "x"),
             "list": lambda: client.rpush(key, "x"),
             "set": lambda: client.sadd(key, "x"),
             "zset": lambda: client.zadd(key, {"x": 1}),
             "hash": lambda: client.hset(key, "x", "1"),
             "stream": lambda: client.xadd(key, {"x": "1"}),
-        }[kind]()
+        }
+        write_one[kind]()
         assert_clean(broken_store, client, admin, charge_id, which)
 
     check()

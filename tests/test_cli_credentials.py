@@ -22,9 +22,11 @@ PASSWORD = "Zq9-vault"
 @pytest.fixture
 def protected(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[str]:
     """An ACL user ``ops`` whose password is ``PASSWORD``; yields the URL without the password."""
-    redis_client.execute_command("ACL", "SETUSER", "ops", "reset", "on", f">{PASSWORD}", "~*", "+@all")
+    redis_client.acl_setuser(
+        "ops", reset=True, enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], categories=["+@all"]
+    )
     yield f"redis://ops@127.0.0.1:{redis_server.port}/0"
-    redis_client.execute_command("ACL", "DELUSER", "ops")
+    redis_client.acl_deluser("ops")
 
 
 @pytest.mark.parametrize("special", ["/", "#", "?", "/#?"])

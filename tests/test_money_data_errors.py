@@ -30,7 +30,7 @@ NOT_INTEGERS = ["1e3", "0x10", " 5", "5 ", "inf", "-inf", "nan", "0.5", "", "abc
 INTEGER_FIELDS = ["balance", "used", "allowance", "starts_at", "anchor", "expires_at", "period_start"]
 
 
-def snapshot(client: redis.Redis) -> dict[bytes, bytes | None]:
+def snapshot(client: redis.Redis) -> dict[bytes | str, bytes | None]:
     return {key: client.dump(key) for key in sorted(client.keys("*"))}
 
 

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
 from creditgate.core.config import RedisSettings
 from creditgate.errors import ConfigError
@@ -29,10 +30,10 @@ def api(settings: RedisSettings) -> Iterator[Running]:
         yield running
 
 
-def problem(response: object, status: int, code: str) -> dict[str, object]:
-    assert getattr(response, "status_code") == status, getattr(response, "text")  # noqa: B009
-    assert getattr(response, "headers")["content-type"].startswith(PROBLEM)  # noqa: B009
-    body: dict[str, object] = getattr(response, "json")()  # noqa: B009
+def problem(response: requests.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, object] = response.json()
     assert body["code"] == code and body["status"] == status
     assert body["type"] == f"urn:credit-gate:problem:{code}" and body["detail"]
     return body
@@ -43,7 +44,7 @@ def subscribed(api: Running, account: str = "acme") -> None:
     assert api.call("PUT", f"/v1/accounts/{account}/subscription", json={"plan": "pro"}).status_code == 200
 
 
-def grant(api: Running, account: str, amount: int, key: str) -> object:
+def grant(api: Running, account: str, amount: int, key: str) -> requests.Response:
     return api.call(
         "POST", f"/v1/accounts/{account}/grants", json={"amount": amount}, headers={"Idempotency-Key": key}
     )
