@@ -25,8 +25,6 @@ FIELDS = {
 # What the script remembers so that an event about time is raised once (cleared with the alerts).
 MEMORY_FIELDS = ("alerted_expiring", "alerted_refusal")
 
-EVENT_TYPES = ("balance.low", "balance.depleted", "allowance.low", "subscription.expiring", "account.refused")
-
 
 @dataclass(frozen=True)
 class Alerts:
