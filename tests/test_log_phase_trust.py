@@ -8,47 +8,21 @@ server (``--log-phase``, threads and gevent) and a real Redis.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
-from creditgate.core.model import Plan
-from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, start_plugin_server, through_gate
-from tests.kong import KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
-
-ACME = {"id": "acme", "username": "acme", "custom_id": None, "tags": None}
-
-
-@pytest.fixture(scope="module")
-def settling_info() -> PluginInfo:
-    return PluginInfo.query([*PLUGIN_SERVER, "--log-phase"])
-
-
-@pytest.fixture(scope="module", params=sorted(MODES))
-def settling_server(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
-    server = start_plugin_server("--log-phase", *MODES[request.param])
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def kong(settling_server: PluginServerProcess, settling_info: PluginInfo) -> Iterator[KongSide]:
-    with KongSide(settling_server.socket_path, settling_info, timeout=10.0) as side:
-        yield side
+from tests.gate_fixtures import gate_config, through_gate
+from tests.kong import KongRequest, KongSide, Outcome
+from tests.log_phase_fixtures import ACME, prepaid_acme, settling_info, settling_kong, settling_server  # noqa: F401
 
 
 @pytest.fixture
 def prepaid(admin: Admin) -> Admin:
-    """acme on a prepaid plan with 100 credits and no allowance."""
-    admin.apply_plan(Plan("pro", period=Period.MONTH, allowance=0, prepaid=True))
-    admin.subscribe("acme", "pro", starts_at=admin.now() - 60)
-    admin.grant("acme", 100)
-    return admin
+    return prepaid_acme(admin)
 
 
 def send(
