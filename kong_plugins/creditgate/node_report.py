@@ -9,6 +9,9 @@ every ``CREDIT_GATE_NODE_REPORT_SECONDS`` (default 10, 0 turns it off) to
                                       (Unix seconds); expires after a few intervals
     <prefix>:{nodes}:nodes            set: the node ids that reported (the service drops expired ones)
 
+A node is one store of one plugin server process (``node_id``): instances share a store per Redis
+and breaker setting, and each store has a breaker and error counts of its own.
+
 The ``{nodes}`` hash tag keeps both keys in one Cluster slot, away from every account's. A write that
 fails is ignored: the breaker already reports the outage, and the counts are cumulative, so the next
 write carries them.
@@ -17,6 +20,7 @@ write carries them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import socket
@@ -32,9 +36,16 @@ TTL_INTERVALS = 3  # a node that missed three writes is gone
 CAUSES = ("timeout", "connection", "other")
 
 
+# Numbers the reports of this process. Instances with other Redis or breaker settings have a store
+# (and a breaker) of their own, often on the same Redis and prefix: under one node id per process
+# their reports would overwrite each other's, and the scrape would show whichever wrote last.
+_REPORTS = itertools.count(1)
+
+
 def node_id() -> str:
-    """hostname:pid, unique per plugin server process (each of ``--processes`` has its own pid)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """hostname:pid:n, unique per store of a plugin server process (each of ``--processes`` has its
+    own pid, each store of a process its own n)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{next(_REPORTS)}"
 
 
 def node_key(prefix: str, node: str) -> str:
