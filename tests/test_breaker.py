@@ -12,11 +12,13 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreError, StoreUnavailable
+from creditgate.handler import Gate
 from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.redis_store import RedisStore
 from tests.gate_fixtures import gate_config
 from tests.kong import KongRequest, KongSide, Outcome
 from tests.redis_servers import RedisServer
+from tests.test_gate_clock import StandInKong
 
 TIMEOUT_MS = 300
 COOLDOWN_MS = 400
@@ -47,7 +49,7 @@ def test_opens_after_the_threshold_of_consecutive_failures() -> None:
     assert b.state is BreakerState.CLOSED
     assert b.allow()
     b.failed()
-    assert b.state is BreakerState.OPEN
+    assert b.state is BreakerState.OPEN  # type: ignore[comparison-overlap]  # b.failed() moved it
     assert not b.allow()
 
 
@@ -259,36 +261,62 @@ def test_fault_tolerant_gate_passes_requests_through_at_once_while_the_circuit_i
     assert all(any("UNMETERED" in line for line in o.logs("warn")) for o, _ in fast)
 
 
+# The cool-down, on a clock the test moves: the gate in this process, driven through a stand-in for
+# the PDK (test_gate_clock.py), so that only a paused Redis's timeouts are waited for.
+
+
+class Answer:
+    """What the gate in this process told Kong about one request, and how long it took."""
+
+    def __init__(self, gate: Gate) -> None:
+        kong = StandInKong({"id": "acme", "username": "acme"})
+        started = time.monotonic()
+        ended = gate.access(kong)
+        self.elapsed = time.monotonic() - started
+        self.proxied = not ended
+        exits = kong.sent("kong.response.exit")
+        self.status = exits[0][0] if exits else 200
+
+
+def gate_on(settings: RedisSettings, clock: FakeClock) -> Gate:
+    raw = gate_config(settings, breaker_failures=3, breaker_cooldown_ms=COOLDOWN_MS).config
+    return Gate(raw, breaker_clock=clock)
+
+
 def test_after_the_cooldown_a_probe_finds_redis_back_and_charging_resumes(
-    kong: KongSide, own_redis: RedisServer, own_settings: RedisSettings, funded: Admin
+    own_redis: RedisServer, own_settings: RedisSettings, funded: Admin
 ) -> None:
+    clock = FakeClock()
+    gate = gate_on(own_settings, clock)
     own_redis.pause()
     try:
         for _ in range(3):
-            request(kong, own_settings)
-        assert request(kong, own_settings)[0].status == 503
+            Answer(gate)
+        assert Answer(gate).status == 503
     finally:
         own_redis.resume()
     # Redis is back, but the circuit stays open until the cool-down is over.
-    assert request(kong, own_settings)[0].status == 503
-    time.sleep(COOLDOWN_MS / 1000)
+    assert Answer(gate).status == 503
+    clock.now += COOLDOWN_MS / 1000
     balance = funded.account("acme").balance
     for _ in range(3):
-        assert request(kong, own_settings)[0].proxied
+        assert Answer(gate).proxied
     assert funded.account("acme").balance == balance - 3
 
 
 def test_a_probe_that_fails_keeps_the_gate_answering_at_once_for_another_cooldown(
-    kong: KongSide, own_redis: RedisServer, own_settings: RedisSettings, funded: Admin
+    own_redis: RedisServer, own_settings: RedisSettings, funded: Admin
 ) -> None:
+    clock = FakeClock()
+    gate = gate_on(own_settings, clock)
     own_redis.pause()
     try:
         for _ in range(3):
-            request(kong, own_settings)
-        time.sleep(COOLDOWN_MS / 1000)
-        probe, probe_time = request(kong, own_settings)
-        after = [request(kong, own_settings) for _ in range(5)]
+            Answer(gate)
+        clock.now += COOLDOWN_MS / 1000
+        probe = Answer(gate)
+        after = [Answer(gate) for _ in range(5)]
     finally:
         own_redis.resume()
-    assert probe.status == 503 and probe_time >= TIMEOUT_MS / 1000 * 0.9
-    assert all(o.status == 503 and t < FAST_S for o, t in after)
+    assert probe.status == 503 and probe.elapsed >= TIMEOUT_MS / 1000 * 0.9
+    assert all(o.status == 503 and o.elapsed < FAST_S for o in after)

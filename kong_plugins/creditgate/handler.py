@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -41,7 +42,7 @@ from creditgate.node_report import NodeReporter
 from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.redis_store import RedisStore
 
-StoreKey = tuple[RedisSettings, str, int, int]
+StoreKey = tuple[RedisSettings, str, int, int, Callable[[], float]]
 
 
 class _StoreRegistry:
@@ -55,6 +56,9 @@ class _StoreRegistry:
     when kong-pdk drops the instance (CloseInstance, or its idle expiry), and the last claim closes the
     store's connections. Otherwise every change of a Redis setting (a password rotation, a timeout)
     would leave a live connection behind for the life of the process.
+
+    ``breaker_clock`` is the circuit breaker's clock (seconds, monotonic): Kong's instances all share
+    the default; a test that moves a clock of its own gets a store of its own.
     """
 
     def __init__(self) -> None:
@@ -63,15 +67,26 @@ class _StoreRegistry:
         self._claims: dict[StoreKey, int] = {}
         self._released: collections.deque[StoreKey] = collections.deque()  # given back, not yet counted
 
-    def get(self, config: GateConfig, owner: object) -> RedisStore:
+    def get(
+        self, config: GateConfig, owner: object, breaker_clock: Callable[[], float] = time.monotonic
+    ) -> RedisStore:
         """The store for these settings, claimed until ``owner`` is garbage: kong-pdk keeps no other
         handle on an instance's end (its idle expiry drops instances without a call)."""
-        key = (config.redis, config.key_prefix, config.breaker_failures, config.breaker_cooldown_ms)
+        key = (
+            config.redis,
+            config.key_prefix,
+            config.breaker_failures,
+            config.breaker_cooldown_ms,
+            breaker_clock,
+        )
         with self._lock:
             store = self._stores.get(key)
             if store is None:
                 breaker = CircuitBreaker(
-                    config.breaker_failures, config.breaker_cooldown_ms, on_change=_breaker_changed
+                    config.breaker_failures,
+                    config.breaker_cooldown_ms,
+                    clock=breaker_clock,
+                    on_change=_breaker_changed,
                 )
                 store = RedisStore.from_settings(config.redis, config.key_prefix, breaker=breaker)
                 store.reporter = NodeReporter(store, node_report.interval_from_env())
@@ -204,7 +219,8 @@ class Gate:
 
     ``clock`` (Unix seconds) decides the charges' and settlements' time instead of Redis's own clock:
     for tests, which then need not wait on the wall clock. Kong's instances never get one, so that
-    one clock, Redis's, decides for every gateway node.
+    one clock, Redis's, decides for every gateway node. ``breaker_clock`` (seconds, monotonic) times
+    the circuit breaker's cool-down, so that tests move it instead of sleeping through one.
     """
 
     def __init__(
@@ -213,6 +229,7 @@ class Gate:
         *,
         log_phase: bool = False,
         clock: Callable[[], float] | None = None,
+        breaker_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
         self.config: GateConfig | None = None
@@ -225,7 +242,7 @@ class Gate:
                     "refund_on_failure and settle_header act after the response, in Kong's log phase: "
                     "run the plugin server with --log-phase (in both the start and the query command)"
                 )
-            self.store = STORES.get(self.config, self)
+            self.store = STORES.get(self.config, self, breaker_clock)
         except ConfigError as error:
             self.config_error = str(error)
         except Exception as error:  # a bug or an unusable setting: refuse, never pass

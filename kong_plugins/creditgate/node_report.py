@@ -9,6 +9,9 @@ every ``CREDIT_GATE_NODE_REPORT_SECONDS`` (default 10, 0 turns it off) to
                                       (Unix seconds); expires after a few intervals
     <prefix>:{nodes}:nodes            set: the node ids that reported (the service drops expired ones)
 
+A node is one store of one plugin server process (``node_id``): instances share a store per Redis
+and breaker setting, and each store has a breaker and error counts of its own.
+
 The ``{nodes}`` hash tag keeps both keys in one Cluster slot, away from every account's. A write that
 fails is ignored: the breaker already reports the outage, and the counts are cumulative, so the next
 write carries them.
@@ -17,6 +20,7 @@ write carries them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import socket
@@ -32,9 +36,16 @@ TTL_INTERVALS = 3  # a node that missed three writes is gone
 CAUSES = ("timeout", "connection", "other")
 
 
+# Numbers the reports of this process. Instances with other Redis or breaker settings have a store
+# (and a breaker) of their own, often on the same Redis and prefix: under one node id per process
+# their reports would overwrite each other's, and the scrape would show whichever wrote last.
+_REPORTS = itertools.count(1)
+
+
 def node_id() -> str:
-    """hostname:pid, unique per plugin server process (each of ``--processes`` has its own pid)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """hostname:pid:n, unique per store of a plugin server process (each of ``--processes`` has its
+    own pid, each store of a process its own n)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{next(_REPORTS)}"
 
 
 def node_key(prefix: str, node: str) -> str:
@@ -45,7 +56,7 @@ def nodes_key(prefix: str) -> str:
     return f"{prefix}:{{nodes}}:nodes"
 
 
-MAX_INTERVAL = 3600.0  # an hour: beyond it a report says nothing useful (and sleep() overflows at inf)
+MAX_INTERVAL = 3600.0  # an hour: beyond it a report says nothing useful (and a wait overflows at inf)
 
 
 def interval_from_env() -> float:
@@ -78,16 +89,21 @@ class RedisErrors:
 class NodeReporter:
     """A daemon thread writing one store's counts every ``interval`` seconds until ``stop``.
 
-    ``stop`` only sets a flag (no lock, no join): it is called from a garbage-collector finalizer,
-    which must never wait.
+    The thread waits on an event, not in a sleep, so that it ends as soon as the store closes rather
+    than up to an interval later. ``stop`` only sets the event (no join, and no lock the caller could
+    already hold): it is called from a garbage-collector finalizer, which must never wait.
     """
 
     def __init__(self, store: Any, interval: float, node: str | None = None) -> None:
         self.store = store
         self.interval = interval
         self.node = node or node_id()
-        self.stopped = False
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopping.is_set()
 
     def start(self) -> None:
         if self.interval <= 0 or self._thread is not None:
@@ -96,14 +112,11 @@ class NodeReporter:
         self._thread.start()
 
     def stop(self) -> None:
-        self.stopped = True
+        self._stopping.set()
 
     def _run(self) -> None:
         # The first write waits one interval: a store opened and closed at once leaves nothing.
-        while True:
-            time.sleep(self.interval)
-            if self.stopped:
-                return
+        while not self._stopping.wait(self.interval):
             with contextlib.suppress(Exception):  # ignored: the breaker reports outages
                 self.write()
 
