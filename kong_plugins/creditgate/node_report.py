@@ -89,21 +89,25 @@ class RedisErrors:
 class NodeReporter:
     """A daemon thread writing one store's counts every ``interval`` seconds until ``stop``.
 
-    The thread waits on an event, not in a sleep, so that it ends as soon as the store closes rather
-    than up to an interval later. ``stop`` only sets the event (no join, and no lock the caller could
-    already hold): it is called from a garbage-collector finalizer, which must never wait.
+    The thread waits on a lock held from the start, not in a sleep, so that it ends as soon as the
+    store closes rather than up to an interval later. ``stop`` only releases that lock, which never
+    waits: it is called from a garbage-collector finalizer, which may run in any thread, this one
+    included, at any point. (``Event.set`` would take the event's own lock, which the waiting thread
+    holds for a moment on each wake-up: a finalizer run there would wait on its own thread for ever.)
     """
 
     def __init__(self, store: Any, interval: float, node: str | None = None) -> None:
         self.store = store
         self.interval = interval
         self.node = node or node_id()
-        self._stopping = threading.Event()
+        self._stopped = False
+        self._wake = threading.Lock()
+        self._wake.acquire()  # released by stop(); the thread's wait on it times out each interval
         self._thread: threading.Thread | None = None
 
     @property
     def stopped(self) -> bool:
-        return self._stopping.is_set()
+        return self._stopped
 
     def start(self) -> None:
         if self.interval <= 0 or self._thread is not None:
@@ -112,11 +116,13 @@ class NodeReporter:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stopping.set()
+        self._stopped = True
+        with contextlib.suppress(RuntimeError):  # released already: a second stop
+            self._wake.release()
 
     def _run(self) -> None:
         # The first write waits one interval: a store opened and closed at once leaves nothing.
-        while not self._stopping.wait(self.interval):
+        while not self._wake.acquire(timeout=self.interval) and not self._stopped:
             with contextlib.suppress(Exception):  # ignored: the breaker reports outages
                 self.write()
 
