@@ -32,7 +32,7 @@ from creditgate.core.redis_settings import Node, parse_redis
 from creditgate.errors import ConfigError, StoreError
 from creditgate.kong_schema import validate
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import gate_config
+from tests.gate_fixtures import through_gate
 from tests.kong import KongRequest, KongSide, Outcome
 from tests.redis_servers import (
     RedisClusterServers,
@@ -58,8 +58,8 @@ def seed(admin: Admin, accounts: list[str], credits: int = 100) -> None:
 
 
 def charge_through_gate(kong: KongSide, redis_config: dict[str, Any], account: str, cost: int = 1) -> Outcome:
-    plugin = gate_config(RedisSettings(**TIMEOUTS), redis=redis_config, cost=cost)
-    return kong.request(plugin, KongRequest(consumer=consumer(account)))
+    request = KongRequest(consumer=consumer(account))
+    return through_gate(kong, RedisSettings(**TIMEOUTS), request, clean=False, redis=redis_config, cost=cost)
 
 
 # The redis record's rules across fields (pure).
