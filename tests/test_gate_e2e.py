@@ -61,7 +61,7 @@ def call(kong: KongSide, settings: RedisSettings, consumer: Any = ACME, **config
 
 def problem(outcome: Outcome) -> dict[str, Any]:
     assert outcome.headers["Content-Type"] == "application/problem+json"
-    body = json.loads(outcome.body)
+    body: dict[str, Any] = json.loads(outcome.body)
     validate_problem(body)
     assert body["status"] == outcome.status
     return body

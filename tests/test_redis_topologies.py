@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import pytest
 import redis
@@ -43,7 +43,15 @@ from tests.redis_servers import (
 )
 
 ROOT = Path(__file__).parent.parent
-TIMEOUTS = {"connect_timeout": 500, "read_timeout": 500}
+
+
+# Typed, so that `**TIMEOUTS` type-checks as RedisSettings' keyword arguments too.
+class Timeouts(TypedDict):
+    connect_timeout: int
+    read_timeout: int
+
+
+TIMEOUTS = Timeouts(connect_timeout=500, read_timeout=500)
 
 
 def consumer(account: str) -> dict[str, Any]:
@@ -403,7 +411,8 @@ def documented_acl(prefix: str = "credit-gate") -> list[str]:
 def acl_settings(
     request: pytest.FixtureRequest, redis_server: RedisServer, redis_client: redis.Redis
 ) -> Iterator[RedisSettings]:
-    redis_client.execute_command("ACL", "SETUSER", "credit-gate", "reset", *documented_acl())
+    command = cast(Any, redis_client).execute_command  # redis-py leaves it unannotated
+    command("ACL", "SETUSER", "credit-gate", "reset", *documented_acl())
     yield RedisSettings(
         port=redis_server.port,
         username="credit-gate",
@@ -411,7 +420,7 @@ def acl_settings(
         database=request.param,
         **TIMEOUTS,
     )
-    redis_client.execute_command("ACL", "DELUSER", "credit-gate")
+    command("ACL", "DELUSER", "credit-gate")
 
 
 def test_the_documented_acl_lets_the_operators_api_and_the_gate_work(
