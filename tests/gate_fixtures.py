@@ -54,15 +54,29 @@ def gate_config(settings: RedisSettings, **config: Any) -> PluginConfig:
 
 def through_gate(
     kong: KongSide,
-    settings: RedisSettings,
+    gate: RedisSettings | PluginConfig,
     request: KongRequest,
     upstream_status: int = 200,
     upstream_headers: HeaderInput | None = None,
+    *,
+    clean: bool = True,
     **config: Any,
 ) -> Outcome:
-    """One request through a gate entry on the test's Redis, its PDK exchange checked clean."""
-    outcome = kong.request(gate_config(settings, **config), request, upstream_status, upstream_headers)
-    outcome.assert_clean()
+    """One request through a gate entry, its PDK exchange checked clean unless ``clean`` is False.
+
+    ``gate`` is either the test's Redis, for a new entry of ``config`` pointed at it (a new entity, so
+    Kong starts a new instance for it), or an entry the test made, which keeps one instance however many
+    requests it takes, as Kong keeps an entity's instance until the entity changes.
+    """
+    if isinstance(gate, PluginConfig):
+        if config:
+            raise TypeError(f"config {sorted(config)} is for a new entry; change an entry with .changed()")
+        plugin = gate
+    else:
+        plugin = gate_config(gate, **config)
+    outcome = kong.request(plugin, request, upstream_status, upstream_headers)
+    if clean:
+        outcome.assert_clean()
     return outcome
 
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
@@ -363,7 +363,8 @@ class RedisClusterServers:
     def client(self) -> RedisCluster:
         tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
         return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in self.nodes],
+            # redis-py leaves ClusterNode.__init__ unannotated.
+            startup_nodes=[cast(Any, ClusterNode)(host, port) for host, port in self.nodes],
             socket_timeout=2,
             socket_connect_timeout=2,
             **tls,
@@ -471,7 +472,8 @@ class SentinelSet:
 
     def _replica_in_sync(self) -> bool:
         with self.replica.client() as client:
-            return client.info("replication").get("master_link_status") == "up"
+            status: object = client.info("replication").get("master_link_status")
+            return status == "up"
 
     def _sentinels_ready(self) -> bool:
         for sentinel in self.sentinels:

@@ -16,7 +16,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import gate_config, start_plugin_server
+from tests.gate_fixtures import gate_config, start_plugin_server, through_gate
 from tests.kong import KongRequest, KongSide, Outcome, PluginInfo
 from tests.log_phase_fixtures import ACME, prepaid_acme, settling_info, settling_kong, settling_server  # noqa: F401
 from tests.test_decision import validate_problem
@@ -40,7 +40,7 @@ def send(
     **config: Any,
 ) -> Outcome:
     request = KongRequest(method=method, path=path, consumer=consumer, headers=headers or {})
-    return kong.request(gate_config(settings, **config), request, status, upstream_headers)
+    return through_gate(kong, settings, request, status, upstream_headers, clean=False, **config)
 
 
 def balance(store: RedisStore, account: str = "acme") -> int:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from creditgate.core.config import RedisSettings
+from tests.gate_fixtures import through_gate
 from tests.kong import (
     KongRequest,
     KongSide,
@@ -63,7 +64,8 @@ def send(
     entry = kong_yml().plugin_for(GATE, route, username)
     assert entry is not None
     plugin = entry.plugin_config(settings.host, redis_port or settings.port)
-    return kong.request(plugin, KongRequest(path=f"/{route}/get", consumer=consumer(username)))
+    request = KongRequest(path=f"/{route}/get", consumer=consumer(username))
+    return through_gate(kong, plugin, request, clean=False)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from creditgate.core.config import RedisSettings
+from tests.gate_fixtures import through_gate
 from tests.kong import KongRequest, KongSide, Outcome
 from tests.test_deploy_demo import run_seed
 from tests.test_deploy_gate import consumer
@@ -72,9 +73,7 @@ class Player:
         entry = kong_yml().plugin_for(GATE, route, username)
         assert entry is not None, f"no credit-gate entry for {route}"
         plugin = entry.plugin_config(self.settings.host, self.settings.port)
-        outcome = self.kong.request(plugin, KongRequest(path=path, consumer=consumer(username)))
-        outcome.assert_clean()
-        return outcome
+        return through_gate(self.kong, plugin, KongRequest(path=path, consumer=consumer(username)))
 
     def headers(self, key: str, path: str) -> Block:
         """``curl -si ... | grep``: the status line and the X-Credit-* headers."""

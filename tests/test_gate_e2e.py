@@ -20,7 +20,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, kong_side, serving
+from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, kong_side, serving, through_gate
 from tests.kong import KONG_VERSIONS, KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
 from tests.test_decision import validate_problem
 
@@ -56,12 +56,12 @@ def call(kong: KongSide, settings: RedisSettings, consumer: Any = ACME, **config
         headers={"X-Credit-Account": "forged", "x-credit-plan": "enterprise"},
         credential=config.pop("credential", None),
     )
-    return kong.request(gate_config(settings, **config), request)
+    return through_gate(kong, settings, request, clean=False, **config)
 
 
 def problem(outcome: Outcome) -> dict[str, Any]:
     assert outcome.headers["Content-Type"] == "application/problem+json"
-    body = json.loads(outcome.body)
+    body: dict[str, Any] = json.loads(outcome.body)
     validate_problem(body)
     assert body["status"] == outcome.status
     return body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import gate_config
+from tests.gate_fixtures import through_gate
 from tests.kong import KongRequest, KongSide, Outcome
 from tests.redis_servers import RedisServer
 from tests.test_decision import validate_problem
@@ -26,12 +27,12 @@ def redis_timeout_ms() -> int:
     return TIMEOUT_MS
 
 
-def timed(kong: KongSide, settings: RedisSettings, **config: object) -> tuple[Outcome, float]:
+def timed(kong: KongSide, settings: RedisSettings, **config: Any) -> tuple[Outcome, float]:
     # Each request here must meet Redis itself: the circuit breaker, which answers without Redis after
     # repeated failures, is off here and tested in test_breaker.py.
     config.setdefault("breaker_failures", 0)
     started = time.monotonic()
-    outcome = kong.request(gate_config(settings, **config), KongRequest(consumer=ACCOUNT))
+    outcome = through_gate(kong, settings, KongRequest(consumer=ACCOUNT), clean=False, **config)
     return outcome, time.monotonic() - started
 
 

@@ -19,7 +19,7 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import MODES, gate_config, start_plugin_server
+from tests.gate_fixtures import MODES, gate_config, start_plugin_server, through_gate
 from tests.kong import KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
 from tests.redis_servers import RedisServer
 
@@ -55,7 +55,7 @@ def test_a_burst_after_redis_closed_the_idle_connections_is_charged_in_full(
     with KongSide(server.socket_path, plugin_info, timeout=10.0) as kong:
 
         def one(_: int) -> Outcome:
-            return kong.request(plugin, KongRequest(path="/v1/answer", consumer=ACME))
+            return through_gate(kong, plugin, KongRequest(path="/v1/answer", consumer=ACME), clean=False)
 
         with ThreadPoolExecutor(BURST) as pool:
             first = list(pool.map(one, range(BURST)))  # fills the gate's pool with BURST sockets

@@ -174,11 +174,11 @@ def test_a_config_change_starts_the_new_instance_then_closes_the_old_one_in_ever
     with KongNode(server, plugin_info, workers=2, respawn=False) as node:
         configure(node, settings)
         old = node.plugin("route-b")
-        for worker in range(2):
-            send(node, "route-b", worker)
+        for index in range(2):
+            send(node, "route-b", index)
         new = node.change("route-b", cost=1)
-        for worker in range(2):
-            outcome = send(node, "route-b", worker).outcome
+        for index in range(2):
+            outcome = send(node, "route-b", index).outcome
             assert outcome is not None and outcome.instance_calls == [
                 "plugin.StartInstance",
                 "plugin.CloseInstance",

@@ -20,7 +20,7 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import gate_config, start_plugin_server
+from tests.gate_fixtures import gate_config, start_plugin_server, through_gate
 from tests.kong import KongRequest, KongSide, Outcome, PluginConfig, PluginInfo, PluginServerProcess
 from tests.redis_servers import RedisServer
 
@@ -49,7 +49,7 @@ def shown(outcome: Outcome, text: str) -> list[str]:
 
 
 def send(kong: KongSide, plugin: PluginConfig) -> Outcome:
-    return kong.request(plugin, KongRequest(path="/v1/answer", consumer=CONSUMER))
+    return through_gate(kong, plugin, KongRequest(path="/v1/answer", consumer=CONSUMER), clean=False)
 
 
 def test_an_invalid_configuration_is_in_kong_s_log_once(

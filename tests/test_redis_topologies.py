@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import pytest
 import redis
@@ -32,7 +32,7 @@ from creditgate.core.redis_settings import Node, parse_redis
 from creditgate.errors import ConfigError, StoreError
 from creditgate.kong_schema import validate
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import gate_config
+from tests.gate_fixtures import through_gate
 from tests.kong import KongRequest, KongSide, Outcome
 from tests.redis_servers import (
     RedisClusterServers,
@@ -43,7 +43,15 @@ from tests.redis_servers import (
 )
 
 ROOT = Path(__file__).parent.parent
-TIMEOUTS = {"connect_timeout": 500, "read_timeout": 500}
+
+
+# Typed, so that `**TIMEOUTS` type-checks as RedisSettings' keyword arguments too.
+class Timeouts(TypedDict):
+    connect_timeout: int
+    read_timeout: int
+
+
+TIMEOUTS = Timeouts(connect_timeout=500, read_timeout=500)
 
 
 def consumer(account: str) -> dict[str, Any]:
@@ -58,8 +66,8 @@ def seed(admin: Admin, accounts: list[str], credits: int = 100) -> None:
 
 
 def charge_through_gate(kong: KongSide, redis_config: dict[str, Any], account: str, cost: int = 1) -> Outcome:
-    plugin = gate_config(RedisSettings(**TIMEOUTS), redis=redis_config, cost=cost)
-    return kong.request(plugin, KongRequest(consumer=consumer(account)))
+    request = KongRequest(consumer=consumer(account))
+    return through_gate(kong, RedisSettings(**TIMEOUTS), request, clean=False, redis=redis_config, cost=cost)
 
 
 # The redis record's rules across fields (pure).
@@ -403,7 +411,8 @@ def documented_acl(prefix: str = "credit-gate") -> list[str]:
 def acl_settings(
     request: pytest.FixtureRequest, redis_server: RedisServer, redis_client: redis.Redis
 ) -> Iterator[RedisSettings]:
-    redis_client.execute_command("ACL", "SETUSER", "credit-gate", "reset", *documented_acl())
+    command = cast(Any, redis_client).execute_command  # redis-py leaves it unannotated
+    command("ACL", "SETUSER", "credit-gate", "reset", *documented_acl())
     yield RedisSettings(
         port=redis_server.port,
         username="credit-gate",
@@ -411,7 +420,7 @@ def acl_settings(
         database=request.param,
         **TIMEOUTS,
     )
-    redis_client.execute_command("ACL", "DELUSER", "credit-gate")
+    command("ACL", "DELUSER", "credit-gate")
 
 
 def test_the_documented_acl_lets_the_operators_api_and_the_gate_work(

@@ -29,7 +29,7 @@ from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import start_plugin_server
+from tests.gate_fixtures import start_plugin_server, through_gate
 from tests.kong import KongRequest, KongSide, Outcome, PluginConfig, PluginInfo, PluginServerProcess
 
 CONSUMER: dict[str, Any] = {
@@ -65,9 +65,7 @@ def routes(settings: RedisSettings) -> tuple[PluginConfig, PluginConfig]:
 
 
 def send(kong: KongSide, plugin: PluginConfig) -> Outcome:
-    outcome = kong.request(plugin, KongRequest(path="/v1/answer", consumer=CONSUMER))
-    outcome.assert_clean()
-    return outcome
+    return through_gate(kong, plugin, KongRequest(path="/v1/answer", consumer=CONSUMER))
 
 
 def assert_premium_refused(outcome: Outcome) -> None:

@@ -31,7 +31,7 @@ from tests.kong.config import PluginConfig
 from tests.kong.pdk import KongRequest, Outcome
 from tests.kong.process import PluginInfo, PluginServerProcess, Respawner
 from tests.kong.versions import rules_for
-from tests.kong.wire import DEFAULT_POOL_SIZE
+from tests.kong.wire import DEFAULT_POOL_SIZE, connect_unix
 from tests.kong.worker import KongSide, KongWouldBypass
 
 # A process that only opens connections for its worker and hands them over: the server reads the peer
@@ -163,7 +163,7 @@ class KongNode:
                 pool_size=pool_size,
                 worker_id=worker_id,
                 post_reset_event=self._post_reset_event,
-                **({"connect": connector} if connector is not None else {}),
+                connect=connector if connector is not None else connect_unix,
             )
             self.workers.append(NodeWorker(worker_id, side, connector))
         self.respawner = Respawner(server).start() if respawn else None
