@@ -401,6 +401,9 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
                 state.used,
                 state.period_start,
                 state.period_end,
+                state.period_requests,
+                state.period_from_balance,
+                state.period_restarts,
             )
             terms = model.terms
             mine = (
@@ -415,6 +418,9 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
                 model.used,
                 model.period_start,
                 model.period_end,
+                model.period_requests,
+                model.period_from_balance,
+                model.restarts,
             )
             assert theirs == mine, f"account: script {theirs} != model {mine}"
             assert 0 <= state.balance <= CAP
@@ -446,6 +452,11 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             assert caps == self.model.caps
             for member, (period, used) in self.model.member_use.items():
                 assert raw.get(f"used:{member}") == f"{period}:{used}", member
+            for member, (period, count) in self.model.member_requests.items():
+                assert raw.get(f"requests:{member}") == f"{period}:{count}", member
+            assert {k for k in raw if k.startswith("requests:")} == {
+                f"requests:{m}" for m in self.model.member_requests
+            }
 
         @invariant()
         def the_ledger_replays_to_the_balance(self) -> None:
