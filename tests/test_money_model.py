@@ -15,8 +15,8 @@ DAILY = Terms("daily", Period.DAY, 10, True)
 FREE = Terms("free", Period.DAY, 10, False)
 
 
-def at(*parts: int) -> int:
-    return int(dt.datetime(*parts, tzinfo=dt.timezone.utc).timestamp())  # type: ignore[misc]
+def at(year: int, month: int, day: int) -> int:
+    return int(dt.datetime(year, month, day, tzinfo=dt.timezone.utc).timestamp())
 
 
 def account(terms: Terms = DAILY, *, balance: int = 0, anchor: int = T0, starts_at: int = T0) -> AccountModel:

@@ -84,6 +84,11 @@ skews = st.lists(
 )
 
 
+def text(value: bytes | str) -> str:
+    """A reply of the test's client (bytes: it does not decode) as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def terms_of(plan: Plan) -> Terms:
     return Terms(plan.name, plan.period, plan.allowance, plan.prepaid)
 
@@ -247,7 +252,8 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
 
         def events(self) -> list[dict[str, str]]:
             raw = run.client.xrange(self.store.keys.account(ACCOUNT).events)
-            return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in raw]
+            assert raw is not None
+            return [{text(k): text(v) for k, v in (fields or {}).items()} for _, fields in raw]
 
         def count_crossings(self, before: int, expected: ChargeOutcome) -> None:
             """The crossings of the model's charge, as the charge script must raise them."""
@@ -445,7 +451,7 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
         @invariant()
         def pool_members_agree(self) -> None:
             raw = {
-                k.decode(): v.decode()
+                text(k): text(v)
                 for k, v in run.client.hgetall(self.store.keys.account(ACCOUNT).members).items()
             }
             caps = {k[4:]: int(v) for k, v in raw.items() if k.startswith("cap:")}
