@@ -67,13 +67,13 @@ def module_constants_left_out() -> Iterator[None]:
     if collect is None or cache is None:  # another Hypothesis release: nothing to leave out
         yield
         return
-    none = providers.Constants()
+    none = getattr(providers, "Constants")()  # noqa: B009  (not in the module's public names)
     cache.cache.clear()  # the permitted constants of earlier draws, the modules' among them
-    providers._get_local_constants = lambda: none  # type: ignore[attr-defined]
+    setattr(providers, "_get_local_constants", lambda: none)  # noqa: B010  (a private name, restored below)
     try:
         yield
     finally:
-        providers._get_local_constants = collect  # type: ignore[attr-defined]
+        setattr(providers, "_get_local_constants", collect)  # noqa: B010
         cache.cache.clear()
 
 
@@ -87,13 +87,13 @@ def bad_data_settings(examples: int) -> settings:
     )
 
 
-def dump_keys(client: redis.Redis, pattern: str) -> dict[bytes, tuple[bytes, bytes | None, int]]:
+def dump_keys(client: redis.Redis, pattern: str) -> dict[bytes, tuple[bytes | str, bytes | None, int]]:
     """Every key matching ``pattern``: its type, its serialized value (DUMP) and whether it expires.
 
     DUMP covers every type byte for byte (a stream's entries, ids and groups too), so two dumps are
     equal exactly when nothing was written.
     """
-    out: dict[bytes, tuple[bytes, bytes | None, int]] = {}
+    out: dict[bytes, tuple[bytes | str, bytes | None, int]] = {}
     for key in client.scan_iter(match=pattern, count=1000):
         kind = client.type(key)
         ttl = client.ttl(key)

@@ -53,6 +53,9 @@ NUMBER_FIELDS = [
     "used",
     "period_start",
     "period_end",
+    "period_requests",
+    "period_from_balance",
+    "period_restarts",
 ]
 WORD_FIELDS = ["status", "period", "prepaid"]
 TYPES = ["string", "list", "set", "zset", "hash", "stream"]
@@ -142,7 +145,17 @@ CHARGE_READS = {
 }
 ACCOUNT_FIELDS = {f"account:{name}" for name in [*NUMBER_FIELDS, *WORD_FIELDS, "ledger_base"]}
 SETTLE_FIELDS = {
-    f"account:{name}" for name in ["balance", "used", "period_start", "period_end", "ledger_base"]
+    f"account:{name}"
+    for name in [
+        "balance",
+        "used",
+        "period_start",
+        "period_end",
+        "ledger_base",
+        "period_requests",
+        "period_from_balance",
+        "period_restarts",
+    ]
 }
 CREDIT_FIELDS = {"account:balance", "account:ledger_base"}
 READS = {
@@ -218,7 +231,10 @@ def test_a_bad_word_in_the_account_is_refused_with_nothing_written(
 def test_bad_member_ledger_hold_and_usage_values_are_refused_with_nothing_written(
     broken_store: RedisStore, client: redis.Redis
 ) -> None:
-    @given(where=st.sampled_from(["cap", "member use", "ledger amount", "hold", "usage"]), value=number_text)
+    @given(
+        where=st.sampled_from(["cap", "member use", "member requests", "ledger amount", "hold", "usage"]),
+        value=number_text,
+    )
     @bad_data_settings(60)
     def check(where: str, value: str | bytes) -> None:
         admin, charge_id = seed(broken_store, client)
@@ -226,6 +242,7 @@ def test_bad_member_ledger_hold_and_usage_values_are_refused_with_nothing_writte
         broken = {
             "cap": "members:cap",
             "member use": "members",
+            "member requests": "members",
             "ledger amount": "ledger",
             "hold": "holds:value",
         }
@@ -243,6 +260,9 @@ def test_bad_member_ledger_hold_and_usage_values_are_refused_with_nothing_writte
         elif where == "member use":
             key = keys.members
             client.hset(key, "used:m1", value)
+        elif where == "member requests":
+            key = keys.members
+            client.hset(key, "requests:m1", value)
         elif where == "ledger amount":
             key = keys.ledger
             entries = cast(list[tuple[bytes, dict[FieldT, EncodableT]]], client.xrange(key))

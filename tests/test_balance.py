@@ -31,7 +31,18 @@ from tests.test_money_data_errors import NOT_INTEGERS, snapshot
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "schemas" / "balance.schema.json").read_text())
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
-INTEGER_FIELDS = ["balance", "used", "allowance", "starts_at", "anchor", "expires_at", "period_start"]
+INTEGER_FIELDS = [
+    "balance",
+    "used",
+    "allowance",
+    "starts_at",
+    "anchor",
+    "expires_at",
+    "period_start",
+    "period_requests",
+    "period_from_balance",
+    "period_restarts",
+]
 
 
 def validate_balance(body: dict[str, Any]) -> None:
@@ -52,6 +63,8 @@ def view(**changes: Any) -> BalanceView:
         expires_at=0,
         prepaid=True,
         now=NOW,
+        period_requests=9,
+        period_from_balance=6,
     )
     values.update(changes)
     return BalanceView(**values)
@@ -77,6 +90,7 @@ def test_the_body_tells_the_plan_the_balance_and_the_allowance_left_in_the_perio
         "period_end": "2026-01-30T00:00:00Z",
         "starts_at": "2025-11-22T00:00:00Z",
         "expires_at": None,
+        "usage": {"requests": 9, "credits": 36, "from_allowance": 30, "from_balance": 6},
         "warnings": [],
         "member": None,
         "as_of": "2026-01-01T00:00:00Z",
@@ -98,6 +112,7 @@ def test_an_account_without_a_subscription_shows_its_balance_and_nulls_for_the_r
     validate_balance(body)
     assert body["balance"] == 40 and body["plan"] is None and body["status"] is None
     assert body["allowance_remaining"] is None and body["period_end"] is None
+    assert body["usage"] is None
     assert body["warnings"] == []  # no plan, no request would be allowed to carry one
 
 
@@ -110,13 +125,13 @@ def test_the_warnings_are_the_ones_an_allowed_request_would_carry() -> None:
 
 
 def test_a_pool_member_sees_its_own_cap_and_use_beside_the_pools_balance() -> None:
-    capped = balance_body(view(member_used=12, member_cap=20), "team-a", "ann", Warnings())
+    capped = balance_body(view(member_used=12, member_cap=20, member_requests=3), "team-a", "ann", Warnings())
     validate_balance(capped)
     assert (capped["account"], capped["balance"]) == ("team-a", 40)
-    assert capped["member"] == {"name": "ann", "used": 12, "cap": 20, "remaining": 8}
+    assert capped["member"] == {"name": "ann", "used": 12, "requests": 3, "cap": 20, "remaining": 8}
     uncapped = balance_body(view(member_used=12), "team-a", "ann", Warnings())
     validate_balance(uncapped)
-    assert uncapped["member"] == {"name": "ann", "used": 12, "cap": None, "remaining": None}
+    assert uncapped["member"] == {"name": "ann", "used": 12, "requests": 0, "cap": None, "remaining": None}
 
 
 def test_the_schema_refuses_a_made_up_figure() -> None:
@@ -148,6 +163,7 @@ def test_the_figures_are_the_ones_the_charges_left(live: Admin, store: RedisStor
     assert (seen.balance, seen.allowance_used, seen.allowance_remaining) == (48, 10, 0)
     assert (seen.balance, seen.allowance_remaining) == (charged.balance, charged.allowance_remaining)
     assert (seen.period_start, seen.period_end) == (charged.period_start, charged.period_end)
+    assert (seen.period_requests, seen.period_from_balance) == (3, 2)
     assert abs(seen.now - time.time()) < 5  # Redis's clock
 
 
@@ -250,7 +266,16 @@ def test_a_period_that_ends_before_it_starts_is_never_shown(
     assert charge_and_read_refuse(store) == (state, state)
 
 
-@pytest.mark.parametrize(("field", "value"), [("cap:ann", "1e3"), ("used:ann", "12"), ("used:ann", "x:3")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("cap:ann", "1e3"),
+        ("used:ann", "12"),
+        ("used:ann", "x:3"),
+        ("requests:ann", "12"),
+        ("requests:ann", "1:1e3"),
+    ],
+)
 def test_a_members_field_the_charge_refuses_is_never_shown(
     live: Admin, store: RedisStore, redis_client: redis.Redis, field: str, value: str
 ) -> None:

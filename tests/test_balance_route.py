@@ -8,6 +8,7 @@ Redis fails. It costs what a refused request costs: two PDK round trips and one 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,8 +19,8 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
 from creditgate.store.redis_store import RedisStore
-from tests.gate_fixtures import gate_config, through_gate
-from tests.kong import KongRequest, KongSide, Outcome
+from tests.gate_fixtures import PLUGIN_SERVER, gate_config, start_plugin_server, through_gate
+from tests.kong import KongRequest, KongSide, Outcome, PluginInfo
 from tests.redis_servers import RedisServer
 from tests.test_balance import validate_balance
 from tests.test_decision import validate_problem
@@ -94,6 +95,40 @@ def test_the_answer_follows_the_charges_of_the_gate(
     assert body["period_end"] == charged.response_headers.get("X-Credit-Period-End")
 
 
+@pytest.fixture(scope="module")
+def refunding_kong() -> Iterator[KongSide]:
+    """A plugin server with the log phase, where the gate refunds a failed call."""
+    info = PluginInfo.query([*PLUGIN_SERVER, "--log-phase"])
+    server = start_plugin_server("--log-phase")
+    try:
+        with KongSide(server.socket_path, info, timeout=10.0) as side:
+            yield side
+    finally:
+        server.stop()
+
+
+def test_the_periods_usage_follows_the_charges_and_a_refund_of_the_gate(
+    refunding_kong: KongSide, settings: RedisSettings, two_accounts: Admin
+) -> None:
+    kong = refunding_kong
+    before = answer(ask(kong, settings))["usage"]
+    assert before == {"requests": 0, "credits": 0, "from_allowance": 0, "from_balance": 0}
+    for _ in range(3):  # 2 + 1 from the allowance, then 3 + 3 from the balance
+        assert kong.request(gate_config(settings, cost=3), KongRequest(consumer=ACME)).proxied
+    refunded = kong.request(
+        gate_config(settings, cost=2, refund_on_failure=True), KongRequest(consumer=ACME), upstream_status=503
+    )
+    assert refunded.proxied and refunded.client_status == 503
+    refunded.assert_clean()
+    body = answer(ask(kong, settings))
+    assert body["usage"] == {"requests": 3, "credits": 9, "from_allowance": 2, "from_balance": 7}
+    assert (body["balance"], body["allowance_used"]) == (3, 2)
+    for _ in range(4):  # asking is never a request of the period
+        assert answer(ask(kong, settings, cost=5))["usage"] == body["usage"]
+    other = answer(ask(kong, settings, consumer=GLOBEX))["usage"]
+    assert other == {"requests": 0, "credits": 0, "from_allowance": 0, "from_balance": 0}
+
+
 def test_asking_charges_nothing_and_writes_nothing(
     kong: KongSide, settings: RedisSettings, two_accounts: Admin, redis_client: redis.Redis, store: RedisStore
 ) -> None:
@@ -150,9 +185,10 @@ def test_a_pool_member_sees_the_pools_balance_and_only_its_own_cap_and_use(
         ).proxied
     ann = answer(ask(kong, settings, consumer=member("ann"), **pool))
     assert (ann["account"], ann["balance"], ann["plan"]) == ("team-a", 19, "team")
-    assert ann["member"] == {"name": "ann", "used": 4, "cap": 10, "remaining": 6}
+    assert ann["member"] == {"name": "ann", "used": 4, "requests": 1, "cap": 10, "remaining": 6}
     bob = answer(ask(kong, settings, consumer=member("bob"), **pool))
-    assert bob["member"] == {"name": "bob", "used": 7, "cap": None, "remaining": None}
+    assert bob["member"] == {"name": "bob", "used": 7, "requests": 1, "cap": None, "remaining": None}
+    assert bob["usage"] == {"requests": 2, "credits": 11, "from_allowance": 0, "from_balance": 11}
     assert "ann" not in json.dumps(bob)
 
 

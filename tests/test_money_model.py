@@ -15,8 +15,8 @@ DAILY = Terms("daily", Period.DAY, 10, True)
 FREE = Terms("free", Period.DAY, 10, False)
 
 
-def at(*parts: int) -> int:
-    return int(dt.datetime(*parts, tzinfo=dt.timezone.utc).timestamp())  # type: ignore[misc]
+def at(year: int, month: int, day: int) -> int:
+    return int(dt.datetime(year, month, day, tzinfo=dt.timezone.utc).timestamp())
 
 
 def account(terms: Terms = DAILY, *, balance: int = 0, anchor: int = T0, starts_at: int = T0) -> AccountModel:
@@ -206,3 +206,70 @@ def test_a_charge_of_a_daily_period_gives_nothing_back_to_a_plan_without_periods
     model.charge(T0 + 1, 2)
     refund = model.settle(charge.charge, 0, T0 + 2, window=60, refund=True)
     assert (refund.given_back, model.used) == (0, 2)
+
+
+# The period's counters
+
+
+def test_the_period_counts_its_requests_and_where_their_credits_came_from() -> None:
+    model = account(balance=20)
+    for i, cost in enumerate([4, 4, 0, 5]):
+        assert model.charge(T0 + i, cost).allowed
+    assert (model.period_requests, model.used, model.period_from_balance) == (4, 10, 3)
+
+
+def test_a_refusal_a_replay_and_a_new_period_count_nothing_more() -> None:
+    model = account(FREE)
+    model.charge(T0 + 1, 6, key="k")
+    model.charge(T0 + 2, 6, key="k")  # a replay
+    assert model.charge(T0 + 3, 5).reason is Refusal.QUOTA_EXHAUSTED
+    assert (model.period_requests, model.used, model.period_from_balance) == (1, 6, 0)
+    model.charge(T0 + DAY_SECONDS, 1)
+    assert (model.period_requests, model.used, model.period_from_balance) == (1, 1, 0)
+
+
+def test_a_refund_takes_back_its_request_and_its_credits_from_the_counters_that_paid() -> None:
+    model = account(balance=20)
+    model.charge(T0 + 1, 8)
+    second = model.charge(T0 + 2, 5)  # 2 from the allowance, 3 from the balance
+    assert second.charge is not None
+    assert model.settle(second.charge, 0, T0 + 3, window=60, refund=True).given_back == 5
+    assert (model.period_requests, model.used, model.period_from_balance) == (1, 8, 0)
+    third = model.charge(T0 + 4, 4)
+    assert third.charge is not None
+    model.settle(third.charge, 1, T0 + 5, window=60, refund=False)  # settled lower: still a request
+    assert (model.period_requests, model.used, model.period_from_balance) == (2, 9, 0)
+
+
+def test_a_settlement_after_the_period_ended_nets_nothing_from_the_new_one() -> None:
+    model = account(balance=20)
+    first = model.charge(T0 + 1, 12)
+    assert first.charge is not None
+    model.charge(T0 + DAY_SECONDS, 11)
+    got = model.settle(first.charge, 0, T0 + DAY_SECONDS + 1, window=2 * DAY_SECONDS, refund=True)
+    assert (got.given_back, model.balance) == (2, 19)
+    assert (model.period_requests, model.used, model.period_from_balance) == (1, 10, 1)
+
+
+def test_a_pool_members_requests_are_counted_per_period_and_a_refund_takes_one_back() -> None:
+    model = account(balance=100)
+    first = model.charge(T0 + 1, 3, member="ann")
+    model.charge(T0 + 2, 0, member="ann")
+    assert first.charge is not None and model.member_requests["ann"] == (T0, 2)
+    model.settle(first.charge, 0, T0 + 3, window=60, refund=True)
+    assert model.member_requests["ann"] == (T0, 1) and model.member_use["ann"] == (T0, 0)
+    model.charge(T0 + DAY_SECONDS, 1, member="ann")
+    assert model.member_requests["ann"] == (T0 + DAY_SECONDS, 1)
+
+
+def test_a_restart_between_two_periods_without_bounds_gives_nothing_back_to_the_allowance() -> None:
+    once = Terms("once", Period.NONE, 7, True)
+    model = account(once, balance=5)
+    first = model.charge(T0 + 1, 2)
+    assert first.charge is not None and first.from_allowance == 2
+    model.change_plan(DAILY)  # another length: a restart
+    model.charge(T0 + 2, 1)
+    model.change_plan(once)  # back to a plan without periods: bounds 0 again, another restart
+    assert (model.period_start, model.period_end, model.restarts) == (0, 0, 3)
+    got = model.settle(first.charge, 0, T0 + 3, window=60, refund=True)
+    assert (got.given_back, model.used, model.period_requests) == (0, 0, 0)

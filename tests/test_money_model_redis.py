@@ -84,6 +84,11 @@ skews = st.lists(
 )
 
 
+def text(value: bytes | str) -> str:
+    """A reply of the test's client (bytes: it does not decode) as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def terms_of(plan: Plan) -> Terms:
     return Terms(plan.name, plan.period, plan.allowance, plan.prepaid)
 
@@ -247,7 +252,8 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
 
         def events(self) -> list[dict[str, str]]:
             raw = run.client.xrange(self.store.keys.account(ACCOUNT).events)
-            return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in raw]
+            assert raw is not None
+            return [{text(k): text(v) for k, v in (fields or {}).items()} for _, fields in raw]
 
         def count_crossings(self, before: int, expected: ChargeOutcome) -> None:
             """The crossings of the model's charge, as the charge script must raise them."""
@@ -401,6 +407,9 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
                 state.used,
                 state.period_start,
                 state.period_end,
+                state.period_requests,
+                state.period_from_balance,
+                state.period_restarts,
             )
             terms = model.terms
             mine = (
@@ -415,6 +424,9 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
                 model.used,
                 model.period_start,
                 model.period_end,
+                model.period_requests,
+                model.period_from_balance,
+                model.restarts,
             )
             assert theirs == mine, f"account: script {theirs} != model {mine}"
             assert 0 <= state.balance <= CAP
@@ -439,13 +451,18 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
         @invariant()
         def pool_members_agree(self) -> None:
             raw = {
-                k.decode(): v.decode()
+                text(k): text(v)
                 for k, v in run.client.hgetall(self.store.keys.account(ACCOUNT).members).items()
             }
             caps = {k[4:]: int(v) for k, v in raw.items() if k.startswith("cap:")}
             assert caps == self.model.caps
             for member, (period, used) in self.model.member_use.items():
                 assert raw.get(f"used:{member}") == f"{period}:{used}", member
+            for member, (period, count) in self.model.member_requests.items():
+                assert raw.get(f"requests:{member}") == f"{period}:{count}", member
+            assert {k for k in raw if k.startswith("requests:")} == {
+                f"requests:{m}" for m in self.model.member_requests
+            }
 
         @invariant()
         def the_ledger_replays_to_the_balance(self) -> None:

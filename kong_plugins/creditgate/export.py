@@ -33,6 +33,7 @@ NUMBERS = (
     "allowance",
     "allowance_used",
     "settle_by",
+    "period_restarts",
 )
 TEXTS = ("plan", "route", "member", "note", "key", "reference", "idempotency_key")
 CSV_COLUMNS = (

@@ -25,6 +25,12 @@ The rules, each enforced by one method:
   and a hold only until its ``settle_by``, however many ledger entries are kept. What is given back
   goes where it came from: to the balance up to what the balance paid, the rest to the allowance of
   the period the charge was counted in while that is still the current period.
+- **The period's counters** (``period_requests``, ``period_from_balance``; the allowance's part is
+  ``used``) count each allowed charge, a cost of 0 included, and reset with ``used``; a settlement
+  nets them while the charge's period is current (a refund takes its request back), never below 0.
+  Each is held at ``CAP``. A pool member's requests are counted per period beside its use.
+- **Restarts are counted** (``restarts``): a charge records the count, and settling gives nothing
+  back to an allowance restarted since, even when the two periods have the same bounds.
 - **The ledger** records every change of the balance; ``ledger_base`` plus the amounts of the entries
   still kept equals the balance, and each entry's ``balance`` is the running balance.
 """
@@ -98,6 +104,7 @@ class Charge:
     from_balance: int
     at: int
     period_start: int  # the period the allowance part was counted in
+    restarts: int  # the account's restart count when it was charged
     settle_by: int  # 0: not a hold
     member: str
     request_key: tuple[str, int, str] | None
@@ -152,8 +159,12 @@ class AccountModel:
     used: int = 0
     period_start: int = 0  # 0 and 0: no current period (the next charge starts one)
     period_end: int = 0
+    period_requests: int = 0
+    period_from_balance: int = 0
+    restarts: int = 0  # period restarts so far (wraps to 1 after CAP)
     caps: dict[str, int] = field(default_factory=dict)
     member_use: dict[str, tuple[int, int]] = field(default_factory=dict)  # member -> (period, used)
+    member_requests: dict[str, tuple[int, int]] = field(default_factory=dict)  # member -> (period, n)
     history: list[Entry] = field(default_factory=list)  # every entry ever appended, oldest first
     credit_keys: dict[str, int] = field(default_factory=dict)  # grant/adjust key -> entry position
     request_keys: dict[tuple[str, int, str], int] = field(default_factory=dict)  # -> charge ref
@@ -178,7 +189,12 @@ class AccountModel:
     # Subscriptions and terms
 
     def _restart_period(self) -> None:
-        self.used, self.period_start, self.period_end = 0, 0, 0
+        self._new_period(0, 0)
+        self.restarts = self.restarts + 1 if self.restarts < self.cap else 1
+
+    def _new_period(self, start: int, end: int) -> None:
+        self.used, self.period_start, self.period_end = 0, start, end
+        self.period_requests, self.period_from_balance = 0, 0
 
     def subscribe(self, terms: Terms, status: str, starts_at: int, anchor: int, expires_at: int) -> str:
         """Set the subscription and copy the plan's terms. The period's use is kept (switching plans
@@ -282,7 +298,7 @@ class AccountModel:
 
         window = self.current_window(now)
         if window.start != self.period_start or window.end != self.period_end:
-            self.used, self.period_start, self.period_end = 0, window.start, window.end
+            self._new_period(window.start, window.end)
             self._append("period_reset", 0)
         member_used = 0
         if member:
@@ -304,6 +320,14 @@ class AccountModel:
             return self._answer(False, refusal, member_used=member_used, member_cap=member_cap)
 
         # Allowed: from here on, money moves.
+        self.period_requests = min(self.period_requests + 1, self.cap)
+        self.period_from_balance = min(self.period_from_balance + from_balance, self.cap)
+        if member:
+            period, count = self.member_requests.get(member, (None, 0))
+            self.member_requests[member] = (
+                window.start,
+                min((count if period == window.start else 0) + 1, self.cap),
+            )
         if cost == 0:
             return self._answer(True, None, member_used=member_used, member_cap=member_cap)
         self.used += from_allowance
@@ -318,6 +342,7 @@ class AccountModel:
             from_balance=from_balance,
             at=now,
             period_start=window.start,
+            restarts=self.restarts,
             settle_by=now + hold_seconds if hold_seconds > 0 else 0,
             member=member,
             request_key=request_key,
@@ -398,17 +423,27 @@ class AccountModel:
         # A period restarted since the charge (a new subscription, anchor or length: bounds 0 until the
         # next charge) is another period, even when the charge's period also started at 0 (a plan
         # without periods). A plan without periods has one period, from its last restart.
+        # The restart count tells apart periods whose bounds are the same (a plan without periods, then
+        # another plan, then one without periods again: both start at 0).
         in_period = (
             self.terms is not None
+            and charge.restarts == self.restarts
             and charge.period_start == self.period_start
             and (self.terms.period is Period.NONE or self.period_end != 0)
         )
         to_allowance = give_back - to_balance if in_period else 0
         self.used = max(self.used - to_allowance, 0)
+        if in_period:
+            self.period_from_balance = max(self.period_from_balance - to_balance, 0)
+            if refund:
+                self.period_requests = max(self.period_requests - 1, 0)
         if charge.member and in_period and give_back > 0:
             period, member_used = self.member_use.get(charge.member, (None, 0))
             if period == self.period_start:
                 self.member_use[charge.member] = (period, max(member_used - give_back, 0))
+            period, count = self.member_requests.get(charge.member, (None, 0))
+            if refund and period == self.period_start:
+                self.member_requests[charge.member] = (period, max(count - 1, 0))
         if refund and charge.request_key is not None:
             self.request_keys.pop(charge.request_key, None)
         self._append("refund" if refund else "settle", to_balance)
@@ -421,6 +456,7 @@ class AccountModel:
             self,
             caps=dict(self.caps),
             member_use=dict(self.member_use),
+            member_requests=dict(self.member_requests),
             history=list(self.history),
             credit_keys=dict(self.credit_keys),
             request_keys=dict(self.request_keys),

@@ -24,7 +24,9 @@ class BalanceView:
     """An account's figures at Redis's time ``now``: credits are integers, times Unix seconds (0: none).
 
     The period is the one the next charge would be made in (an ended period reads as the next one, with
-    nothing used). ``member_used`` and ``member_cap`` (-1: no cap) are the asking pool member's.
+    nothing used). ``period_requests`` and ``period_from_balance`` are the period's requests charged
+    and the credits they took from the balance (those from the allowance are ``allowance_used``).
+    ``member_used``, ``member_cap`` (-1: no cap) and ``member_requests`` are the asking pool member's.
     """
 
     plan: str
@@ -41,6 +43,9 @@ class BalanceView:
     now: int
     member_used: int = 0
     member_cap: int = -1
+    period_requests: int = 0
+    period_from_balance: int = 0
+    member_requests: int = 0
 
     @property
     def allowance_remaining(self) -> int:
@@ -74,6 +79,9 @@ class BalanceView:
 def balance_body(view: BalanceView, account: str, member: str, warnings: Warnings) -> dict[str, Any]:
     """The JSON body: the paying account's figures and, for a pool member, its own cap and use.
 
+    ``usage`` is the current period's: requests charged, and their credits, from the allowance and from
+    the balance (null without a subscription, as the other figures of a period).
+
     A pool member is told the pool's balance and allowance (what its requests are paid from, as a 402
     would tell it) and its own use, never another member's.
     """
@@ -92,6 +100,7 @@ def balance_body(view: BalanceView, account: str, member: str, warnings: Warning
         "period_end": rfc3339(view.period_end) if subscribed else None,
         "starts_at": rfc3339(view.starts_at) if subscribed else None,
         "expires_at": rfc3339(view.expires_at) if subscribed else None,
+        "usage": _usage(view) if subscribed else None,
         "warnings": view.warnings(warnings),
         "member": None,
         "as_of": rfc3339(view.now),
@@ -101,10 +110,20 @@ def balance_body(view: BalanceView, account: str, member: str, warnings: Warning
         body["member"] = {
             "name": member,
             "used": view.member_used,
+            "requests": view.member_requests,
             "cap": cap,
             "remaining": None if cap is None else max(cap - view.member_used, 0),
         }
     return body
+
+
+def _usage(view: BalanceView) -> dict[str, int]:
+    return {
+        "requests": view.period_requests,
+        "credits": view.allowance_used + view.period_from_balance,
+        "from_allowance": view.allowance_used,
+        "from_balance": view.period_from_balance,
+    }
 
 
 def balance_answer(view: BalanceView, account: str, member: str, warnings: Warnings) -> Problem:

@@ -222,6 +222,9 @@ class AccountState:
     period_end: int
     ledger_base: int
     exists: bool
+    period_requests: int = 0
+    period_from_balance: int = 0
+    period_restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,9 @@ def _account_state(account: str, reply: Any) -> AccountState:
         period_end=number("period_end"),
         ledger_base=number("ledger_base"),
         exists=bool(raw),
+        period_requests=number("period_requests"),
+        period_from_balance=number("period_from_balance"),
+        period_restarts=number("period_restarts"),
     )
 
 
@@ -806,7 +812,8 @@ class RedisStore:
     def _balance_view(reply: Sequence[Any]) -> BalanceView:
         """Read balance.lua's fixed-shape reply, by name."""
         (state, plan, status, balance, allowance, used, period, period_start, period_end, starts_at,
-         expires_at, prepaid, now, member_used, member_cap) = reply  # fmt: skip
+         expires_at, prepaid, now, member_used, member_cap, period_requests, period_from_balance,
+         member_requests) = reply  # fmt: skip
         if _text(state) == "store_empty":
             raise StoreEmpty(
                 "Redis holds no credit-gate data (no store marker): it was emptied (a restart without "
@@ -827,6 +834,9 @@ class RedisStore:
             now=int(now),
             member_used=int(member_used),
             member_cap=int(member_cap),
+            period_requests=int(period_requests),
+            period_from_balance=int(period_from_balance),
+            member_requests=int(member_requests),
         )
 
 

@@ -210,9 +210,29 @@ local function ledger_append(account_key, ledger_key, plan, fields)
   return id
 end
 
--- The period starts over (usage 0, bounds worked out again by the next charge).
-local function restart_period(account_key)
-  redis.call('HSET', account_key, 'used', 0, 'period_start', 0, 'period_end', 0)
+-- The period's own figures, reset with `used` whenever the period changes (a new period by the clock,
+-- or a restart): requests charged in it and credits its charges took from the balance (those from the
+-- allowance are `used`). Each stays within [0, MAX_CREDITS]: a write past it is held at MAX_CREDITS.
+local function read_period_counters(key, values)
+  return read_int(key, 'period_requests', values[1], 0, 0, MAX_CREDITS),
+    read_int(key, 'period_from_balance', values[2], 0, 0, MAX_CREDITS)
+end
+
+-- The period's restart counter, `period_restarts`: bumped at each restart (below), recorded with each
+-- charge (its hold and its ledger entry), so that settling tells a restarted period from the one the
+-- charge was counted in even when both have the same bounds (a plan without periods always starts at
+-- 0). After MAX_CREDITS it wraps to 1.
+local function read_restarts(key)
+  return read_int(key, 'period_restarts', redis.call('HGET', key, 'period_restarts'), 0, 0, MAX_CREDITS)
+end
+
+-- The period starts over (usage 0, bounds worked out again by the next charge). `restarts` is the
+-- account's restart counter as read (and checked) before the script's first write.
+local function restart_period(account_key, restarts)
+  local next_restarts = restarts + 1
+  if next_restarts > MAX_CREDITS then next_restarts = 1 end
+  redis.call('HSET', account_key, 'used', 0, 'period_start', 0, 'period_end', 0, 'period_requests', 0,
+    'period_from_balance', 0, 'period_restarts', fmt(next_restarts))
 end
 
 -- Write a subscription and its plan's terms into the account's hash. The current period's usage is
@@ -221,11 +241,12 @@ end
 local function write_subscription(account_key, plan, status, starts_at, anchor, expires_at, period, allowance,
                                   prepaid)
   local previous = redis.call('HMGET', account_key, 'plan', 'anchor', 'period')
+  local restarts = read_restarts(account_key)  -- checked before the first write
   redis.call('HSET', account_key,
     'plan', plan, 'status', status, 'starts_at', starts_at, 'anchor', anchor, 'expires_at', expires_at,
     'period', period, 'allowance', allowance, 'prepaid', prepaid)
   if previous[2] ~= anchor or previous[3] ~= period then
-    restart_period(account_key)
+    restart_period(account_key, restarts)
   end
   return previous[1] or ''
 end
@@ -233,9 +254,10 @@ end
 -- Write a plan's terms over the account's, keeping its subscription; a change of period length restarts
 -- the period. `current_period` is the period the hash held before.
 local function write_terms(account_key, plan, period, allowance, prepaid, current_period)
+  local restarts = read_restarts(account_key)  -- checked before the first write
   redis.call('HSET', account_key, 'plan', plan, 'period', period, 'allowance', allowance, 'prepaid', prepaid)
   if current_period ~= period then
-    restart_period(account_key)
+    restart_period(account_key, restarts)
   end
 end
 

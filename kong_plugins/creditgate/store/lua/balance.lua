@@ -7,15 +7,15 @@
 --
 -- Returns {state ("ok" | "store_empty"), plan, status, balance, allowance, allowance_used, period,
 --          period_start, period_end, starts_at, expires_at, prepaid (1|0), now, member_used,
---          member_cap (-1: no cap)}
+--          member_cap (-1: no cap), period_requests, period_from_balance, member_requests}
 -- or the error reply "BADDATA <key> <field>: ..." (see _lib.lua). Credits are integers, times Unix
 -- seconds on Redis's clock (0: none).
 --
 -- The figures are the ones the next charge would start from: every field is read and checked as
 -- charge.lua reads and checks it (a field charge.lua would refuse is refused here, never shown as a
 -- wrong figure), and the period is the one charge.lua would decide at Redis's time: a period that has
--- ended reads as the next one with nothing used, although nothing is written (the next charge
--- writes it). An account without a subscription in a Redis without the store marker answers
+-- ended reads as the next one with nothing used (no requests, no credits), although nothing is
+-- written (the next charge writes it). An account without a subscription in a Redis without the store marker answers
 -- "store_empty": a Redis restarted empty is told from an account that never subscribed.
 
 local account_key, members_key, marker_key = KEYS[1], KEYS[2], KEYS[3]
@@ -27,7 +27,8 @@ check_type(members_key, 'hash')
 
 local f = redis.call('HMGET', account_key,
   'plan', 'status', 'starts_at', 'anchor', 'expires_at', 'period', 'allowance', 'prepaid',
-  'balance', 'used', 'period_start', 'period_end')
+  'balance', 'used', 'period_start', 'period_end', 'period_requests', 'period_from_balance',
+  'period_restarts')
 local K = account_key
 local plan = f[1] or ''
 local status = read_word(K, 'status', f[2], '', STATUSES)
@@ -44,10 +45,12 @@ local period_end = read_int(K, 'period_end', f[12], 0, 0, MAX_INSTANT)
 if period_end ~= 0 and period_end <= period_start then
   bad(K, 'period_end', 'is not after period_start')
 end
+local period_requests, period_from_balance = read_period_counters(K, {f[13], f[14]})
+read_int(K, 'period_restarts', f[15], 0, 0, MAX_CREDITS)  -- not shown, but refused where the charge refuses it
 
-local member_cap, member_stored = -1, false
+local member_cap, member_stored, member_requests_stored = -1, false, false
 if member ~= '' then
-  local m = redis.call('HMGET', members_key, 'cap:' .. member, 'used:' .. member)
+  local m = redis.call('HMGET', members_key, 'cap:' .. member, 'used:' .. member, 'requests:' .. member)
   member_cap = read_int(members_key, 'cap:' .. member, m[1], -1, 0, MAX_CREDITS)
   if m[2] then
     local p, u = string.match(m[2], '^([^:]*):([^:]*)$')
@@ -56,23 +59,34 @@ if member ~= '' then
     end
     member_stored = {p, tonumber(u)}
   end
+  if m[3] then
+    local p, n = string.match(m[3], '^([^:]*):([^:]*)$')
+    if p == nil or strict_int(p, 0, MAX_INSTANT) == nil or strict_int(n, 0, MAX_CREDITS) == nil then
+      bad(members_key, 'requests:' .. member, 'is not "<period start>:<requests>"')
+    end
+    member_requests_stored = {p, tonumber(n)}
+  end
 end
 
 if plan == '' and redis.call('EXISTS', marker_key) == 0 then
-  return {'store_empty', '', '', 0, 0, 0, 'none', 0, 0, 0, 0, 0, now, 0, -1}
+  return {'store_empty', '', '', 0, 0, 0, 'none', 0, 0, 0, 0, 0, now, 0, -1, 0, 0, 0}
 end
 
 -- The period charge.lua would charge in now (a time before the period's start stays in it).
 if plan ~= '' and period ~= 'none' and (period_end == 0 or now >= period_end) then
   period_start, period_end = window_at(period, anchor, now)
-  used = 0
+  used, period_requests, period_from_balance = 0, 0, 0
 end
 
 -- A member's use counts in the period it was made in only.
-local member_used = 0
+local member_used, member_requests = 0, 0
 if member_stored and member_stored[1] == fmt(period_start) then
   member_used = member_stored[2]
 end
+if member_requests_stored and member_requests_stored[1] == fmt(period_start) then
+  member_requests = member_requests_stored[2]
+end
 
 return {'ok', plan, status, balance, allowance, used, period, period_start, period_end, starts_at,
-        expires_at, prepaid and 1 or 0, now, member_used, member_cap}
+        expires_at, prepaid and 1 or 0, now, member_used, member_cap, period_requests, period_from_balance,
+        member_requests}

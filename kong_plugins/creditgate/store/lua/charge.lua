@@ -1,6 +1,6 @@
 -- charge.lua: decide and charge one request, atomically.
 --
--- KEYS[1]  the paying account's hash (subscription, plan terms, balance, period usage)
+-- KEYS[1]  the paying account's hash (subscription, plan terms, balance, period usage and counters)
 -- KEYS[2]  the paying account's ledger stream
 -- KEYS[3]  the paying account's usage hash for the UTC day of `now`
 -- KEYS[4]  the idempotency key of this request (a string key; unused when ARGV[9] is 0)
@@ -47,6 +47,11 @@
 -- The deadline closes the "refused but charged" hole: a caller that timed out answers 503 and
 -- proxies nothing, so a script that only runs after that (Redis was paused, or the command sat in a
 -- slow network) must not charge. It refuses with reason "deadline_passed" and writes nothing.
+--
+-- The period's counters (period_requests, period_from_balance; see _lib.lua) count the charges
+-- allowed in this same step, a cost of 0 included; a refusal, a replay and shadow mode count nothing.
+-- They reset with `used`. A pool member's requests are counted beside its use ("requests:<member>",
+-- "<period start>:<requests>"), reset with it.
 --
 -- Events and reasons (charge_events and refusal_events in _lib.lua): a charge that crosses one of the
 -- account's alert levels adds a threshold event to <prefix>:{<account>}:events, and a refusal is also
@@ -100,7 +105,8 @@ end
 
 local f = redis.call('HMGET', account_key,
   'plan', 'status', 'starts_at', 'anchor', 'expires_at', 'period', 'allowance', 'prepaid',
-  'balance', 'used', 'period_start', 'period_end')
+  'balance', 'used', 'period_start', 'period_end', 'period_requests', 'period_from_balance',
+  'period_restarts')
 local K = account_key
 plan = f[1] or ''
 status = read_word(K, 'status', f[2], '', STATUSES)
@@ -117,6 +123,8 @@ period_end = read_int(K, 'period_end', f[12], 0, 0, MAX_INSTANT)
 if period_end ~= 0 and period_end <= period_start then
   bad(K, 'period_end', 'is not after period_start')
 end
+local period_requests, period_from_balance = read_period_counters(K, {f[13], f[14]})
+local restarts = read_int(K, 'period_restarts', f[15], 0, 0, MAX_CREDITS)
 
 local function usage_name(field)
   return route .. '|' .. field
@@ -142,16 +150,25 @@ if idempotency_window > 0 and not shadow then
 end
 
 local member_used_field, member_period, member_stored = '', '', false
+local member_requests_field, member_requests_stored = '', false
 if member ~= '' then
-  local m = redis.call('HMGET', members_key, 'cap:' .. member, 'used:' .. member)
+  local m = redis.call('HMGET', members_key, 'cap:' .. member, 'used:' .. member, 'requests:' .. member)
   member_cap = read_int(members_key, 'cap:' .. member, m[1], -1, 0, MAX_CREDITS)
   member_used_field = 'used:' .. member
+  member_requests_field = 'requests:' .. member
   if m[2] then
     local p, u = string.match(m[2], '^([^:]*):([^:]*)$')
     if p == nil or strict_int(p, 0, MAX_INSTANT) == nil or strict_int(u, 0, MAX_CREDITS) == nil then
       bad(members_key, member_used_field, 'is not "<period start>:<credits>"')
     end
     member_stored = {p, tonumber(u)}
+  end
+  if m[3] then
+    local p, n = string.match(m[3], '^([^:]*):([^:]*)$')
+    if p == nil or strict_int(p, 0, MAX_INSTANT) == nil or strict_int(n, 0, MAX_CREDITS) == nil then
+      bad(members_key, member_requests_field, 'is not "<period start>:<requests>"')
+    end
+    member_requests_stored = {p, tonumber(n)}
   end
 end
 
@@ -210,9 +227,10 @@ if not shadow then ledger = ledger_plan(account_key, ledger_key, retention, 2) e
 if period ~= 'none' and (period_end == 0 or now >= period_end) then
   period_start, period_end = window_at(period, anchor, now)
   local previous_used = used
-  used = 0
+  used, period_requests, period_from_balance = 0, 0, 0
   if not shadow then
-    redis.call('HSET', account_key, 'used', 0, 'period_start', fmt(period_start), 'period_end', fmt(period_end))
+    redis.call('HSET', account_key, 'used', 0, 'period_start', fmt(period_start), 'period_end', fmt(period_end),
+      'period_requests', 0, 'period_from_balance', 0)
     ledger_append(account_key, ledger_key, ledger, {
       'kind', 'period_reset', 'amount', '0', 'balance', fmt(balance), 'allowance', fmt(allowance),
       'allowance_used', fmt(previous_used), 'at', fmt(now), 'plan', plan})
@@ -256,26 +274,43 @@ charge_events(account_key, {now = now, plan = plan, balance_before = balance, ba
   expires_at = expires_at})
 
 count_usage('requests', 1)
+-- The period's figures, in one write (each read and checked above).
+used = used + from_allowance
+balance = balance - from_balance
+local changed = {'period_requests', fmt(math.min(period_requests + 1, MAX_CREDITS))}
+if from_allowance > 0 then
+  table.insert(changed, 'used'); table.insert(changed, fmt(used))
+end
+if from_balance > 0 then
+  table.insert(changed, 'balance'); table.insert(changed, fmt(balance))
+  table.insert(changed, 'period_from_balance')
+  table.insert(changed, fmt(math.min(period_from_balance + from_balance, MAX_CREDITS)))
+end
+redis.call('HSET', account_key, unpack(changed))
 if member ~= '' then
   count_usage('member:' .. member .. '|requests', 1)
+  local member_requests = 0
+  if member_requests_stored and member_requests_stored[1] == member_period then
+    member_requests = member_requests_stored[2]
+  end
+  local member_fields = {member_requests_field, member_period .. ':' .. fmt(math.min(member_requests + 1, MAX_CREDITS))}
+  if cost > 0 then
+    member_used = member_used + cost
+    table.insert(member_fields, member_used_field)
+    table.insert(member_fields, member_period .. ':' .. fmt(member_used))
+  end
+  redis.call('HSET', members_key, unpack(member_fields))
 end
 if cost == 0 then
   return answer(1, '', 0, 0, '', 0)
 end
 
-if from_allowance > 0 then
-  used = redis.call('HINCRBY', account_key, 'used', fmt(from_allowance))
-end
-if from_balance > 0 then
-  balance = redis.call('HINCRBY', account_key, 'balance', fmt(-from_balance))
-end
 count_usage('credits', cost)
 local fields = {
   'kind', 'charge', 'amount', fmt(-from_balance), 'balance', fmt(balance), 'cost', fmt(cost),
-  'from_allowance', fmt(from_allowance), 'at', fmt(now), 'plan', plan, 'route', route}
+  'from_allowance', fmt(from_allowance), 'at', fmt(now), 'plan', plan, 'route', route,
+  'period_restarts', fmt(restarts)}
 if member ~= '' then
-  member_used = member_used + cost
-  redis.call('HSET', members_key, member_used_field, member_period .. ':' .. fmt(member_used))
   count_usage('member:' .. member .. '|credits', cost)
   table.insert(fields, 'member'); table.insert(fields, member)
 end
@@ -291,7 +326,8 @@ if idempotency_window > 0 then
 end
 if settle_window > 0 then
   -- What settling needs, kept for the settlement window whatever the ledger's retention drops.
-  local facts = {cost = cost, amount = -from_balance, at = now, period_start = period_start}
+  local facts = {cost = cost, amount = -from_balance, at = now, period_start = period_start,
+                 period_restarts = restarts}
   if member ~= '' then facts.member = member end
   if hold_seconds > 0 then facts.settle_by = now + hold_seconds end
   if idempotency_window > 0 then facts.idempotency_key = idempotency_key end

@@ -29,8 +29,11 @@
 --
 -- What is given back returns where it came from: to the balance first, up to what the balance paid,
 -- then to the period's allowance, but only while the charge's period is still the current one.
--- A pool member's period use goes down by the same amount. The idempotency key the charge answered
--- for is released, so that a retry of a refunded request is charged again.
+-- A pool member's period use goes down by the same amount. The period's counters are netted in the
+-- same way, while the charge's period is the current one: period_from_balance by what goes back to
+-- the balance (`used` by what goes back to the allowance), and a refund takes its request back from
+-- period_requests and from the member's requests; none goes below 0. The idempotency key the charge
+-- answered for is released, so that a retry of a refunded request is charged again.
 
 local account_key, ledger_key, marker_key, usage_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local holds_key, holds_index_key = KEYS[6], KEYS[7]
@@ -50,12 +53,15 @@ check_type(usage_key, 'hash')
 check_type(members_key, 'hash')
 check_type(holds_key, 'hash')
 check_type(holds_index_key, 'zset')
-local p = redis.call('HMGET', account_key, 'balance', 'period_start', 'period_end', 'used', 'period')
+local p = redis.call('HMGET', account_key, 'balance', 'period_start', 'period_end', 'used', 'period',
+  'period_requests', 'period_from_balance', 'period_restarts')
 local balance = read_int(account_key, 'balance', p[1], 0, 0, MAX_CREDITS)
 local period_start = read_int(account_key, 'period_start', p[2], 0, 0, MAX_INSTANT)
 local period_end = read_int(account_key, 'period_end', p[3], 0, 0, MAX_INSTANT)
 local used = read_int(account_key, 'used', p[4], 0, 0, MAX_CREDITS)
 local period = read_word(account_key, 'period', p[5], 'none', PERIODS)
+local period_requests, period_from_balance = read_period_counters(account_key, {p[6], p[7]})
+local restarts = read_int(account_key, 'period_restarts', p[8], 0, 0, MAX_CREDITS)
 
 local earlier = redis.call('GET', marker_key)
 if earlier then
@@ -116,10 +122,16 @@ end
 -- next charge) is another period. The holds hash names the charge's period; a ledger entry its time.
 -- A plan without periods has one, from its last restart (bounds 0): a charge counted in a period of
 -- another plan (its period_start not 0) is not in it.
+-- The restart counter the charge recorded tells the periods apart where their bounds cannot: a plan
+-- without periods, another plan, then a plan without periods again start at 0 both times.
 local in_period
 local charged_period = nil
 if charge['period_start'] then
   charged_period = read_int(where, charge_id .. ' period_start', charge['period_start'], 0, 0, MAX_INSTANT)
+end
+local charged_restarts = nil
+if charge['period_restarts'] then
+  charged_restarts = read_int(where, charge_id .. ' period_restarts', charge['period_restarts'], 0, 0, MAX_CREDITS)
 end
 if period == 'none' then
   in_period = charged_period == nil or charged_period == period_start
@@ -130,21 +142,32 @@ elseif charged_period ~= nil then
 else
   in_period = charged_at >= period_start and charged_at < period_end
 end
+if charged_restarts ~= nil and charged_restarts ~= restarts then
+  in_period = false
+end
 if not in_period then
   to_allowance = 0  -- that period's allowance is gone; nothing to give back to
 end
 give_back = to_balance + to_allowance
 
 local member = charge['member']
-local member_value = false
+local member_value, member_requests = false, false
 if member and in_period and cost > final_cost then
-  member_value = redis.call('HGET', members_key, 'used:' .. member)
+  local m = redis.call('HMGET', members_key, 'used:' .. member, 'requests:' .. member)
+  member_value, member_requests = m[1], m[2]
   if member_value then
     local mp, mu = string.match(member_value, '^([^:]*):([^:]*)$')
     if mp == nil or strict_int(mp, 0, MAX_INSTANT) == nil or strict_int(mu, 0, MAX_CREDITS) == nil then
       bad(members_key, 'used:' .. member, 'is not "<period start>:<credits>"')
     end
     if mp ~= fmt(period_start) then member_value = false end
+  end
+  if member_requests then
+    local mp, mn = string.match(member_requests, '^([^:]*):([^:]*)$')
+    if mp == nil or strict_int(mp, 0, MAX_INSTANT) == nil or strict_int(mn, 0, MAX_CREDITS) == nil then
+      bad(members_key, 'requests:' .. member, 'is not "<period start>:<requests>"')
+    end
+    if mp ~= fmt(period_start) or kind ~= 'refund' then member_requests = false end
   end
 end
 
@@ -158,8 +181,19 @@ local ledger = ledger_plan(account_key, ledger_key, retention, 1)
 if to_balance > 0 then
   balance = redis.call('HINCRBY', account_key, 'balance', fmt(to_balance))
 end
-if to_allowance > 0 then
-  redis.call('HSET', account_key, 'used', fmt(math.max(used - to_allowance, 0)))
+if in_period then
+  local changed = {}
+  if to_allowance > 0 then
+    table.insert(changed, 'used'); table.insert(changed, fmt(math.max(used - to_allowance, 0)))
+  end
+  if to_balance > 0 then
+    table.insert(changed, 'period_from_balance')
+    table.insert(changed, fmt(math.max(period_from_balance - to_balance, 0)))
+  end
+  if kind == 'refund' then
+    table.insert(changed, 'period_requests'); table.insert(changed, fmt(math.max(period_requests - 1, 0)))
+  end
+  if #changed > 0 then redis.call('HSET', account_key, unpack(changed)) end
 end
 
 if member_value then
@@ -167,6 +201,12 @@ if member_value then
   local member_used = tonumber(string.sub(member_value, separator + 1))
   redis.call('HSET', members_key, 'used:' .. member,
     string.sub(member_value, 1, separator) .. fmt(math.max(member_used - (cost - final_cost), 0)))
+end
+if member_requests then
+  local separator = string.find(member_requests, ':', 1, true)
+  local count = tonumber(string.sub(member_requests, separator + 1))
+  redis.call('HSET', members_key, 'requests:' .. member,
+    string.sub(member_requests, 1, separator) .. fmt(math.max(count - 1, 0)))
 end
 
 if charge['idempotency_key'] and kind == 'refund' then

@@ -1,0 +1,210 @@
+"""The period's own counters on a real Redis: what the charge writes beside ``used``, what settling
+nets, and the restart counter that tells two periods with the same bounds apart.
+
+``period_requests`` and ``period_from_balance`` (the allowance's part is ``used``) are written by
+charge.lua in the step that charges, reset with ``used``, netted by settle.lua while the charge's
+period is the current one, and read as strictly as every other field: a value that does not parse is
+refused before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from creditgate.admin import Admin
+from creditgate.core.decision import ChargeResult
+from creditgate.core.model import Plan
+from creditgate.core.periods import DAY_SECONDS, Period
+from creditgate.core.policy import ChargeRequest
+from creditgate.errors import StoreDataError
+from creditgate.store.redis_store import RedisStore
+from tests.conftest import Clock
+from tests.test_money_data_errors import NOT_INTEGERS, snapshot
+
+WINDOW = 3600
+
+
+@pytest.fixture
+def daily(admin: Admin, clock: Clock) -> Admin:
+    """acme: 5 credits a day included, prepaid use, 20 credits; its day starts at the clock's now."""
+    admin.apply_plan(Plan("daily", period=Period.DAY, allowance=5, prepaid=True))
+    admin.apply_plan(Plan("free", period=Period.DAY, allowance=5, prepaid=False))
+    admin.apply_plan(Plan("once", period=Period.NONE, allowance=7, prepaid=True))
+    admin.subscribe("acme", "daily", starts_at=clock.now - 60, anchor=clock.now)
+    admin.grant("acme", 20)
+    return admin
+
+
+def charge(store: RedisStore, cost: int, now: int, **options: Any) -> ChargeResult:
+    return store.charge(ChargeRequest("acme", cost, now=now, settle_window=WINDOW, **options))
+
+
+def counters(store: RedisStore) -> tuple[int, int, int]:
+    state = store.account_state("acme")
+    return state.period_requests, state.used, state.period_from_balance
+
+
+def test_each_allowed_charge_counts_one_request_and_its_credits_by_where_they_came_from(
+    daily: Admin, store: RedisStore, clock: Clock
+) -> None:
+    for i, cost in enumerate([3, 0, 4, 2]):
+        assert charge(store, cost, clock.now + i).allowed
+    assert counters(store) == (4, 5, 4)
+    assert store.account_state("acme").balance == 16
+
+
+def test_refusals_replays_and_shadow_mode_count_nothing(
+    daily: Admin, store: RedisStore, clock: Clock
+) -> None:
+    charge(store, 2, clock.now, idempotency_key="k", idempotency_window=60)
+    assert charge(store, 2, clock.now + 1, idempotency_key="k", idempotency_window=60).replayed
+    assert not charge(store, 999, clock.now + 2).allowed  # insufficient credit
+    assert charge(store, 3, clock.now + 3, shadow=True).allowed
+    daily.set_member_cap("acme", "ann", 1)
+    assert not charge(store, 2, clock.now + 4, member="ann").allowed
+    assert counters(store) == (1, 2, 0)
+
+
+def test_a_new_period_and_a_restart_reset_the_counters_with_used(
+    daily: Admin, store: RedisStore, clock: Clock
+) -> None:
+    charge(store, 7, clock.now)
+    assert counters(store) == (1, 5, 2)
+    charge(store, 1, clock.now + DAY_SECONDS)
+    assert counters(store) == (1, 1, 0)
+    restarts = store.account_state("acme").period_restarts
+    daily.change_plan("acme", "once")  # another length: the period restarts
+    state = store.account_state("acme")
+    assert (state.period_requests, state.used, state.period_from_balance) == (0, 0, 0)
+    assert state.period_restarts == restarts + 1
+    daily.change_plan("acme", "daily")
+    daily.change_plan("acme", "free")  # the same length: the period and its counters go on
+    assert store.account_state("acme").period_restarts == restarts + 2
+
+
+def test_a_refund_takes_back_its_request_and_each_credit_from_the_counter_that_paid_it(
+    daily: Admin, store: RedisStore, clock: Clock
+) -> None:
+    charge(store, 4, clock.now)
+    second = charge(store, 3, clock.now + 1)  # 1 from the allowance, 2 from the balance
+    got = store.settle("acme", second.charge_id, 0, now=clock.now + 2, refund=True, window_seconds=WINDOW)
+    assert (got.outcome, got.given_back) == ("applied", 3)
+    assert counters(store) == (1, 4, 0)
+    third = charge(store, 4, clock.now + 3)  # 1 from the allowance, 3 from the balance
+    got = store.settle("acme", third.charge_id, 1, now=clock.now + 4, window_seconds=WINDOW)
+    assert (got.outcome, got.given_back) == ("applied", 3)
+    assert counters(store) == (2, 5, 0)  # settled lower, still a request: 3 back to the balance
+
+
+def test_a_settlement_in_a_later_period_nets_nothing_from_it(
+    daily: Admin, store: RedisStore, clock: Clock
+) -> None:
+    first = charge(store, 7, clock.now)
+    charge(store, 6, clock.now + DAY_SECONDS)
+    got = store.settle(
+        "acme",
+        first.charge_id,
+        0,
+        now=clock.now + DAY_SECONDS + 1,
+        refund=True,
+        window_seconds=2 * DAY_SECONDS,
+    )
+    assert (got.outcome, got.given_back) == ("applied", 2)
+    assert counters(store) == (1, 5, 1)
+
+
+def test_a_pool_members_requests_are_counted_per_period_beside_its_use(
+    daily: Admin, store: RedisStore, clock: Clock, redis_client: redis.Redis
+) -> None:
+    members = store.keys.account("acme").members
+    first = charge(store, 2, clock.now, member="ann")
+    charge(store, 0, clock.now + 1, member="ann")
+    charge(store, 1, clock.now + 2, member="bob")
+    assert redis_client.hget(members, "requests:ann") == f"{clock.now}:2".encode()
+    assert redis_client.hget(members, "used:ann") == f"{clock.now}:2".encode()
+    store.settle("acme", first.charge_id, 0, now=clock.now + 3, refund=True, window_seconds=WINDOW)
+    assert redis_client.hget(members, "requests:ann") == f"{clock.now}:1".encode()
+    assert redis_client.hget(members, "requests:bob") == f"{clock.now}:1".encode()
+    charge(store, 1, clock.now + DAY_SECONDS, member="ann")
+    assert redis_client.hget(members, "requests:ann") == f"{clock.now + DAY_SECONDS}:1".encode()
+
+
+def test_a_restart_between_two_plans_without_periods_gives_nothing_back_to_the_new_allowance(
+    daily: Admin, store: RedisStore, clock: Clock
+) -> None:
+    """A plan without periods, another plan, then one without periods again: both periods start at
+    0, so only the restart counter the charge recorded tells them apart."""
+    daily.change_plan("acme", "once")
+    first = charge(store, 2, clock.now)
+    assert first.from_allowance == 2
+    daily.change_plan("acme", "daily")
+    charge(store, 1, clock.now + 1)
+    daily.change_plan("acme", "once")
+    charge(store, 3, clock.now + 2)  # the new period's allowance: 3 of 7 used
+    got = store.settle("acme", first.charge_id, 0, now=clock.now + 3, refund=True, window_seconds=WINDOW)
+    assert (got.outcome, got.given_back, got.balance) == ("applied", 0, 20)
+    assert counters(store) == (1, 3, 0)
+    entry = store.ledger_tail("acme", 1, end=first.charge_id)[-1]
+    assert entry.fields["period_restarts"] == "2"  # the ledger entry names it too
+
+
+def test_the_restart_counter_is_read_from_the_ledger_when_the_hold_is_gone(
+    daily: Admin, store: RedisStore, clock: Clock, redis_client: redis.Redis
+) -> None:
+    daily.change_plan("acme", "once")
+    first = charge(store, 2, clock.now)
+    redis_client.delete(store.keys.account("acme").holds)  # settled from its ledger entry
+    daily.change_plan("acme", "daily")
+    daily.change_plan("acme", "once")
+    got = store.settle("acme", first.charge_id, 0, now=clock.now + 3, refund=True, window_seconds=WINDOW)
+    assert (got.outcome, got.given_back) == ("applied", 0)
+    assert store.account_state("acme").used == 0
+
+
+@pytest.mark.parametrize("field", ["period_requests", "period_from_balance", "period_restarts"])
+@pytest.mark.parametrize("value", [*NOT_INTEGERS, "-1", "1000000000000001"])
+def test_a_counter_that_is_not_a_strict_integer_is_refused_before_anything_is_written(
+    daily: Admin, store: RedisStore, clock: Clock, redis_client: redis.Redis, field: str, value: str
+) -> None:
+    held = charge(store, 7, clock.now, hold_seconds=60)
+    redis_client.hset(store.keys.account("acme").state, field, value)
+    before = snapshot(redis_client)
+    calls: list[Callable[[], object]] = [
+        lambda: charge(store, 1, clock.now + 1),
+        lambda: store.settle(
+            "acme", held.charge_id, 0, now=clock.now + 2, refund=True, window_seconds=WINDOW
+        ),
+        lambda: store.balance("acme"),
+    ]
+    if field == "period_restarts":
+        calls += [
+            lambda: daily.change_plan("acme", "once"),
+            lambda: daily.subscribe("acme", "daily", anchor=0),
+        ]
+    for call in calls:
+        with pytest.raises(StoreDataError) as raised:
+            call()
+        assert field in str(raised.value)
+        assert snapshot(redis_client) == before
+
+
+@pytest.mark.parametrize("value", ["5", "x:1", f"{1_767_225_600}:1e3", ":1", f"{1_767_225_600}:-1"])
+def test_a_members_requests_that_do_not_parse_are_refused_before_anything_is_written(
+    daily: Admin, store: RedisStore, clock: Clock, redis_client: redis.Redis, value: str
+) -> None:
+    held = charge(store, 2, clock.now, member="ann", hold_seconds=60)
+    redis_client.hset(store.keys.account("acme").members, "requests:ann", value)
+    before = snapshot(redis_client)
+    checked: tuple[Callable[[], object], ...] = (
+        lambda: charge(store, 1, clock.now + 1, member="ann"),
+        lambda: store.settle("acme", held.charge_id, 1, now=clock.now + 2, window_seconds=WINDOW),
+        lambda: store.balance("acme", "ann"),
+    )
+    for call in checked:
+        with pytest.raises(StoreDataError):
+            call()
+        assert snapshot(redis_client) == before
