@@ -32,6 +32,7 @@ from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.model import Plan, Status, Subscription
 from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
+from creditgate.core.schema import default
 from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreTimeout, StoreUnavailable
 from creditgate.node_report import NodeReporter, RedisErrors
 from creditgate.store import topology
@@ -42,7 +43,8 @@ from creditgate.store.keys import AccountKeys, Keys, account_keys, slot_marker, 
 T = TypeVar("T")
 
 USAGE_TTL_SECONDS = 400 * 86_400
-DEFAULT_LEDGER_RETENTION = 10_000
+DEFAULT_LEDGER_RETENTION: int = default("ledger_retention")
+DEFAULT_PREFIX: str = default("key_prefix")
 
 # Errors that mean "Redis could not be reached or did not answer in time", as opposed to an error
 # reply (Redis is up). Only these count towards the circuit breaker. RedisClusterException is not a
@@ -329,7 +331,7 @@ class RedisStore:
     def __init__(
         self,
         client: topology.Client,
-        prefix: str = "credit-gate",
+        prefix: str = DEFAULT_PREFIX,
         *,
         timeout_ms: int = 0,
         breaker: CircuitBreaker | None = None,
@@ -361,7 +363,7 @@ class RedisStore:
 
     @classmethod
     def from_settings(
-        cls, settings: RedisSettings, prefix: str = "credit-gate", *, breaker: CircuitBreaker | None = None
+        cls, settings: RedisSettings, prefix: str = DEFAULT_PREFIX, *, breaker: CircuitBreaker | None = None
     ) -> RedisStore:
         chosen = topology.topology_for(settings)
         client = chosen.client()
