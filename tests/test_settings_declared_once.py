@@ -16,6 +16,7 @@ from creditgate.cli import cli
 from creditgate.core import schema
 from creditgate.core.config import GateConfig, parse_config
 from creditgate.core.pricing import parse_rules
+from creditgate.core.redis_settings import CLUSTER_NODE_FIELDS, REDIS_FIELDS, RedisSettings, parse_redis
 from creditgate.errors import ConfigError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "kong_plugins"
@@ -48,6 +49,41 @@ def test_the_parser_takes_each_default_from_the_schema(name: str, monkeypatch: p
     monkeypatch.setitem(field, "default", high + 1)  # outside the bounds: refused if it is the one used
     with pytest.raises(ConfigError, match=rf"^{name} must be .*, got {high + 1}$"):
         parse_config({})
+
+
+REDIS_INTEGER_FIELDS = [
+    name for entry in REDIS_FIELDS for name, field in entry.items() if field["type"] == "integer"
+]
+
+
+def test_redis_settings_built_in_python_have_the_defaults_kong_fills_in() -> None:
+    assert RedisSettings() == parse_redis({}) == parse_config({}).redis
+
+
+@pytest.mark.parametrize("name", REDIS_INTEGER_FIELDS)
+def test_the_redis_parser_takes_each_default_and_bound_from_the_record(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    field = schema.declared(name, REDIS_FIELDS)
+    low, high = field["between"]
+    assert getattr(parse_redis({name: high}), name) == high
+    monkeypatch.setitem(field, "between", [low, high - 1])
+    with pytest.raises(
+        ConfigError, match=rf"^redis\.{name} must be a whole number from {low} to {high - 1}\b"
+    ):
+        parse_redis({name: high})
+    monkeypatch.setitem(field, "default", high)  # outside the bounds now: refused if it is the one used
+    with pytest.raises(ConfigError, match=rf"^redis\.{name} must be .*, got {high}$"):
+        parse_redis({})
+
+
+def test_a_cluster_node_takes_its_address_and_port_defaults_from_the_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(schema.declared("ip", CLUSTER_NODE_FIELDS), "default", "10.0.0.7")
+    monkeypatch.setitem(schema.declared("port", CLUSTER_NODE_FIELDS), "default", 7000)
+    (node,) = parse_redis({"cluster_nodes": [{}]}).cluster_nodes
+    assert (node.host, node.port) == ("10.0.0.7", 7000)
 
 
 def test_a_cost_rule_takes_its_bounds_and_methods_from_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
