@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import pytest
@@ -112,8 +112,11 @@ def test_the_cli_options_shared_with_the_plugin_take_the_schemas_default_and_bou
 
 def test_admin_keeps_as_many_ledger_entries_as_the_plugin_by_default() -> None:
     assert Admin.connect.__defaults__ == (schema.default("key_prefix"),)
-    assert Admin.connect.__kwdefaults__["ledger_retention"] == schema.default("ledger_retention")
-    assert Admin.__init__.__kwdefaults__["ledger_retention"] == schema.default("ledger_retention")
+    # Typed "dict | None" (None without keyword-only parameters): both have some, so a dict.
+    connect_defaults = cast(dict[str, Any], Admin.connect.__kwdefaults__)
+    init_defaults = cast(dict[str, Any], Admin.__init__.__kwdefaults__)
+    assert connect_defaults["ledger_retention"] == schema.default("ledger_retention")
+    assert init_defaults["ledger_retention"] == schema.default("ledger_retention")
 
 
 # Values that only a declaration in the schema has any reason to spell out. The admin API's own
