@@ -10,8 +10,10 @@ import pytest
 
 from creditgate.core.redis_settings import parse_redis
 from creditgate.redis_url import describe
-from creditgate.store.topology import TOPOLOGIES, Topology, topology_for
-from creditgate.store.topology.cluster import Cluster
+from creditgate.store.keys import Keys, slot_marker
+from creditgate.store.topology import TOPOLOGIES, Topology, keyspace_of, topology_for
+from creditgate.store.topology.base import ONE_SERVER
+from creditgate.store.topology.cluster import Cluster, SlotKeyspace
 from creditgate.store.topology.sentinel import Sentinel
 from creditgate.store.topology.standalone import Standalone
 from creditgate.store.topology.tls import StandaloneTLS
@@ -70,5 +72,23 @@ def test_the_hot_path_serves_only_a_standalone_redis_without_tls(
         assert (hot_path is not None) == (topology is Standalone)
         if hot_path is not None:
             hot_path.close()
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(("record", "topology", "description"), CASES)
+def test_only_a_cluster_client_spreads_the_store_marker_and_scripts_over_slots(
+    record: dict[str, Any], topology: type[Topology], description: str
+) -> None:
+    client = topology_for(parse_redis(record)).client()  # connects on first use: nothing is sent
+    try:
+        keyspace = keyspace_of(client)
+        keys = Keys("credit-gate")
+        if topology is Cluster:
+            assert type(keyspace) is SlotKeyspace
+            assert keyspace.marker(keys, "acme") == slot_marker("credit-gate", "acme") != keys.store
+        else:
+            assert keyspace is ONE_SERVER
+            assert keyspace.marker(keys, "acme") == keys.store
     finally:
         client.close()

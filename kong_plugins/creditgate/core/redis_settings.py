@@ -22,12 +22,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from creditgate.core.fields import Fields, between, declared, default
 from creditgate.core.values import get_bool, get_int, get_str
 from creditgate.errors import ConfigError
 
 Topology = Literal["standalone", "sentinel", "cluster"]
 
+# Values several of the record's fields declare: the address of Redis, of a sentinel and of a Cluster
+# node, and both timeouts.
+LOCALHOST = "127.0.0.1"
+REDIS_PORT = 6379
 SENTINEL_PORT = 26379
+PORTS = [1, 65535]
+TIMEOUTS_MS = [1, 60_000]
 
 
 @dataclass(frozen=True)
@@ -41,44 +48,12 @@ class Node:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class RedisSettings:
-    """Where the balances live. Timeouts are milliseconds, as in Kong's own Redis settings."""
-
-    host: str = "127.0.0.1"
-    port: int = 6379
-    socket_path: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    database: int = 0
-    connect_timeout: int = 200
-    read_timeout: int = 200
-    ssl: bool = False
-    ssl_verify: bool = True
-    server_name: str | None = None
-    ca_file: str | None = None
-    sentinel_master: str | None = None
-    sentinel_nodes: tuple[Node, ...] = ()
-    sentinel_username: str | None = None
-    sentinel_password: str | None = field(default=None, repr=False)
-    cluster_nodes: tuple[Node, ...] = ()
-    cluster_max_redirections: int = 5
-
-    @property
-    def topology(self) -> Topology:
-        if self.cluster_nodes:
-            return "cluster"
-        if self.sentinel_master:
-            return "sentinel"
-        return "standalone"
-
-
 # The `redis` record of the plugin's Kong schema.
 REDIS_FIELDS: list[dict[str, Any]] = [
     {
         "host": {
             "type": "string",
-            "default": "127.0.0.1",
+            "default": LOCALHOST,
             "required": True,
             "description": "Redis host name or address.",
         }
@@ -86,9 +61,9 @@ REDIS_FIELDS: list[dict[str, Any]] = [
     {
         "port": {
             "type": "integer",
-            "default": 6379,
+            "default": REDIS_PORT,
             "required": True,
-            "between": [1, 65535],
+            "between": PORTS,
             "description": "Redis port.",
         }
     },
@@ -116,7 +91,7 @@ REDIS_FIELDS: list[dict[str, Any]] = [
             "type": "integer",
             "default": 200,
             "required": True,
-            "between": [1, 60_000],
+            "between": TIMEOUTS_MS,
             "description": "Milliseconds to wait for a connection to Redis.",
         }
     },
@@ -125,7 +100,7 @@ REDIS_FIELDS: list[dict[str, Any]] = [
             "type": "integer",
             "default": 200,
             "required": True,
-            "between": [1, 60_000],
+            "between": TIMEOUTS_MS,
             "description": "Milliseconds to wait for a Redis answer.",
         }
     },
@@ -173,7 +148,7 @@ REDIS_FIELDS: list[dict[str, Any]] = [
                     {
                         "host": {
                             "type": "string",
-                            "default": "127.0.0.1",
+                            "default": LOCALHOST,
                             "required": True,
                             "description": "A sentinel's host name or address.",
                         }
@@ -183,7 +158,7 @@ REDIS_FIELDS: list[dict[str, Any]] = [
                             "type": "integer",
                             "default": SENTINEL_PORT,
                             "required": True,
-                            "between": [1, 65535],
+                            "between": PORTS,
                             "description": "A sentinel's port.",
                         }
                     },
@@ -214,7 +189,7 @@ REDIS_FIELDS: list[dict[str, Any]] = [
                     {
                         "ip": {
                             "type": "string",
-                            "default": "127.0.0.1",
+                            "default": LOCALHOST,
                             "required": True,
                             "description": "A Cluster node's host name or address.",
                         }
@@ -222,9 +197,9 @@ REDIS_FIELDS: list[dict[str, Any]] = [
                     {
                         "port": {
                             "type": "integer",
-                            "default": 6379,
+                            "default": REDIS_PORT,
                             "required": True,
-                            "between": [1, 65535],
+                            "between": PORTS,
                             "description": "A Cluster node's port.",
                         }
                     },
@@ -247,7 +222,54 @@ REDIS_FIELDS: list[dict[str, Any]] = [
 ]
 
 
-def _nodes(raw: Mapping[str, Any], name: str, host_field: str, default_port: int) -> tuple[Node, ...]:
+SENTINEL_NODE_FIELDS: Fields = declared("sentinel_nodes", REDIS_FIELDS)["elements"]["fields"]
+CLUSTER_NODE_FIELDS: Fields = declared("cluster_nodes", REDIS_FIELDS)["elements"]["fields"]
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where the balances live. Timeouts are milliseconds, as in Kong's own Redis settings. The
+    defaults are the record's (``REDIS_FIELDS``), so that a settings value built in Python is the one
+    that Kong's defaults parse to."""
+
+    host: str = default("host", REDIS_FIELDS)
+    port: int = default("port", REDIS_FIELDS)
+    socket_path: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    database: int = default("database", REDIS_FIELDS)
+    connect_timeout: int = default("connect_timeout", REDIS_FIELDS)
+    read_timeout: int = default("read_timeout", REDIS_FIELDS)
+    ssl: bool = default("ssl", REDIS_FIELDS)
+    ssl_verify: bool = default("ssl_verify", REDIS_FIELDS)
+    server_name: str | None = None
+    ca_file: str | None = None
+    sentinel_master: str | None = None
+    sentinel_nodes: tuple[Node, ...] = ()
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    cluster_nodes: tuple[Node, ...] = ()
+    cluster_max_redirections: int = default("cluster_max_redirections", REDIS_FIELDS)
+
+    @property
+    def topology(self) -> Topology:
+        if self.cluster_nodes:
+            return "cluster"
+        if self.sentinel_master:
+            return "sentinel"
+        return "standalone"
+
+
+def _int(raw: Mapping[str, Any], name: str, fields: Fields = REDIS_FIELDS, where: str = "redis.") -> int:
+    low, high = between(name, fields)
+    return get_int(raw, name, default(name, fields), low, high, where)
+
+
+def _bool(raw: Mapping[str, Any], name: str) -> bool:
+    return get_bool(raw, name, default(name, REDIS_FIELDS), "redis.")
+
+
+def _nodes(raw: Mapping[str, Any], name: str, host_field: str, node_fields: Fields) -> tuple[Node, ...]:
     value = raw.get(name)
     if value is None:
         return ()
@@ -258,8 +280,9 @@ def _nodes(raw: Mapping[str, Any], name: str, host_field: str, default_port: int
         where = f"redis.{name}[{i}]."
         if not isinstance(item, Mapping):
             raise ConfigError(f"redis.{name}[{i}] must be a {{{host_field}, port}} record, got {item!r}")
-        host = get_str(item, host_field, "127.0.0.1", where) or "127.0.0.1"
-        nodes.append(Node(host, get_int(item, "port", default_port, 1, 65535, where)))
+        host_default = default(host_field, node_fields)
+        host = get_str(item, host_field, host_default, where) or host_default
+        nodes.append(Node(host, _int(item, "port", node_fields, where)))
     if len(set(nodes)) != len(nodes):
         raise ConfigError(f"redis.{name} lists a node twice: {', '.join(map(str, nodes))}")
     return tuple(nodes)
@@ -271,25 +294,26 @@ def parse_redis(raw: Mapping[str, Any] | None) -> RedisSettings:
     if not isinstance(raw, Mapping):
         raise ConfigError("redis must be a record of settings")
     where = "redis."
+    host_default = default("host", REDIS_FIELDS)
     settings = RedisSettings(
-        host=get_str(raw, "host", "127.0.0.1", where) or "127.0.0.1",
-        port=get_int(raw, "port", 6379, 1, 65535, where),
+        host=get_str(raw, "host", host_default, where) or host_default,
+        port=_int(raw, "port"),
         socket_path=get_str(raw, "socket_path", None, where),
         username=get_str(raw, "username", None, where),
         password=get_str(raw, "password", None, where),
-        database=get_int(raw, "database", 0, 0, 15, where),
-        connect_timeout=get_int(raw, "connect_timeout", 200, 1, 60_000, where),
-        read_timeout=get_int(raw, "read_timeout", 200, 1, 60_000, where),
-        ssl=get_bool(raw, "ssl", False, where),
-        ssl_verify=get_bool(raw, "ssl_verify", True, where),
+        database=_int(raw, "database"),
+        connect_timeout=_int(raw, "connect_timeout"),
+        read_timeout=_int(raw, "read_timeout"),
+        ssl=_bool(raw, "ssl"),
+        ssl_verify=_bool(raw, "ssl_verify"),
         server_name=get_str(raw, "server_name", None, where),
         ca_file=get_str(raw, "ca_file", None, where),
         sentinel_master=get_str(raw, "sentinel_master", None, where),
-        sentinel_nodes=_nodes(raw, "sentinel_nodes", "host", SENTINEL_PORT),
+        sentinel_nodes=_nodes(raw, "sentinel_nodes", "host", SENTINEL_NODE_FIELDS),
         sentinel_username=get_str(raw, "sentinel_username", None, where),
         sentinel_password=get_str(raw, "sentinel_password", None, where),
-        cluster_nodes=_nodes(raw, "cluster_nodes", "ip", 6379),
-        cluster_max_redirections=get_int(raw, "cluster_max_redirections", 5, 1, 100, where),
+        cluster_nodes=_nodes(raw, "cluster_nodes", "ip", CLUSTER_NODE_FIELDS),
+        cluster_max_redirections=_int(raw, "cluster_max_redirections"),
     )
     _check_topology(settings)
     return settings

@@ -10,13 +10,12 @@ own ``schema.lua`` files. Plain data: importing it costs nothing on the plugin s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
+from creditgate.core import fields as record
+from creditgate.core.fields import Field as Field  # re-exported
+from creditgate.core.fields import Fields as Fields  # re-exported
 from creditgate.core.redis_settings import REDIS_FIELDS
-
-Field = dict[str, Any]
-Fields = Sequence[Mapping[str, Field]]
 
 # What one request may cost, by the flat cost or by a cost rule.
 COST_BOUNDS = [0, 1_000_000_000]
@@ -306,21 +305,17 @@ FIELDS: list[dict[str, Field]] = [
 
 def declared(name: str, fields: Fields = FIELDS) -> Field:
     """The declaration of the field ``name`` of a record (the plugin's config by default)."""
-    for entry in fields:
-        if name in entry:
-            return entry[name]
-    raise KeyError(f"no field {name!r} in the schema")
+    return record.declared(name, fields)
 
 
 def default(name: str, fields: Fields = FIELDS) -> Any:
     """A field's default, as Kong fills it in."""
-    return declared(name, fields)["default"]
+    return record.default(name, fields)
 
 
 def between(name: str, fields: Fields = FIELDS) -> tuple[int, int]:
     """A number field's inclusive bounds."""
-    low, high = declared(name, fields)["between"]
-    return low, high
+    return record.between(name, fields)
 
 
 COST_RULE_FIELDS: Fields = declared("costs")["elements"]["fields"]

@@ -15,9 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+# The admin API's problems are another vocabulary under the plugin's default problem type base.
+from creditgate.core.schema import PROBLEM_TYPE_BASE
 from creditgate.errors import ConfigError, Conflict, CreditGateError, InvalidDocument, NotFound, StoreError
 
-PROBLEM_TYPE_BASE = "urn:credit-gate:problem:"
 MEDIA_TYPE = "application/problem+json"
 STORE_RETRY_AFTER_S = 1  # Redis failed and no breaker says for how long: ask again in a second
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
+from creditgate.core.schema import default
 from creditgate.service.app import create_app
 from creditgate.service.auth import Authenticator, Tokens, check_exposure
 from creditgate.service.events import Dispatcher, EventSettings
@@ -23,8 +24,8 @@ def build(
     settings: RedisSettings,
     *,
     host: str,
-    prefix: str = "credit-gate",
-    ledger_retention: int = 10_000,
+    prefix: str = default("key_prefix"),
+    ledger_retention: int = default("ledger_retention"),
     admin_token_files: tuple[Path, ...] = (),
     read_token_files: tuple[Path, ...] = (),
     body_limit: int = 1 << 20,

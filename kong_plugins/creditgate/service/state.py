@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request
 
 from creditgate.admin import Admin
+from creditgate.core.schema import default
 from creditgate.service.auth import Access, Authenticator
 from creditgate.service.body import DEFAULT_BODY_LIMIT
 
@@ -16,7 +17,7 @@ from creditgate.service.body import DEFAULT_BODY_LIMIT
 class Service:
     admin: Admin
     auth: Authenticator
-    key_prefix: str = "credit-gate"
+    key_prefix: str = default("key_prefix")
     body_limit: int = DEFAULT_BODY_LIMIT
     extra: dict[str, Any] = field(default_factory=dict)
 

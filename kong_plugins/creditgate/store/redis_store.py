@@ -32,17 +32,19 @@ from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.model import Plan, Status, Subscription
 from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
+from creditgate.core.schema import default
 from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreTimeout, StoreUnavailable
 from creditgate.node_report import NodeReporter, RedisErrors
 from creditgate.store import topology
 from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.hot_path import HotPath
-from creditgate.store.keys import AccountKeys, Keys, account_keys, slot_marker, store_markers
+from creditgate.store.keys import AccountKeys, Keys, account_keys
 
 T = TypeVar("T")
 
 USAGE_TTL_SECONDS = 400 * 86_400
-DEFAULT_LEDGER_RETENTION = 10_000
+DEFAULT_LEDGER_RETENTION: int = default("ledger_retention")
+DEFAULT_PREFIX: str = default("key_prefix")
 
 # Errors that mean "Redis could not be reached or did not answer in time", as opposed to an error
 # reply (Redis is up). Only these count towards the circuit breaker. RedisClusterException is not a
@@ -335,13 +337,15 @@ class RedisStore:
     def __init__(
         self,
         client: topology.Client,
-        prefix: str = "credit-gate",
+        prefix: str = DEFAULT_PREFIX,
         *,
         timeout_ms: int = 0,
         breaker: CircuitBreaker | None = None,
         hot_path: HotPath | None = None,
     ) -> None:
         self.client = client
+        # What spans more than one account's keys: the store marker, scripts, the clock (topology/).
+        self.keyspace = topology.keyspace_of(client)
         self.breaker = breaker
         self.redis_errors = RedisErrors()  # counted where a call failed, published by the reporter
         self.reporter: NodeReporter | None = None
@@ -367,7 +371,7 @@ class RedisStore:
 
     @classmethod
     def from_settings(
-        cls, settings: RedisSettings, prefix: str = "credit-gate", *, breaker: CircuitBreaker | None = None
+        cls, settings: RedisSettings, prefix: str = DEFAULT_PREFIX, *, breaker: CircuitBreaker | None = None
     ) -> RedisStore:
         chosen = topology.topology_for(settings)
         client = chosen.client()
@@ -431,22 +435,9 @@ class RedisStore:
         return [_text(v) if isinstance(v, bytes) else v for v in self._script(self._charge, keys, args)]
 
     def _script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """EVALSHA; on NOSCRIPT (the script did not run) it is loaded and sent once more.
-
-        On Redis Cluster the script is sent with EVAL to the key's node instead: redis-py's
-        SCRIPT LOAD goes to every master, so with one master down no account could be charged
-        until the script was known everywhere. EVAL caches the script on that node.
-        """
-        if not isinstance(self.client, topology.LazyCluster):
-            try:
-                return script(keys=keys, args=args)  # redis-py's Script: EVALSHA, SCRIPT LOAD, EVALSHA
-            except redis.exceptions.NoScriptError:
-                # Flushed again between the load and the second EVALSHA: EVAL cannot meet NOSCRIPT.
-                return self.client.eval(script.script, len(keys), *keys, *args)
-        try:
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            return self.client.eval(script.script, len(keys), *keys, *args)
+        """EVALSHA; on NOSCRIPT (the script did not run) it is loaded and sent once more (how, the
+        keyspace says: on a Cluster, to the key's node only)."""
+        return self.keyspace.run_script(self.client, script, keys, args)
 
     def _run(self, command: str, *args: Any) -> Any:
         return self._guarded(cast(Any, self.client).execute_command, command, *args)
@@ -473,52 +464,22 @@ class RedisStore:
         return outcome
 
     def _marker(self, account: str) -> str:
-        if isinstance(self.client, topology.LazyCluster):
-            return slot_marker(self.keys.prefix, account)
-        return self.keys.store
+        return self.keyspace.marker(self.keys, account)
 
     def mark_store(self) -> None:
         """Write the store marker (every slot's on a Cluster): "this Redis holds credit-gate's data"."""
-        if not isinstance(self.client, topology.LazyCluster):
-            self._run("SET", self.keys.store, "1")
-            return
-        markers = store_markers(self.keys.prefix)
-
-        def fill(pipe: Any) -> None:
-            for key in markers:
-                pipe.set(key, "1")
-
-        self._pipeline(fill)
+        self._guarded(self.keyspace.mark_store, self.client, self.keys)
 
     def store_marked(self) -> bool:
         """Whether the marker is there (on a Cluster: on every slot)."""
-        if not isinstance(self.client, topology.LazyCluster):
-            return bool(self._run("EXISTS", self.keys.store))
-        markers = store_markers(self.keys.prefix)
-
-        def fill(pipe: Any) -> None:
-            for key in markers:
-                pipe.exists(key)
-
-        return all(self._pipeline(fill))
+        return self._guarded(self.keyspace.store_marked, self.client, self.keys)
 
     def _learn_clock(self, key: str) -> None:
         """Redis's clock, learnt once per store before its first charge (one TIME round trip, two if
         the first was slow: a Cluster client's first command also fetches the slot map), from the
         node that holds ``key`` (on a Cluster, each master has its own clock)."""
-
-        def ask() -> tuple[float, Any, float]:
-            client: Any = self.client
-            if isinstance(client, topology.LazyCluster):
-                cluster: Any = client.cluster
-                node = cluster.get_node_from_key(key)
-                sent = time.time() * 1000
-                return sent, cluster.execute_command("TIME", target_nodes=node), time.time() * 1000
-            sent = time.time() * 1000
-            return sent, client.execute_command("TIME"), time.time() * 1000
-
         for _ in range(2):
-            sent_ms, (seconds, micros), received_ms = self._guarded(ask)
+            sent_ms, (seconds, micros), received_ms = self._guarded(self.keyspace.ask_time, self.client, key)
             self.clock.observe(int(seconds) * 1000 + int(micros) // 1000, sent_ms, received_ms)
             if self.clock.error_ms(received_ms) < self.charge_budget_ms / 4:
                 return

@@ -8,7 +8,7 @@ standalone one in two.
 from __future__ import annotations
 
 from creditgate.core.redis_settings import RedisSettings
-from creditgate.store.topology.base import Client, Topology
+from creditgate.store.topology.base import Client, Keyspace, Topology, keyspace_of
 from creditgate.store.topology.cluster import Cluster, LazyCluster
 from creditgate.store.topology.sentinel import Sentinel
 from creditgate.store.topology.standalone import Standalone
@@ -16,7 +16,16 @@ from creditgate.store.topology.tls import StandaloneTLS
 
 TOPOLOGIES: tuple[type[Topology], ...] = (Standalone, StandaloneTLS, Sentinel, Cluster)
 
-__all__ = ["TOPOLOGIES", "Client", "LazyCluster", "Topology", "connect", "topology_for"]
+__all__ = [
+    "TOPOLOGIES",
+    "Client",
+    "Keyspace",
+    "LazyCluster",
+    "Topology",
+    "connect",
+    "keyspace_of",
+    "topology_for",
+]
 
 
 def topology_for(settings: RedisSettings) -> Topology:

@@ -4,12 +4,15 @@ A topology is one way of reaching credit-gate's Redis: a standalone server, the 
 master found through Sentinel, a Cluster. Each is a small class in its own module (``standalone.py``,
 ``tls.py``, ``sentinel.py``, ``cluster.py``) that says, in one place, how to build its client, how to
 describe where it points, and whether the charge's own transport (``store/hot_path.py``) serves it.
-The store runs unchanged on every one, since every script's keys share one account's hash tag.
+The store runs unchanged on every one, since every script's keys share one account's hash tag; what
+spans more than one account's keys is its client's ``Keyspace``.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import redis
@@ -19,6 +22,7 @@ from redis.retry import Retry
 
 from creditgate.core.redis_settings import RedisSettings
 from creditgate.store.hot_path import HotPath
+from creditgate.store.keys import Keys
 
 if TYPE_CHECKING:
     from creditgate.store.topology.cluster import LazyCluster
@@ -56,6 +60,51 @@ class Topology(ABC):
         """The charge's own transport for a store over ``client``; None (the default): charges go
         through the client, as every other command does."""
         return None
+
+
+class Keyspace:
+    """How the store's keys lie over what a client reaches, for the store's calls that depend on it.
+
+    This one: on the one server that every command of the client goes to (a standalone server, over
+    TLS or not, or the master Sentinel names; redis-py's own clients). The store marker is one key,
+    scripts go through redis-py's ``Script`` and the clock is that server's. A topology that spreads
+    keys over slots gives its client its own (``cluster.py``), which ``keyspace_of`` finds.
+    """
+
+    def marker(self, keys: Keys, account: str) -> str:
+        """The store marker that a charge of ``account`` reads."""
+        return keys.store
+
+    def mark_store(self, client: Client, keys: Keys) -> None:
+        """Write the store marker (one command)."""
+        cast(Any, client).execute_command("SET", keys.store, "1")
+
+    def store_marked(self, client: Client, keys: Keys) -> bool:
+        """Whether the store marker is there (one command)."""
+        return bool(cast(Any, client).execute_command("EXISTS", keys.store))
+
+    def run_script(self, client: Client, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA; on NOSCRIPT (the script did not run) it is loaded and sent once more."""
+        try:
+            return script(keys=keys, args=args)  # redis-py's Script: EVALSHA, SCRIPT LOAD, EVALSHA
+        except redis.exceptions.NoScriptError:
+            # Flushed again between the load and the second EVALSHA: EVAL cannot meet NOSCRIPT.
+            return client.eval(script.script, len(keys), *keys, *args)
+
+    def ask_time(self, client: Client, key: str) -> tuple[float, Any, float]:
+        """TIME, asked of the node that holds ``key``, between the local clock (milliseconds) just
+        before it was sent and just after its reply."""
+        sent = time.time() * 1000
+        return sent, cast(Any, client).execute_command("TIME"), time.time() * 1000
+
+
+ONE_SERVER = Keyspace()
+
+
+def keyspace_of(client: Client) -> Keyspace:
+    """The keyspace of a client: its own if it has one (a Cluster's), else one server's."""
+    keyspace: Keyspace = getattr(client, "keyspace", ONE_SERVER)
+    return keyspace
 
 
 def common_options(settings: RedisSettings) -> dict[str, Any]:

@@ -1,17 +1,18 @@
 """Redis Cluster: a client built on first use, that follows redirections and never re-sends a command.
 
 The store runs on it unchanged (every script's keys share one account's hash tag, so one slot), but
-for what spans slots: the store marker is one key per slot, scripts are sent with EVAL to the key's
-node, and Redis's clock is asked of that node (see ``RedisStore``, which tells a Cluster by its
-``LazyCluster`` client).
+for what spans slots, which the client's ``SlotKeyspace`` answers: the store marker is one key per
+slot, scripts are sent with EVAL to the key's node, and Redis's clock is asked of that node.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+import redis
 from redis._parsers import Encoder
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
@@ -19,7 +20,16 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from creditgate.core.redis_settings import RedisSettings
-from creditgate.store.topology.base import Topology, common_options, no_retry, scheme, tls_options
+from creditgate.store.keys import Keys, slot_marker, store_markers
+from creditgate.store.topology.base import (
+    Client,
+    Keyspace,
+    Topology,
+    common_options,
+    no_retry,
+    scheme,
+    tls_options,
+)
 
 
 class Cluster(Topology):
@@ -65,6 +75,46 @@ class Cluster(Topology):
         return client
 
 
+class SlotKeyspace(Keyspace):
+    """Keys spread over a Cluster's slots (the client is a ``LazyCluster``)."""
+
+    def marker(self, keys: Keys, account: str) -> str:
+        """The marker on the slot of the account's keys, which the charge script can read."""
+        return slot_marker(keys.prefix, account)
+
+    def mark_store(self, client: Client, keys: Keys) -> None:
+        """Every slot's marker, in one pipeline (redis-py sends it to each node in one round trip)."""
+        pipe = cast(Any, client).pipeline(transaction=False)
+        for key in store_markers(keys.prefix):
+            pipe.set(key, "1")
+        pipe.execute()
+
+    def store_marked(self, client: Client, keys: Keys) -> bool:
+        """Whether every slot's marker is there, in one pipeline."""
+        pipe = cast(Any, client).pipeline(transaction=False)
+        for key in store_markers(keys.prefix):
+            pipe.exists(key)
+        return all(list(pipe.execute()))
+
+    def run_script(self, client: Client, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA to the key's node, EVAL on NOSCRIPT (which caches the script on that node).
+
+        Not redis-py's Script: its SCRIPT LOAD goes to every master, so with one master down no
+        account could be charged until the script was known everywhere.
+        """
+        try:
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return client.eval(script.script, len(keys), *keys, *args)
+
+    def ask_time(self, client: Client, key: str) -> tuple[float, Any, float]:
+        """TIME from the master of ``key``'s slot: each master has its own clock."""
+        cluster: Any = cast(LazyCluster, client).cluster
+        node = cluster.get_node_from_key(key)
+        sent = time.time() * 1000
+        return sent, cluster.execute_command("TIME", target_nodes=node), time.time() * 1000
+
+
 class LazyCluster:
     """A RedisCluster built on first use, and built again on a later call if Redis was unreachable.
 
@@ -73,6 +123,8 @@ class LazyCluster:
     after the Cluster came back. Scripts are registered against this object: hashing a script needs
     only the encoder, and Script sends EVALSHA/SCRIPT LOAD through the attributes forwarded below.
     """
+
+    keyspace: Keyspace = SlotKeyspace()
 
     def __init__(self, build: Callable[[], RedisCluster]) -> None:
         self._build = build
