@@ -30,9 +30,9 @@
 -- What is given back returns where it came from: to the balance first, up to what the balance paid,
 -- then to the period's allowance, but only while the charge's period is still the current one.
 -- A pool member's period use goes down by the same amount, while its use is of the current period
--- (restart count and start, see _lib.lua). The period's counters are netted in the
--- same way, while the charge's period is the current one: period_from_balance by what goes back to
--- the balance (`used` by what goes back to the allowance), and a refund takes its request back from
+-- (restart count and start, see _lib.lua). The period's counters are netted in the same way, while
+-- the charge's period is the current one: period_from_balance by what goes back to the balance
+-- (`used` by what goes back to the allowance), and a refund takes its request back from
 -- period_requests and from the member's requests; none goes below 0. The idempotency key the charge
 -- answered for is released, so that a retry of a refunded request is charged again.
 
@@ -157,7 +157,8 @@ if member and in_period and cost > final_cost then
   local m = redis.call('HMGET', members_key, 'used:' .. member, 'requests:' .. member)
   local stored_used = read_member_count(members_key, 'used:' .. member, m[1], 'credits')
   local stored_requests = read_member_count(members_key, 'requests:' .. member, m[2], 'requests')
-  -- A value of another period (a new period by the clock, or a restart) is not the charge's.
+  -- A value of another period (a new period by the clock, or a restart) is not the charge's; one at 0
+  -- has nothing to take back (member_count_in answers 0 for both: nothing is written).
   if member_count_in(stored_used, restarts, period_start) > 0 then
     member_used = stored_used.n
   end
