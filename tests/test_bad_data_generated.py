@@ -41,6 +41,17 @@ number_text = st.one_of(
     st.binary(min_size=1, max_size=6).filter(lambda b: not b.strip().isdigit()),
     st.text(min_size=1, max_size=5).filter(lambda t: not t.strip().lstrip("-").isdigit()),
 )
+_bad_part = number_text.filter(lambda v: isinstance(v, str)).map(str)
+_MEMBER_PARTS = ("1", str(T0), "1")  # "<period restarts>:<period start>:<n>", each part valid
+# A member's use or requests: a bad whole, or one bad part of either form (with or without restarts).
+member_text = st.one_of(
+    number_text,
+    st.tuples(st.integers(0, 2), _bad_part).map(
+        lambda t: ":".join(t[1] if i == t[0] else part for i, part in enumerate(_MEMBER_PARTS))
+    ),
+    _bad_part.map(lambda b: f"{T0}:{b}"),
+    _bad_part.map(lambda b: f"{b}:1"),
+)
 word_text = st.one_of(
     st.sampled_from(["", "Active", "active ", "2", "monthly", "yes"]), st.binary(max_size=5)
 )
@@ -234,9 +245,10 @@ def test_bad_member_ledger_hold_and_usage_values_are_refused_with_nothing_writte
     @given(
         where=st.sampled_from(["cap", "member use", "member requests", "ledger amount", "hold", "usage"]),
         value=number_text,
+        member_value=member_text,
     )
     @bad_data_settings(60)
-    def check(where: str, value: str | bytes) -> None:
+    def check(where: str, value: str | bytes, member_value: str | bytes) -> None:
         admin, charge_id = seed(broken_store, client)
         keys = broken_store.keys.account(ACCOUNT)
         broken = {
@@ -259,10 +271,10 @@ def test_bad_member_ledger_hold_and_usage_values_are_refused_with_nothing_writte
             client.hset(key, "cap:m1", value)
         elif where == "member use":
             key = keys.members
-            client.hset(key, "used:m1", value)
+            client.hset(key, "used:m1", member_value)
         elif where == "member requests":
             key = keys.members
-            client.hset(key, "requests:m1", value)
+            client.hset(key, "requests:m1", member_value)
         elif where == "ledger amount":
             key = keys.ledger
             entries = cast(list[tuple[bytes, dict[FieldT, EncodableT]]], client.xrange(key))

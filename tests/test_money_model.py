@@ -255,11 +255,12 @@ def test_a_pool_members_requests_are_counted_per_period_and_a_refund_takes_one_b
     model = account(balance=100)
     first = model.charge(T0 + 1, 3, member="ann")
     model.charge(T0 + 2, 0, member="ann")
-    assert first.charge is not None and model.member_requests["ann"] == (T0, 2)
+    r = model.restarts  # a member's counts name their period: (restarts, period start, n)
+    assert first.charge is not None and model.member_requests["ann"] == (r, T0, 2)
     model.settle(first.charge, 0, T0 + 3, window=60, refund=True)
-    assert model.member_requests["ann"] == (T0, 1) and model.member_use["ann"] == (T0, 0)
+    assert model.member_requests["ann"] == (r, T0, 1) and model.member_use["ann"] == (r, T0, 0)
     model.charge(T0 + DAY_SECONDS, 1, member="ann")
-    assert model.member_requests["ann"] == (T0 + DAY_SECONDS, 1)
+    assert model.member_requests["ann"] == (r, T0 + DAY_SECONDS, 1)
 
 
 def test_a_restart_between_two_periods_without_bounds_gives_nothing_back_to_the_allowance() -> None:
@@ -273,3 +274,31 @@ def test_a_restart_between_two_periods_without_bounds_gives_nothing_back_to_the_
     assert (model.period_start, model.period_end, model.restarts) == (0, 0, 3)
     got = model.settle(first.charge, 0, T0 + 3, window=60, refund=True)
     assert (got.given_back, model.used, model.period_requests) == (0, 0, 0)
+
+
+def test_a_member_capped_in_a_period_is_not_capped_after_a_plan_switch_and_back() -> None:
+    """A plan without periods, another plan, then one without periods again: both periods start at
+    0, and the member's use of the first is not its use of the last."""
+    once = Terms("once", Period.NONE, 7, True)
+    model = account(once, balance=20)
+    model.set_member_cap("ann", 2)
+    assert model.charge(T0 + 1, 2, member="ann").allowed
+    assert model.charge(T0 + 2, 1, member="ann").reason is Refusal.MEMBER_CAP_REACHED
+    model.change_plan(DAILY)
+    model.change_plan(once)
+    got = model.charge(T0 + 3, 1, member="ann")
+    assert (got.allowed, got.member_used) == (True, 1)
+    assert model.member_requests["ann"] == (model.restarts, 0, 1)
+
+
+def test_a_refund_after_a_switch_and_back_takes_nothing_from_the_members_new_use() -> None:
+    once = Terms("once", Period.NONE, 7, True)
+    model = account(once, balance=20)
+    first = model.charge(T0 + 1, 2, member="ann")
+    assert first.charge is not None
+    model.change_plan(DAILY)
+    model.change_plan(once)
+    model.charge(T0 + 2, 3, member="ann")
+    model.settle(first.charge, 0, T0 + 3, window=60, refund=True)
+    assert model.member_use["ann"] == (model.restarts, 0, 3)
+    assert model.member_requests["ann"] == (model.restarts, 0, 1)

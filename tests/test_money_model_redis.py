@@ -456,10 +456,11 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             }
             caps = {k[4:]: int(v) for k, v in raw.items() if k.startswith("cap:")}
             assert caps == self.model.caps
-            for member, (period, used) in self.model.member_use.items():
-                assert raw.get(f"used:{member}") == f"{period}:{used}", member
-            for member, (period, count) in self.model.member_requests.items():
-                assert raw.get(f"requests:{member}") == f"{period}:{count}", member
+            # "<period restarts>:<period start>:<n>": the period a member's use belongs to
+            for member, (restarts, start, used) in self.model.member_use.items():
+                assert raw.get(f"used:{member}") == f"{restarts}:{start}:{used}", member
+            for member, (restarts, start, count) in self.model.member_requests.items():
+                assert raw.get(f"requests:{member}") == f"{restarts}:{start}:{count}", member
             assert {k for k in raw if k.startswith("requests:")} == {
                 f"requests:{m}" for m in self.model.member_requests
             }

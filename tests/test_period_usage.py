@@ -124,13 +124,14 @@ def test_a_pool_members_requests_are_counted_per_period_beside_its_use(
     first = charge(store, 2, clock.now, member="ann")
     charge(store, 0, clock.now + 1, member="ann")
     charge(store, 1, clock.now + 2, member="bob")
-    assert redis_client.hget(members, "requests:ann") == f"{clock.now}:2".encode()
-    assert redis_client.hget(members, "used:ann") == f"{clock.now}:2".encode()
+    r = store.account_state("acme").period_restarts  # "<period restarts>:<period start>:<n>"
+    assert redis_client.hget(members, "requests:ann") == f"{r}:{clock.now}:2".encode()
+    assert redis_client.hget(members, "used:ann") == f"{r}:{clock.now}:2".encode()
     store.settle("acme", first.charge_id, 0, now=clock.now + 3, refund=True, window_seconds=WINDOW)
-    assert redis_client.hget(members, "requests:ann") == f"{clock.now}:1".encode()
-    assert redis_client.hget(members, "requests:bob") == f"{clock.now}:1".encode()
+    assert redis_client.hget(members, "requests:ann") == f"{r}:{clock.now}:1".encode()
+    assert redis_client.hget(members, "requests:bob") == f"{r}:{clock.now}:1".encode()
     charge(store, 1, clock.now + DAY_SECONDS, member="ann")
-    assert redis_client.hget(members, "requests:ann") == f"{clock.now + DAY_SECONDS}:1".encode()
+    assert redis_client.hget(members, "requests:ann") == f"{r}:{clock.now + DAY_SECONDS}:1".encode()
 
 
 def test_a_restart_between_two_plans_without_periods_gives_nothing_back_to_the_new_allowance(
@@ -192,12 +193,24 @@ def test_a_counter_that_is_not_a_strict_integer_is_refused_before_anything_is_wr
         assert snapshot(redis_client) == before
 
 
-@pytest.mark.parametrize("value", ["5", "x:1", f"{1_767_225_600}:1e3", ":1", f"{1_767_225_600}:-1"])
-def test_a_members_requests_that_do_not_parse_are_refused_before_anything_is_written(
-    daily: Admin, store: RedisStore, clock: Clock, redis_client: redis.Redis, value: str
+@pytest.mark.parametrize(
+    "value",
+    [
+        *["5", "x:1", f"{1_767_225_600}:1e3", ":1", f"{1_767_225_600}:-1"],
+        *["x:0:1", "-1:0:1", "01:0:1", ":0:1", "1:x:1", "1:0:1e3", "1:0:-1", "1:0:1:1", "1::1"],
+    ],
+)
+@pytest.mark.parametrize("field", ["requests:ann", "used:ann"])
+def test_a_members_use_or_requests_that_do_not_parse_are_refused_before_anything_is_written(
+    daily: Admin,
+    store: RedisStore,
+    clock: Clock,
+    redis_client: redis.Redis,
+    value: str,
+    field: str,
 ) -> None:
     held = charge(store, 2, clock.now, member="ann", hold_seconds=60)
-    redis_client.hset(store.keys.account("acme").members, "requests:ann", value)
+    redis_client.hset(store.keys.account("acme").members, field, value)
     before = snapshot(redis_client)
     checked: tuple[Callable[[], object], ...] = (
         lambda: charge(store, 1, clock.now + 1, member="ann"),
@@ -205,6 +218,74 @@ def test_a_members_requests_that_do_not_parse_are_refused_before_anything_is_wri
         lambda: store.balance("acme", "ann"),
     )
     for call in checked:
-        with pytest.raises(StoreDataError):
+        with pytest.raises(StoreDataError) as raised:
             call()
+        assert field in str(raised.value)
         assert snapshot(redis_client) == before
+
+
+def test_a_member_capped_in_a_period_is_not_capped_after_a_plan_switch_and_back(
+    daily: Admin, store: RedisStore, clock: Clock
+) -> None:
+    """A plan without periods, another plan, then one without periods again: both periods start at
+    0, and the member's use of the first is not its use of the last."""
+    daily.set_member_cap("acme", "ann", 2)
+    daily.change_plan("acme", "once")
+    assert charge(store, 2, clock.now, member="ann").allowed
+    capped = charge(store, 1, clock.now + 1, member="ann")
+    assert (capped.allowed, capped.reason) == (False, "member_cap_reached")
+    daily.change_plan("acme", "daily")
+    daily.change_plan("acme", "once")
+    view = store.balance("acme", "ann")
+    assert (view.member_used, view.member_requests) == (0, 0)
+    again = charge(store, 1, clock.now + 2, member="ann")
+    assert again.allowed
+    assert again.member_used == 1
+    assert store.balance("acme", "ann").member_requests == 1
+
+
+def test_a_member_capped_in_a_day_is_not_capped_after_a_week_and_the_same_day_again(
+    daily: Admin, store: RedisStore, clock: Clock
+) -> None:
+    """day -> week -> day with one anchor: the periods' lattices give the same start each time."""
+    daily.apply_plan(Plan("weekly", period=Period.WEEK, allowance=5, prepaid=True))
+    daily.set_member_cap("acme", "ann", 2)
+    assert charge(store, 2, clock.now, member="ann").allowed
+    assert charge(store, 1, clock.now + 1, member="ann").reason == "member_cap_reached"
+    daily.change_plan("acme", "weekly")
+    daily.change_plan("acme", "daily")
+    again = charge(store, 1, clock.now + 2, member="ann")
+    assert (again.allowed, again.member_used) == (True, 1)
+
+
+def test_a_refund_after_a_switch_and_back_gives_nothing_back_to_the_members_new_use(
+    daily: Admin, store: RedisStore, clock: Clock
+) -> None:
+    daily.change_plan("acme", "once")
+    first = charge(store, 2, clock.now, member="ann")
+    daily.change_plan("acme", "daily")
+    daily.change_plan("acme", "once")
+    assert charge(store, 3, clock.now + 1, member="ann").member_used == 3
+    got = store.settle("acme", first.charge_id, 0, now=clock.now + 2, refund=True, window_seconds=WINDOW)
+    assert got.outcome == "applied"
+    view = store.balance("acme", "ann")
+    assert (view.member_used, view.member_requests) == (3, 1)
+
+
+def test_a_members_use_stored_by_an_earlier_version_counts_while_its_period_start_is_current(
+    daily: Admin, store: RedisStore, clock: Clock, redis_client: redis.Redis
+) -> None:
+    """A value "<period start>:<n>", without the restart count, is read as it always was."""
+    members = store.keys.account("acme").members
+    daily.change_plan("acme", "once")  # its period starts at 0, whatever Redis's clock says
+    daily.set_member_cap("acme", "ann", 5)
+    redis_client.hset(members, mapping={"used:ann": "0:4", "requests:ann": "0:3"})
+    assert charge(store, 2, clock.now, member="ann").reason == "member_cap_reached"
+    view = store.balance("acme", "ann")
+    assert (view.member_used, view.member_requests) == (4, 3)
+    assert charge(store, 1, clock.now + 1, member="ann").member_used == 5
+    restarts = store.account_state("acme").period_restarts
+    assert redis_client.hget(members, "used:ann") == f"{restarts}:0:5".encode()
+    assert redis_client.hget(members, "requests:ann") == f"{restarts}:0:4".encode()
+    redis_client.hset(members, "used:ann", f"{clock.now}:4")  # another period's
+    assert charge(store, 5, clock.now + 2, member="ann").member_used == 5

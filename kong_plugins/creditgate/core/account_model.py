@@ -29,6 +29,9 @@ The rules, each enforced by one method:
   ``used``) count each allowed charge, a cost of 0 included, and reset with ``used``; a settlement
   nets them while the charge's period is current (a refund takes its request back), never below 0.
   Each is held at ``CAP``. A pool member's requests are counted per period beside its use.
+- **A member's use belongs to one period**, named by the restart count and the period's start
+  (``member_period``): a restart between two periods with the same start (a plan without periods,
+  another plan, one without periods again) starts the member's use and requests over too.
 - **Restarts are counted** (``restarts``): a charge records the count, and settling gives nothing
   back to an allowance restarted since, even when the two periods have the same bounds.
 - **The ledger** records every change of the balance; ``ledger_base`` plus the amounts of the entries
@@ -163,8 +166,9 @@ class AccountModel:
     period_from_balance: int = 0
     restarts: int = 0  # period restarts so far (wraps to 1 after CAP)
     caps: dict[str, int] = field(default_factory=dict)
-    member_use: dict[str, tuple[int, int]] = field(default_factory=dict)  # member -> (period, used)
-    member_requests: dict[str, tuple[int, int]] = field(default_factory=dict)  # member -> (period, n)
+    # member -> (restarts, period start, used) and (restarts, period start, requests)
+    member_use: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    member_requests: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     history: list[Entry] = field(default_factory=list)  # every entry ever appended, oldest first
     credit_keys: dict[str, int] = field(default_factory=dict)  # grant/adjust key -> entry position
     request_keys: dict[tuple[str, int, str], int] = field(default_factory=dict)  # -> charge ref
@@ -187,6 +191,15 @@ class AccountModel:
         return sum(e.amount for e in self.history)
 
     # Subscriptions and terms
+
+    def member_period(self) -> tuple[int, int]:
+        """The current period as a member's use names it: (restart count, period start)."""
+        return self.restarts, self.period_start
+
+    def _member_count(self, counts: dict[str, tuple[int, int, int]], member: str) -> int:
+        """A member's count in the current period; 0 when what it holds is another period's."""
+        restarts, start, n = counts.get(member, (-1, -1, 0))
+        return n if (restarts, start) == self.member_period() else 0
 
     def _restart_period(self) -> None:
         self._new_period(0, 0)
@@ -300,10 +313,7 @@ class AccountModel:
         if window.start != self.period_start or window.end != self.period_end:
             self._new_period(window.start, window.end)
             self._append("period_reset", 0)
-        member_used = 0
-        if member:
-            period, was = self.member_use.get(member, (None, 0))
-            member_used = was if period == window.start else 0
+        member_used = self._member_count(self.member_use, member) if member else 0
         if (member_cap >= 0 and member_used + cost > member_cap) or member_used + cost > self.cap:
             return self._answer(
                 False, Refusal.MEMBER_CAP_REACHED, member_used=member_used, member_cap=member_cap
@@ -323,18 +333,15 @@ class AccountModel:
         self.period_requests = min(self.period_requests + 1, self.cap)
         self.period_from_balance = min(self.period_from_balance + from_balance, self.cap)
         if member:
-            period, count = self.member_requests.get(member, (None, 0))
-            self.member_requests[member] = (
-                window.start,
-                min((count if period == window.start else 0) + 1, self.cap),
-            )
+            count = self._member_count(self.member_requests, member)
+            self.member_requests[member] = (*self.member_period(), min(count + 1, self.cap))
         if cost == 0:
             return self._answer(True, None, member_used=member_used, member_cap=member_cap)
         self.used += from_allowance
         self._append("charge", -from_balance)
         if member:
             member_used += cost
-            self.member_use[member] = (window.start, member_used)
+            self.member_use[member] = (*self.member_period(), member_used)
         ref = len(self.charges)
         self.charges[ref] = Charge(
             ref=ref,
@@ -438,12 +445,13 @@ class AccountModel:
             if refund:
                 self.period_requests = max(self.period_requests - 1, 0)
         if charge.member and in_period and give_back > 0:
-            period, member_used = self.member_use.get(charge.member, (None, 0))
-            if period == self.period_start:
-                self.member_use[charge.member] = (period, max(member_used - give_back, 0))
-            period, count = self.member_requests.get(charge.member, (None, 0))
-            if refund and period == self.period_start:
-                self.member_requests[charge.member] = (period, max(count - 1, 0))
+            # Only a use of the current period (restart count and start) is the charge's to lower.
+            member_used = self._member_count(self.member_use, charge.member)
+            if member_used > 0:
+                self.member_use[charge.member] = (*self.member_period(), max(member_used - give_back, 0))
+            count = self._member_count(self.member_requests, charge.member)
+            if refund and count > 0:
+                self.member_requests[charge.member] = (*self.member_period(), count - 1)
         if refund and charge.request_key is not None:
             self.request_keys.pop(charge.request_key, None)
         self._append("refund" if refund else "settle", to_balance)

@@ -226,6 +226,38 @@ local function read_restarts(key)
   return read_int(key, 'period_restarts', redis.call('HGET', key, 'period_restarts'), 0, 0, MAX_CREDITS)
 end
 
+-- A pool member's use and requests in the members hash ("used:<member>", "requests:<member>") belong
+-- to one period, named by the account's restart count and the period's start:
+-- "<period restarts>:<period start>:<n>". The start alone does not name it: a plan without periods,
+-- another plan, then one without periods again start at 0 both times (and day, week, day with one
+-- anchor start at the same instant). A value an earlier version wrote, "<period start>:<n>", is read
+-- as it was then: in the period with that start, whatever the restarts. Returns false when absent,
+-- {restarts (string, nil for the earlier form), start (string), n}; BADDATA when it does not parse.
+local function read_member_count(key, field, value, what)
+  if value == false or value == nil then return false end
+  local r, p, n = string.match(value, '^([^:]*):([^:]*):([^:]*)$')
+  if r == nil then
+    p, n = string.match(value, '^([^:]*):([^:]*)$')
+  elseif strict_int(r, 0, MAX_CREDITS) == nil then
+    p = nil
+  end
+  if p == nil or strict_int(p, 0, MAX_INSTANT) == nil or strict_int(n, 0, MAX_CREDITS) == nil then
+    bad(key, field, 'is not "<period restarts>:<period start>:<' .. what .. '>"')
+  end
+  return {restarts = r, start = p, n = tonumber(n)}
+end
+
+-- What a member's value (read_member_count) counts in the period (restarts, start): 0 for another's.
+local function member_count_in(stored, restarts, start)
+  if not stored or stored.start ~= fmt(start) then return 0 end
+  if stored.restarts ~= nil and stored.restarts ~= fmt(restarts) then return 0 end
+  return stored.n
+end
+
+local function member_count_text(restarts, start, n)
+  return fmt(restarts) .. ':' .. fmt(start) .. ':' .. fmt(n)
+end
+
 -- The period starts over (usage 0, bounds worked out again by the next charge). `restarts` is the
 -- account's restart counter as read (and checked) before the script's first write.
 local function restart_period(account_key, restarts)

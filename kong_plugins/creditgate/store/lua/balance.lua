@@ -46,26 +46,14 @@ if period_end ~= 0 and period_end <= period_start then
   bad(K, 'period_end', 'is not after period_start')
 end
 local period_requests, period_from_balance = read_period_counters(K, {f[13], f[14]})
-read_int(K, 'period_restarts', f[15], 0, 0, MAX_CREDITS)  -- not shown, but refused where the charge refuses it
+local restarts = read_int(K, 'period_restarts', f[15], 0, 0, MAX_CREDITS)  -- not shown: names the period
 
 local member_cap, member_stored, member_requests_stored = -1, false, false
 if member ~= '' then
   local m = redis.call('HMGET', members_key, 'cap:' .. member, 'used:' .. member, 'requests:' .. member)
   member_cap = read_int(members_key, 'cap:' .. member, m[1], -1, 0, MAX_CREDITS)
-  if m[2] then
-    local p, u = string.match(m[2], '^([^:]*):([^:]*)$')
-    if p == nil or strict_int(p, 0, MAX_INSTANT) == nil or strict_int(u, 0, MAX_CREDITS) == nil then
-      bad(members_key, 'used:' .. member, 'is not "<period start>:<credits>"')
-    end
-    member_stored = {p, tonumber(u)}
-  end
-  if m[3] then
-    local p, n = string.match(m[3], '^([^:]*):([^:]*)$')
-    if p == nil or strict_int(p, 0, MAX_INSTANT) == nil or strict_int(n, 0, MAX_CREDITS) == nil then
-      bad(members_key, 'requests:' .. member, 'is not "<period start>:<requests>"')
-    end
-    member_requests_stored = {p, tonumber(n)}
-  end
+  member_stored = read_member_count(members_key, 'used:' .. member, m[2], 'credits')
+  member_requests_stored = read_member_count(members_key, 'requests:' .. member, m[3], 'requests')
 end
 
 if plan == '' and redis.call('EXISTS', marker_key) == 0 then
@@ -78,14 +66,9 @@ if plan ~= '' and period ~= 'none' and (period_end == 0 or now >= period_end) th
   used, period_requests, period_from_balance = 0, 0, 0
 end
 
--- A member's use counts in the period it was made in only.
-local member_used, member_requests = 0, 0
-if member_stored and member_stored[1] == fmt(period_start) then
-  member_used = member_stored[2]
-end
-if member_requests_stored and member_requests_stored[1] == fmt(period_start) then
-  member_requests = member_requests_stored[2]
-end
+-- A member's use counts in the period it was made in only (restart count and start, see _lib.lua).
+local member_used = member_count_in(member_stored, restarts, period_start)
+local member_requests = member_count_in(member_requests_stored, restarts, period_start)
 
 return {'ok', plan, status, balance, allowance, used, period, period_start, period_end, starts_at,
         expires_at, prepaid and 1 or 0, now, member_used, member_cap, period_requests, period_from_balance,

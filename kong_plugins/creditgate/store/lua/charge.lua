@@ -50,8 +50,9 @@
 --
 -- The period's counters (period_requests, period_from_balance; see _lib.lua) count the charges
 -- allowed in this same step, a cost of 0 included; a refusal, a replay and shadow mode count nothing.
--- They reset with `used`. A pool member's requests are counted beside its use ("requests:<member>",
--- "<period start>:<requests>"), reset with it.
+-- They reset with `used`. A pool member's requests are counted beside its use ("requests:<member>"
+-- beside "used:<member>", each "<period restarts>:<period start>:<n>", see _lib.lua), and both start
+-- over in a new period and at a restart.
 --
 -- Events and reasons (charge_events and refusal_events in _lib.lua): a charge that crosses one of the
 -- account's alert levels adds a threshold event to <prefix>:{<account>}:events, and a refusal is also
@@ -149,27 +150,15 @@ if idempotency_window > 0 and not shadow then
   end
 end
 
-local member_used_field, member_period, member_stored = '', '', false
+local member_used_field, member_stored = '', false
 local member_requests_field, member_requests_stored = '', false
 if member ~= '' then
-  local m = redis.call('HMGET', members_key, 'cap:' .. member, 'used:' .. member, 'requests:' .. member)
-  member_cap = read_int(members_key, 'cap:' .. member, m[1], -1, 0, MAX_CREDITS)
   member_used_field = 'used:' .. member
   member_requests_field = 'requests:' .. member
-  if m[2] then
-    local p, u = string.match(m[2], '^([^:]*):([^:]*)$')
-    if p == nil or strict_int(p, 0, MAX_INSTANT) == nil or strict_int(u, 0, MAX_CREDITS) == nil then
-      bad(members_key, member_used_field, 'is not "<period start>:<credits>"')
-    end
-    member_stored = {p, tonumber(u)}
-  end
-  if m[3] then
-    local p, n = string.match(m[3], '^([^:]*):([^:]*)$')
-    if p == nil or strict_int(p, 0, MAX_INSTANT) == nil or strict_int(n, 0, MAX_CREDITS) == nil then
-      bad(members_key, member_requests_field, 'is not "<period start>:<requests>"')
-    end
-    member_requests_stored = {p, tonumber(n)}
-  end
+  local m = redis.call('HMGET', members_key, 'cap:' .. member, member_used_field, member_requests_field)
+  member_cap = read_int(members_key, 'cap:' .. member, m[1], -1, 0, MAX_CREDITS)
+  member_stored = read_member_count(members_key, member_used_field, m[2], 'credits')
+  member_requests_stored = read_member_count(members_key, member_requests_field, m[3], 'requests')
 end
 
 -- Writes start below this line.
@@ -239,10 +228,7 @@ end
 
 -- A pool member's use is counted per period of the pool's plan, and capped when the pool says so.
 if member ~= '' then
-  member_period = fmt(period_start)
-  if member_stored and member_stored[1] == member_period then
-    member_used = member_stored[2]
-  end
+  member_used = member_count_in(member_stored, restarts, period_start)
   if (member_cap >= 0 and member_used + cost > member_cap) or member_used + cost > MAX_CREDITS then
     return refuse('member_cap_reached')
   end
@@ -289,15 +275,13 @@ end
 redis.call('HSET', account_key, unpack(changed))
 if member ~= '' then
   count_usage('member:' .. member .. '|requests', 1)
-  local member_requests = 0
-  if member_requests_stored and member_requests_stored[1] == member_period then
-    member_requests = member_requests_stored[2]
-  end
-  local member_fields = {member_requests_field, member_period .. ':' .. fmt(math.min(member_requests + 1, MAX_CREDITS))}
+  local member_requests = member_count_in(member_requests_stored, restarts, period_start)
+  local member_fields = {member_requests_field,
+                         member_count_text(restarts, period_start, math.min(member_requests + 1, MAX_CREDITS))}
   if cost > 0 then
     member_used = member_used + cost
     table.insert(member_fields, member_used_field)
-    table.insert(member_fields, member_period .. ':' .. fmt(member_used))
+    table.insert(member_fields, member_count_text(restarts, period_start, member_used))
   end
   redis.call('HSET', members_key, unpack(member_fields))
 end

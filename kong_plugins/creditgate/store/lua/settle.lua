@@ -29,9 +29,10 @@
 --
 -- What is given back returns where it came from: to the balance first, up to what the balance paid,
 -- then to the period's allowance, but only while the charge's period is still the current one.
--- A pool member's period use goes down by the same amount. The period's counters are netted in the
--- same way, while the charge's period is the current one: period_from_balance by what goes back to
--- the balance (`used` by what goes back to the allowance), and a refund takes its request back from
+-- A pool member's period use goes down by the same amount, while its use is of the current period
+-- (restart count and start, see _lib.lua). The period's counters are netted in the same way, while
+-- the charge's period is the current one: period_from_balance by what goes back to the balance
+-- (`used` by what goes back to the allowance), and a refund takes its request back from
 -- period_requests and from the member's requests; none goes below 0. The idempotency key the charge
 -- answered for is released, so that a retry of a refunded request is charged again.
 
@@ -151,23 +152,18 @@ end
 give_back = to_balance + to_allowance
 
 local member = charge['member']
-local member_value, member_requests = false, false
+local member_used, member_requests = false, false  -- each: the member's count in the current period
 if member and in_period and cost > final_cost then
   local m = redis.call('HMGET', members_key, 'used:' .. member, 'requests:' .. member)
-  member_value, member_requests = m[1], m[2]
-  if member_value then
-    local mp, mu = string.match(member_value, '^([^:]*):([^:]*)$')
-    if mp == nil or strict_int(mp, 0, MAX_INSTANT) == nil or strict_int(mu, 0, MAX_CREDITS) == nil then
-      bad(members_key, 'used:' .. member, 'is not "<period start>:<credits>"')
-    end
-    if mp ~= fmt(period_start) then member_value = false end
+  local stored_used = read_member_count(members_key, 'used:' .. member, m[1], 'credits')
+  local stored_requests = read_member_count(members_key, 'requests:' .. member, m[2], 'requests')
+  -- A value of another period (a new period by the clock, or a restart) is not the charge's; one at 0
+  -- has nothing to take back (member_count_in answers 0 for both: nothing is written).
+  if member_count_in(stored_used, restarts, period_start) > 0 then
+    member_used = stored_used.n
   end
-  if member_requests then
-    local mp, mn = string.match(member_requests, '^([^:]*):([^:]*)$')
-    if mp == nil or strict_int(mp, 0, MAX_INSTANT) == nil or strict_int(mn, 0, MAX_CREDITS) == nil then
-      bad(members_key, 'requests:' .. member, 'is not "<period start>:<requests>"')
-    end
-    if mp ~= fmt(period_start) or kind ~= 'refund' then member_requests = false end
+  if kind == 'refund' and member_count_in(stored_requests, restarts, period_start) > 0 then
+    member_requests = stored_requests.n
   end
 end
 
@@ -196,17 +192,13 @@ if in_period then
   if #changed > 0 then redis.call('HSET', account_key, unpack(changed)) end
 end
 
-if member_value then
-  local separator = string.find(member_value, ':', 1, true)
-  local member_used = tonumber(string.sub(member_value, separator + 1))
+if member_used then
   redis.call('HSET', members_key, 'used:' .. member,
-    string.sub(member_value, 1, separator) .. fmt(math.max(member_used - (cost - final_cost), 0)))
+    member_count_text(restarts, period_start, math.max(member_used - (cost - final_cost), 0)))
 end
 if member_requests then
-  local separator = string.find(member_requests, ':', 1, true)
-  local count = tonumber(string.sub(member_requests, separator + 1))
   redis.call('HSET', members_key, 'requests:' .. member,
-    string.sub(member_requests, 1, separator) .. fmt(math.max(count - 1, 0)))
+    member_count_text(restarts, period_start, math.max(member_requests - 1, 0)))
 end
 
 if charge['idempotency_key'] and kind == 'refund' then
