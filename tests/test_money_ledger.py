@@ -114,3 +114,21 @@ def test_a_refund_after_the_period_restarted_gives_nothing_back_to_the_new_allow
     refund = store.settle("acme", paid.charge_id, 0, now=clock.now + 5, refund=True, window_seconds=86_400)
     assert (refund.outcome, refund.given_back, refund.balance) == ("applied", 0, 3)
     assert store.account_state("acme").used == 0
+
+
+@pytest.mark.parametrize("spelling", ["0{ms}-{seq}", "{ms}-0{seq}", "00{ms}-00{seq}"])
+def test_a_charge_id_spelt_with_leading_zeros_is_unknown_and_cannot_settle_it_again(
+    prepaid: Admin, store: RedisStore, clock: Clock, spelling: str
+) -> None:
+    """Redis reads "01-0" as the stream id 1-0, but the settlement marker is named after the id as
+    given: another spelling of a settled charge's id would find its ledger entry and settle it again."""
+    prepaid.grant("acme", 100)
+    paid = store.charge(ChargeRequest("acme", 7, now=clock.now, settle_window=86_400))
+    first = store.settle("acme", paid.charge_id, 0, now=clock.now + 1, refund=True, window_seconds=86_400)
+    assert (first.outcome, first.given_back) == ("applied", 7)
+    ms, seq = paid.charge_id.split("-")
+    other = spelling.format(ms=ms, seq=seq)
+    again = store.settle("acme", other, 0, now=clock.now + 2, refund=True, window_seconds=86_400)
+    assert (again.outcome, again.given_back, again.balance) == ("unknown", 0, 100)
+    assert store.account_state("acme").balance == 100
+    assert prepaid.verify_ledger("acme").ok

@@ -79,7 +79,11 @@ if held then
 else
   where = ledger_key
   check_type(ledger_key, 'stream')
-  if string.find(charge_id, '^%d+%-%d+$') then
+  -- Only an id as Redis writes it (no leading zero in either part): Redis reads "01-0" as 1-0, but
+  -- the settlement marker is named after the id as given, so another spelling of a settled charge's
+  -- id would settle it again.
+  local ms, seq = string.match(charge_id, '^(%d+)%-(%d+)$')
+  if ms and not string.find(ms, '^0.') and not string.find(seq, '^0.') then
     local entries = redis.call('XRANGE', ledger_key, charge_id, charge_id)
     if #entries > 0 then
       charge = {}
