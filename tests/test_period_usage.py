@@ -9,6 +9,7 @@ refused before anything is written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -208,3 +209,24 @@ def test_a_members_requests_that_do_not_parse_are_refused_before_anything_is_wri
         with pytest.raises(StoreDataError):
             call()
         assert snapshot(redis_client) == before
+
+
+def test_a_refund_of_a_charge_made_before_the_counters_existed_takes_nothing_from_them(
+    daily: Admin, store: RedisStore, clock: Clock, redis_client: redis.Redis
+) -> None:
+    """A hold without period_restarts was written by a charge that counted no request and no credits
+    from the balance: refunding it gives its allowance back to ``used`` (which that charge did count),
+    and leaves the counters to the charges that are in them."""
+    keys = store.keys.account("acme")
+    old = charge(store, 7, clock.now, member="ann")  # 5 from the allowance, 2 from the balance
+    facts = json.loads(redis_client.hget(keys.holds, old.charge_id) or "{}")
+    del facts["period_restarts"]
+    redis_client.hset(keys.holds, old.charge_id, json.dumps(facts))
+    redis_client.hdel(keys.state, "period_requests", "period_from_balance")
+    redis_client.hdel(keys.members, "requests:ann")
+    charge(store, 1, clock.now + 1, member="ann")  # from the balance, counted
+    assert counters(store) == (1, 5, 1)
+    got = store.settle("acme", old.charge_id, 0, now=clock.now + 2, refund=True, window_seconds=WINDOW)
+    assert (got.outcome, got.given_back, got.balance) == ("applied", 7, 19)
+    assert counters(store) == (1, 0, 1)
+    assert redis_client.hget(keys.members, "requests:ann") == f"{clock.now}:1".encode()

@@ -32,7 +32,8 @@
 -- A pool member's period use goes down by the same amount. The period's counters are netted in the
 -- same way, while the charge's period is the current one: period_from_balance by what goes back to
 -- the balance (`used` by what goes back to the allowance), and a refund takes its request back from
--- period_requests and from the member's requests; none goes below 0. The idempotency key the charge
+-- period_requests and from the member's requests; none goes below 0 (a charge made before the
+-- counters existed, without period_restarts, takes nothing from them). The idempotency key the charge
 -- answered for is released, so that a retry of a refunded request is charged again.
 
 local account_key, ledger_key, marker_key, usage_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -137,6 +138,9 @@ local charged_restarts = nil
 if charge['period_restarts'] then
   charged_restarts = read_int(where, charge_id .. ' period_restarts', charge['period_restarts'], 0, 0, MAX_CREDITS)
 end
+-- A charge records period_restarts since it counts its request and its credits from the balance in
+-- the period's counters: one without it (made before the counters existed) is not in them.
+local counted = charged_restarts ~= nil
 if period == 'none' then
   in_period = charged_period == nil or charged_period == period_start
 elseif period_end == 0 then
@@ -171,7 +175,7 @@ if member and in_period and cost > final_cost then
     if mp == nil or strict_int(mp, 0, MAX_INSTANT) == nil or strict_int(mn, 0, MAX_CREDITS) == nil then
       bad(members_key, 'requests:' .. member, 'is not "<period start>:<requests>"')
     end
-    if mp ~= fmt(period_start) or kind ~= 'refund' then member_requests = false end
+    if mp ~= fmt(period_start) or kind ~= 'refund' or not counted then member_requests = false end
   end
 end
 
@@ -190,11 +194,11 @@ if in_period then
   if to_allowance > 0 then
     table.insert(changed, 'used'); table.insert(changed, fmt(math.max(used - to_allowance, 0)))
   end
-  if to_balance > 0 then
+  if to_balance > 0 and counted then
     table.insert(changed, 'period_from_balance')
     table.insert(changed, fmt(math.max(period_from_balance - to_balance, 0)))
   end
-  if kind == 'refund' then
+  if kind == 'refund' and counted then
     table.insert(changed, 'period_requests'); table.insert(changed, fmt(math.max(period_requests - 1, 0)))
   end
   if #changed > 0 then redis.call('HSET', account_key, unpack(changed)) end
