@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
+from redis.typing import EncodableT, FieldT
 
 from creditgate.admin import Admin
 from creditgate.core.decision import ChargeResult
@@ -230,3 +231,28 @@ def test_a_refund_of_a_charge_made_before_the_counters_existed_takes_nothing_fro
     assert (got.outcome, got.given_back, got.balance) == ("applied", 7, 19)
     assert counters(store) == (1, 0, 1)
     assert redis_client.hget(keys.members, "requests:ann") == f"{clock.now}:1".encode()
+
+
+@pytest.mark.parametrize("where", ["hold", "ledger"])
+@pytest.mark.parametrize("value", ["x", "", "-1", "01", "1e3", "1000000000000001", "9007199254740993"])
+def test_a_charges_restart_count_that_does_not_parse_is_refused_before_anything_is_written(
+    daily: Admin, store: RedisStore, clock: Clock, redis_client: redis.Redis, where: str, value: str
+) -> None:
+    keys = store.keys.account("acme")
+    held = charge(store, 7, clock.now)
+    if where == "hold":
+        facts = json.loads(redis_client.hget(keys.holds, held.charge_id) or "{}")
+        redis_client.hset(keys.holds, held.charge_id, json.dumps({**facts, "period_restarts": value}))
+    else:
+        redis_client.delete(keys.holds, keys.holds_index)
+        entries = cast(list[tuple[bytes, dict[FieldT, EncodableT]]], redis_client.xrange(keys.ledger))
+        redis_client.delete(keys.ledger)
+        for entry_id, fields in entries:  # the same stream, the charge's entry broken
+            if entry_id.decode() == held.charge_id:
+                fields = {**fields, b"period_restarts": value}
+            redis_client.xadd(keys.ledger, fields, id=entry_id)
+    before = snapshot(redis_client)
+    with pytest.raises(StoreDataError) as raised:
+        store.settle("acme", held.charge_id, 0, now=clock.now + 1, refund=True, window_seconds=WINDOW)
+    assert "period_restarts" in str(raised.value)
+    assert snapshot(redis_client) == before
