@@ -132,3 +132,30 @@ def test_a_charge_id_spelt_with_leading_zeros_is_unknown_and_cannot_settle_it_ag
     assert (again.outcome, again.given_back, again.balance) == ("unknown", 0, 100)
     assert store.account_state("acme").balance == 100
     assert prepaid.verify_ledger("acme").ok
+
+
+def test_a_refund_leaves_an_idempotency_key_that_a_later_charge_took_over(
+    prepaid: Admin, store: RedisStore, redis_client: redis.Redis, clock: Clock
+) -> None:
+    """The key expired while the first request was in flight and its retry was charged under it: the
+    first request's refund must not release the retry's charge, or a third try is charged again."""
+    prepaid.grant("acme", 100)
+
+    def send(now: int) -> str:
+        request = ChargeRequest(
+            "acme", 10, now=now, idempotency_key="order-7", idempotency_window=60, settle_window=86_400
+        )
+        got = store.charge(request)
+        assert got.allowed
+        return got.charge_id
+
+    first = send(clock.now)
+    key = store.keys.account("acme").request(f"global\0{10}\0order-7")
+    assert redis_client.get(key) == first.encode()
+    redis_client.delete(key)  # its idempotency window is over
+    retry = send(clock.now + 70)
+    refund = store.settle("acme", first, 0, now=clock.now + 90, refund=True, window_seconds=86_400)
+    assert (refund.outcome, refund.given_back) == ("applied", 10)
+    assert redis_client.get(key) == retry.encode()
+    assert send(clock.now + 95) == retry  # a replay of the retry, not a third charge
+    assert store.account_state("acme").balance == 90

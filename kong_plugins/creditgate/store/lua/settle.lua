@@ -34,7 +34,8 @@
 -- the balance (`used` by what goes back to the allowance), and a refund takes its request back from
 -- period_requests and from the member's requests; none goes below 0 (a charge made before the
 -- counters existed, without period_restarts, takes nothing from them). The idempotency key the charge
--- answered for is released, so that a retry of a refunded request is charged again.
+-- answered for is released (while it still answers for it), so that a retry of a refunded request is
+-- charged again.
 
 local account_key, ledger_key, marker_key, usage_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local holds_key, holds_index_key = KEYS[6], KEYS[7]
@@ -179,6 +180,15 @@ if member and in_period and cost > final_cost then
   end
 end
 
+-- The idempotency key is released only while it still answers for this charge: once its window is
+-- over, a retry of the same request may have been charged under it, and releasing that one would let
+-- a third try be charged again. (A key of another type is released, as charge.lua would refuse it.)
+local release_key = false
+if charge['idempotency_key'] and kind == 'refund' then
+  local key = charge['idempotency_key']
+  release_key = redis.call('TYPE', key)['ok'] ~= 'string' or redis.call('GET', key) == charge_id
+end
+
 local route = charge['route'] or 'global'
 local usage_name = route .. '|' .. (kind == 'refund' and 'refunded' or 'settled_back')
 check_counter(usage_key, usage_name, redis.call('HGET', usage_key, usage_name))
@@ -217,7 +227,7 @@ if member_requests then
     string.sub(member_requests, 1, separator) .. fmt(math.max(count - 1, 0)))
 end
 
-if charge['idempotency_key'] and kind == 'refund' then
+if release_key then
   redis.call('DEL', charge['idempotency_key'])
 end
 
