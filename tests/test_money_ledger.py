@@ -114,3 +114,48 @@ def test_a_refund_after_the_period_restarted_gives_nothing_back_to_the_new_allow
     refund = store.settle("acme", paid.charge_id, 0, now=clock.now + 5, refund=True, window_seconds=86_400)
     assert (refund.outcome, refund.given_back, refund.balance) == ("applied", 0, 3)
     assert store.account_state("acme").used == 0
+
+
+@pytest.mark.parametrize("spelling", ["0{ms}-{seq}", "{ms}-0{seq}", "00{ms}-00{seq}"])
+def test_a_charge_id_spelt_with_leading_zeros_is_unknown_and_cannot_settle_it_again(
+    prepaid: Admin, store: RedisStore, clock: Clock, spelling: str
+) -> None:
+    """Redis reads "01-0" as the stream id 1-0, but the settlement marker is named after the id as
+    given: another spelling of a settled charge's id would find its ledger entry and settle it again."""
+    prepaid.grant("acme", 100)
+    paid = store.charge(ChargeRequest("acme", 7, now=clock.now, settle_window=86_400))
+    first = store.settle("acme", paid.charge_id, 0, now=clock.now + 1, refund=True, window_seconds=86_400)
+    assert (first.outcome, first.given_back) == ("applied", 7)
+    ms, seq = paid.charge_id.split("-")
+    other = spelling.format(ms=ms, seq=seq)
+    again = store.settle("acme", other, 0, now=clock.now + 2, refund=True, window_seconds=86_400)
+    assert (again.outcome, again.given_back, again.balance) == ("unknown", 0, 100)
+    assert store.account_state("acme").balance == 100
+    assert prepaid.verify_ledger("acme").ok
+
+
+def test_a_refund_leaves_an_idempotency_key_that_a_later_charge_took_over(
+    prepaid: Admin, store: RedisStore, redis_client: redis.Redis, clock: Clock
+) -> None:
+    """The key expired while the first request was in flight and its retry was charged under it: the
+    first request's refund must not release the retry's charge, or a third try is charged again."""
+    prepaid.grant("acme", 100)
+
+    def send(now: int) -> str:
+        request = ChargeRequest(
+            "acme", 10, now=now, idempotency_key="order-7", idempotency_window=60, settle_window=86_400
+        )
+        got = store.charge(request)
+        assert got.allowed
+        return got.charge_id
+
+    first = send(clock.now)
+    key = store.keys.account("acme").request(f"global\0{10}\0order-7")
+    assert redis_client.get(key) == first.encode()
+    redis_client.delete(key)  # its idempotency window is over
+    retry = send(clock.now + 70)
+    refund = store.settle("acme", first, 0, now=clock.now + 90, refund=True, window_seconds=86_400)
+    assert (refund.outcome, refund.given_back) == ("applied", 10)
+    assert redis_client.get(key) == retry.encode()
+    assert send(clock.now + 95) == retry  # a replay of the retry, not a third charge
+    assert store.account_state("acme").balance == 90

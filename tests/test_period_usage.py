@@ -9,11 +9,13 @@ refused before anything is written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
+from redis.typing import EncodableT, FieldT
 
 from creditgate.admin import Admin
 from creditgate.core.decision import ChargeResult
@@ -289,3 +291,49 @@ def test_a_members_use_stored_by_an_earlier_version_counts_while_its_period_star
     assert redis_client.hget(members, "requests:ann") == f"{restarts}:0:4".encode()
     redis_client.hset(members, "used:ann", f"{clock.now}:4")  # another period's
     assert charge(store, 5, clock.now + 2, member="ann").member_used == 5
+
+
+def test_a_refund_of_a_charge_made_before_the_counters_existed_takes_nothing_from_them(
+    daily: Admin, store: RedisStore, clock: Clock, redis_client: redis.Redis
+) -> None:
+    """A hold without period_restarts was written by a charge that counted no request and no credits
+    from the balance: refunding it gives its allowance back to ``used`` (which that charge did count),
+    and leaves the counters to the charges that are in them."""
+    keys = store.keys.account("acme")
+    old = charge(store, 7, clock.now, member="ann")  # 5 from the allowance, 2 from the balance
+    facts = json.loads(redis_client.hget(keys.holds, old.charge_id) or "{}")
+    del facts["period_restarts"]
+    redis_client.hset(keys.holds, old.charge_id, json.dumps(facts))
+    redis_client.hdel(keys.state, "period_requests", "period_from_balance")
+    redis_client.hdel(keys.members, "requests:ann")
+    charge(store, 1, clock.now + 1, member="ann")  # from the balance, counted
+    assert counters(store) == (1, 5, 1)
+    got = store.settle("acme", old.charge_id, 0, now=clock.now + 2, refund=True, window_seconds=WINDOW)
+    assert (got.outcome, got.given_back, got.balance) == ("applied", 7, 19)
+    assert counters(store) == (1, 0, 1)
+    assert redis_client.hget(keys.members, "requests:ann") == f"{clock.now}:1".encode()
+
+
+@pytest.mark.parametrize("where", ["hold", "ledger"])
+@pytest.mark.parametrize("value", ["x", "", "-1", "01", "1e3", "1000000000000001", "9007199254740993"])
+def test_a_charges_restart_count_that_does_not_parse_is_refused_before_anything_is_written(
+    daily: Admin, store: RedisStore, clock: Clock, redis_client: redis.Redis, where: str, value: str
+) -> None:
+    keys = store.keys.account("acme")
+    held = charge(store, 7, clock.now)
+    if where == "hold":
+        facts = json.loads(redis_client.hget(keys.holds, held.charge_id) or "{}")
+        redis_client.hset(keys.holds, held.charge_id, json.dumps({**facts, "period_restarts": value}))
+    else:
+        redis_client.delete(keys.holds, keys.holds_index)
+        entries = cast(list[tuple[bytes, dict[FieldT, EncodableT]]], redis_client.xrange(keys.ledger))
+        redis_client.delete(keys.ledger)
+        for entry_id, fields in entries:  # the same stream, the charge's entry broken
+            if entry_id.decode() == held.charge_id:
+                fields = {**fields, b"period_restarts": value}
+            redis_client.xadd(keys.ledger, fields, id=entry_id)
+    before = snapshot(redis_client)
+    with pytest.raises(StoreDataError) as raised:
+        store.settle("acme", held.charge_id, 0, now=clock.now + 1, refund=True, window_seconds=WINDOW)
+    assert "period_restarts" in str(raised.value)
+    assert snapshot(redis_client) == before

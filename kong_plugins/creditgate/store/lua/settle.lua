@@ -33,8 +33,10 @@
 -- (restart count and start, see _lib.lua). The period's counters are netted in the same way, while
 -- the charge's period is the current one: period_from_balance by what goes back to the balance
 -- (`used` by what goes back to the allowance), and a refund takes its request back from
--- period_requests and from the member's requests; none goes below 0. The idempotency key the charge
--- answered for is released, so that a retry of a refunded request is charged again.
+-- period_requests and from the member's requests; none goes below 0 (a charge made before the
+-- counters existed, without period_restarts, takes nothing from them). The idempotency key the charge
+-- answered for is released (while it still answers for it), so that a retry of a refunded request is
+-- charged again.
 
 local account_key, ledger_key, marker_key, usage_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local holds_key, holds_index_key = KEYS[6], KEYS[7]
@@ -80,7 +82,11 @@ if held then
 else
   where = ledger_key
   check_type(ledger_key, 'stream')
-  if string.find(charge_id, '^%d+%-%d+$') then
+  -- Only an id as Redis writes it (no leading zero in either part): Redis reads "01-0" as 1-0, but
+  -- the settlement marker is named after the id as given, so another spelling of a settled charge's
+  -- id would settle it again.
+  local ms, seq = string.match(charge_id, '^(%d+)%-(%d+)$')
+  if ms and not string.find(ms, '^0.') and not string.find(seq, '^0.') then
     local entries = redis.call('XRANGE', ledger_key, charge_id, charge_id)
     if #entries > 0 then
       charge = {}
@@ -134,6 +140,9 @@ local charged_restarts = nil
 if charge['period_restarts'] then
   charged_restarts = read_int(where, charge_id .. ' period_restarts', charge['period_restarts'], 0, 0, MAX_CREDITS)
 end
+-- A charge records period_restarts since it counts its request and its credits from the balance in
+-- the period's counters: one without it (made before the counters existed) is not in them.
+local counted = charged_restarts ~= nil
 if period == 'none' then
   in_period = charged_period == nil or charged_period == period_start
 elseif period_end == 0 then
@@ -162,9 +171,18 @@ if member and in_period and cost > final_cost then
   if member_count_in(stored_used, restarts, period_start) > 0 then
     member_used = stored_used.n
   end
-  if kind == 'refund' and member_count_in(stored_requests, restarts, period_start) > 0 then
+  if kind == 'refund' and counted and member_count_in(stored_requests, restarts, period_start) > 0 then
     member_requests = stored_requests.n
   end
+end
+
+-- The idempotency key is released only while it still answers for this charge: once its window is
+-- over, a retry of the same request may have been charged under it, and releasing that one would let
+-- a third try be charged again. (A key of another type is released, as charge.lua would refuse it.)
+local release_key = false
+if charge['idempotency_key'] and kind == 'refund' then
+  local key = charge['idempotency_key']
+  release_key = redis.call('TYPE', key)['ok'] ~= 'string' or redis.call('GET', key) == charge_id
 end
 
 local route = charge['route'] or 'global'
@@ -182,11 +200,11 @@ if in_period then
   if to_allowance > 0 then
     table.insert(changed, 'used'); table.insert(changed, fmt(math.max(used - to_allowance, 0)))
   end
-  if to_balance > 0 then
+  if to_balance > 0 and counted then
     table.insert(changed, 'period_from_balance')
     table.insert(changed, fmt(math.max(period_from_balance - to_balance, 0)))
   end
-  if kind == 'refund' then
+  if kind == 'refund' and counted then
     table.insert(changed, 'period_requests'); table.insert(changed, fmt(math.max(period_requests - 1, 0)))
   end
   if #changed > 0 then redis.call('HSET', account_key, unpack(changed)) end
@@ -201,7 +219,7 @@ if member_requests then
     member_count_text(restarts, period_start, math.max(member_requests - 1, 0)))
 end
 
-if charge['idempotency_key'] and kind == 'refund' then
+if release_key then
   redis.call('DEL', charge['idempotency_key'])
 end
 
