@@ -311,7 +311,8 @@ def test_a_refund_of_a_charge_made_before_the_counters_existed_takes_nothing_fro
     got = store.settle("acme", old.charge_id, 0, now=clock.now + 2, refund=True, window_seconds=WINDOW)
     assert (got.outcome, got.given_back, got.balance) == ("applied", 7, 19)
     assert counters(store) == (1, 0, 1)
-    assert redis_client.hget(keys.members, "requests:ann") == f"{clock.now}:1".encode()
+    # <restarts>:<period start>:<requests>, the subscription being the account's first restart
+    assert redis_client.hget(keys.members, "requests:ann") == f"1:{clock.now}:1".encode()
 
 
 @pytest.mark.parametrize("where", ["hold", "ledger"])
