@@ -142,3 +142,25 @@ def test_a_declared_value_is_written_nowhere_but_in_the_schema(what: str) -> Non
     ]
     others = [p for p in found if p != "creditgate/core/schema.py"]
     assert found and not others, f"{what} is written again in {others}: read it from core/schema.py"
+
+
+# The `redis` record's defaults and bounds, declared in core/redis_settings.py: the Redis URL parser
+# and the CLI's default URL read them there. (The service's own listen address and port are other
+# settings, with defaults of their own.)
+REDIS_DECLARED_ONCE = {
+    "the Redis port default": r"\b6379\b",
+    "the sentinel port default": r"\b26379\b",
+    "the bound of a Redis timeout": r"\b60_?000\b",
+}
+
+
+@pytest.mark.parametrize("what", REDIS_DECLARED_ONCE)
+def test_a_declared_redis_value_is_written_nowhere_but_in_the_redis_record(what: str) -> None:
+    pattern = re.compile(REDIS_DECLARED_ONCE[what])
+    found = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if pattern.search(path.read_text(encoding="utf-8"))
+    ]
+    others = [p for p in found if p != "creditgate/core/redis_settings.py"]
+    assert found and not others, f"{what} is written again in {others}: read it from core/redis_settings.py"

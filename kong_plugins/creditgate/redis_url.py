@@ -12,7 +12,16 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from creditgate.core.redis_settings import RedisSettings, parse_redis
+from creditgate.core.fields import between
+from creditgate.core.redis_settings import (
+    LOCALHOST,
+    PORTS,
+    REDIS_FIELDS,
+    REDIS_PORT,
+    TIMEOUTS_MS,
+    RedisSettings,
+    parse_redis,
+)
 from creditgate.errors import ConfigError
 from creditgate.store.topology import topology_for
 
@@ -21,7 +30,7 @@ def parse_node(text: str, what: str) -> dict[str, Any]:
     """``HOST:PORT`` (``[v6]:PORT``) as a node of the ``redis`` record."""
     host, _, port = text.strip().rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not host or not port.isdigit() or not PORTS[0] <= int(port) <= PORTS[1]:
         raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
     return {"host": host, "port": int(port)}
 
@@ -82,13 +91,17 @@ def settings_from_url(
         raise ConfigError("Redis URL takes no query (use --ssl-verify, --server-name, --ca-file instead)")
     else:
         path = parts.path.strip("/")
-    if path and (not path.isdigit() or not 0 <= int(path) <= 15):
-        raise ConfigError(f"the Redis URL's database must be a number from 0 to 15, got {path!r}")
-    if not 1 <= timeout_ms <= 60_000:
-        raise ConfigError(f"the Redis timeout must be from 0.001 to 60 seconds, got {timeout_ms / 1000}")
+    low, high = between("database", REDIS_FIELDS)
+    if path and (not path.isdigit() or not low <= int(path) <= high):
+        raise ConfigError(f"the Redis URL's database must be a number from {low} to {high}, got {path!r}")
+    if not TIMEOUTS_MS[0] <= timeout_ms <= TIMEOUTS_MS[1]:
+        raise ConfigError(
+            f"the Redis timeout must be from {TIMEOUTS_MS[0] / 1000:g} to {TIMEOUTS_MS[1] / 1000:g} seconds, "
+            f"got {timeout_ms / 1000}"
+        )
     record: dict[str, Any] = {
-        "host": parts.hostname or "127.0.0.1",
-        "port": port or 6379,
+        "host": parts.hostname or LOCALHOST,
+        "port": port or REDIS_PORT,
         "socket_path": socket_path,
         "username": unquote(parts.username) if parts.username else None,
         "password": password if password is not None else url_password,

@@ -19,6 +19,7 @@ from creditgate.cli.common import (
     say_error,
     silence_stdout,
 )
+from creditgate.core.redis_settings import LOCALHOST, REDIS_PORT
 from creditgate.core.schema import between, default
 from creditgate.errors import ConfigError, CreditGateError, StoreError
 from creditgate.redis_url import settings_from_url
@@ -96,7 +97,7 @@ def _is_credentials_error(detail: str) -> bool:
 @click.option(
     "--redis-url",
     envvar="CREDIT_GATE_REDIS_URL",
-    default="redis://127.0.0.1:6379/0",
+    default=f"redis://{LOCALHOST}:{REDIS_PORT}/0",
     show_default=True,
     help="redis://[user:password@]host:port/db, rediss:// for TLS, or unix:///path/to/redis.sock?db=N. "
     "Env: CREDIT_GATE_REDIS_URL.",
