@@ -2,7 +2,8 @@
 
 Kong's schema fragment for the record (``REDIS_FIELDS``), the parsed value (``RedisSettings``) and its
 parser live together so that a new connection option is added in one place. Clients are built from
-``RedisSettings`` by ``creditgate.store.redis_store.connect``, for the plugin and the CLI alike.
+``RedisSettings`` by the topology's class (``creditgate.store.topology``), for the plugin and the CLI
+alike.
 
 Three topologies, chosen by which fields are set (the names are Kong's own, from the Redis settings of
 its Enterprise plugins):
