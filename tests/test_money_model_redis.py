@@ -492,7 +492,8 @@ def test_the_scripts_follow_the_model_on_random_sequences(run: Run) -> None:
     STEPS.clear()
     started = time.monotonic()
     with module_constants_left_out():
-        run_state_machine_as_test(make_machine(run), settings=money_settings())
+        # Untyped in the Hypothesis that Python 3.10 is pinned to (6.168), typed in 3.11's (6.170).
+        run_state_machine_as_test(make_machine(run), settings=money_settings())  # type: ignore[no-untyped-call, unused-ignore]
     print(f"money model: {len(STEPS)} steps checked in {time.monotonic() - started:.1f} s")
 
 
