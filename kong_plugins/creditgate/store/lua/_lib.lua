@@ -221,9 +221,11 @@ end
 -- The period's restart counter, `period_restarts`: bumped at each restart (below), recorded with each
 -- charge (its hold and its ledger entry), so that settling tells a restarted period from the one the
 -- charge was counted in even when both have the same bounds (a plan without periods always starts at
--- 0). After MAX_CREDITS it wraps to 1.
-local function read_restarts(key)
-  return read_int(key, 'period_restarts', redis.call('HGET', key, 'period_restarts'), 0, 0, MAX_CREDITS)
+-- 0). After MAX_CREDITS it wraps to 1. `value` is the field as the caller read it (with the rest of
+-- the hash); without one it is read here.
+local function read_restarts(key, value)
+  if value == nil then value = redis.call('HGET', key, 'period_restarts') end
+  return read_int(key, 'period_restarts', value, 0, 0, MAX_CREDITS)
 end
 
 -- A pool member's use and requests in the members hash ("used:<member>", "requests:<member>") belong

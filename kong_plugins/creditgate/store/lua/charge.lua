@@ -125,7 +125,7 @@ if period_end ~= 0 and period_end <= period_start then
   bad(K, 'period_end', 'is not after period_start')
 end
 local period_requests, period_from_balance = read_period_counters(K, {f[13], f[14]})
-local restarts = read_int(K, 'period_restarts', f[15], 0, 0, MAX_CREDITS)
+local restarts = read_restarts(K, f[15])
 
 local function usage_name(field)
   return route .. '|' .. field

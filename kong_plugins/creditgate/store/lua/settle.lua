@@ -64,7 +64,7 @@ local period_end = read_int(account_key, 'period_end', p[3], 0, 0, MAX_INSTANT)
 local used = read_int(account_key, 'used', p[4], 0, 0, MAX_CREDITS)
 local period = read_word(account_key, 'period', p[5], 'none', PERIODS)
 local period_requests, period_from_balance = read_period_counters(account_key, {p[6], p[7]})
-local restarts = read_int(account_key, 'period_restarts', p[8], 0, 0, MAX_CREDITS)
+local restarts = read_restarts(account_key, p[8])
 
 local earlier = redis.call('GET', marker_key)
 if earlier then
@@ -168,12 +168,10 @@ if member and in_period and cost > final_cost then
   local stored_requests = read_member_count(members_key, 'requests:' .. member, m[2], 'requests')
   -- A value of another period (a new period by the clock, or a restart) is not the charge's; one at 0
   -- has nothing to take back (member_count_in answers 0 for both: nothing is written).
-  if member_count_in(stored_used, restarts, period_start) > 0 then
-    member_used = stored_used.n
-  end
-  if kind == 'refund' and counted and member_count_in(stored_requests, restarts, period_start) > 0 then
-    member_requests = stored_requests.n
-  end
+  local used_now = member_count_in(stored_used, restarts, period_start)
+  if used_now > 0 then member_used = used_now end
+  local requests_now = member_count_in(stored_requests, restarts, period_start)
+  if kind == 'refund' and counted and requests_now > 0 then member_requests = requests_now end
 end
 
 -- The idempotency key is released only while it still answers for this charge: once its window is
