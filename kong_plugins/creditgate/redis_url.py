@@ -30,9 +30,14 @@ def parse_node(text: str, what: str) -> dict[str, Any]:
     """``HOST:PORT`` (``[v6]:PORT``) as a node of the ``redis`` record."""
     host, _, port = text.strip().rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit() or not PORTS[0] <= int(port) <= PORTS[1]:
+    if not host or not _digits(port) or not PORTS[0] <= int(port) <= PORTS[1]:
         raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
     return {"host": host, "port": int(port)}
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes other scripts' digits ("٣"), which int() reads."""
+    return text.isascii() and text.isdigit()
 
 
 def settings_from_url(
@@ -92,7 +97,7 @@ def settings_from_url(
     else:
         path = parts.path.strip("/")
     low, high = between("database", REDIS_FIELDS)
-    if path and (not path.isdigit() or not low <= int(path) <= high):
+    if path and (not _digits(path) or not low <= int(path) <= high):
         raise ConfigError(f"the Redis URL's database must be a number from {low} to {high}, got {path!r}")
     if not TIMEOUTS_MS[0] <= timeout_ms <= TIMEOUTS_MS[1]:
         raise ConfigError(
@@ -101,7 +106,7 @@ def settings_from_url(
         )
     record: dict[str, Any] = {
         "host": parts.hostname or LOCALHOST,
-        "port": port or REDIS_PORT,
+        "port": REDIS_PORT if port is None else port,  # a port 0 is refused by parse_redis, not replaced
         "socket_path": socket_path,
         "username": unquote(parts.username) if parts.username else None,
         "password": password if password is not None else url_password,
