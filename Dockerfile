@@ -4,9 +4,9 @@
 #
 # Kong starts the plugin server itself, from its worker 0, with the KONG_PLUGINSERVER_* settings below,
 # and respawns it about a second after it dies. Those settings are what `credit-gate kong-conf --env`
-# prints (kong_plugins/creditgate/deploy.py); tests/test_deploy_image.py fails when the two disagree.
+# prints (kong_plugins/creditgate/ops/kong_conf.py); tests/deploy/test_image.py fails when the two disagree.
 #
-# hadolint (tests/test_deploy_image.py runs it) reports nothing but the two rules ignored below, each
+# hadolint (tests/deploy/test_image.py runs it) reports nothing but the two rules ignored below, each
 # with its reason.
 FROM kong:3.9.1
 

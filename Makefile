@@ -30,8 +30,8 @@ test:
 # The generated JSON Schemas: the plugin's config (from core/schema.py) and the problem body (its
 # reasons and statuses from core/decision.py's Reason). Tests fail when a committed file differs.
 schema:
-	$(PY) -m creditgate.kong_schema > schemas/plugin-config.schema.json
-	$(PY) -m creditgate.problem_schema > schemas/problem.schema.json
+	$(PY) -m creditgate.core.kong_schema > schemas/plugin-config.schema.json
+	$(PY) -m creditgate.core.problem_schema > schemas/problem.schema.json
 
 bench:
 	$(PY) -m bench $(ARGS)

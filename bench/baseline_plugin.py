@@ -1,7 +1,7 @@
 """The baselines: plugin servers whose access phase makes the PDK calls of credit-gate's allowed path.
 
 ``kong.client.get_consumer()``, then ``kong.service.request.set_headers`` with three headers and
-``kong.response.set_headers`` with four, as ``creditgate.handler.Gate`` does for a paid request, and
+``kong.response.set_headers`` with four, as ``creditgate.kong.gate.Gate`` does for a paid request, and
 nothing else: no Redis, no logic. What credit-gate costs above this is the gate itself.
 
 With ``--round-trip`` the server adds, between those calls, the one Redis round trip the gate
@@ -14,7 +14,7 @@ Redis (``redis_port``, or ``redis_socket`` for the unix socket) and its ``redis_
 Run as a script with kong-pdk's flags (``--kong-prefix``, ``--socket-name``, ``-g``, ``-m``); it adds
 ``--no-lua-style`` as ``credit-gate-pluginserver`` does. It imports kong-pdk, and runs on the same
 kong-pdk fix as ``credit-gate-pluginserver`` (16 KiB read buffers for Kong's connections, see
-``creditgate.pdk_runtime``), so that what differs between the servers is what each adds.
+``creditgate.kong.runtime``), so that what differs between the servers is what each adds.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class RoundTripPlugin(Plugin):
 
     def __init__(self, config: dict[str, Any]) -> None:
         from creditgate.core.config import RedisSettings
-        from creditgate.store.redis_store import USAGE_TTL_SECONDS, RedisStore
+        from creditgate.store.store import USAGE_TTL_SECONDS, RedisStore
 
         super().__init__(config)
         settings = RedisSettings(
@@ -88,7 +88,7 @@ class RoundTripPlugin(Plugin):
         now = int(time.time())
         keys = self.store.keys.account(account)
         # charge.lua's KEYS and ARGV as RedisStore.charge sends them for a cost-1 request (no deadline);
-        # tests/test_bench.py checks that Redis runs the same commands for this row as for the gate's.
+        # tests/deploy/test_bench.py checks that Redis runs the same commands for this row as for the gate's.
         self.hot_path.evalsha(
             [
                 keys.state,
@@ -106,7 +106,7 @@ class RoundTripPlugin(Plugin):
 
 
 def main() -> None:
-    from creditgate import pdk_runtime
+    from creditgate.kong import runtime as pdk_runtime
 
     plugin: type[Plugin] = Plugin
     schema = Schema

@@ -1,6 +1,6 @@
 """``python -m bench money-model``: the money model's stateful test, long, on random sequences.
 
-It runs ``tests/test_money_model_redis.py`` and ``tests/test_bad_data_generated.py`` under the
+It runs ``tests/money/test_model_redis.py`` and ``tests/store/test_bad_data_generated.py`` under the
 ``money-long`` Hypothesis profile (see ``tests/money_support.py``) with a seed it prints first, so a
 failing run is reproduced with the same command and ``--seed``.
 """
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-TESTS = ["tests/test_money_model_redis.py", "tests/test_bad_data_generated.py"]
+TESTS = ["tests/money/test_model_redis.py", "tests/store/test_bad_data_generated.py"]
 
 
 def main(argv: list[str]) -> None:

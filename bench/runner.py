@@ -28,11 +28,11 @@ from bench.procs import (
     dump,
     rss_kib,
 )
-from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
-from creditgate.multiprocess import PROCESSES_FLAG, default_processes
+from creditgate.kong.processes import PROCESSES_FLAG, default_processes
+from creditgate.ops.admin import Admin
 
 PLAN = "bench-paid"
 PAYING = "bench-paying"  # a huge prepaid balance: every request is allowed

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from creditgate import pdk_runtime
 from creditgate.core.schema import FIELDS
+from creditgate.kong import runtime as pdk_runtime
 
 version = "0.1.0"
 
@@ -35,7 +35,7 @@ class Plugin:
     log_phase = False
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from creditgate.handler import Gate  # imported late: see main()
+        from creditgate.kong.gate import Gate  # imported late: see main()
 
         self.gate = Gate(config, log_phase=self.log_phase)
         # kong-pdk calls the phase it finds on the instance: the gate's own, one call fewer per request.
@@ -90,7 +90,7 @@ def main() -> None:
 
     Takes kong-pdk's flags (``--dump``, ``--kong-prefix``, ``--socket-name``, ``-g``, ``-m``, ``-v``),
     ``--processes N`` (server processes behind the socket; default one per core, 1 is a single
-    process: see ``creditgate.multiprocess``) and ``--log-phase`` for the features that act after
+    process: see ``creditgate.kong.processes``) and ``--log-phase`` for the features that act after
     the response (give it to the query command too: Kong learns the plugin's phases from the dump).
     PDK calls return values and raise on error (``--no-lua-style``), which the gate relies on.
     With ``-g`` the standard library is patched for gevent first, before redis-py is imported: this
@@ -99,7 +99,7 @@ def main() -> None:
     if {"-h", "--help"} & set(sys.argv[1:]):
         print_help()
         return
-    from creditgate import multiprocess
+    from creditgate.kong import processes as multiprocess
 
     try:
         flags = multiprocess.split_flags(sys.argv[1:])

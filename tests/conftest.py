@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import redis
 
-from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
-from creditgate.handler import NOTICES
-from creditgate.store.redis_store import RedisStore
+from creditgate.kong.gate import NOTICES
+from creditgate.ops.admin import Admin
+from creditgate.store.store import RedisStore
 from tests.redis_servers import RedisServer
 
 

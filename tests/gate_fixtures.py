@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
-from creditgate.store.redis_store import RedisStore
-from tests.kong import (
+from creditgate.ops.admin import Admin
+from creditgate.store.store import RedisStore
+from tests.harness import (
     HeaderInput,
     KongRequest,
     KongSide,

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from creditgate.admin import Admin
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
+from creditgate.ops.admin import Admin
 from tests.gate_fixtures import MODES, PLUGIN_SERVER, start_plugin_server
-from tests.kong import KongSide, PluginInfo, PluginServerProcess
+from tests.harness import KongSide, PluginInfo, PluginServerProcess
 
 ACME = {"id": "acme", "username": "acme", "custom_id": None, "tags": None}
 

@@ -1,10 +1,10 @@
 """``credit-gate``: plans, subscriptions, credits, the ledger and usage, from a terminal or a script.
 
-A thin layer over ``creditgate.admin.Admin``: parse, call, print. Tables for people, ``--json`` for
+A thin layer over ``creditgate.ops.admin.Admin``: parse, call, print. Tables for people, ``--json`` for
 scripts, and one line on stderr when something fails, with what to do about it. One module per
 subject (``plans``, ``accounts``, ``credits``, ``reports``, ``deployment``) holds its commands;
 ``app`` the group, its connection options and the error handling, ``common`` and ``output`` what
-they share. Rules about the data live in ``Admin`` and ``creditgate.documents``, never here, and
+they share. Rules about the data live in ``Admin`` and ``creditgate.ops.documents``, never here, and
 nothing here knows the store.
 
 Exit codes:

@@ -6,11 +6,11 @@ from typing import Any
 
 import click
 
-from creditgate.admin import AccountView, Admin
 from creditgate.cli.common import CAP, INSTANT, STATUS, json_option, pass_admin
 from creditgate.cli.output import credits, emit_json, show, show_view, table, when
 from creditgate.core.model import Status
 from creditgate.errors import InvalidDocument, NotFound
+from creditgate.ops.admin import AccountView, Admin
 
 
 def subscription_json(view: AccountView) -> dict[str, Any]:

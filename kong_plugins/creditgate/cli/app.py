@@ -22,7 +22,7 @@ from creditgate.cli.common import (
 from creditgate.core.redis_settings import LOCALHOST, REDIS_PORT
 from creditgate.core.schema import between, default
 from creditgate.errors import ConfigError, CreditGateError, StoreError
-from creditgate.redis_url import settings_from_url
+from creditgate.ops.redis_url import settings_from_url
 
 
 class App(click.Group):

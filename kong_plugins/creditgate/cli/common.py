@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 
 import click
 
-from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.inputs import parse_credits, parse_instant
 from creditgate.core.model import Status
 from creditgate.errors import Conflict, CreditGateError, InvalidDocument, NotFound, StoreError
-from creditgate.redis_url import describe
+from creditgate.ops.admin import Admin
+from creditgate.ops.redis_url import describe
 
 EXIT_OK = 0
 EXIT_INVALID = 1

@@ -6,11 +6,11 @@ from typing import Any
 
 import click
 
-from creditgate import export
-from creditgate.admin import Admin, LedgerEntry
 from creditgate.cli.common import CREDITS, EXIT_PROBLEMS, INSTANT, json_option, pass_admin, say_error
 from creditgate.cli.output import credits, emit_json, show, show_view, table, when
 from creditgate.errors import NotFound, StoreError
+from creditgate.ops import export
+from creditgate.ops.admin import Admin, LedgerEntry
 
 
 def credit_json(account: str, result: Any, amount: int) -> dict[str, Any]:

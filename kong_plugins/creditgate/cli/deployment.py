@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from creditgate import deploy
 from creditgate.cli.common import Env, json_option, say_error
 from creditgate.cli.output import emit_json
+from creditgate.ops import kong_conf as deploy
 
 
 @click.command("kong-conf")

@@ -12,8 +12,8 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
-from creditgate.admin import AccountView
 from creditgate.core.inputs import format_instant
+from creditgate.ops.admin import AccountView
 
 NUMERIC_COLUMNS = {
     "balance",

@@ -9,12 +9,12 @@ from typing import Any
 import click
 from rich.table import Table
 
-from creditgate.admin import Admin
 from creditgate.cli.common import json_option, pass_admin
 from creditgate.cli.output import emit_json, show, table, yes_no
 from creditgate.core.model import Plan
-from creditgate.documents import load_plan_files
 from creditgate.errors import Conflict
+from creditgate.ops.admin import Admin
+from creditgate.ops.documents import load_plan_files
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:

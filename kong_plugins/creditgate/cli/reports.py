@@ -12,8 +12,6 @@ from rich.bar import Bar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from creditgate import export, importer
-from creditgate.admin import Admin, LedgerEntry, credits_per_day
 from creditgate.cli.common import (
     EXIT_PIPE_CLOSED,
     EXIT_PROBLEMS,
@@ -26,6 +24,8 @@ from creditgate.cli.common import (
 from creditgate.cli.output import conflicting_formats, console, emit_json, show, table, when
 from creditgate.core.periods import DAY_SECONDS
 from creditgate.errors import InvalidDocument
+from creditgate.ops import export, importer
+from creditgate.ops.admin import Admin, LedgerEntry, credits_per_day
 
 
 def _default_since(now: int) -> int:

@@ -24,7 +24,7 @@ class Reason(str, enum.Enum):
     the HTTP status answered with it and the problem's title, declared together, once.
 
     ``schemas/problem.schema.json`` lists the codes and statuses generated from here
-    (``python -m creditgate.problem_schema``); a test fails when a reason is missing from it, from
+    (``python -m creditgate.core.problem_schema``); a test fails when a reason is missing from it, from
     the README's table or from the details ``refusal`` and the gate write.
     """
 

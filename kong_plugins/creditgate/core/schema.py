@@ -1,7 +1,7 @@
 """The plugin's Kong schema: every setting's type, default, bounds and description, declared once.
 
 Kong validates a plugin entry's ``config`` against these fields before the plugin sees it (the plugin
-file hands them to kong-pdk as ``Schema``); ``creditgate.kong_schema`` turns them into
+file hands them to kong-pdk as ``Schema``); ``creditgate.core.kong_schema`` turns them into
 ``schemas/plugin-config.schema.json`` and the README's table. Everything else that needs a default or
 a bound (the config parser, the pricing rules, the CLI's options, ``Admin``) reads it here with
 ``declared``, ``default`` and ``between``, so that a setting is changed in one place, as in Kong's

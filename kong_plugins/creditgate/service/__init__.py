@@ -1,6 +1,6 @@
 """``credit-gate serve``: the operators' HTTP API, payments in from billing systems, and metrics.
 
-The service is a thin HTTP layer over ``creditgate.admin.Admin`` (the same validation and the same
+The service is a thin HTTP layer over ``creditgate.ops.admin.Admin`` (the same validation and the same
 errors as the CLI), built on FastAPI (which writes the OpenAPI document) and served by uvicorn.
 
     app.py       the application: problem bodies, limits, the routes put together

@@ -48,7 +48,7 @@ from creditgate.service.routes import (
 )
 from creditgate.service.webhooks import generic_signature
 from creditgate.store.keys import Keys
-from creditgate.store.redis_store import RedisStore
+from creditgate.store.store import RedisStore
 
 log = logging.getLogger("creditgate.service")
 

@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from creditgate import node_report
-from creditgate.admin import USAGE_FIELDS
 from creditgate.core.periods import DAY_SECONDS
+from creditgate.kong import node_report
+from creditgate.ops.admin import USAGE_FIELDS
 from creditgate.service.state import Service, reader
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -20,18 +20,18 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from creditgate import export
-from creditgate.admin import account_view, stream_bound
 from creditgate.core.inputs import parse_instant
 from creditgate.core.model import MAX_CREDITS, Status
 from creditgate.core.periods import DAY_SECONDS
-from creditgate.documents import parse_plans, schema
 from creditgate.errors import InvalidDocument, NotFound
+from creditgate.ops import export
+from creditgate.ops.admin import account_view, stream_bound
+from creditgate.ops.documents import parse_plans, schema
 from creditgate.service import paths  # noqa: F401 - registers the {param:name} convertor
 from creditgate.service.body import json_body, validate
 from creditgate.service.problems import CODES, ApiProblem
 from creditgate.service.state import Service, reader, writer
-from creditgate.store.redis_store import CreditResult, LedgerEntry
+from creditgate.store.store import CreditResult, LedgerEntry
 
 MAX_PAGE = 1000
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from creditgate.admin import Admin
 from creditgate.core.config import RedisSettings
 from creditgate.core.schema import default
+from creditgate.ops.admin import Admin
 from creditgate.service.app import create_app
 from creditgate.service.auth import Authenticator, Tokens, check_exposure
 from creditgate.service.events import Dispatcher, EventSettings

@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi import Request
 
-from creditgate.admin import Admin
 from creditgate.core.schema import default
+from creditgate.ops.admin import Admin
 from creditgate.service.auth import Access, Authenticator
 from creditgate.service.body import DEFAULT_BODY_LIMIT
 

@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from creditgate.admin import UsageRow
 from creditgate.core.inputs import format_instant
 from creditgate.core.periods import DAY_SECONDS
+from creditgate.ops.admin import UsageRow
 from creditgate.service.routes import READ, Reader, Since, Until, _instant, _problems
 
 FIGURES = ("requests", "credits", "refunded", "refused", "replayed", "shadow_allowed", "shadow_refused")

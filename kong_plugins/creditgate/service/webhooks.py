@@ -33,8 +33,8 @@ import stripe
 from fastapi import APIRouter, Header, Request
 
 from creditgate.core.model import MAX_CREDITS
-from creditgate.documents import read_document
 from creditgate.errors import ConfigError, Conflict, NotFound
+from creditgate.ops.documents import read_document
 from creditgate.service.body import parse_json, read_body, validate
 from creditgate.service.metrics import count_webhook
 from creditgate.service.problems import ApiProblem
