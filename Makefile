@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup check lint types test schema bench constraints dist
+.PHONY: setup check lint types test test-fast schema bench constraints dist
 
 # Everything the checks need, on a fresh Debian or Ubuntu machine with Python 3.10+: redis-server,
 # decK, valgrind and Chromium from the distribution (.ci/system-tools), then a virtual environment with
@@ -26,6 +26,12 @@ types:
 
 test:
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The tests that start no server and no process (no redis-server, plugin server, uvicorn, browser,
+# docker compose, hadolint, decK): seconds. tests/conftest.py marks the others `server`; with
+# CREDIT_GATE_TESTS_NO_SERVERS=1 a test that starts one anyway fails, naming the mark it lacks.
+test-fast:
+	CREDIT_GATE_TESTS_NO_SERVERS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not server"
 
 # The generated JSON Schemas: the plugin's config (from core/schema.py) and the problem body (its
 # reasons and statuses from core/decision.py's Reason). Tests fail when a committed file differs.

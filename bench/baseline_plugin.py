@@ -68,7 +68,8 @@ class RoundTripPlugin(Plugin):
 
     def __init__(self, config: dict[str, Any]) -> None:
         from creditgate.core.config import RedisSettings
-        from creditgate.store.store import USAGE_TTL_SECONDS, RedisStore
+        from creditgate.store.replies import USAGE_TTL_SECONDS
+        from creditgate.store.store import RedisStore
 
         super().__init__(config)
         settings = RedisSettings(

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from creditgate.core.schema import FIELDS
-from creditgate.kong import runtime as pdk_runtime
+from creditgate.kong import runtime
 
 version = "0.1.0"
 
@@ -99,15 +99,15 @@ def main() -> None:
     if {"-h", "--help"} & set(sys.argv[1:]):
         print_help()
         return
-    from creditgate.kong import processes as multiprocess
+    from creditgate.kong import processes
 
     try:
-        flags = multiprocess.split_flags(sys.argv[1:])
+        flags = processes.split_flags(sys.argv[1:])
     except ValueError as error:
         print(f"credit-gate-pluginserver: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     sys.argv[1:] = flags.rest
-    if pdk_runtime.wants_processes(sys.argv[1:]):
+    if runtime.wants_processes(sys.argv[1:]):
         # kong-pdk's process mode pickles the plugin instance for each event; an instance holds a Redis
         # connection pool, which cannot be pickled, and the event then never answers: every request
         # would hang, and Kong would proxy it unpaid. Refuse to start instead.
@@ -117,17 +117,17 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    if flags.processes > 1 and flags.channel_fd is None and not multiprocess.ONE_SHOT_FLAGS & set(flags.rest):
-        # An acceptor in front of `--processes` server processes (multiprocess.py): nothing heavy
+    if flags.processes > 1 and flags.channel_fd is None and not processes.ONE_SHOT_FLAGS & set(flags.rest):
+        # An acceptor in front of `--processes` server processes (processes.py): nothing heavy
         # is imported in this process, each server process runs this main() with --processes 1.
-        raise SystemExit(multiprocess.run_acceptor(flags.processes, flags.rest))
-    if pdk_runtime.wants_gevent(sys.argv[1:]):
-        pdk_runtime.patch_for_gevent()
+        raise SystemExit(processes.run_acceptor(flags.processes, flags.rest))
+    if runtime.wants_gevent(sys.argv[1:]):
+        runtime.patch_for_gevent()
     from kong_pdk.cli import start_dedicated_server
 
-    pdk_runtime.install_exit_fix()
-    pdk_runtime.install_small_read_buffers()
-    pdk_runtime.install_unique_ids()
+    runtime.install_exit_fix()
+    runtime.install_small_read_buffers()
+    runtime.install_unique_ids()
     if "--no-lua-style" not in sys.argv:
         sys.argv.append("--no-lua-style")
     plugin = Plugin
@@ -135,7 +135,7 @@ def main() -> None:
         sys.argv.remove(LOG_PHASE_FLAG)
         plugin = SettlingPlugin
     if flags.channel_fd is not None:
-        multiprocess.serve_from_channel(flags.channel_fd)
+        processes.serve_from_channel(flags.channel_fd)
     start_dedicated_server("credit-gate", plugin, version, priority, Schema)
 
 

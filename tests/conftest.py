@@ -1,19 +1,60 @@
-"""Fixtures shared by the whole suite: real Redis servers and a seeded store."""
+"""Fixtures shared by the whole suite: real Redis servers and a seeded store; the ``server`` mark."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import redis
 
 from creditgate.core.config import RedisSettings
-from creditgate.kong.gate import NOTICES
+from creditgate.kong.notices import NOTICES
 from creditgate.ops.admin import Admin
 from creditgate.store.store import RedisStore
 from tests.redis_servers import RedisServer
+
+# Fixtures that start a server (a redis-server, the plugin server, or its --dump): a test that uses one,
+# directly or through another fixture, is marked ``server``. A module whose tests start servers of
+# their own says so with ``pytestmark = pytest.mark.server``.
+SERVER_FIXTURES = frozenset(
+    {"redis_server", "own_redis", "plugin_server", "plugin_info", "settling_server", "settling_info"}
+)
+
+# Set by `make test-fast` (which runs `-m "not server"`): a test there that starts a process or listens
+# on a socket is mis-marked, and fails saying so instead of making the fast run slow.
+NO_SERVERS = os.environ.get("CREDIT_GATE_TESTS_NO_SERVERS") == "1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
+def _refuse_server(what: str) -> NoReturn:
+    raise RuntimeError(
+        f"this test starts a server ({what}) in a run without servers: mark it server "
+        "(a fixture in tests/conftest.py's SERVER_FIXTURES, or `pytestmark = pytest.mark.server`)"
+    )
+
+
+def _refuse_process(self: subprocess.Popen[Any], args: Any, *_args: Any, **_kwargs: Any) -> None:
+    _refuse_server(f"process {args!r}")
+
+
+def _refuse_listen(self: socket.socket, *_args: Any) -> None:
+    _refuse_server(f"a socket listening on {self.getsockname()!r}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if NO_SERVERS:
+        subprocess.Popen.__init__ = _refuse_process  # type: ignore[method-assign]
+        socket.socket.listen = _refuse_listen  # type: ignore[method-assign,assignment]
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +104,7 @@ class _Unheard:
 
 @pytest.fixture(autouse=True)
 def no_notice_left_over() -> Iterator[None]:
-    """Operators' notices are said once per process (handler.NOTICES), by the next request: a gate a
+    """Operators' notices are said once per process (kong/notices.py), by the next request: a gate a
     test ran in this process must not leave one for the next test's first request to write."""
     yield
     NOTICES.flush(SimpleNamespace(log=_Unheard()))

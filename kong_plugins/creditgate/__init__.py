@@ -92,6 +92,18 @@ MOVED = {
     "creditgate.redis_url": "creditgate.ops.redis_url",
     "creditgate.store.redis_store": "creditgate.store.store",
 }
+# Where an old module's public names were split between homes, the old path is a module of its own that
+# finds each name in the first home that has it.
+SPLIT = {
+    "creditgate.admin": ("creditgate.ops.usage",),
+    "creditgate.handler": ("creditgate.kong.stores", "creditgate.kong.notices", "creditgate.kong.answer"),
+    "creditgate.node_report": ("creditgate.store.nodes", "creditgate.store.keys"),
+    "creditgate.store.redis_store": (
+        "creditgate.store.replies",
+        "creditgate.store.clock",
+        "creditgate.errors",
+    ),
+}
 
 
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -106,12 +118,22 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         new = MOVED[spec.name]
-        warnings.warn(
-            f"{spec.name} moved to {new}; the old path goes in credit-gate 0.3",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return importlib.import_module(new)
+        message = f"{spec.name} moved to {new}; the old path goes in credit-gate 0.3"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        module = importlib.import_module(new)
+        if spec.name not in SPLIT:
+            return module
+        homes = [module, *(importlib.import_module(home) for home in SPLIT[spec.name])]
+
+        def find(name: str) -> Any:
+            for home in homes:
+                if hasattr(home, name):
+                    return getattr(home, name)
+            raise AttributeError(f"module {spec.name!r} has no attribute {name!r}")
+
+        split = ModuleType(spec.name, module.__doc__)
+        split.__getattr__ = find  # type: ignore[method-assign]
+        return split
 
     def exec_module(self, module: ModuleType) -> None:
         """The module it moved to is already executed."""

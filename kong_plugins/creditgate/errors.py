@@ -5,6 +5,8 @@ CreditGateError                 base of everything below
 ├── InvalidDocument             a plan, subscription or amount that breaks the rules
 ├── NotFound                    an unknown plan or account
 ├── Conflict                    refused by the current state (plan in use, balance too low)
+│   ├── InsufficientBalance     the store's: a debit would take the balance below zero
+│   └── BalanceCapReached       the store's: a credit would take the balance past MAX_CREDITS
 └── StoreError                  Redis could not be reached or answered with an error
     ├── StoreTimeout            Redis did not answer within the configured timeout
     ├── StoreUnavailable        not tried: the circuit breaker is open after repeated failures
@@ -37,6 +39,23 @@ class NotFound(CreditGateError):
 
 class Conflict(CreditGateError):
     """The operation is refused by the current state, which the message describes."""
+
+
+class InsufficientBalance(Conflict):
+    """The change would take the balance below zero; nothing changed. The store raises it with the
+    balance it found, for the caller to word the refusal."""
+
+    def __init__(self, balance: int) -> None:
+        super().__init__(f"the balance is {balance} credits: it never goes below zero; nothing changed")
+        self.balance = balance
+
+
+class BalanceCapReached(Conflict):
+    """The change would take the balance past MAX_CREDITS; nothing changed."""
+
+    def __init__(self, balance: int) -> None:
+        super().__init__(f"the balance is {balance} credits: it cannot pass MAX_CREDITS; nothing changed")
+        self.balance = balance
 
 
 class StoreError(CreditGateError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from creditgate.ops.kong_conf import kong_conf
 from tests.cli_support import CONSOLE_SCRIPT
 
@@ -19,6 +21,7 @@ def test_kong_conf_lines_for_the_default_prefix() -> None:
     )
 
 
+@pytest.mark.server
 def test_environment_variables_can_be_sourced_by_a_shell() -> None:
     text = kong_conf("/opt/kong/", env=True)
     assert text.splitlines()[0] == "KONG_PLUGINS=bundled,credit-gate"
@@ -34,6 +37,7 @@ def test_environment_variables_can_be_sourced_by_a_shell() -> None:
     )
 
 
+@pytest.mark.server
 def test_the_cli_prints_them_without_touching_redis() -> None:
     result = subprocess.run(
         [CONSOLE_SCRIPT, "--redis-url", "redis://127.0.0.1:1", "kong-conf", "--prefix", "/kong", "--env"],
@@ -46,6 +50,7 @@ def test_the_cli_prints_them_without_touching_redis() -> None:
     assert result.stdout == kong_conf("/kong", env=True)
 
 
+@pytest.mark.server
 def test_the_cli_prints_them_as_json() -> None:
     result = subprocess.run(
         [CONSOLE_SCRIPT, "kong-conf", "--json"], capture_output=True, text=True, timeout=30, check=False

@@ -22,6 +22,8 @@ from creditgate.ops.admin import Admin
 from tests.cli_support import CONSOLE_SCRIPT, PLANS_YAML, Cli
 from tests.redis_servers import RedisServer
 
+pytestmark = pytest.mark.server  # its tests start servers or processes (tests/conftest.py)
+
 IDS = ["3f2504e0-4f89-11d3-9a0c-0305e82c3301", "6ba7b810-9dad-11d1-80b4-00c04fd430c8"]
 INSTANT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 

@@ -27,6 +27,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSe
     servers.stop()
 
 
+@pytest.mark.server
 def test_the_cli_grants_and_reads_balances_on_a_cluster(cluster: RedisClusterServers) -> None:
     nodes = [f"--cluster-node={host}:{port}" for host, port in cluster.nodes[:2]]
     accounts = [f"acct-{i}" for i in range(12)]  # spread over the three masters' slots
@@ -39,6 +40,7 @@ def test_the_cli_grants_and_reads_balances_on_a_cluster(cluster: RedisClusterSer
         assert json.loads(out)["balance"] == 7
 
 
+@pytest.mark.server
 def test_the_cli_follows_the_master_the_sentinels_name(tmp_path: Path) -> None:
     servers = SentinelSet(tmp_path / "sentinels").start()
     try:
@@ -74,6 +76,7 @@ def test_a_wrong_topology_is_one_clear_line(args: tuple[str, ...], message: str)
     assert message in err and err.count("\n") == 1
 
 
+@pytest.mark.server
 def test_the_cli_reaches_redis_on_its_unix_socket(tmp_path: Path) -> None:
     directory = Path(tempfile.mkdtemp(prefix="cg-cli-"))  # a socket path must stay under 108 bytes
     server = RedisServer(tmp_path / "redis", unix_socket=directory / "redis.sock").start()

@@ -17,8 +17,8 @@ from creditgate.core.policy import (
     DEFAULT_TYPE_BASE,
     ChargeRequest,
     Proxy,
-    Refuse,
     RequestFacts,
+    Respond,
     account_of,
     charge_record,
     charge_request,
@@ -59,8 +59,8 @@ def proxied(action: Any) -> Proxy:
     return action
 
 
-def refused(action: Any) -> Refuse:
-    assert isinstance(action, Refuse), action
+def refused(action: Any) -> Respond:
+    assert isinstance(action, Respond), action
     return action
 
 
@@ -414,6 +414,7 @@ def test_a_hold_settles_to_the_reported_cost_within_the_settle_timeout(
 # The core stays pure
 
 
+@pytest.mark.server
 def test_the_policy_imports_neither_kong_nor_redis() -> None:
     program = (
         "import sys, creditgate.core.policy; "

@@ -15,6 +15,8 @@ from bench.instructions import instructions
 from bench.report import as_json, markdown, over_floor, process_rows
 from bench.runner import Bench, Cell, OverspendResult, Settings
 
+pytestmark = pytest.mark.server  # its tests start servers or processes (tests/conftest.py)
+
 SETTINGS = Settings(
     modes=("threads",),
     processes=(2,),  # the gate on the multi-process server: each driver process starts its instance

@@ -126,6 +126,7 @@ def test_the_readme_shows_the_same_install_steps() -> None:
         assert f"$ {command}\n" in readme, command
 
 
+@pytest.mark.server
 def test_the_install_steps_run_as_written(tmp_path: Path) -> None:
     """Each step, with `sudo` dropped and /opt, /usr/local/bin and /etc/kong moved into a temporary
     directory, in a copy of the source; the outputs are the ones the page shows."""
@@ -177,6 +178,7 @@ def test_the_install_steps_run_as_written(tmp_path: Path) -> None:
     assert PluginInfo.from_dump(json.loads(dump)).name == "credit-gate"
 
 
+@pytest.mark.server
 def test_the_redis_passwords_are_referenceable_in_the_schema_kong_reads() -> None:
     """What lets `{vault://env/...}` stand for the password: Kong resolves references only in fields
     the plugin's schema marks `referenceable`."""

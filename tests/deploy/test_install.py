@@ -29,6 +29,8 @@ from creditgate.ops import kong_conf as deploy
 from tests.deploy.test_kong_yml import ROOT
 from tests.harness import PluginInfo
 
+pytestmark = pytest.mark.server  # its tests start servers or processes (tests/conftest.py)
+
 CONSTRAINTS = ROOT / "constraints.txt"
 INSTALL_DOC = ROOT / "docs" / "install.md"
 

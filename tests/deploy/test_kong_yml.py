@@ -213,6 +213,7 @@ def deck_validate(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.server
 def test_deck_validates_kong_yml_and_refuses_a_plugin_that_names_a_missing_route(tmp_path: Path) -> None:
     result = deck_validate(KONG_YML)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -257,6 +258,7 @@ def charging(entry: PluginEntry) -> bool:
 
 
 @pytest.mark.parametrize("entry", gate_entries(), ids=lambda e: e.where)
+@pytest.mark.server
 def test_every_credit_gate_entry_passes_kongs_schema_check_and_the_plugins_parser(
     dumped: PluginInfo, entry: PluginEntry
 ) -> None:
@@ -274,12 +276,14 @@ def test_every_credit_gate_entry_passes_kongs_schema_check_and_the_plugins_parse
         assert parsed.role is Role.BALANCE and "cost" not in entry.config
 
 
+@pytest.mark.server
 def test_the_schema_check_catches_what_kong_would_refuse(dumped: PluginInfo) -> None:
     config = gate_entries()[0].config
     assert validate(dumped.config_fields, {**config, "cost": "5"})[1] == ["config.cost: expected an integer"]
     assert validate(dumped.config_fields, {**config, "upstrem": "x"})[1] == ["config.upstrem: unknown field"]
 
 
+@pytest.mark.server
 def test_the_dump_kong_reads_names_the_plugin_and_its_priority(dumped: PluginInfo) -> None:
     assert dumped.name == GATE
     # After key-auth (1250), acl (950), rate-limiting (910), proxy-cache (100), request-termination (2).

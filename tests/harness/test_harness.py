@@ -28,6 +28,8 @@ from tests.harness import (
     lua_roundtrip,
 )
 
+pytestmark = pytest.mark.server  # its tests start servers or processes (tests/conftest.py)
+
 SAMPLE_ARGV = [sys.executable, str(Path(__file__).with_name("sample_plugin.py"))]
 ALICE = {"id": "c-1", "username": "alice", "custom_id": None, "tags": None}
 

@@ -257,6 +257,7 @@ def test_with_an_upstream_configured_only_allowed_requests_are_routed_to_it(
     assert refused.upstream_name is None
 
 
+@pytest.mark.server
 def test_the_server_refuses_kong_pdks_process_mode_instead_of_hanging() -> None:
     argv = [*PLUGIN_SERVER, "-m", "--kong-prefix", tempfile.gettempdir()]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30)

@@ -15,6 +15,7 @@ from creditgate.kong import node_report
 from creditgate.kong.node_report import NodeReporter
 from creditgate.service.metrics import NodeCollector
 from creditgate.store.breaker import CircuitBreaker
+from creditgate.store.keys import node_key, nodes_key
 from creditgate.store.store import RedisStore
 
 
@@ -46,7 +47,7 @@ def test_the_report_thread_ends_as_soon_as_its_store_closes(settings: RedisSetti
 def test_stores_of_one_prefix_in_one_process_each_report_their_own_breaker_and_errors(
     settings: RedisSettings, redis_client: redis.Redis
 ) -> None:
-    # Instances with other Redis or breaker settings get stores of their own (handler._StoreRegistry),
+    # Instances with other Redis or breaker settings get stores of their own (kong/stores.py),
     # on the same Redis and prefix: each store's breaker and errors must reach the scrape.
     tripped = RedisStore.from_settings(settings, breaker=CircuitBreaker(1, 10_000))
     healthy = RedisStore.from_settings(
@@ -61,9 +62,9 @@ def test_stores_of_one_prefix_in_one_process_each_report_their_own_breaker_and_e
         NodeReporter(store, 10).write()
     prefix = tripped.keys.prefix
     reports = []
-    for node in redis_client.smembers(node_report.nodes_key(prefix)):
+    for node in redis_client.smembers(nodes_key(prefix)):
         name = node.decode() if isinstance(node, bytes) else node
-        report = redis_client.hgetall(node_report.node_key(prefix, name))
+        report = redis_client.hgetall(node_key(prefix, name))
         reports.append((report[b"breaker"], report[b"errors:timeout"]))
     reports.sort()
     assert reports == [(b"closed", b"0"), (b"open", b"2")]

@@ -8,7 +8,7 @@ import gc
 import threading
 
 from creditgate.core.config import GateConfig, RedisSettings, parse_config
-from creditgate.kong.gate import _StoreRegistry
+from creditgate.kong.stores import StoreRegistry
 
 
 class Instance:
@@ -23,7 +23,7 @@ def config_for(settings: RedisSettings, read_timeout: int = 1000) -> GateConfig:
 def test_an_instance_collected_while_the_registry_is_locked_neither_hangs_nor_leaks(
     settings: RedisSettings,
 ) -> None:
-    registry = _StoreRegistry()
+    registry = StoreRegistry()
     instances = [Instance()]
     registry.get(config_for(settings), instances[0])
     finished = threading.Event()
@@ -42,7 +42,7 @@ def test_an_instance_collected_while_the_registry_is_locked_neither_hangs_nor_le
 
 
 def test_a_store_stays_open_while_any_instance_claims_it(settings: RedisSettings) -> None:
-    registry = _StoreRegistry()
+    registry = StoreRegistry()
     first, second = Instance(), Instance()
     store = registry.get(config_for(settings), first)
     assert registry.get(config_for(settings), second) is store
@@ -55,7 +55,7 @@ def test_a_store_stays_open_while_any_instance_claims_it(settings: RedisSettings
 
 
 def test_another_setting_gets_another_store(settings: RedisSettings) -> None:
-    registry = _StoreRegistry()
+    registry = StoreRegistry()
     one, other = Instance(), Instance()
     a = registry.get(config_for(settings), one)
     b = registry.get(config_for(settings, read_timeout=1001), other)

@@ -76,7 +76,7 @@ def test_the_credit_script_refuses_past_the_bound_whatever_the_caller(
     store: RedisStore, clock: Clock
 ) -> None:
     store.credit("acme", "grant", MAX_CREDITS, now=clock.now)
-    from creditgate.store.store import BalanceCapReached
+    from creditgate.errors import BalanceCapReached
 
     with pytest.raises(BalanceCapReached):
         store.credit("acme", "adjust", 1, now=clock.now)

@@ -16,7 +16,7 @@ import pytest
 from creditgate.core.config import RedisSettings
 from creditgate.core.policy import ChargeRequest
 from creditgate.ops.admin import Admin
-from creditgate.store.store import RedisClock
+from creditgate.store.clock import RedisClock
 from tests.gate_fixtures import gate_config, start_plugin_server
 from tests.harness import KongRequest, KongSide, PluginInfo
 from tests.redis_servers import RedisServer

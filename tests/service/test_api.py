@@ -327,6 +327,7 @@ def test_it_refuses_to_start_open_unless_on_loopback(settings: RedisSettings, tm
         assert open_api.call("POST", "/v1/plans", token=None, json=PLAN).status_code == 200
 
 
+@pytest.mark.server
 def test_a_redis_outage_is_a_503_with_retry_after(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis").start()
     settings = RedisSettings(host="127.0.0.1", port=server.port, connect_timeout=300, read_timeout=300)

@@ -29,6 +29,8 @@ from creditgate.store.store import RedisStore
 from tests.redis_servers import RedisServer, free_port
 from tests.service_support import READ_TOKEN, Running, running_service
 
+pytestmark = pytest.mark.server  # its tests start servers or processes (tests/conftest.py)
+
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = Path(os.environ.get("CREDIT_GATE_TEST_OUTPUT") or ROOT / "test-output") / "dashboard"

@@ -271,13 +271,13 @@ def test_a_restart_before_the_cursor_moved_sends_the_event_again_with_the_same_i
     assert store.charge(ChargeRequest("acme", 10, now=NOW)).allowed
     with receiver(fail=1) as hook:
         settings = EventSettings(urls=(hook.url,), secret=SECRET, attempts=5, backoff=10)
-        first = Dispatcher(store, store.keys, settings)
+        first = Dispatcher(store, settings)
         assert first.step(now=0) == pytest.approx(1.0)  # failed; the retry is 10 s away, past a poll
         assert hook.refused == 1 and hook.got == []
         first.step(now=5)  # not due yet: nothing sent
         assert hook.refused == 1
         # The service stops here; a new one starts from the cursor, which has not moved.
-        second = Dispatcher(store, store.keys, settings)
+        second = Dispatcher(store, settings)
         second.step(now=0)
         second.step(now=1)  # settled: nothing more
         assert [e["type"] for e in hook.got] == ["balance.depleted"]
@@ -295,6 +295,7 @@ def test_event_settings_refuse_urls_without_a_secret() -> None:
     assert EventSettings.load({}).urls == ()
 
 
+@pytest.mark.server
 def test_on_a_cluster_each_accounts_events_stay_in_its_slot_and_are_delivered(tmp_path: Any) -> None:
     from redis.cluster import RedisCluster
     from redis.crc import key_slot
@@ -319,7 +320,7 @@ def test_on_a_cluster_each_accounts_events_stay_in_its_slot_and_are_delivered(tm
             keys = store.keys.account(account)
             assert key_slot(keys.events.encode()) == key_slot(keys.state.encode())
         with receiver() as hook:
-            dispatcher = Dispatcher(store, store.keys, EventSettings(urls=(hook.url,), secret=SECRET))
+            dispatcher = Dispatcher(store, EventSettings(urls=(hook.url,), secret=SECRET))
             dispatcher.step(now=0)
             dispatcher.step(now=1)
         assert sorted(e["account"] for e in hook.got) == sorted(accounts)

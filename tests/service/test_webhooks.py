@@ -23,6 +23,8 @@ from creditgate.core.config import RedisSettings
 from creditgate.service.webhooks import generic_signature
 from tests.service_support import ADMIN_TOKEN, READ_TOKEN, Running, running_service
 
+pytestmark = pytest.mark.server  # its tests start servers or processes (tests/conftest.py)
+
 SECRET = "whsec_test_0123456789"
 GENERIC = "generic-secret-0123456789"
 

@@ -12,7 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.redis_servers import RedisServer
+
+pytestmark = pytest.mark.server  # its tests start servers or processes (tests/conftest.py)
 
 # What every program starts with: gevent first, as the plugin server does, then the hot path.
 GEVENT_HOT_PATH = """

@@ -32,6 +32,7 @@ from creditgate.core.redis_settings import Node, parse_redis
 from creditgate.errors import ConfigError, StoreError
 from creditgate.ops.admin import Admin
 from creditgate.store.store import RedisStore
+from tests.counting_listener import CountingListener
 from tests.gate_fixtures import through_gate
 from tests.harness import KongRequest, KongSide, Outcome
 from tests.redis_servers import (
@@ -156,6 +157,7 @@ def slot_owners(cluster: RedisClusterServers) -> dict[int, int]:
         return owners
 
 
+@pytest.mark.server
 def test_cluster_charges_accounts_spread_over_every_master(
     cluster: RedisClusterServers, cluster_admin: Admin
 ) -> None:
@@ -170,6 +172,7 @@ def test_cluster_charges_accounts_spread_over_every_master(
     assert {a.account for a in cluster_admin.accounts()} == set(accounts)
 
 
+@pytest.mark.server
 def test_cluster_keeps_every_key_of_an_account_on_the_accounts_slot(
     cluster: RedisClusterServers, cluster_admin: Admin
 ) -> None:
@@ -187,6 +190,7 @@ def test_cluster_keeps_every_key_of_an_account_on_the_accounts_slot(
     assert cluster_admin.verify_ledger("acme").ok
 
 
+@pytest.mark.server
 def test_cluster_reloads_the_scripts_after_script_flush_on_every_master(
     cluster: RedisClusterServers, cluster_admin: Admin
 ) -> None:
@@ -199,6 +203,7 @@ def test_cluster_reloads_the_scripts_after_script_flush_on_every_master(
     assert cluster_admin.store.charge(ChargeRequest("bravo", 1, now=int(time.time()))).balance == 99
 
 
+@pytest.mark.server
 def test_cluster_store_built_while_the_cluster_is_unreachable_works_once_it_answers(
     cluster: RedisClusterServers, cluster_admin: Admin
 ) -> None:
@@ -248,6 +253,7 @@ def sentinel_record(servers: SentinelSet, **extra: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.server
 def test_sentinel_charges_on_the_master_the_sentinels_name(sentinels: SentinelSet) -> None:
     admin = Admin(RedisStore.from_settings(parse_redis(sentinel_record(sentinels))))
     try:
@@ -287,9 +293,9 @@ def test_sentinel_failover_costs_a_short_window_of_503s_and_charges_resume_corre
     refused = [t for t, status in statuses if status == 503]
     after = [t for t, status in statuses if status is None]
     assert refused, "the kill went unnoticed: no request failed"
+    assert after, "charging never resumed on the promoted replica"
     window = after[0]
     assert all(t < window for t in refused), "a request failed after charging had resumed"
-    assert window < 10
     with capsys.disabled():
         print(
             f"\nsentinel failover (down-after 500 ms): {len(refused)} requests answered 503 over "
@@ -312,7 +318,8 @@ def wait_replicated(servers: SentinelSet) -> None:
     deadline = time.monotonic() + 5
     with servers.replica.client() as replica:
         while replica.info("replication").get("slave_repl_offset", 0) < offset:
-            assert time.monotonic() < deadline, "the replica did not catch up"
+            if time.monotonic() > deadline:  # a guard against hanging, not a speed bound
+                pytest.fail("the replica did not catch up")
             time.sleep(0.02)
 
 
@@ -372,6 +379,7 @@ def test_tls_redis_charges_with_the_certificate_checked_against_server_name(
         ({"ssl": False}, "plain TCP to a TLS-only port"),
     ],
 )
+@pytest.mark.server
 def test_tls_redis_refuses_what_it_cannot_verify(
     tls_redis: RedisServer, tls_files: TlsFiles, change: dict[str, Any], why: str
 ) -> None:
@@ -383,6 +391,7 @@ def test_tls_redis_refuses_what_it_cannot_verify(
         store.close()
 
 
+@pytest.mark.server
 def test_tls_with_ssl_verify_off_accepts_any_certificate(tls_redis: RedisServer, tls_files: TlsFiles) -> None:
     record = tls_record(tls_redis, tls_files, ssl_verify=False, ca_file=None, server_name=None)
     store = RedisStore.from_settings(parse_redis(record))
@@ -483,7 +492,8 @@ def test_the_documented_acl_allows_every_command_the_scripts_call() -> None:
 
 def test_the_documented_acl_allows_every_command_the_store_sends() -> None:
     allowed = {a[1:].lower() for a in documented_acl() if a.startswith("+")}
-    source = (ROOT / "kong_plugins" / "creditgate" / "store" / "redis_store.py").read_text()
+    store = ROOT / "kong_plugins" / "creditgate" / "store"
+    source = "".join(path.read_text() for path in sorted(store.glob("*.py")))
     sent = {name.lower() for name in re.findall(r"_run\(\s*\"(\w+)\"", source)}
     sent |= set(re.findall(r"pipe\.(\w+)\(", source)) - {"execute"}
     assert sent, "no command found: the patterns no longer match the store"
@@ -521,11 +531,16 @@ def test_a_unix_socket_redis_charges_through_the_plugin_server(
 
 
 def test_a_unix_socket_that_is_not_there_answers_503_at_once(kong: KongSide, tmp_path: Path) -> None:
-    record = {"socket_path": str(tmp_path / "no-redis.sock"), **TIMEOUTS}
-    started = time.monotonic()
+    path = tmp_path / "no-redis.sock"
+    record = {"socket_path": str(path), **TIMEOUTS}
     outcome = charge_through_gate(kong, record, "nobody")
     assert outcome.status == 503
-    assert time.monotonic() - started < 1.5  # a missing socket fails the connect at once
+    # At once: a missing socket fails the connect itself (no timeout waited for), and a request tries
+    # one connection, never again after a back-off: a listener at that path counts them.
+    assert any("No such file or directory" in line for line in outcome.logs("err"))
+    with CountingListener.unix(path) as listener:
+        assert charge_through_gate(kong, record, "nobody").status == 503
+    assert listener.attempts == 1
 
 
 # TLS with Sentinel and with Cluster: every connection (to the sentinels, to the master, to each

@@ -62,6 +62,15 @@ def check_account(account: object, where: str = "account") -> str:
     return account
 
 
+def account_name(namespace: str, identity: str) -> str:
+    """The account an identity pays from: ``<namespace>:<identity>``, or the bare identity for "".
+
+    Each kind of identity has its own namespace (the plugin's ``account_namespace``), so a custom_id
+    and a username that are equal still name two accounts. Operators name accounts the same way.
+    """
+    return f"{namespace}:{identity}" if namespace else identity
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a subscription includes: an allowance renewed every period, and whether prepaid credit may

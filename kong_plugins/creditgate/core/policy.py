@@ -1,6 +1,6 @@
 """The request policy: from what Kong said about a request to what the gate does with it.
 
-The Kong adapter (``handler.py``) reads the request into ``RequestFacts``, asks ``charge_request``
+The Kong adapter (``kong/gate.py``) reads the request into ``RequestFacts``, asks ``charge_request``
 who pays and how (None: no one, ``unauthenticated``), sends the ``ChargeRequest`` to the store (one
 script), and applies the ``Action`` that ``decided`` (or ``store_failed``) returns; in the log phase
 it asks ``settlement`` what to give back. Who pays (consumer, credential, pool tags), what shadow
@@ -30,10 +30,10 @@ from creditgate.core.decision import (
     upstream_headers,
     warning_headers,
 )
+from creditgate.core.model import account_name
 from creditgate.core.periods import DAY_SECONDS
 from creditgate.core.pricing import parse_settled_cost
 from creditgate.errors import StoreDataError, StoreError
-from creditgate.store.keys import account_name
 
 # The config's own defaults, for the answers given without a config (an invalid one) and for a charge
 # asked for without one (operators' tools, tests).
@@ -96,15 +96,15 @@ class Proxy(NamedTuple):
     charge: str | None = None  # recorded in kong.ctx.shared for the log phase
 
 
-class Refuse(NamedTuple):
-    """End the request with this problem."""
+class Respond(NamedTuple):
+    """End the request with this answer (``kong.response.exit``): a refusal, or the balance role's 200."""
 
     problem: Problem
     log: str | None = None
     log_level: str = "err"
 
 
-Action = Proxy | Refuse
+Action = Proxy | Respond
 
 # A named tuple's own __new__ is a Python function (collections.namedtuple writes one). What the gate
 # builds on every request (the charge asked for, the allowed request's answer) is built from all its
@@ -141,10 +141,10 @@ def refund_window(config: GateConfig) -> int:
     return max(config.settle_timeout, DAY_SECONDS)
 
 
-def unauthenticated(config: GateConfig) -> Refuse:
+def unauthenticated(config: GateConfig) -> Respond:
     """The answer to a request no account pays for: Kong authenticated no one (or no one by the name
     the config asks for)."""
-    return Refuse(
+    return Respond(
         failure(
             Reason.UNAUTHENTICATED,
             "This API needs an authenticated consumer; send your API credentials.",
@@ -226,7 +226,7 @@ def decided(config: GateConfig, request: ChargeRequest, result: ChargeResult) ->
     )
     if config.rate_limit_headers:
         problem.headers.update(rate_limit_headers(result))
-    return Refuse(problem)
+    return Respond(problem)
 
 
 def shadowed(config: GateConfig, request: ChargeRequest, result: ChargeResult) -> Proxy:
@@ -249,7 +249,7 @@ def store_failed(config: GateConfig, request: ChargeRequest, error: StoreError) 
     the data is wrong); an outage is a 503, or an unmetered pass-through with ``fault_tolerant`` or in
     shadow mode."""
     if isinstance(error, StoreDataError):
-        return Refuse(
+        return Respond(
             failure(
                 Reason.ACCOUNT_DATA_INVALID,
                 "The account's billing data is invalid, so the request was not processed; "
@@ -265,7 +265,7 @@ def store_failed(config: GateConfig, request: ChargeRequest, error: StoreError) 
             route_to=config.upstream,
             log=f"credit-gate: store unavailable, request proxied UNMETERED: {error}",
         )
-    return Refuse(
+    return Respond(
         failure(
             Reason.STORE_UNAVAILABLE,
             "Billing is temporarily unavailable, so the request was not processed. Retry shortly.",
@@ -277,10 +277,10 @@ def store_failed(config: GateConfig, request: ChargeRequest, error: StoreError) 
     )
 
 
-def misconfigured() -> Refuse:
+def misconfigured() -> Respond:
     """Every request through an instance whose config is invalid: the cause is in Kong's log once, not
     in each answer."""
-    return Refuse(
+    return Respond(
         failure(
             Reason.MISCONFIGURED,
             "The gateway's billing configuration is invalid; the operator has been told.",
@@ -289,9 +289,9 @@ def misconfigured() -> Refuse:
     )
 
 
-def internal_error(config: GateConfig | None, error: BaseException) -> Refuse:
+def internal_error(config: GateConfig | None, error: BaseException) -> Respond:
     """A bug, or a Kong answer nothing expected: refused with 500, nothing charged."""
-    return Refuse(
+    return Respond(
         failure(
             Reason.INTERNAL_ERROR,
             "The gateway could not process the request's billing; nothing was charged.",

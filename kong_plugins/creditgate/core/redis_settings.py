@@ -27,7 +27,8 @@ from creditgate.core.fields import Fields, between, declared, default
 from creditgate.core.values import get_bool, get_int, get_str
 from creditgate.errors import ConfigError
 
-Topology = Literal["standalone", "sentinel", "cluster"]
+# The kind of Redis the settings describe (``RedisSettings.topology``), by name.
+TopologyName = Literal["standalone", "sentinel", "cluster"]
 
 # Values several of the record's fields declare: the address of Redis, of a sentinel and of a Cluster
 # node, and both timeouts.
@@ -253,7 +254,7 @@ class RedisSettings:
     cluster_max_redirections: int = default("cluster_max_redirections", REDIS_FIELDS)
 
     @property
-    def topology(self) -> Topology:
+    def topology(self) -> TopologyName:
         if self.cluster_nodes:
             return "cluster"
         if self.sentinel_master:

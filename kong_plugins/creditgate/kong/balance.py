@@ -21,13 +21,13 @@ from creditgate.core.balance import balance_answer
 from creditgate.core.config import AccountBy, GateConfig
 from creditgate.core.decision import Reason, failure
 from creditgate.errors import StoreDataError, StoreError
-from creditgate.kong import gate as handler
+from creditgate.kong.answer import apply
 from creditgate.store.store import RedisStore
 
 
-def balance_access(gate: handler.Gate, kong: Any) -> bool:
-    """The access phase of a balance entry: always ends the request. Never raises."""
-    config, store = gate.config, gate.store
+def balance_access(config: GateConfig | None, store: RedisStore | None, kong: Any) -> bool:
+    """The access phase of a balance entry (the gate's config and store): always ends the request.
+    Never raises."""
     assert config is not None and store is not None  # the gate answers an invalid config itself
     action: policy.Action
     try:
@@ -38,7 +38,7 @@ def balance_access(gate: handler.Gate, kong: Any) -> bool:
         action = _answer(config, store, identity)
     except Exception as error:
         action = policy.internal_error(config, error)
-    return gate._apply(kong, action)
+    return apply(kong, action)
 
 
 def _answer(config: GateConfig, store: RedisStore, identity: Mapping[str, Any] | None) -> policy.Action:
@@ -50,7 +50,7 @@ def _answer(config: GateConfig, store: RedisStore, identity: Mapping[str, Any] |
     try:
         view = store.balance(payer, member)
     except StoreDataError as error:
-        return policy.Refuse(
+        return policy.Respond(
             failure(
                 Reason.ACCOUNT_DATA_INVALID,
                 "The account's billing data is invalid, so its balance cannot be shown; "
@@ -60,7 +60,7 @@ def _answer(config: GateConfig, store: RedisStore, identity: Mapping[str, Any] |
             log=f"credit-gate: balance of account '{payer}' answered 500, {error}",
         )
     except StoreError as error:
-        return policy.Refuse(
+        return policy.Respond(
             failure(
                 Reason.STORE_UNAVAILABLE,
                 "Billing is temporarily unavailable, so the balance cannot be shown. Retry shortly.",
@@ -69,5 +69,5 @@ def _answer(config: GateConfig, store: RedisStore, identity: Mapping[str, Any] |
             ),
             log=f"credit-gate: store unavailable, balance answered 503: {error}",
         )
-    # Refuse is the gate's "end the request with this answer": here a 200, applied the same way.
-    return policy.Refuse(balance_answer(view, payer, member, config.warnings))
+    # Respond ends the request with this answer: a refusal above, a 200 here, applied the same way.
+    return policy.Respond(balance_answer(view, payer, member, config.warnings))

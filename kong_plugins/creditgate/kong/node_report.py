@@ -3,18 +3,14 @@
 The circuit breaker's state and the Redis errors the plugin server met live in its memory; the
 service scrapes Redis, not the plugin servers. So each store counts its Redis errors by cause where
 the failure is already handled (nothing on the success path), and a daemon thread writes the counts
-every ``CREDIT_GATE_NODE_REPORT_SECONDS`` (default 10, 0 turns it off) to
-
-    <prefix>:{nodes}:node:<node id>   hash: breaker state, state changes, errors by cause, written at
-                                      (Unix seconds); expires after a few intervals
-    <prefix>:{nodes}:nodes            set: the node ids that reported (the service drops expired ones)
+every ``CREDIT_GATE_NODE_REPORT_SECONDS`` (default 10, 0 turns it off) into the node's report, which
+expires after a few intervals (the keys and the writing: store/nodes.py).
 
 A node is one store of one plugin server process (``node_id``): instances share a store per Redis
 and breaker setting, and each store has a breaker and error counts of its own.
 
-The ``{nodes}`` hash tag keeps both keys in one Cluster slot, away from every account's. A write that
-fails is ignored: the breaker already reports the outage, and the counts are cumulative, so the next
-write carries them.
+A write that fails is ignored: the breaker already reports the outage, and the counts are cumulative,
+so the next write carries them.
 """
 
 from __future__ import annotations
@@ -26,14 +22,12 @@ import os
 import socket
 import threading
 import time
-from typing import Any
 
-import redis
+from creditgate.store.store import RedisStore
 
 INTERVAL_ENV = "CREDIT_GATE_NODE_REPORT_SECONDS"
 DEFAULT_INTERVAL = 10.0
 TTL_INTERVALS = 3  # a node that missed three writes is gone
-CAUSES = ("timeout", "connection", "other")
 
 
 # Numbers the reports of this process. Instances with other Redis or breaker settings have a store
@@ -46,14 +40,6 @@ def node_id() -> str:
     """hostname:pid:n, unique per store of a plugin server process (each of ``--processes`` has its
     own pid, each store of a process its own n)."""
     return f"{socket.gethostname()}:{os.getpid()}:{next(_REPORTS)}"
-
-
-def node_key(prefix: str, node: str) -> str:
-    return f"{prefix}:{{nodes}}:node:{node}"
-
-
-def nodes_key(prefix: str) -> str:
-    return f"{prefix}:{{nodes}}:nodes"
 
 
 MAX_INTERVAL = 3600.0  # an hour: beyond it a report says nothing useful (and a wait overflows at inf)
@@ -70,22 +56,6 @@ def interval_from_env() -> float:
     return min(max(0.0, interval), MAX_INTERVAL)
 
 
-class RedisErrors:
-    """Redis failures by cause. Plain increments: a lost one under a race costs one count, no lock."""
-
-    def __init__(self) -> None:
-        self.counts = dict.fromkeys(CAUSES, 0)
-
-    def count(self, error: BaseException) -> None:
-        if isinstance(error, redis.exceptions.TimeoutError):
-            cause = "timeout"
-        elif isinstance(error, redis.exceptions.ConnectionError):
-            cause = "connection"
-        else:
-            cause = "other"
-        self.counts[cause] += 1
-
-
 class NodeReporter:
     """A daemon thread writing one store's counts every ``interval`` seconds until ``stop``.
 
@@ -96,7 +66,7 @@ class NodeReporter:
     holds for a moment on each wake-up: a finalizer run there would wait on its own thread for ever.)
     """
 
-    def __init__(self, store: Any, interval: float, node: str | None = None) -> None:
+    def __init__(self, store: RedisStore, interval: float, node: str | None = None) -> None:
         self.store = store
         self.interval = interval
         self.node = node or node_id()
@@ -139,12 +109,5 @@ class NodeReporter:
         return fields
 
     def write(self) -> None:
-        prefix = self.store.keys.prefix
-        key = node_key(prefix, self.node)
-        client = self.store.client
         ttl = max(1, int(self.interval * TTL_INTERVALS + 0.999))
-        pipe = client.pipeline(transaction=False)
-        pipe.hset(key, mapping=self.fields())
-        pipe.expire(key, ttl)
-        pipe.sadd(nodes_key(prefix), self.node)
-        pipe.execute()
+        self.store.write_node_report(self.node, self.fields(), ttl)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from creditgate.core.alerts import Alerts
 from creditgate.core.config import KEY_PREFIX, RedisSettings
 from creditgate.core.inputs import format_instant
 from creditgate.core.model import (
@@ -23,57 +24,75 @@ from creditgate.core.model import (
     check_plan_name,
     credits,
 )
-from creditgate.core.periods import DAY_SECONDS, Period, window_at
+from creditgate.core.periods import Period, window_at
 from creditgate.core.schema import default
-from creditgate.errors import ConfigError, Conflict, InvalidDocument, NotFound, StoreEmpty
-from creditgate.store.store import (
-    USAGE_TTL_SECONDS,
-    AccountState,
+from creditgate.errors import (
     BalanceCapReached,
-    CreditResult,
-    ImportOutcome,
+    ConfigError,
+    Conflict,
     InsufficientBalance,
-    RedisStore,
+    InvalidDocument,
+    NotFound,
+    StoreEmpty,
 )
-from creditgate.store.store import LedgerEntry as LedgerEntry  # re-exported: what ledger() returns
-
-MAX_USAGE_DAYS = USAGE_TTL_SECONDS // DAY_SECONDS
-# The charge and settle scripts' counters (see charge.lua, settle.lua): "<route>[|member:<m>]|<field>".
-USAGE_FIELDS = (
-    "requests",
-    "credits",
-    "refused",
-    "refunded",
-    "settled_back",
-    "replayed",
-    "shadow_allowed",
-    "shadow_refused",
-)
-# Each refusal is also counted by its reason, "<route>|refused:<reason>" (refusal_events in _lib.lua).
-REFUSED_BY = "refused:"
-# Refusals counted before reasons were (or under a counter that would not parse): the rest of `refused`.
-UNRECORDED_REASON = "unrecorded"
+from creditgate.ops.usage import USAGE_FIELDS, UsageRow, credits_per_day, days_overlapping, usage_rows
+from creditgate.store import events
+from creditgate.store.replies import AccountState, CreditResult, ImportOutcome, LedgerEntry
+from creditgate.store.store import RedisStore
 
 
 @dataclass(frozen=True)
 class AccountView:
-    """An account as a charge made now would see it: the current period is worked out here, because the
-    charge script rolls a period over only on the first request after it ends."""
+    """An account as a charge made now would see it: its ``state`` as stored, with the current period
+    worked out here, because the charge script rolls a period over only on the first request after it
+    ends. The period's figures are the view's own; the rest is read from the state."""
 
-    account: str
-    plan: str
-    status: str
-    starts_at: int
-    anchor: int
-    expires_at: int
-    period: str
-    allowance: int
+    state: AccountState
+    # The current period, as a charge made now would find it (the state's may have ended).
+    period: str  # its length; "none" also for a length the state holds that does not parse
     used: int
-    remaining: int
     period_start: int
     period_end: int
-    prepaid: bool
-    balance: int
+
+    @property
+    def account(self) -> str:
+        return self.state.account
+
+    @property
+    def plan(self) -> str:
+        return self.state.plan
+
+    @property
+    def status(self) -> str:
+        return self.state.status
+
+    @property
+    def starts_at(self) -> int:
+        return self.state.starts_at
+
+    @property
+    def anchor(self) -> int:
+        return self.state.anchor
+
+    @property
+    def expires_at(self) -> int:
+        return self.state.expires_at
+
+    @property
+    def allowance(self) -> int:
+        return self.state.allowance
+
+    @property
+    def prepaid(self) -> bool:
+        return self.state.prepaid
+
+    @property
+    def balance(self) -> int:
+        return self.state.balance
+
+    @property
+    def remaining(self) -> int:
+        return max(self.allowance - self.used, 0)
 
     @property
     def subscribed(self) -> bool:
@@ -117,22 +136,7 @@ def account_view(state: AccountState, now: int) -> AccountView:
         used, start, end = 0, window.start, window.end
     elif period is Period.NONE:
         start, end = state.anchor, 0
-    return AccountView(
-        account=state.account,
-        plan=state.plan,
-        status=state.status,
-        starts_at=state.starts_at,
-        anchor=state.anchor,
-        expires_at=state.expires_at,
-        period=period.value,
-        allowance=state.allowance,
-        used=used,
-        remaining=max(state.allowance - used, 0),
-        period_start=start,
-        period_end=end,
-        prepaid=state.prepaid,
-        balance=state.balance,
-    )
+    return AccountView(state, period.value, used, start, end)
 
 
 @dataclass(frozen=True)
@@ -149,54 +153,6 @@ class LedgerCheck:
     @property
     def ok(self) -> bool:
         return self.replayed == self.balance
-
-
-@dataclass(frozen=True)
-class UsageRow:
-    """One account's use of one route on one UTC day (``day`` is YYYY-MM-DD)."""
-
-    day: str
-    account: str
-    route: str
-    requests: int
-    credits: int
-    refused: int
-    member: str = ""  # a pool member's own row; "" for the account as a whole
-    refunded: int = 0  # credits given back: refunds of failed calls and settlements below the hold
-    replayed: int = 0  # retries answered by an earlier charge (Idempotency-Key)
-    shadow_allowed: int = 0  # shadow mode: would have been charged
-    shadow_refused: int = 0  # shadow mode: would have been refused
-    # (reason, count) by reason, adding up to `refused`; empty on a member's row (counted for the pool)
-    refused_by_reason: tuple[tuple[str, int], ...] = ()
-
-    @property
-    def net_credits(self) -> int:
-        return self.credits - self.refunded
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "day": self.day,
-            "account": self.account,
-            "route": self.route,
-            "member": self.member or None,
-            "requests": self.requests,
-            "credits": self.credits,
-            "refunded": self.refunded,
-            "refused": self.refused,
-            "replayed": self.replayed,
-            "shadow_allowed": self.shadow_allowed,
-            "shadow_refused": self.shadow_refused,
-        }
-
-
-def credits_per_day(rows: Iterable[UsageRow]) -> dict[str, int]:
-    """Credits spent per UTC day, net of refunds, counting each charge once: a pool member's row
-    repeats part of its pool's, so members' rows are left out."""
-    per_day: dict[str, int] = {}
-    for row in rows:
-        if not row.member:
-            per_day[row.day] = per_day.get(row.day, 0) + row.net_credits
-    return per_day
 
 
 def stream_bound(epoch: int | None, *, end: bool) -> str:
@@ -506,14 +462,7 @@ class Admin:
     def usage(self, *, since: int, until: int, accounts: Iterable[str] | None = None) -> list[UsageRow]:
         """Requests, credits and refusals per account, route and UTC day, for the days that overlap
         ``[since, until)``, from the counters the charge script keeps (the ledger is never scanned)."""
-        if until <= since:
-            raise InvalidDocument("must be after since", "until")
-        first = since - since % DAY_SECONDS
-        days = list(range(first, until, DAY_SECONDS))
-        if len(days) > MAX_USAGE_DAYS:
-            raise InvalidDocument(
-                f"covers {len(days)} days; usage is kept for {MAX_USAGE_DAYS} days, ask for fewer", "since"
-            )
+        days = days_overlapping(since, until)
         if accounts is None:
             names = self.store.account_names()
         else:
@@ -523,7 +472,7 @@ class Admin:
         rows: list[UsageRow] = []
         for account in names:
             for day, counters in zip(days, self.store.usage_days(account, days), strict=True):
-                rows += _usage_rows(format_instant(day) or "", account, counters)
+                rows += usage_rows(format_instant(day) or "", account, counters)
         rows.sort(key=lambda r: (r.day, r.account, r.route))
         return rows
 
@@ -594,62 +543,26 @@ class Admin:
 
     # Threshold events (the charge script raises them; the service delivers them, service/events.py)
 
-    def set_alerts(self, account: str, alerts: Any) -> Any:
+    def set_alerts(self, account: str, alerts: Alerts) -> Alerts:
         """What the account's threshold events watch, in force from its next charge (``core.alerts``).
 
-        Written in one MULTI: the alert fields replaced, and the account listed for delivery while it has
-        any. What the script remembers (an expiry or a period already told) is kept, so that setting the
-        same alerts again raises nothing twice; clearing every alert forgets it.
+        The alert fields are replaced in one MULTI, and the account listed for delivery while it has any
+        (``store.events.set_alert_fields``). What the script remembers (an expiry or a period already
+        told) is kept, so that setting the same alerts again raises nothing twice; clearing every alert
+        forgets it.
         """
-        from creditgate.core.alerts import FIELDS, MEMORY_FIELDS, Alerts
-
-        assert isinstance(alerts, Alerts)
         self.account(account)
-        keys = self.store.keys
-        state = keys.account(account).state
-        fields = alerts.fields()
-
-        # Listed before the fields are written and unlisted after they are gone: a listed account
-        # without alerts costs the service one read, an unlisted one with alerts would lose its events.
-        # The account's fields change in one MULTI (one key, so also on a Cluster).
-        if fields:
-            self.store._run("SADD", keys.event_accounts, account)
-
-        def fill(pipe: Any) -> None:
-            pipe.hdel(state, *FIELDS.values())
-            if fields:
-                pipe.hset(state, mapping=fields)
-            else:
-                pipe.hdel(state, *MEMORY_FIELDS)
-
-        self.store._pipeline(fill, transaction=True)
-        if not fields:
-            self.store._run("SREM", keys.event_accounts, account)
+        events.set_alert_fields(self.store, account, alerts.fields())
         return alerts
 
-    def alerts(self, account: str) -> Any:
-        from creditgate.core.alerts import FIELDS, Alerts
-
+    def alerts(self, account: str) -> Alerts:
         self.account(account)
-        names = list(FIELDS.values())
-        values = self.store._run("HMGET", self.store.keys.account(account).state, *names)
-        raw = {n: (v.decode() if isinstance(v, bytes) else v) for n, v in zip(names, values, strict=True)}
-        return Alerts.from_fields({n: v for n, v in raw.items() if v is not None})
+        return Alerts.from_fields(events.alert_fields(self.store, account))
 
     def recent_events(self, account: str, limit: int = 100) -> list[dict[str, Any]]:
         """The newest events of the account's stream, oldest first (what the service delivers)."""
         self.account(account)
-        entries = self.store._run(
-            "XREVRANGE", self.store.keys.account(account).events, "+", "-", "COUNT", limit
-        )
-
-        def text(value: Any) -> str:
-            return value.decode() if isinstance(value, bytes) else str(value)
-
-        return [
-            {"stream_id": text(i), **{text(k): text(v) for k, v in fields.items()}}
-            for i, fields in reversed(entries)
-        ]
+        return [{"stream_id": i, **fields} for i, fields in events.recent_events(self.store, account, limit)]
 
 
 def _cap_conflict(account: str, balance: int, amount: int) -> Conflict:
@@ -659,42 +572,15 @@ def _cap_conflict(account: str, balance: int, amount: int) -> Conflict:
     )
 
 
-def _usage_rows(day: str, account: str, counters: dict[str, int]) -> list[UsageRow]:
-    by_route: dict[tuple[str, str], dict[str, int]] = {}
-    reasons: dict[tuple[str, str], dict[str, int]] = {}
-    for name, value in counters.items():
-        where, _, field = name.rpartition("|")
-        route, _, member = where.partition("|member:")
-        if field.startswith(REFUSED_BY) and field != REFUSED_BY:
-            reasons.setdefault((route, member), {})[field.removeprefix(REFUSED_BY)] = value
-            by_route.setdefault((route, member), {})
-        elif field in USAGE_FIELDS:
-            by_route.setdefault((route, member), {})[field] = value
-    rows = []
-    for (route, member), c in sorted(by_route.items()):
-        refused, by_reason = c.get("refused", 0), reasons.get((route, member), {})
-        if not member:  # the reasons add up to `refused`, whatever the counters say
-            rest = refused - sum(by_reason.values())
-            if rest > 0:
-                by_reason = {**by_reason, UNRECORDED_REASON: by_reason.get(UNRECORDED_REASON, 0) + rest}
-            refused = max(refused, sum(by_reason.values()))
-        rows.append(
-            UsageRow(
-                day[:10],
-                account,
-                route,
-                c.get("requests", 0),
-                c.get("credits", 0),
-                refused,
-                member=member,
-                refunded=c.get("refunded", 0) + c.get("settled_back", 0),
-                replayed=c.get("replayed", 0),
-                shadow_allowed=c.get("shadow_allowed", 0),
-                shadow_refused=c.get("shadow_refused", 0),
-                refused_by_reason=tuple(sorted(by_reason.items())) if not member else (),
-            )
-        )
-    return rows
-
-
-__all__ = ["AccountView", "Admin", "InvalidDocument", "LedgerCheck", "UsageRow"]
+__all__ = [
+    "USAGE_FIELDS",
+    "AccountView",
+    "Admin",
+    "InvalidDocument",
+    "LedgerCheck",
+    "LedgerEntry",
+    "UsageRow",
+    "account_view",
+    "credits_per_day",
+    "stream_bound",
+]

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from creditgate.core.inputs import format_instant, format_millis
 from creditgate.store.keys import account_tag
-from creditgate.store.store import LedgerEntry
+from creditgate.store.replies import LedgerEntry
 
 NUMBERS = (
     "amount",

@@ -47,7 +47,7 @@ from creditgate.service.routes import (
     body_dependency,
 )
 from creditgate.service.webhooks import generic_signature
-from creditgate.store.keys import Keys
+from creditgate.store import events as stored
 from creditgate.store.store import RedisStore
 
 log = logging.getLogger("creditgate.service")
@@ -140,10 +140,6 @@ def event_document(account: str, stream_id: str, fields: Mapping[str, str]) -> d
     }
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-
-
 def sign(secret: str, body: bytes, now: float) -> dict[str, str]:
     timestamp = str(int(now))
     return {"Webhook-Timestamp": timestamp, "Webhook-Signature": generic_signature(secret, timestamp, body)}
@@ -187,19 +183,18 @@ class _Pending:
 
 class Dispatcher:
     """Reads the alerting accounts' streams and delivers their events; ``step`` is one pass (the thread
-    calls it in a loop; tests call it with their own clock)."""
+    calls it in a loop; tests call it with their own clock). The streams, cursors and dead letters are
+    the store's own (``store/events.py``)."""
 
     def __init__(
         self,
         store: RedisStore,
-        keys: Keys,
         settings: EventSettings,
         *,
         count: Callable[[str], None] = lambda outcome: None,
         session: requests.Session | None = None,
     ) -> None:
         self.store = store
-        self.keys = keys
         self.settings = settings
         self.count = count
         self.session = session or requests.Session()
@@ -212,22 +207,12 @@ class Dispatcher:
 
     def _fill(self) -> None:
         """Read new events of every account whose queue is empty, past its cursor."""
-        accounts = sorted(_text(a) for a in self.store._run("SMEMBERS", self.keys.event_accounts))
-        idle = [a for a in accounts if not self._queues.get(a)]
+        idle = [a for a in stored.alerting_accounts(self.store) if not self._queues.get(a)]
         for i in range(0, len(idle), ACCOUNTS_PER_READ):
             batch = idle[i : i + ACCOUNTS_PER_READ]
-            cursors = self.store._run("HMGET", self.keys.event_cursors, *batch)
-
-            def fill(pipe: Any, batch: list[str] = batch, cursors: list[Any] = cursors) -> None:
-                for account, cursor in zip(batch, cursors, strict=True):
-                    start = "(" + _text(cursor) if cursor else "-"
-                    pipe.xrange(self.keys.account(account).events, start, "+", count=BATCH)
-
-            for account, entries in zip(batch, self.store._pipeline(fill), strict=True):
+            for account, entries in zip(batch, stored.read_events(self.store, batch, BATCH), strict=True):
                 queue = self._queues.setdefault(account, deque())
-                for stream_id, raw in entries:
-                    sid = _text(stream_id)
-                    fields = {_text(k): _text(v) for k, v in raw.items()}
+                for sid, fields in entries:
                     event = event_document(account, sid, fields)
                     queue.append(_Pending(sid, event, {url: _Target() for url in self.settings.urls}))
 
@@ -262,7 +247,7 @@ class Dispatcher:
             "error": error,
             "dead_at": format_instant(int(time.time())),
         }
-        self.store._run("HSET", self.keys.dead_letters, letter["id"], json.dumps(letter, sort_keys=True))
+        stored.put_dead_letter(self.store, letter)
         self.count("dead_lettered")
         log.warning("credit-gate: event %s to %s given up after %d attempts (%s): a dead letter now",
                     event["id"], url, attempts, error)  # fmt: skip
@@ -280,7 +265,7 @@ class Dispatcher:
                     next_due = min(next_due, *(t.due for t in head.targets.values()))
                     break
                 # Settled at every URL: the cursor moves past it (a restart before this line sends it again).
-                self.store._run("HSET", self.keys.event_cursors, account, head.stream_id)
+                stored.move_cursor(self.store, account, head.stream_id)
                 queue.popleft()
         return max(0.0, next_due - moment)
 
@@ -386,15 +371,10 @@ def account_events(
     return {"account": account, "events": events}
 
 
-def _letters(service: Any) -> dict[str, dict[str, Any]]:
-    raw = service.admin.store._run("HGETALL", Keys(service.key_prefix).dead_letters)
-    return {_text(k): json.loads(_text(v)) for k, v in raw.items()}
-
-
 @router.get("/events/dead-letters", responses=READ)
 def dead_letters(service: Reader) -> dict[str, Any]:
     """Events a receiver did not take after the last attempt, oldest first."""
-    letters = sorted(_letters(service).values(), key=lambda d: (d["dead_at"], d["id"]))
+    letters = sorted(stored.dead_letters(service.admin.store).values(), key=lambda d: (d["dead_at"], d["id"]))
     return {"dead_letters": letters}
 
 
@@ -409,7 +389,7 @@ def replay_dead_letter(service: Writer, letter: DEAD_LETTER_ID) -> dict[str, Any
     settings = settings_of(service)
     if not settings.secret:
         raise ApiProblem(404, "events_not_configured", f"set {SECRET_ENV} to sign the events it sends")
-    found = _letters(service).get(letter)
+    found = stored.dead_letters(service.admin.store).get(letter)
     if found is None:
         raise NotFound(f"no dead letter '{letter}'")
     session = requests.Session()
@@ -418,13 +398,13 @@ def replay_dead_letter(service: Writer, letter: DEAD_LETTER_ID) -> dict[str, Any
         error = post(session, settings, found["url"], found["event"])
     if error:
         raise ApiProblem(502, "delivery_failed", f"{found['url']} did not take the event: {error}")
-    service.admin.store._run("HDEL", Keys(service.key_prefix).dead_letters, letter)
+    stored.drop_dead_letter(service.admin.store, letter)
     return {"id": letter, "delivered": True, "event": found["event"]["id"], "url": found["url"]}
 
 
 @router.delete("/events/dead-letters/{letter}", responses={**WRITE, **_problems(404)})
 def drop_dead_letter(service: Writer, letter: DEAD_LETTER_ID) -> dict[str, Any]:
-    if not service.admin.store._run("HDEL", Keys(service.key_prefix).dead_letters, letter):
+    if not stored.drop_dead_letter(service.admin.store, letter):
         raise NotFound(f"no dead letter '{letter}'")
     return {"id": letter, "dropped": True}
 

@@ -19,9 +19,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from creditgate.core.periods import DAY_SECONDS
-from creditgate.kong import node_report
 from creditgate.ops.admin import USAGE_FIELDS
 from creditgate.service.state import Service, reader
+from creditgate.store.nodes import CAUSES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BATCH = 500
@@ -104,7 +104,7 @@ class UsageCollector(Collector):
 
 
 class NodeCollector(Collector):
-    """What each plugin server published (node_report.py): its breaker and the Redis errors it met.
+    """What each plugin server published (kong/node_report.py): its breaker and the Redis errors it met.
 
     A node whose report expired (stopped, or unable to write for a few intervals) drops out of the
     scrape and out of the set of nodes.
@@ -114,10 +114,7 @@ class NodeCollector(Collector):
         self.service = service
 
     def collect(self) -> Iterator[Metric]:
-        store = self.service.admin.store
-        client: Any = store.client
-        prefix = store.keys.prefix
-        nodes = sorted(_text(n) for n in client.smembers(node_report.nodes_key(prefix)))
+        reports = self.service.admin.store.node_reports()
         breaker_open = GaugeMetricFamily(
             "credit_gate_breaker_open",
             "1 while a plugin server's circuit to Redis is open or half-open, by node",
@@ -137,28 +134,16 @@ class NodeCollector(Collector):
             labels=["node"],
         )
         now = time.time()
-        gone: list[str] = []
-        for node in nodes:
-            raw = client.hgetall(node_report.node_key(prefix, node))
-            if not raw:
-                gone.append(node)
-                continue
-            fields = {_text(k): _text(v) for k, v in raw.items()}
+        for node, fields in reports.items():
             breaker_open.add_metric([node], 0 if fields.get("breaker") in ("closed", "off") else 1)
             changes.add_metric([node], _number(fields.get("breaker_changes")))
-            for cause in node_report.CAUSES:
+            for cause in CAUSES:
                 errors.add_metric([node, cause], _number(fields.get(f"errors:{cause}")))
             age.add_metric([node], max(0.0, now - _number(fields.get("written_at"))))
-        if gone:
-            client.srem(node_report.nodes_key(prefix), *gone)
         yield breaker_open
         yield changes
         yield errors
         yield age
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _number(value: str | None) -> float:

@@ -31,7 +31,7 @@ from creditgate.service import paths  # noqa: F401 - registers the {param:name} 
 from creditgate.service.body import json_body, validate
 from creditgate.service.problems import CODES, ApiProblem
 from creditgate.service.state import Service, reader, writer
-from creditgate.store.store import CreditResult, LedgerEntry
+from creditgate.store.replies import CreditResult, LedgerEntry
 
 MAX_PAGE = 1000
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")

@@ -48,7 +48,7 @@ def build(
     registry_for(service)  # built before any thread counts into it
     if events.urls:
         service.extra["dispatcher"] = Dispatcher(
-            admin.store, admin.store.keys, events, count=lambda outcome: count_delivery(service, outcome)
+            admin.store, events, count=lambda outcome: count_delivery(service, outcome)
         )
     return create_app(service), warning
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import time
@@ -39,6 +38,7 @@ from creditgate.service.body import parse_json, read_body, validate
 from creditgate.service.metrics import count_webhook
 from creditgate.service.problems import ApiProblem
 from creditgate.service.state import Service, service_of
+from creditgate.store import payments
 
 log = logging.getLogger("creditgate.service")
 
@@ -98,10 +98,6 @@ def settings_of(service: Service) -> WebhookSettings:
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 
-def _payments_key(service: Service) -> str:
-    return f"{service.key_prefix}:stripe:payments"
-
-
 def _get(obj: Any, *path: str) -> Any:
     for name in path:
         if not isinstance(obj, dict):
@@ -159,9 +155,7 @@ def _grant_payment(
         )
         return _ack(event, "no_mapped_price", account=account)
     # The payment is recorded before the grant, so that whenever a grant exists a refund can find it.
-    record = json.dumps({"account": account, "credits": credits, "amount": payment["amount"]})
-    for ref in payment["refs"]:
-        service.admin.store._run("HSET", _payments_key(service), ref, record)
+    payments.record_payment(service.admin.store, payment["refs"], account, credits, payment["amount"])
     result = service.admin.grant(account, credits, note=f"stripe {event['type']}", idempotency_key=key)
     return _ack(event, "granted" if result.applied else "already_applied", account=account, credits=credits)
 
@@ -175,12 +169,7 @@ def _take_back(
             "credit-gate: Stripe %s %s not applied: refunds are turned off", event["type"], event["id"]
         )
         return _ack(event, "refunds_off")
-    record = None
-    for ref in refs:
-        raw = service.admin.store._run("HGET", _payments_key(service), ref)
-        if raw:
-            record = json.loads(raw)
-            break
+    record = payments.find_payment(service.admin.store, refs)
     if record is None or not isinstance(amount, int) or amount <= 0 or not record["amount"]:
         log.warning("credit-gate: Stripe %s %s matches no credited payment", event["type"], event["id"])
         return _ack(event, "no_payment")
@@ -205,11 +194,10 @@ def _dispute_closed(service: Service, event: dict[str, Any], obj: dict[str, Any]
     status = obj.get("status")
     if status != "won":
         return _ack(event, "dispute_not_won", status=status)
-    raw = service.admin.store._run("HGET", _payments_key(service), f"dispute:{obj['id']}")
-    if not raw:
+    taken = payments.dispute_taken(service.admin.store, obj["id"])
+    if taken is None:
         log.warning("credit-gate: Stripe %s %s: the dispute took no credits", event["type"], event["id"])
         return _ack(event, "nothing_taken")
-    taken = json.loads(raw)
     result = service.admin.grant(
         taken["account"],
         taken["credits"],
@@ -266,8 +254,7 @@ def apply_stripe_event(service: Service, event: dict[str, Any]) -> dict[str, Any
         if answer["outcome"] in ("adjusted", "already_applied"):
             # What was taken, for the dispute's close. Written after the adjustment (so it never names
             # credits not taken) and again on a re-sent event (so a crash between the two heals).
-            taken = json.dumps({"account": answer["account"], "credits": -answer["credits"]})
-            service.admin.store._run("HSET", _payments_key(service), f"dispute:{obj['id']}", taken)
+            payments.record_dispute(service.admin.store, obj["id"], answer["account"], -answer["credits"])
         return answer
     if kind == "charge.dispute.closed":
         return _dispute_closed(service, event, obj)

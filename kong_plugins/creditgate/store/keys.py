@@ -25,10 +25,14 @@ forms cannot meet. The full name is kept where names are listed (``accounts``, `
     <prefix>:events:accounts            set: accounts with alerts set (whose events the service delivers)
     <prefix>:events:cursors             hash: account -> id of the last event delivered (or dead-lettered)
     <prefix>:events:dead                hash: dead letter id -> the event and receiver that gave up (JSON)
+    <prefix>:stripe:payments            hash: Stripe payment reference -> the credits it granted (JSON),
+                                        and "dispute:<id>" -> what a dispute took back
     <prefix>:store                      string: "this Redis holds credit-gate's data" (standalone,
                                         Sentinel); on a Cluster one such key per slot,
                                         <prefix>:{<slot tag>}:store, so that a charge reads the one
                                         of its account's slot
+    <prefix>:{nodes}:node:<node id>     hash: a plugin server store's report (store/nodes.py)
+    <prefix>:{nodes}:nodes              set: the node ids that reported
 """
 
 from __future__ import annotations
@@ -41,15 +45,6 @@ from functools import lru_cache
 from urllib.parse import quote
 
 SAFE = "-._~@+="
-
-
-def account_name(namespace: str, identity: str) -> str:
-    """The account an identity pays from: ``<namespace>:<identity>``, or the bare identity for "".
-
-    Each kind of identity has its own namespace (the plugin's ``account_namespace``), so a custom_id
-    and a username that are equal still name two accounts. Operators name accounts the same way.
-    """
-    return f"{namespace}:{identity}" if namespace else identity
 
 
 # Names up to this length keep a readable tag (every name was at most this long before longer ones were
@@ -133,6 +128,10 @@ class Keys:
     def dead_letters(self) -> str:
         return f"{self.prefix}:events:dead"
 
+    @property
+    def stripe_payments(self) -> str:
+        return f"{self.prefix}:stripe:payments"
+
 
 @lru_cache(maxsize=16_384)  # names are pure functions of (prefix, account): build each once
 def account_keys(prefix: str, account: str) -> AccountKeys:
@@ -172,6 +171,15 @@ def slot_marker(prefix: str, account: str) -> str:
     tag = account_tag(account).encode()
     slot = binascii.crc_hqx(tag, 0) % CLUSTER_SLOTS
     return f"{prefix}:{{{slot_tags()[slot]}}}:store"
+
+
+def node_key(prefix: str, node: str) -> str:
+    """A node's report: the ``{nodes}`` hash tag keeps reports in one Cluster slot, away from accounts'."""
+    return f"{prefix}:{{nodes}}:node:{node}"
+
+
+def nodes_key(prefix: str) -> str:
+    return f"{prefix}:{{nodes}}:nodes"
 
 
 def store_markers(prefix: str) -> list[str]:

@@ -1,8 +1,9 @@
 """The Redis store: every read and write of credit-gate's data, each write one Lua script.
 
-The store knows keys, scripts and replies; it decides nothing (the scripts keep the money rules, the
-core explains them). Commands are never re-sent by the client: redis-py retries timeouts and
-connection errors by default, and a re-sent charge whose first reply was lost would be applied twice.
+The store knows keys, scripts and replies (built and decoded in replies.py); it decides nothing (the
+scripts keep the money rules, the core explains them). Commands are never re-sent by the client:
+redis-py retries timeouts and connection errors by default, and a re-sent charge whose first reply was
+lost would be applied twice.
 A failed call raises ``StoreError`` and its outcome is unknown; the ledger tells what happened.
 
 ``RedisStore.from_settings`` builds the client for the configured topology (``store/topology/``: one
@@ -14,11 +15,8 @@ at once while Redis is down.
 from __future__ import annotations
 
 import json
-import math
-import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cached_property, partial
 from importlib import resources
 from typing import Any, TypeVar, cast
@@ -28,21 +26,41 @@ from redis.commands.core import Script
 
 from creditgate.core.balance import BalanceView
 from creditgate.core.config import RedisSettings
-from creditgate.core.decision import ChargeResult, Reason
+from creditgate.core.decision import ChargeResult
 from creditgate.core.model import Plan, Status, Subscription
-from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.core.schema import default
-from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreTimeout, StoreUnavailable
-from creditgate.kong.node_report import NodeReporter, RedisErrors
-from creditgate.store import topology
+from creditgate.errors import (
+    BalanceCapReached,
+    InsufficientBalance,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+)
+from creditgate.store import nodes, topology
 from creditgate.store.breaker import CircuitBreaker
+from creditgate.store.clock import RedisClock
 from creditgate.store.hot_path import HotPath
-from creditgate.store.keys import AccountKeys, Keys, account_keys
+from creditgate.store.keys import Keys, account_keys
+from creditgate.store.nodes import RedisErrors, Reporter
+from creditgate.store.replies import (
+    USAGE_TTL_SECONDS,
+    AccountState,
+    CreditResult,
+    ImportOutcome,
+    LedgerEntry,
+    SettleResult,
+    account_state_reply,
+    as_text,
+    balance_reply,
+    charge_arguments,
+    charge_reply,
+    data_error,
+    ledger_entry_reply,
+)
 
 T = TypeVar("T")
 
-USAGE_TTL_SECONDS = 400 * 86_400
 DEFAULT_LEDGER_RETENTION: int = default("ledger_retention")
 DEFAULT_PREFIX: str = default("key_prefix")
 
@@ -58,267 +76,9 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 
 
-# Error replies that mean "Redis is up and the data is wrong": a script's BADDATA (see _lib.lua), a
-# command on a key of the wrong type. Not an outage: never counted by the breaker, never passed through.
-_DATA_ERROR = re.compile(
-    r"^(?:BADDATA (?P<key>\S+) (?P<rest>.*?)(?: script: \w+, on @\S+)?\.?$|WRONGTYPE )", re.S
-)
-
-
-def _data_error(error: BaseException) -> StoreDataError | None:
-    if not isinstance(error, redis.exceptions.ResponseError):
-        return None
-    text = str(error)
-    match = _DATA_ERROR.match(text)
-    if match is None:
-        return None
-    key = match.group("key") or ""
-    if key:
-        return StoreDataError(f"bad data in Redis: key {key} {match.group('rest')}", key=key)
-    return StoreDataError(f"bad data in Redis: {text}")
-
-
 def _script_source(name: str) -> str:
     lua = resources.files("creditgate.store") / "lua"
     return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# A named tuple's own __new__ is a Python function (collections.namedtuple writes one): the reply is
-# decoded on every request, so it goes to tuple's, at half the cost.
-_charge_result = cast(Callable[[tuple[Any, ...]], ChargeResult], partial(tuple.__new__, ChargeResult))
-
-
-def _charge_arguments(
-    request: ChargeRequest, keys: AccountKeys, marker: str, deadline: int, redis_now: float | None = None
-) -> tuple[list[str], list[Any]]:
-    """charge.lua's KEYS and ARGV for a request (see the script's header), with the account's keys,
-    its slot's store marker and the deadline on Redis's clock. ``redis_now`` (Unix seconds, Redis's
-    clock as this host estimates it) picks the day's usage hash when Redis's clock decides, so that
-    gateway nodes whose clocks disagree count a request near midnight to the same day."""
-    (_account, cost, now, entitled, route, ledger_retention, shadow, idempotency_key, idempotency_window,
-     member, hold_seconds, settle_window) = request  # fmt: skip
-    window = idempotency_window if idempotency_key else 0
-    local_or_redis = time.time() if redis_now is None else redis_now
-    day_of = int(local_or_redis) if now is None else now
-    return [
-        keys.state,
-        keys.ledger,
-        keys.usage(day_of),
-        # Unused by the script without a key: any key of the account's slot will do. The key is
-        # bound to the route and the cost, so that a key paid for on a cheap route cannot let a
-        # dearer request through.
-        keys.request(f"{route}\0{cost}\0{idempotency_key}") if window else keys.members,
-        keys.members,
-        keys.holds,
-        keys.holds_index,
-        marker,
-    ], [
-        "" if now is None else now,
-        cost,
-        ",".join(entitled),
-        route,
-        ledger_retention,
-        USAGE_TTL_SECONDS,
-        deadline,
-        "shadow" if shadow else "charge",
-        window,
-        member,
-        hold_seconds,
-        settle_window,
-    ]
-
-
-def _charge_reply(reply: Sequence[Any]) -> tuple[int, ChargeResult | StoreError]:
-    """charge.lua's reply, read by name in the one order the script writes it (``answer`` there):
-    Redis's clock in milliseconds, and the decision, or the error that a reason only the store sees
-    stands for. Integers arrive as ints, strings as str."""
-    (allowed, reason, plan, status, cost, balance, allowance, allowance_remaining, period_end, starts_at,
-     expires_at, now, from_allowance, from_balance, charge_id, period_start, replayed, member_used,
-     member_cap, redis_ms) = reply  # fmt: skip
-    if reason == "deadline_passed":
-        return redis_ms, StoreTimeout("Redis ran the charge after the caller's deadline; nothing was charged")
-    if reason == "store_empty":
-        return redis_ms, StoreEmpty(
-            "Redis holds no credit-gate data (no store marker): it was emptied (a restart without "
-            "persistence, a flush) or is not the configured database; restore it, see docs/redis.md"
-        )
-    # In the reply's order, which is ChargeResult's: built on every request, with tuple's own __new__.
-    return redis_ms, _charge_result(
-        (
-            allowed == 1,
-            Reason(reason) if reason else None,
-            plan,
-            status,
-            cost,
-            balance,
-            allowance,
-            allowance_remaining,
-            period_end,
-            starts_at,
-            expires_at,
-            now,
-            from_allowance,
-            from_balance,
-            charge_id,
-            period_start,
-            replayed == 1,
-            member_used,
-            member_cap,
-        )
-    )
-
-
-@dataclass(frozen=True)
-class SettleResult:
-    """What settling a charge did. ``outcome``: applied, already, unknown, late or invalid."""
-
-    outcome: str
-    given_back: int
-    balance: int
-    ledger_id: str
-
-
-@dataclass(frozen=True)
-class CreditResult:
-    """What a grant, adjustment or refund did: ``applied`` False means the idempotency key was seen."""
-
-    applied: bool
-    balance: int
-    ledger_id: str
-
-
-class InsufficientBalance(Exception):
-    def __init__(self, balance: int) -> None:
-        super().__init__(balance)
-        self.balance = balance
-
-
-class BalanceCapReached(Exception):
-    """The change would take the balance past MAX_CREDITS; nothing changed."""
-
-    def __init__(self, balance: int) -> None:
-        super().__init__(balance)
-        self.balance = balance
-
-
-@dataclass(frozen=True)
-class AccountState:
-    """An account's hash, decoded. Absent fields are their zero values."""
-
-    account: str
-    plan: str
-    status: str
-    starts_at: int
-    anchor: int
-    expires_at: int
-    period: str
-    allowance: int
-    prepaid: bool
-    balance: int
-    used: int
-    period_start: int
-    period_end: int
-    ledger_base: int
-    exists: bool
-    period_requests: int = 0
-    period_from_balance: int = 0
-    period_restarts: int = 0
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    account: str
-    id: str
-    fields: dict[str, str]
-
-    @property
-    def amount(self) -> int:
-        return int(self.fields.get("amount", "0"))
-
-
-def _account_state(account: str, reply: Any) -> AccountState:
-    """Decode an account's hash (HGETALL's reply); a field that does not parse is StoreDataError."""
-    try:
-        raw = {_text(k): _text(v) for k, v in reply.items()}
-    except UnicodeDecodeError:
-        message = f"bad data in Redis: account '{account}' has a field that is not UTF-8"
-        raise StoreDataError(message, key=account) from None
-
-    def number(name: str) -> int:
-        text = raw.get(name) or "0"
-        if not re.fullmatch(r"-?[0-9]{1,19}", text):
-            raise StoreDataError(
-                f"bad data in Redis: account '{account}' field {name}: is not an integer", key=account
-            )
-        return int(text)
-
-    return AccountState(
-        account=account,
-        plan=raw.get("plan", ""),
-        status=raw.get("status", ""),
-        starts_at=number("starts_at"),
-        anchor=number("anchor"),
-        expires_at=number("expires_at"),
-        period=raw.get("period", Period.NONE.value),
-        allowance=number("allowance"),
-        prepaid=raw.get("prepaid") == "1",
-        balance=number("balance"),
-        used=number("used"),
-        period_start=number("period_start"),
-        period_end=number("period_end"),
-        ledger_base=number("ledger_base"),
-        exists=bool(raw),
-        period_requests=number("period_requests"),
-        period_from_balance=number("period_from_balance"),
-        period_restarts=number("period_restarts"),
-    )
-
-
-class RedisClock:
-    """The offset between this host's clock and Redis's, with a bound on its error.
-
-    A charge carries a deadline on Redis's clock, after which the caller has given up. Each charge's
-    reply carries Redis's time, from which the offset is kept up to date at no extra round trip; the
-    first charge of a store learns it with one TIME call first (``RedisStore.charge``). A sample's
-    error is at most half its round trip (Redis read its clock somewhere between the send and the
-    receive); an estimate ages by ``DRIFT`` of the time since it was taken. A sample replaces the
-    estimate when it is at least as precise, or when the two cannot both be right (Redis's clock was
-    stepped, or a failover reached a master with another clock). The deadline sent is the caller's
-    give-up time minus the error: a charge Redis runs after the caller stopped waiting never applies,
-    however slow the round trips.
-    """
-
-    DRIFT = 1e-4  # 100 ppm: how fast two clocks may drift apart, and then some
-
-    def __init__(self) -> None:
-        self.offset_ms: float | None = None
-        self._error_ms = math.inf
-        self._taken_ms = 0.0
-
-    def error_ms(self, now_ms: float) -> float:
-        if self.offset_ms is None:
-            return math.inf
-        return self._error_ms + abs(now_ms - self._taken_ms) * self.DRIFT
-
-    def observe(self, redis_ms: int, sent_ms: float, received_ms: float) -> None:
-        error = max(received_ms - sent_ms, 0) / 2 + 1  # + 1: Redis's milliseconds are truncated
-        offset = redis_ms - (sent_ms + received_ms) / 2
-        current = self.error_ms(received_ms)
-        if error <= current or self.offset_ms is None or abs(offset - self.offset_ms) > error + current:
-            self.offset_ms, self._error_ms, self._taken_ms = offset, error, received_ms
-
-    def deadline(self, sent_ms: float, budget_ms: float) -> int:
-        """The Redis time after which a charge sent at ``sent_ms`` must not apply (>= 1: always a
-        deadline); 0 only without a budget (a caller that waits for ever). Needs an offset."""
-        if budget_ms <= 0:
-            return 0
-        if self.offset_ms is None:
-            raise StoreTimeout("Redis's clock is not known yet; nothing was charged")
-        return max(1, int(sent_ms + self.offset_ms + budget_ms - self.error_ms(sent_ms)))
 
 
 class RedisStore:
@@ -348,7 +108,7 @@ class RedisStore:
         self.keyspace = topology.keyspace_of(client)
         self.breaker = breaker
         self.redis_errors = RedisErrors()  # counted where a call failed, published by the reporter
-        self.reporter: NodeReporter | None = None
+        self.reporter: Reporter | None = None
         # The charge's own transport when the topology has one (see hot_path.py), else the client.
         self.hot_path = hot_path
         self.keys = Keys(prefix)
@@ -421,9 +181,9 @@ class RedisStore:
             return StoreError(f"Redis failed: {error}")
         if breaker is not None:
             breaker.succeeded()  # an error reply (Redis is up), or not Redis's fault: never leave a probe out
-        data_error = _data_error(error)
-        if data_error is not None:
-            return data_error
+        bad_data = data_error(error)
+        if bad_data is not None:
+            return bad_data
         if isinstance(error, redis.exceptions.RedisError):
             return StoreError(f"Redis failed: {error}")
         return error  # not Redis's: raised as it is
@@ -432,7 +192,7 @@ class RedisStore:
         return self._guarded(self._script, script, keys, args)
 
     def _charge_via_client(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return [_text(v) if isinstance(v, bytes) else v for v in self._script(self._charge, keys, args)]
+        return [as_text(v) if isinstance(v, bytes) else v for v in self._script(self._charge, keys, args)]
 
     def _script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA; on NOSCRIPT (the script did not run) it is loaded and sent once more (how, the
@@ -455,9 +215,9 @@ class RedisStore:
         offset_ms = self.clock.offset_ms
         redis_now = None if offset_ms is None else (sent_ms + offset_ms) / 1000
         reply = self._guarded(
-            self._send_charge, *_charge_arguments(request, keys, marker, deadline, redis_now)
+            self._send_charge, *charge_arguments(request, keys, marker, deadline, redis_now)
         )
-        redis_ms, outcome = _charge_reply(reply)
+        redis_ms, outcome = charge_reply(reply)
         self.clock.observe(redis_ms, sent_ms, time.time() * 1000)
         if isinstance(outcome, StoreError):
             raise outcome
@@ -518,7 +278,7 @@ class RedisStore:
                 window_seconds,
             ],
         )
-        return SettleResult(_text(outcome), int(given_back), int(balance), _text(ledger_id))
+        return SettleResult(as_text(outcome), int(given_back), int(balance), as_text(ledger_id))
 
     # Operators' writes.
 
@@ -545,7 +305,7 @@ class RedisStore:
             raise InsufficientBalance(int(balance))
         if int(outcome) == -2:
             raise BalanceCapReached(int(balance))
-        return CreditResult(int(outcome) == 1, int(balance), _text(ledger_id))
+        return CreditResult(int(outcome) == 1, int(balance), as_text(ledger_id))
 
     def put_plan(self, plan: Plan) -> None:
         self._run("SET", self.keys.plan(plan.name), json.dumps(plan.to_document(), sort_keys=True))
@@ -556,14 +316,14 @@ class RedisStore:
         return Plan.from_document(json.loads(raw)) if raw else None
 
     def plan_names(self) -> list[str]:
-        return sorted(_text(name) for name in self._run("SMEMBERS", self.keys.plans))
+        return sorted(as_text(name) for name in self._run("SMEMBERS", self.keys.plans))
 
     def delete_plan(self, name: str) -> None:
         self._run("DEL", self.keys.plan(name))
         self._run("SREM", self.keys.plans, name)
 
     def plan_accounts(self, name: str) -> list[str]:
-        return sorted(_text(a) for a in self._run("SMEMBERS", self.keys.plan_accounts(name)))
+        return sorted(as_text(a) for a in self._run("SMEMBERS", self.keys.plan_accounts(name)))
 
     def sync_plan_terms(self, plan: Plan, account: str) -> bool:
         keys = self.keys.account(account)
@@ -577,7 +337,7 @@ class RedisStore:
     def subscribe(self, subscription: Subscription, plan: Plan) -> str:
         """Set the subscription and copy the plan's terms; returns the previous plan name or ""."""
         keys = self.keys.account(subscription.account)
-        previous = _text(
+        previous = as_text(
             self._call(
                 self._subscribe,
                 [keys.state],
@@ -601,7 +361,7 @@ class RedisStore:
 
     def set_status(self, account: str, status: Status) -> str:
         """Returns the previous status, or "" when the account has no subscription."""
-        return _text(self._call(self._set_status, [self.keys.account(account).state], [status.value]))
+        return as_text(self._call(self._set_status, [self.keys.account(account).state], [status.value]))
 
     def set_member_cap(self, pool: str, member: str, cap: int | None) -> None:
         """A pool member's cap per period of the pool's plan (None: no cap). One field: atomic as is."""
@@ -613,18 +373,18 @@ class RedisStore:
 
     def member_caps(self, pool: str) -> dict[str, int]:
         raw = self._run("HGETALL", self.keys.account(pool).members)
-        return {_text(k)[4:]: int(v) for k, v in raw.items() if _text(k).startswith("cap:")}
+        return {as_text(k)[4:]: int(v) for k, v in raw.items() if as_text(k).startswith("cap:")}
 
     def add_account(self, account: str) -> None:
         self._run("SADD", self.keys.accounts, account)
 
     def account_names(self) -> list[str]:
-        return sorted(_text(a) for a in self._run("SMEMBERS", self.keys.accounts))
+        return sorted(as_text(a) for a in self._run("SMEMBERS", self.keys.accounts))
 
     # Reads.
 
     def account_state(self, account: str) -> AccountState:
-        return _account_state(account, self._run("HGETALL", self.keys.account(account).state))
+        return account_state_reply(account, self._run("HGETALL", self.keys.account(account).state))
 
     def ledger(
         self, account: str, start: str = "-", end: str = "+", batch: int = 1000
@@ -634,15 +394,15 @@ class RedisStore:
         cursor = start
         while True:
             entries = self._run("XRANGE", key, cursor, end, "COUNT", batch)
-            for entry_id, fields in entries:
-                yield LedgerEntry(account, _text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+            for entry in entries:
+                yield ledger_entry_reply(account, entry)
             if len(entries) < batch:
                 return
-            cursor = "(" + _text(entries[-1][0])
+            cursor = "(" + as_text(entries[-1][0])
 
     def usage(self, account: str, day_epoch: int) -> dict[str, int]:
         raw = self._run("HGETALL", self.keys.account(account).usage(day_epoch))
-        return {_text(k): int(v) for k, v in raw.items()}
+        return {as_text(k): int(v) for k, v in raw.items()}
 
     # Operators' views and bulk writes. Reads that span many keys go in one pipeline per batch.
 
@@ -661,7 +421,8 @@ class RedisStore:
             for account in accounts:
                 pipe.hgetall(self.keys.account(account).state)
 
-        return [_account_state(a, reply) for a, reply in zip(accounts, self._pipeline(fill), strict=True)]
+        replies = zip(accounts, self._pipeline(fill), strict=True)
+        return [account_state_reply(account, reply) for account, reply in replies]
 
     def ledger_snapshot(self, account: str) -> tuple[AccountState, list[LedgerEntry]]:
         """The account's hash and whole ledger read in one MULTI, so a concurrent charge cannot fall between
@@ -673,12 +434,12 @@ class RedisStore:
             pipe.xrange(keys.ledger, "-", "+")
 
         state, entries = self._pipeline(fill, transaction=True)
-        return _account_state(account, state), [_ledger_entry(account, e) for e in entries]
+        return account_state_reply(account, state), [ledger_entry_reply(account, e) for e in entries]
 
     def ledger_tail(self, account: str, count: int, start: str = "-", end: str = "+") -> list[LedgerEntry]:
         """The newest ``count`` entries between two stream ids, oldest first."""
         entries = self._run("XREVRANGE", self.keys.account(account).ledger, end, start, "COUNT", count)
-        return [_ledger_entry(account, e) for e in reversed(entries)]
+        return [ledger_entry_reply(account, e) for e in reversed(entries)]
 
     def usage_days(self, account: str, days: Sequence[int]) -> list[dict[str, int]]:
         """The usage counters of each UTC day (any instant of the day), in one round trip."""
@@ -688,11 +449,11 @@ class RedisStore:
             for day in days:
                 pipe.hgetall(keys.usage(day))
 
-        return [{_text(k): int(v) for k, v in reply.items()} for reply in self._pipeline(fill)]
+        return [{as_text(k): int(v) for k, v in reply.items()} for reply in self._pipeline(fill)]
 
     def change_plan(self, account: str, plan: Plan) -> str:
         """Move a subscribed account to ``plan``; returns the previous plan, or "" for no subscription."""
-        previous = _text(
+        previous = as_text(
             self._call(
                 self._change_plan,
                 [self.keys.account(account).state],
@@ -741,14 +502,14 @@ class RedisStore:
         # row again repairs them if this process dies in between.
         if int(outcome) == -2:
             raise BalanceCapReached(int(balance))
-        previous_plan = _text(previous)
+        previous_plan = as_text(previous)
         if subscription is not None:
             plan_name = subscription[1].name
             if previous_plan and previous_plan != plan_name:
                 self._run("SREM", self.keys.plan_accounts(previous_plan), account)
             self._run("SADD", self.keys.plan_accounts(plan_name), account)
         self._run("SADD", self.keys.accounts, account)
-        return ImportOutcome(previous_plan, int(outcome), int(balance), _text(ledger_id))
+        return ImportOutcome(previous_plan, int(outcome), int(balance), as_text(ledger_id))
 
     # The balance route: one read-only script, one round trip.
 
@@ -767,54 +528,16 @@ class RedisStore:
         keys = self._account_keys(account)
         marker = self._marker(account)
         reply = self._call(self._balance, [keys.state, keys.members, marker], [member])
-        return self._balance_view(reply)
+        return balance_reply(reply)
 
-    @staticmethod
-    def _balance_view(reply: Sequence[Any]) -> BalanceView:
-        """Read balance.lua's fixed-shape reply, by name."""
-        (state, plan, status, balance, allowance, used, period, period_start, period_end, starts_at,
-         expires_at, prepaid, now, member_used, member_cap, period_requests, period_from_balance,
-         member_requests) = reply  # fmt: skip
-        if _text(state) == "store_empty":
-            raise StoreEmpty(
-                "Redis holds no credit-gate data (no store marker): it was emptied (a restart without "
-                "persistence, a flush) or is not the configured database; restore it, see docs/redis.md"
-            )
-        return BalanceView(
-            plan=_text(plan),
-            status=_text(status),
-            balance=int(balance),
-            allowance=int(allowance),
-            allowance_used=int(used),
-            period=_text(period),
-            period_start=int(period_start),
-            period_end=int(period_end),
-            starts_at=int(starts_at),
-            expires_at=int(expires_at),
-            prepaid=int(prepaid) == 1,
-            now=int(now),
-            member_used=int(member_used),
-            member_cap=int(member_cap),
-            period_requests=int(period_requests),
-            period_from_balance=int(period_from_balance),
-            member_requests=int(member_requests),
-        )
+    # The node reports (store/nodes.py): a plugin server's breaker and Redis errors, for /metrics.
 
+    def write_node_report(self, node: str, fields: Mapping[str, str | int | float], ttl_seconds: int) -> None:
+        """Publish this node's report. Not through the breaker, and failures are not counted: the report
+        is no request (it must neither take the half-open circuit's probe nor close it), and its counts
+        are cumulative, so the next write carries what a failed one lost."""
+        nodes.write_report(self.client, self.keys.prefix, node, fields, ttl_seconds)
 
-@dataclass(frozen=True)
-class ImportOutcome:
-    """What import_row.lua did: ``grant`` is 1 applied, 0 already applied under that key, 2 no grant."""
-
-    previous_plan: str
-    grant: int
-    balance: int
-    ledger_id: str
-
-
-def _ledger_entry(account: str, entry: Any) -> LedgerEntry:
-    entry_id, fields = entry
-    if isinstance(fields, list):
-        # redis-py's ClusterPipeline in a transaction returns XRANGE's raw reply: fields as a flat
-        # [name, value, ...] list rather than the dict the other clients make of it.
-        fields = dict(zip(fields[::2], fields[1::2], strict=True))
-    return LedgerEntry(account, _text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+    def node_reports(self) -> dict[str, dict[str, str]]:
+        """Every plugin server node's latest report, by node id; expired nodes are dropped from the list."""
+        return self._guarded(nodes.read_reports, self.client, self.keys.prefix)

@@ -228,6 +228,33 @@ local function read_restarts(key, value)
   return read_int(key, 'period_restarts', value, 0, 0, MAX_CREDITS)
 end
 
+-- The account's hash as charge.lua and balance.lua read it: one HMGET, every field checked (BADDATA
+-- otherwise), absent fields at their defaults. The caller checks the key's type first.
+local function read_account(key)
+  local f = redis.call('HMGET', key,
+    'plan', 'status', 'starts_at', 'anchor', 'expires_at', 'period', 'allowance', 'prepaid',
+    'balance', 'used', 'period_start', 'period_end', 'period_requests', 'period_from_balance',
+    'period_restarts')
+  local a = {plan = f[1] or ''}
+  a.status = read_word(key, 'status', f[2], '', STATUSES)
+  a.starts_at = read_int(key, 'starts_at', f[3], 0, 0, MAX_INSTANT)
+  a.anchor = read_int(key, 'anchor', f[4], a.starts_at, 0, MAX_INSTANT)
+  a.expires_at = read_int(key, 'expires_at', f[5], 0, 0, MAX_INSTANT)
+  a.period = read_word(key, 'period', f[6], 'none', PERIODS)
+  a.allowance = read_int(key, 'allowance', f[7], 0, 0, MAX_CREDITS)
+  a.prepaid = read_word(key, 'prepaid', f[8], '0', FLAGS) == '1'
+  a.balance = read_int(key, 'balance', f[9], 0, 0, MAX_CREDITS)
+  a.used = read_int(key, 'used', f[10], 0, 0, MAX_CREDITS)
+  a.period_start = read_int(key, 'period_start', f[11], 0, 0, MAX_INSTANT)
+  a.period_end = read_int(key, 'period_end', f[12], 0, 0, MAX_INSTANT)
+  if a.period_end ~= 0 and a.period_end <= a.period_start then
+    bad(key, 'period_end', 'is not after period_start')
+  end
+  a.period_requests, a.period_from_balance = read_period_counters(key, {f[13], f[14]})
+  a.restarts = read_restarts(key, f[15])
+  return a
+end
+
 -- A pool member's use and requests in the members hash ("used:<member>", "requests:<member>") belong
 -- to one period, named by the account's restart count and the period's start:
 -- "<period restarts>:<period start>:<n>". The start alone does not name it: a plan without periods,

@@ -25,28 +25,13 @@ local now = redis_clock()
 check_type(account_key, 'hash')
 check_type(members_key, 'hash')
 
-local f = redis.call('HMGET', account_key,
-  'plan', 'status', 'starts_at', 'anchor', 'expires_at', 'period', 'allowance', 'prepaid',
-  'balance', 'used', 'period_start', 'period_end', 'period_requests', 'period_from_balance',
-  'period_restarts')
-local K = account_key
-local plan = f[1] or ''
-local status = read_word(K, 'status', f[2], '', STATUSES)
-local starts_at = read_int(K, 'starts_at', f[3], 0, 0, MAX_INSTANT)
-local anchor = read_int(K, 'anchor', f[4], starts_at, 0, MAX_INSTANT)
-local expires_at = read_int(K, 'expires_at', f[5], 0, 0, MAX_INSTANT)
-local period = read_word(K, 'period', f[6], 'none', PERIODS)
-local allowance = read_int(K, 'allowance', f[7], 0, 0, MAX_CREDITS)
-local prepaid = read_word(K, 'prepaid', f[8], '0', FLAGS) == '1'
-local balance = read_int(K, 'balance', f[9], 0, 0, MAX_CREDITS)
-local used = read_int(K, 'used', f[10], 0, 0, MAX_CREDITS)
-local period_start = read_int(K, 'period_start', f[11], 0, 0, MAX_INSTANT)
-local period_end = read_int(K, 'period_end', f[12], 0, 0, MAX_INSTANT)
-if period_end ~= 0 and period_end <= period_start then
-  bad(K, 'period_end', 'is not after period_start')
-end
-local period_requests, period_from_balance = read_period_counters(K, {f[13], f[14]})
-local restarts = read_restarts(K, f[15])  -- not shown: names the period
+-- Read and checked as charge.lua reads and checks it (read_account in _lib.lua).
+local a = read_account(account_key)
+local plan, status, starts_at, anchor, expires_at = a.plan, a.status, a.starts_at, a.anchor, a.expires_at
+local period, allowance, prepaid, balance, used = a.period, a.allowance, a.prepaid, a.balance, a.used
+local period_start, period_end = a.period_start, a.period_end
+local period_requests, period_from_balance = a.period_requests, a.period_from_balance
+local restarts = a.restarts  -- not shown: names the period
 
 local member_cap, member_stored, member_requests_stored = -1, false, false
 if member ~= '' then

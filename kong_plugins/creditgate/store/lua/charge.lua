@@ -10,16 +10,17 @@
 -- KEYS[8]  the store marker of the account's slot (operators' tools write it; see store/keys.py)
 -- ARGV[1]  now: Unix seconds to decide with, or "" for Redis's own clock (what the gate sends)
 -- ARGV[2]  cost: credits, integer >= 0 (for a hold: the most the request may cost)
--- ARGV[3]  entitled plans, separated by ",", or "" for any plan
--- ARGV[4]  where the request was charged ("route:<id>", "service:<id>", "global"), for usage and ledger
--- ARGV[5]  ledger retention: entries kept per account
--- ARGV[6]  usage retention: seconds a day's usage hash is kept
+-- ARGV[3]  entitled: the plans that may use this route, separated by ",", or "" for any plan
+-- ARGV[4]  route: where the request was charged ("route:<id>", "service:<id>", "global"), for usage
+--          and ledger
+-- ARGV[5]  retention: ledger entries kept per account
+-- ARGV[6]  usage_ttl: seconds a day's usage hash is kept
 -- ARGV[7]  deadline: milliseconds on Redis's clock after which the caller has stopped waiting, 0 = none
--- ARGV[8]  mode: "charge", or "shadow" (decide, count in usage, write nothing else)
--- ARGV[9]  idempotency window: seconds a charge answers for its idempotency key, 0 = off
+-- ARGV[8]  shadow: the mode, "charge", or "shadow" (decide, count in usage, write nothing else)
+-- ARGV[9]  idempotency_window: seconds a charge answers for its idempotency key, 0 = off
 -- ARGV[10] member: the pool member the request is from, or "" when the account pays for itself
--- ARGV[11] hold: seconds within which the charge may be settled to a lower cost, 0 = final charge
--- ARGV[12] settlement window: seconds the charge can be settled or refunded in (its facts are kept in
+-- ARGV[11] hold_seconds: seconds within which the charge may be settled to a lower cost, 0 = final
+-- ARGV[12] settle_window: seconds the charge can be settled or refunded in (its facts are kept in
 --          the holds hash that long), 0 = never settled
 --
 -- Returns {allowed (1|0), reason ("" when allowed), plan, status, cost, balance, allowance,
@@ -28,7 +29,7 @@
 --          earlier charge with this idempotency key answered), member_used, member_cap (-1: no cap),
 --          redis_ms (Redis's clock in milliseconds)}: the fields of ChargeResult in its order, then
 --          Redis's clock, written by `answer` only and read by name by one Python function
---          (_charge_reply in redis_store.py)
+--          (charge_reply in store/replies.py)
 -- or the error reply "BADDATA <key> <field>: ..." (see _lib.lua), with nothing written. An account
 -- without a subscription in a Redis without the store marker answers reason "store_empty" with nothing
 -- written: a Redis restarted empty is told from an account that never subscribed.
@@ -104,28 +105,12 @@ if settle_window > 0 then
   check_type(holds_index_key, 'zset')
 end
 
-local f = redis.call('HMGET', account_key,
-  'plan', 'status', 'starts_at', 'anchor', 'expires_at', 'period', 'allowance', 'prepaid',
-  'balance', 'used', 'period_start', 'period_end', 'period_requests', 'period_from_balance',
-  'period_restarts')
-local K = account_key
-plan = f[1] or ''
-status = read_word(K, 'status', f[2], '', STATUSES)
-starts_at = read_int(K, 'starts_at', f[3], 0, 0, MAX_INSTANT)
-local anchor = read_int(K, 'anchor', f[4], starts_at, 0, MAX_INSTANT)
-expires_at = read_int(K, 'expires_at', f[5], 0, 0, MAX_INSTANT)
-local period = read_word(K, 'period', f[6], 'none', PERIODS)
-allowance = read_int(K, 'allowance', f[7], 0, 0, MAX_CREDITS)
-local prepaid = read_word(K, 'prepaid', f[8], '0', FLAGS) == '1'
-balance = read_int(K, 'balance', f[9], 0, 0, MAX_CREDITS)
-used = read_int(K, 'used', f[10], 0, 0, MAX_CREDITS)
-period_start = read_int(K, 'period_start', f[11], 0, 0, MAX_INSTANT)
-period_end = read_int(K, 'period_end', f[12], 0, 0, MAX_INSTANT)
-if period_end ~= 0 and period_end <= period_start then
-  bad(K, 'period_end', 'is not after period_start')
-end
-local period_requests, period_from_balance = read_period_counters(K, {f[13], f[14]})
-local restarts = read_restarts(K, f[15])
+local a = read_account(account_key)
+plan, status, starts_at, expires_at = a.plan, a.status, a.starts_at, a.expires_at
+allowance, balance, used = a.allowance, a.balance, a.used
+period_start, period_end = a.period_start, a.period_end
+local anchor, period, prepaid, restarts = a.anchor, a.period, a.prepaid, a.restarts
+local period_requests, period_from_balance = a.period_requests, a.period_from_balance
 
 local function usage_name(field)
   return route .. '|' .. field

@@ -13,10 +13,11 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import Any, Protocol, TypeAlias, cast
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.connection import SSLConnection
 from redis.retry import Retry
 
@@ -24,10 +25,22 @@ from creditgate.core.redis_settings import RedisSettings
 from creditgate.store.hot_path import HotPath
 from creditgate.store.keys import Keys
 
-if TYPE_CHECKING:
-    from creditgate.store.topology.cluster import LazyCluster
 
-Client: TypeAlias = "redis.Redis | LazyCluster"
+class BuiltOnFirstUse(Protocol):
+    """A client that builds the real one on first use and forwards it what it does not answer itself
+    (``cluster.LazyCluster``). Described here rather than imported: the topologies import this module,
+    never the reverse."""
+
+    keyspace: Keyspace
+
+    def register_script(self, script: str) -> Script: ...
+
+    def close(self) -> None: ...
+
+    def __getattr__(self, name: str) -> Any: ...
+
+
+Client: TypeAlias = "redis.Redis | BuiltOnFirstUse"
 
 MAX_CONNECTIONS = 4096  # per pool (per node on a Cluster); Redis's own default maxclients is 10000
 

@@ -1,6 +1,8 @@
-"""The charge script's arguments and reply have one order each, written once in Lua and once in
-Python: a ChargeRequest encodes to the ARGV the script names, and the reply the script's ``answer``
-writes decodes by name into ChargeResult. Plain values; the script is read, not run."""
+"""The charge's contract, held by position for speed in five places, checked here against each other by
+name: the policy builds a ChargeRequest from a positional tuple (``policy.charge_request``), the store
+encodes it to ARGV (``replies.charge_arguments``), charge.lua's header states that ARGV and its locals
+read it, the script's ``answer`` writes the reply, and ``replies.charge_reply`` decodes it into
+ChargeResult. Plain values; the script is read, not run."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from creditgate.core.config import parse_config
 from creditgate.core.decision import ChargeResult, Reason
-from creditgate.core.policy import ChargeRequest
+from creditgate.core.policy import ChargeRequest, RequestFacts, charge_request
 from creditgate.errors import StoreEmpty, StoreTimeout
 from creditgate.store.keys import account_keys
-from creditgate.store.store import USAGE_TTL_SECONDS, _charge_arguments, _charge_reply
+from creditgate.store.replies import USAGE_TTL_SECONDS, charge_arguments, charge_reply
 
 SCRIPT = (resources.files("creditgate.store") / "lua" / "charge.lua").read_text()
 REPLY_FIELDS = (*ChargeResult._fields, "redis_ms")
@@ -57,7 +60,7 @@ def reply(**changes: Any) -> list[Any]:
 
 
 def test_every_field_of_the_reply_lands_in_the_field_of_its_name() -> None:
-    redis_ms, result = _charge_reply(reply())
+    redis_ms, result = charge_reply(reply())
     assert redis_ms == 1000 + REPLY_FIELDS.index("redis_ms")
     assert isinstance(result, ChargeResult)
     decoded = result._asdict()
@@ -70,10 +73,10 @@ def test_every_field_of_the_reply_lands_in_the_field_of_its_name() -> None:
 
 
 def test_a_refusal_decodes_its_reason_and_a_replay_its_flag() -> None:
-    _, refused = _charge_reply(reply(allowed=0, reason="member_cap_reached"))
+    _, refused = charge_reply(reply(allowed=0, reason="member_cap_reached"))
     assert isinstance(refused, ChargeResult)
     assert (refused.allowed, refused.reason) == (False, Reason.MEMBER_CAP_REACHED)
-    _, replayed = _charge_reply(reply(replayed=1))
+    _, replayed = charge_reply(reply(replayed=1))
     assert isinstance(replayed, ChargeResult) and replayed.replayed
 
 
@@ -83,7 +86,7 @@ def test_a_refusal_decodes_its_reason_and_a_replay_its_flag() -> None:
 def test_the_reasons_only_the_store_sees_are_errors_and_still_carry_redis_clock(
     reason: str, error: type[Exception]
 ) -> None:
-    redis_ms, outcome = _charge_reply(reply(allowed=0, reason=reason, redis_ms=42))
+    redis_ms, outcome = charge_reply(reply(allowed=0, reason=reason, redis_ms=42))
     assert redis_ms == 42  # the clock is learnt from a late charge too
     assert isinstance(outcome, error)
 
@@ -114,7 +117,7 @@ def test_a_charge_request_encodes_to_the_arguments_the_script_names() -> None:
         hold_seconds=30,
         settle_window=86_400,
     )
-    _, args = _charge_arguments(request, keys, "cg:{store}", 99)
+    _, args = charge_arguments(request, keys, "cg:{store}", 99)
     position = script_arguments()
     expected = {
         "now": 1_767_225_600,
@@ -138,7 +141,7 @@ def test_a_charge_request_encodes_to_the_arguments_the_script_names() -> None:
 def test_the_keys_are_the_accounts_in_the_scripts_order() -> None:
     keys = account_keys("cg", "acme")
     request = ChargeRequest("acme", 1, now=1_767_225_600, idempotency_key="k", idempotency_window=60)
-    sent, _ = _charge_arguments(request, keys, "cg:{store}", 0)
+    sent, _ = charge_arguments(request, keys, "cg:{store}", 0)
     assert sent == [
         keys.state,
         keys.ledger,
@@ -153,9 +156,58 @@ def test_the_keys_are_the_accounts_in_the_scripts_order() -> None:
 
 def test_without_an_idempotency_key_the_window_is_off_and_redis_clock_decides() -> None:
     keys = account_keys("cg", "acme")
-    sent, args = _charge_arguments(ChargeRequest("acme", 1, idempotency_window=60), keys, "m", 0)
+    sent, args = charge_arguments(ChargeRequest("acme", 1, idempotency_window=60), keys, "m", 0)
     position = script_arguments()
     assert args[position["idempotency_window"] - 1] == 0
     assert args[position["now"] - 1] == ""
     assert args[position["shadow"] - 1] == "charge"
     assert sent[3] == keys.members  # any key of the account's slot
+
+
+def test_the_policy_fills_each_field_of_the_charge_request_by_its_name() -> None:
+    """Every field from a setting of its own, each value distinct: two positions swapped fail."""
+    config = parse_config(
+        {
+            "cost": 3,
+            "plans": ["pro", "team"],
+            "route_id": "r-9",
+            "ledger_retention": 500,
+            "idempotency_window": 600,
+            "pool_tag_prefix": "pool:",
+            "settle_header": "X-Cost",
+            "settle_timeout": 120,
+            "refund_on_failure": True,
+        }
+    )
+    facts = RequestFacts({"id": "c-1", "tags": ["pool:team-a"]}, idempotency_key="k-1")
+    request = charge_request(config, facts, 1_767_225_600)
+    assert request is not None
+    assert request._asdict() == {
+        "account": "team-a",
+        "cost": 3,
+        "now": 1_767_225_600,
+        "entitled": ("pro", "team"),
+        "route": "route:r-9",
+        "ledger_retention": 500,
+        "shadow": False,
+        "idempotency_key": "k-1",
+        "idempotency_window": 600,
+        "member": "c-1",
+        "hold_seconds": 120,
+        "settle_window": 86_400,
+    }
+    shadowed = charge_request(parse_config({"enforce": False}), facts)
+    assert shadowed is not None and shadowed.shadow
+
+
+def test_the_header_names_each_argument_at_the_position_the_script_reads_it() -> None:
+    stated = {name: int(index) for index, name in re.findall(r"^-- ARGV\[(\d+)\]\s+(\w+):", SCRIPT, re.M)}
+    assert stated == script_arguments()
+    assert sorted(stated.values()) == list(range(1, len(stated) + 1))  # no gap, no position twice
+
+
+def test_the_header_states_every_key_the_store_sends_in_its_order() -> None:
+    stated = [int(index) for index in re.findall(r"^-- KEYS\[(\d+)\]", SCRIPT, re.M)]
+    request = ChargeRequest("acme", 1, now=1_767_225_600)
+    sent, _ = charge_arguments(request, account_keys("cg", "acme"), "cg:{store}", 0)
+    assert stated == list(range(1, len(sent) + 1))

@@ -1,0 +1,278 @@
+"""What the store sends Redis and what it makes of the answers: scripts' KEYS and ARGV, replies decoded.
+
+Plain values only, no client: the charge's arguments and reply are built and read here once, and the
+Lua scripts (``store/lua/``) write them once; the tests hold the two to one order each.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
+
+import redis
+
+from creditgate.core.balance import BalanceView
+from creditgate.core.decision import ChargeResult, Reason
+from creditgate.core.periods import Period
+from creditgate.core.policy import ChargeRequest
+from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreTimeout
+from creditgate.store.keys import AccountKeys
+
+USAGE_TTL_SECONDS = 400 * 86_400
+
+STORE_EMPTY = (
+    "Redis holds no credit-gate data (no store marker): it was emptied (a restart without "
+    "persistence, a flush) or is not the configured database; restore it, see docs/redis.md"
+)
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    """What settling a charge did. ``outcome``: applied, already, unknown, late or invalid."""
+
+    outcome: str
+    given_back: int
+    balance: int
+    ledger_id: str
+
+
+@dataclass(frozen=True)
+class CreditResult:
+    """What a grant, adjustment or refund did: ``applied`` False means the idempotency key was seen."""
+
+    applied: bool
+    balance: int
+    ledger_id: str
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    """What import_row.lua did: ``grant`` is 1 applied, 0 already applied under that key, 2 no grant."""
+
+    previous_plan: str
+    grant: int
+    balance: int
+    ledger_id: str
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """An account's hash, decoded. Absent fields are their zero values."""
+
+    account: str
+    plan: str
+    status: str
+    starts_at: int
+    anchor: int
+    expires_at: int
+    period: str
+    allowance: int
+    prepaid: bool
+    balance: int
+    used: int
+    period_start: int
+    period_end: int
+    ledger_base: int
+    exists: bool
+    period_requests: int = 0
+    period_from_balance: int = 0
+    period_restarts: int = 0
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    account: str
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def amount(self) -> int:
+        return int(self.fields.get("amount", "0"))
+
+
+def as_text(value: Any) -> str:
+    """A reply's string: redis-py gives bytes unless the client decodes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# Error replies that mean "Redis is up and the data is wrong": a script's BADDATA (see _lib.lua), a
+# command on a key of the wrong type. Not an outage: never counted by the breaker, never passed through.
+_DATA_ERROR = re.compile(
+    r"^(?:BADDATA (?P<key>\S+) (?P<rest>.*?)(?: script: \w+, on @\S+)?\.?$|WRONGTYPE )", re.S
+)
+
+
+def data_error(error: BaseException) -> StoreDataError | None:
+    """The StoreDataError an error reply stands for, None for any other error."""
+    if not isinstance(error, redis.exceptions.ResponseError):
+        return None
+    text = str(error)
+    match = _DATA_ERROR.match(text)
+    if match is None:
+        return None
+    key = match.group("key") or ""
+    if key:
+        return StoreDataError(f"bad data in Redis: key {key} {match.group('rest')}", key=key)
+    return StoreDataError(f"bad data in Redis: {text}")
+
+
+# A named tuple's own __new__ is a Python function (collections.namedtuple writes one): the reply is
+# decoded on every request, so it goes to tuple's, at half the cost.
+_charge_result = cast(Callable[[tuple[Any, ...]], ChargeResult], partial(tuple.__new__, ChargeResult))
+
+
+def charge_arguments(
+    request: ChargeRequest, keys: AccountKeys, marker: str, deadline: int, redis_now: float | None = None
+) -> tuple[list[str], list[Any]]:
+    """charge.lua's KEYS and ARGV for a request (see the script's header), with the account's keys,
+    its slot's store marker and the deadline on Redis's clock. ``redis_now`` (Unix seconds, Redis's
+    clock as this host estimates it) picks the day's usage hash when Redis's clock decides, so that
+    gateway nodes whose clocks disagree count a request near midnight to the same day."""
+    (_account, cost, now, entitled, route, ledger_retention, shadow, idempotency_key, idempotency_window,
+     member, hold_seconds, settle_window) = request  # fmt: skip
+    window = idempotency_window if idempotency_key else 0
+    local_or_redis = time.time() if redis_now is None else redis_now
+    day_of = int(local_or_redis) if now is None else now
+    return [
+        keys.state,
+        keys.ledger,
+        keys.usage(day_of),
+        # Unused by the script without a key: any key of the account's slot will do. The key is
+        # bound to the route and the cost, so that a key paid for on a cheap route cannot let a
+        # dearer request through.
+        keys.request(f"{route}\0{cost}\0{idempotency_key}") if window else keys.members,
+        keys.members,
+        keys.holds,
+        keys.holds_index,
+        marker,
+    ], [
+        "" if now is None else now,
+        cost,
+        ",".join(entitled),
+        route,
+        ledger_retention,
+        USAGE_TTL_SECONDS,
+        deadline,
+        "shadow" if shadow else "charge",
+        window,
+        member,
+        hold_seconds,
+        settle_window,
+    ]
+
+
+def charge_reply(reply: Sequence[Any]) -> tuple[int, ChargeResult | StoreError]:
+    """charge.lua's reply, read by name in the one order the script writes it (``answer`` there):
+    Redis's clock in milliseconds, and the decision, or the error that a reason only the store sees
+    stands for. Integers arrive as ints, strings as str."""
+    (allowed, reason, plan, status, cost, balance, allowance, allowance_remaining, period_end, starts_at,
+     expires_at, now, from_allowance, from_balance, charge_id, period_start, replayed, member_used,
+     member_cap, redis_ms) = reply  # fmt: skip
+    if reason == "deadline_passed":
+        return redis_ms, StoreTimeout("Redis ran the charge after the caller's deadline; nothing was charged")
+    if reason == "store_empty":
+        return redis_ms, StoreEmpty(STORE_EMPTY)
+    # In the reply's order, which is ChargeResult's: built on every request, with tuple's own __new__.
+    return redis_ms, _charge_result(
+        (
+            allowed == 1,
+            Reason(reason) if reason else None,
+            plan,
+            status,
+            cost,
+            balance,
+            allowance,
+            allowance_remaining,
+            period_end,
+            starts_at,
+            expires_at,
+            now,
+            from_allowance,
+            from_balance,
+            charge_id,
+            period_start,
+            replayed == 1,
+            member_used,
+            member_cap,
+        )
+    )
+
+
+def balance_reply(reply: Sequence[Any]) -> BalanceView:
+    """balance.lua's fixed-shape reply, read by name."""
+    (state, plan, status, balance, allowance, used, period, period_start, period_end, starts_at,
+     expires_at, prepaid, now, member_used, member_cap, period_requests, period_from_balance,
+     member_requests) = reply  # fmt: skip
+    if as_text(state) == "store_empty":
+        raise StoreEmpty(STORE_EMPTY)
+    return BalanceView(
+        plan=as_text(plan),
+        status=as_text(status),
+        balance=int(balance),
+        allowance=int(allowance),
+        allowance_used=int(used),
+        period=as_text(period),
+        period_start=int(period_start),
+        period_end=int(period_end),
+        starts_at=int(starts_at),
+        expires_at=int(expires_at),
+        prepaid=int(prepaid) == 1,
+        now=int(now),
+        member_used=int(member_used),
+        member_cap=int(member_cap),
+        period_requests=int(period_requests),
+        period_from_balance=int(period_from_balance),
+        member_requests=int(member_requests),
+    )
+
+
+def account_state_reply(account: str, reply: Any) -> AccountState:
+    """Decode an account's hash (HGETALL's reply); a field that does not parse is StoreDataError."""
+    try:
+        raw = {as_text(k): as_text(v) for k, v in reply.items()}
+    except UnicodeDecodeError:
+        message = f"bad data in Redis: account '{account}' has a field that is not UTF-8"
+        raise StoreDataError(message, key=account) from None
+
+    def number(name: str) -> int:
+        text = raw.get(name) or "0"
+        if not re.fullmatch(r"-?[0-9]{1,19}", text):
+            raise StoreDataError(
+                f"bad data in Redis: account '{account}' field {name}: is not an integer", key=account
+            )
+        return int(text)
+
+    return AccountState(
+        account=account,
+        plan=raw.get("plan", ""),
+        status=raw.get("status", ""),
+        starts_at=number("starts_at"),
+        anchor=number("anchor"),
+        expires_at=number("expires_at"),
+        period=raw.get("period", Period.NONE.value),
+        allowance=number("allowance"),
+        prepaid=raw.get("prepaid") == "1",
+        balance=number("balance"),
+        used=number("used"),
+        period_start=number("period_start"),
+        period_end=number("period_end"),
+        ledger_base=number("ledger_base"),
+        exists=bool(raw),
+        period_requests=number("period_requests"),
+        period_from_balance=number("period_from_balance"),
+        period_restarts=number("period_restarts"),
+    )
+
+
+def ledger_entry_reply(account: str, entry: Any) -> LedgerEntry:
+    """One XRANGE entry: its id and fields."""
+    entry_id, fields = entry
+    if isinstance(fields, list):
+        # redis-py's ClusterPipeline in a transaction returns XRANGE's raw reply: fields as a flat
+        # [name, value, ...] list rather than the dict the other clients make of it.
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+    return LedgerEntry(account, as_text(entry_id), {as_text(k): as_text(v) for k, v in fields.items()})
