@@ -24,9 +24,19 @@ def test_no_test_asserts_how_long_something_took() -> None:
     assert found == []
 
 
-def test_the_check_sees_a_timed_assertion() -> None:
-    assert TIMED.search("    assert time.monotonic() - started < 10")
-    assert TIMED.search("assert elapsed < TIMEOUT_MS / 1000")
-    assert TIMED.search("assert time.time() - start > 0.5")
-    assert not TIMED.search("assert clock.error_ms(102) < rough")  # an injected clock's values
-    assert not TIMED.search('assert store.usage("acme", int(time.time()))')  # a time, not a bound
+# Lines the check must and must not see; "assert" is joined in so that this file is not itself a hit.
+ASSERT = "assert"
+TIMED_LINES = (
+    f"    {ASSERT} time.monotonic() - started < 10",
+    f"{ASSERT} elapsed < TIMEOUT_MS / 1000",
+    f"{ASSERT} time.time() - start > 0.5",
+)
+UNTIMED_LINES = (
+    f"{ASSERT} clock.error_ms(102) < rough",  # an injected clock's values
+    f'{ASSERT} store.usage("acme", int(time.time()))',  # a time, not a bound
+)
+
+
+def test_the_check_sees_a_timed_assertion_and_only_that() -> None:
+    assert all(TIMED.search(line) for line in TIMED_LINES)
+    assert not any(TIMED.search(line) for line in UNTIMED_LINES)
