@@ -21,10 +21,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
@@ -34,6 +35,7 @@ REDIS_CLI = shutil.which("redis-cli")
 
 
 _GIVEN_PORTS: set[int] = set()
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -250,6 +252,32 @@ class RedisServer:
     def resume(self) -> None:
         assert self.process
         os.kill(self.process.pid, signal.SIGCONT)
+
+    def command_calls(self, client: redis.Redis) -> Counter[str]:
+        """Calls per command the server has run (INFO commandstats, a script's own commands included),
+        but for the asking client's PING and INFO. Two PINGs first: a server just resumed accepts the
+        connections made while it was paused in one turn of its event loop and reads them in the next."""
+        client.ping()
+        client.ping()
+        stats = client.info("commandstats")
+        calls = Counter(
+            {name.removeprefix("cmdstat_"): int(counts["calls"]) for name, counts in stats.items()}
+        )
+        del calls["ping"], calls["info"]
+        return calls
+
+    def while_paused(self, requests: Callable[[], list[T]]) -> tuple[list[T], Counter[str]]:
+        """``requests`` run while the server is paused, and the commands they sent it: a paused server
+        runs what it was sent once resumed, so the count after resuming holds them. This counts round
+        trips where a test would otherwise time them: an answer "at once" is one that sent Redis nothing."""
+        with self.client() as client:
+            before = self.command_calls(client)
+            self.pause()
+            try:
+                answers = requests()
+            finally:
+                self.resume()
+            return answers, self.command_calls(client) - before
 
     def kill(self) -> None:
         """SIGKILL: the server dies at once, as in a crash, without telling its replicas."""

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
@@ -39,33 +37,6 @@ def request(kong: KongSide, settings: RedisSettings, **config: Any) -> Outcome:
     # repeated failures, is off here and tested in test_breaker.py.
     config.setdefault("breaker_failures", 0)
     return through_gate(kong, settings, KongRequest(consumer=ACCOUNT), clean=False, **config)
-
-
-def command_calls(client: redis.Redis) -> Counter[str]:
-    """Calls per command Redis ran (INFO commandstats, a script's own commands included), but for the
-    asking client's PING and INFO. Two PINGs first: a server just resumed accepts the connections made
-    while it was paused in one turn of its event loop and reads them in the next."""
-    client.ping()
-    client.ping()
-    stats = client.info("commandstats")
-    calls = Counter({name.removeprefix("cmdstat_"): int(counts["calls"]) for name, counts in stats.items()})
-    del calls["ping"], calls["info"]
-    return calls
-
-
-def sent_while_paused(
-    server: RedisServer, requests: Callable[[], list[Outcome]]
-) -> tuple[list[Outcome], Counter[str]]:
-    """``requests`` run against the paused server, and the commands they sent it: a paused server runs
-    what it was sent once resumed."""
-    with server.client() as client:
-        before = command_calls(client)
-        server.pause()
-        try:
-            outcomes = requests()
-        finally:
-            server.resume()
-        return outcomes, command_calls(client) - before
 
 
 def balance(settings: RedisSettings) -> int:
@@ -118,7 +89,7 @@ def test_a_paused_redis_answers_every_request_within_the_read_timeout(
     kong: KongSide, own_redis: RedisServer, own_settings: RedisSettings, funded: Admin
 ) -> None:
     assert request(kong, own_settings).proxied
-    outcomes, sent = sent_while_paused(own_redis, lambda: [request(kong, own_settings) for _ in range(3)])
+    outcomes, sent = own_redis.while_paused(lambda: [request(kong, own_settings) for _ in range(3)])
     assert [outcome.status for outcome in outcomes] == [503, 503, 503]
     # One charge per request, none sent again, so each request waited for one read timeout at most.
     # Run once Redis resumed, past its deadline, each charge script read Redis's clock and stopped.

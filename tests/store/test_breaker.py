@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
-import redis
 
 from creditgate.core.config import RedisSettings
 from creditgate.core.policy import ChargeRequest
@@ -159,29 +158,10 @@ def redis_timeout_ms() -> int:
     return TIMEOUT_MS
 
 
-def commands_run(client: redis.Redis) -> int:
-    """Commands the server has run (INFO commandstats), but for the asking client's PING and INFO.
-    Two PINGs first: a server just resumed accepts the connections made while it was paused in one
-    turn of its event loop and reads them in the next, so two round trips later it has run them."""
-    client.ping()
-    client.ping()
-    stats = client.info("commandstats")
-    asking = ("cmdstat_info", "cmdstat_ping")
-    return sum(int(counts["calls"]) for name, counts in stats.items() if name not in asking)
-
-
 def while_paused(server: RedisServer, requests: Callable[[], list[T]]) -> tuple[list[T], int]:
-    """``requests`` run against the paused server, and the commands they sent it: a paused server runs
-    what it was sent once resumed, so the count after resuming holds them (the asking client's one
-    connection sends PING and INFO only). An answer "at once" is one that sent Redis nothing."""
-    with server.client() as client:
-        before = commands_run(client)
-        server.pause()
-        try:
-            answers = requests()
-        finally:
-            server.resume()
-        return answers, commands_run(client) - before
+    """``requests`` run against the paused server, and how many commands they sent it."""
+    answers, sent = server.while_paused(requests)
+    return answers, sent.total()
 
 
 def charge_error(store: RedisStore) -> type[BaseException] | None:
