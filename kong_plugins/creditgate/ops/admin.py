@@ -42,53 +42,11 @@ from creditgate.store.store import RedisStore
 
 
 @dataclass(frozen=True)
-class AccountView:
-    """An account as a charge made now would see it: its ``state`` as stored, with the current period
-    worked out here, because the charge script rolls a period over only on the first request after it
-    ends. The period's figures are the view's own; the rest is read from the state."""
-
-    state: AccountState
-    # The current period, as a charge made now would find it (the state's may have ended).
-    period: str  # its length; "none" also for a length the state holds that does not parse
-    used: int
-    period_start: int
-    period_end: int
-
-    @property
-    def account(self) -> str:
-        return self.state.account
-
-    @property
-    def plan(self) -> str:
-        return self.state.plan
-
-    @property
-    def status(self) -> str:
-        return self.state.status
-
-    @property
-    def starts_at(self) -> int:
-        return self.state.starts_at
-
-    @property
-    def anchor(self) -> int:
-        return self.state.anchor
-
-    @property
-    def expires_at(self) -> int:
-        return self.state.expires_at
-
-    @property
-    def allowance(self) -> int:
-        return self.state.allowance
-
-    @property
-    def prepaid(self) -> bool:
-        return self.state.prepaid
-
-    @property
-    def balance(self) -> int:
-        return self.state.balance
+class AccountView(AccountState):
+    """An account as a charge made now would see it: the stored state, with the current period worked
+    out here (``period``, ``used``, ``period_start`` and ``period_end`` are its), because the charge
+    script rolls a period over only on the first request after it ends. ``period`` is "none" also for
+    a length the state holds that does not parse."""
 
     @property
     def remaining(self) -> int:
@@ -136,7 +94,8 @@ def account_view(state: AccountState, now: int) -> AccountView:
         used, start, end = 0, window.start, window.end
     elif period is Period.NONE:
         start, end = state.anchor, 0
-    return AccountView(state, period.value, used, start, end)
+    current = {"period": period.value, "used": used, "period_start": start, "period_end": end}
+    return AccountView(**{**vars(state), **current})
 
 
 @dataclass(frozen=True)
