@@ -249,15 +249,8 @@ def store_failed(config: GateConfig, request: ChargeRequest, error: StoreError) 
     the data is wrong); an outage is a 503, or an unmetered pass-through with ``fault_tolerant`` or in
     shadow mode."""
     if isinstance(error, StoreDataError):
-        return Respond(
-            failure(
-                Reason.ACCOUNT_DATA_INVALID,
-                "The account's billing data is invalid, so the request was not processed; "
-                "the operator has been told.",
-                type_base=config.problem_type_base,
-            ),
-            log=f"credit-gate: account '{request.account}' refused with 500, {error}",
-        )
+        refused = f"credit-gate: account '{request.account}' refused with 500, {error}"
+        return data_invalid(config, "the request was not processed", refused)
     if config.fault_tolerant or not config.enforce:
         return Proxy(
             upstream=upstream_headers(request.account, None, request.member),
@@ -265,15 +258,34 @@ def store_failed(config: GateConfig, request: ChargeRequest, error: StoreError) 
             route_to=config.upstream,
             log=f"credit-gate: store unavailable, request proxied UNMETERED: {error}",
         )
+    log = f"credit-gate: store unavailable, request refused with 503: {error}"
+    return unavailable(config, error, "the request was not processed", log)
+
+
+def data_invalid(config: GateConfig, not_done: str, log: str) -> Respond:
+    """500 ``account_data_invalid``: Redis answered, the account's data is wrong (``not_done`` says what
+    the answer could not do)."""
+    return Respond(
+        failure(
+            Reason.ACCOUNT_DATA_INVALID,
+            f"The account's billing data is invalid, so {not_done}; the operator has been told.",
+            type_base=config.problem_type_base,
+        ),
+        log=log,
+    )
+
+
+def unavailable(config: GateConfig, error: StoreError, not_done: str, log: str) -> Respond:
+    """503 ``store_unavailable``, with a Retry-After of the breaker's cool-down (at least 1 s): while
+    it cools down, retrying sooner only meets another 503."""
     return Respond(
         failure(
             Reason.STORE_UNAVAILABLE,
-            "Billing is temporarily unavailable, so the request was not processed. Retry shortly.",
+            f"Billing is temporarily unavailable, so {not_done}. Retry shortly.",
             type_base=config.problem_type_base,
-            # While the breaker cools down, retrying sooner only meets another 503.
             retry_after_seconds=max(1, math.ceil(error.retry_after_ms / 1000)),
         ),
-        log=f"credit-gate: store unavailable, request refused with 503: {error}",
+        log=log,
     )
 
 

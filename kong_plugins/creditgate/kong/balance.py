@@ -12,23 +12,20 @@ whatever ``fault_tolerant`` says: there is nothing to let through, and a balance
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from creditgate.core import policy
 from creditgate.core.balance import balance_answer
 from creditgate.core.config import AccountBy, GateConfig
-from creditgate.core.decision import Reason, failure
 from creditgate.errors import StoreDataError, StoreError
 from creditgate.kong.answer import apply
 from creditgate.store.store import RedisStore
 
 
-def balance_access(config: GateConfig | None, store: RedisStore | None, kong: Any) -> bool:
-    """The access phase of a balance entry (the gate's config and store): always ends the request.
-    Never raises."""
-    assert config is not None and store is not None  # the gate answers an invalid config itself
+def balance_access(config: GateConfig, store: RedisStore, kong: Any) -> bool:
+    """The access phase of a balance entry (the gate's config and store; the gate answers an invalid
+    config itself): always ends the request. Never raises."""
     action: policy.Action
     try:
         if config.account_by is AccountBy.CREDENTIAL_ID:
@@ -50,24 +47,10 @@ def _answer(config: GateConfig, store: RedisStore, identity: Mapping[str, Any] |
     try:
         view = store.balance(payer, member)
     except StoreDataError as error:
-        return policy.Respond(
-            failure(
-                Reason.ACCOUNT_DATA_INVALID,
-                "The account's billing data is invalid, so its balance cannot be shown; "
-                "the operator has been told.",
-                type_base=config.problem_type_base,
-            ),
-            log=f"credit-gate: balance of account '{payer}' answered 500, {error}",
-        )
+        log = f"credit-gate: balance of account '{payer}' answered 500, {error}"
+        return policy.data_invalid(config, "its balance cannot be shown", log)
     except StoreError as error:
-        return policy.Respond(
-            failure(
-                Reason.STORE_UNAVAILABLE,
-                "Billing is temporarily unavailable, so the balance cannot be shown. Retry shortly.",
-                type_base=config.problem_type_base,
-                retry_after_seconds=max(1, math.ceil(error.retry_after_ms / 1000)),
-            ),
-            log=f"credit-gate: store unavailable, balance answered 503: {error}",
-        )
+        log = f"credit-gate: store unavailable, balance answered 503: {error}"
+        return policy.unavailable(config, error, "the balance cannot be shown", log)
     # Respond ends the request with this answer: a refusal above, a 200 here, applied the same way.
     return policy.Respond(balance_answer(view, payer, member, config.warnings))

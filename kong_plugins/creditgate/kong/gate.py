@@ -75,9 +75,9 @@ class Gate:
         except Exception as error:  # a bug or an unusable setting: refuse, never pass
             self.config_error = f"{type(error).__name__}: {error}"
         # The balance role answers every request itself (balance.py); an invalid config is the gate's.
-        self.balance_role = (
-            self.store is not None and self.config is not None and self.config.role is Role.BALANCE
-        )
+        self.balance: tuple[GateConfig, RedisStore] | None = None
+        if self.config is not None and self.store is not None and self.config.role is Role.BALANCE:
+            self.balance = (self.config, self.store)
         if self.config_error:
             NOTICES.say(
                 f"config:{self.config_error}",
@@ -89,8 +89,8 @@ class Gate:
 
     def access(self, kong: Any) -> bool:
         """Decide and tell Kong. True when the request was ended here with ``kong.response.exit``."""
-        if self.balance_role:
-            return balance_route.balance_access(self.config, self.store, kong)
+        if self.balance is not None:
+            return balance_route.balance_access(*self.balance, kong)
         facts: RequestFacts | Exception
         try:
             facts = self._read_request(kong)
