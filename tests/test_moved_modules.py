@@ -7,6 +7,7 @@ import importlib
 import subprocess
 import sys
 from types import ModuleType
+from unittest import mock
 
 import pytest
 
@@ -81,3 +82,36 @@ def test_the_imports_the_docs_show_still_work_in_a_fresh_interpreter() -> None:
 def test_an_unknown_module_is_still_an_import_error() -> None:
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("creditgate.no_such_module")
+
+
+@pytest.mark.server  # subprocesses of the package
+def test_python_m_of_an_old_path_runs_the_moved_module() -> None:
+    def run(*argv: str) -> bytes:
+        return subprocess.run([sys.executable, *argv], capture_output=True, check=True).stdout
+
+    moved, new = run("-W", "ignore", "-m", "creditgate.kong_schema"), run("-m", "creditgate.core.kong_schema")
+    assert moved == new and moved.startswith(b"{")
+
+
+def test_a_patch_through_a_split_old_path_reaches_the_code_and_is_undone() -> None:
+    from creditgate.kong import node_report
+
+    _old("creditgate.node_report")
+    with mock.patch("creditgate.node_report.interval_from_env", return_value=0.0):
+        assert node_report.interval_from_env() == 0.0
+    assert node_report.interval_from_env() == node_report.DEFAULT_INTERVAL
+
+
+def test_a_split_old_path_lists_and_star_imports_the_names_of_all_its_homes() -> None:
+    old = _old("creditgate.handler")
+    assert {"Gate", "NOTICES", "STORES", "StoreKey"} <= set(dir(old))
+    names: dict[str, object] = {}
+    exec("from creditgate.handler import *", names)
+    assert {"Gate", "NOTICES", "STORES", "CHARGE_CONTEXT_KEY"} <= set(names)
+
+
+def test_importing_an_old_path_leaves_the_new_module_reloadable_as_itself() -> None:
+    new = importlib.import_module("creditgate.ops.kong_conf")
+    _old("creditgate.deploy")
+    assert new.__spec__ is not None and new.__spec__.name == "creditgate.ops.kong_conf"
+    assert importlib.reload(new).__name__ == "creditgate.ops.kong_conf"
