@@ -6,7 +6,8 @@ CreditGateError                 base of everything below
 ├── NotFound                    an unknown plan or account
 ├── Conflict                    refused by the current state (plan in use, balance too low)
 │   ├── InsufficientBalance     the store's: a debit would take the balance below zero
-│   └── BalanceCapReached       the store's: a credit would take the balance past MAX_CREDITS
+│   ├── BalanceCapReached       the store's: a credit would take the balance past MAX_CREDITS
+│   └── IdempotencyKeyReused    the store's: an idempotency key sent again for another change
 └── StoreError                  Redis could not be reached or answered with an error
     ├── StoreTimeout            Redis did not answer within the configured timeout
     ├── StoreUnavailable        not tried: the circuit breaker is open after repeated failures
@@ -56,6 +57,24 @@ class BalanceCapReached(Conflict):
     def __init__(self, balance: int) -> None:
         super().__init__(f"the balance is {balance} credits: it cannot pass MAX_CREDITS; nothing changed")
         self.balance = balance
+
+
+class IdempotencyKeyReused(Conflict):
+    """An idempotency key already answers for another change (another kind or amount); nothing changed.
+
+    The store raises it with what the key's first request did, for the caller to word the refusal.
+    """
+
+    def __init__(self, key: str, first_kind: str, first_amount: int, first_ledger_id: str) -> None:
+        super().__init__(
+            f"idempotency key '{key}' was used for a {first_kind} of {first_amount:+d} credits "
+            f"(ledger {first_ledger_id}); it cannot be reused for another change, nothing changed "
+            "(send a new key for a new change)"
+        )
+        self.key = key
+        self.first_kind = first_kind
+        self.first_amount = first_amount
+        self.first_ledger_id = first_ledger_id
 
 
 class StoreError(CreditGateError):

@@ -8,7 +8,7 @@ from creditgate.cli import EXIT_CONFLICT, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_PRO
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.policy import ChargeRequest
-from creditgate.ops.admin import Admin
+from creditgate.ops.admin import PAYMENT_KEYS, Admin
 from creditgate.store.store import RedisStore
 from tests.cli_support import Cli
 
@@ -114,3 +114,33 @@ def test_verify_exits_5_when_a_balance_was_changed_behind_the_ledgers_back(
     result = cli.run("verify", "acme")
     assert result.exit_code == EXIT_PROBLEMS
     assert "1 ledger(s) do not replay to the balance (e.g. 'acme')" in result.stderr
+
+
+def test_a_key_reused_with_another_amount_exits_3_with_one_line_and_changes_nothing(
+    cli: Cli, store: RedisStore
+) -> None:
+    first = cli.json("grant", "acme", "500", "--key", "in_1042")
+    reused = cli.run("grant", "acme", "300", "--key", "in_1042")
+    assert reused.exit_code == EXIT_CONFLICT
+    assert reused.stdout == ""
+    (line,) = reused.stderr.splitlines()
+    assert line.startswith("credit-gate: error: ") and "in_1042" in line and first["ledger_id"] in line
+    assert "Traceback" not in reused.stderr
+    assert cli.run("adjust-down", "acme", "500", "--key", "in_1042").exit_code == EXIT_CONFLICT
+    assert store.account_state("acme").balance == 500
+
+
+def test_a_replay_reports_the_first_grant(cli: Cli) -> None:
+    first = cli.json("grant", "acme", "500", "--key", "in_1042")
+    again = cli.json("grant", "acme", "500", "--key", "in_1042")
+    assert again == {**first, "applied": False}
+
+
+def test_a_cli_key_named_like_a_webhook_event_does_not_swallow_the_webhook(
+    cli: Cli, admin: Admin, store: RedisStore
+) -> None:
+    cli.ok("grant", "acme", "100", "--key", "webhook:inv-42")
+    paid = admin.grant(
+        "acme", 500, note="webhook inv-42", idempotency_key="webhook:inv-42", key_namespace=PAYMENT_KEYS
+    )
+    assert paid.applied and store.account_state("acme").balance == 600

@@ -20,7 +20,8 @@ The rules, each enforced by one method:
 - **Every amount stays within ``CAP``**, a bound every step represents exactly (Lua numbers are doubles):
   a grant that would take the balance past it is refused.
 - **Idempotency**: a charge's key (bound to route and cost) answers for that charge and charges nothing
-  more; a grant's or adjustment's key applies once. A refusal records no key.
+  more; a grant's or adjustment's key applies once, and sent for another kind or amount changes nothing
+  (reused). A refusal records no key.
 - **Holds and settlements**: any charge may be settled (lowered) or refunded once, within its window,
   and a hold only until its ``settle_by``, however many ledger entries are kept. What is given back
   goes where it came from: to the balance up to what the balance paid, the rest to the allowance of
@@ -132,7 +133,8 @@ class ChargeOutcome:
 
 @dataclass(frozen=True)
 class CreditOutcome:
-    """``outcome``: applied; already (the key was applied before); refused (nothing changed)."""
+    """``outcome``: applied; already (the key was applied before, for this change); reused (the key answers
+    for another kind or amount: nothing changed); refused (nothing changed)."""
 
     outcome: str
     balance: int
@@ -266,7 +268,10 @@ class AccountModel:
 
     def _credit(self, kind: str, amount: int, key: str) -> CreditOutcome:
         if key and key in self.credit_keys:
-            return CreditOutcome("already", self.balance, self.credit_keys[key])
+            first = self.credit_keys[key]
+            if self.history[first].kind != kind or self.history[first].amount != amount:
+                return CreditOutcome("reused", self.balance, first)  # the key answers for another change
+            return CreditOutcome("already", self.balance, first)
         if not 0 <= self.balance + amount <= self.cap:
             return CreditOutcome("refused", self.balance, None)
         position = self._append(kind, amount)

@@ -36,7 +36,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan, Status
 from creditgate.core.periods import DAY_SECONDS, Period
 from creditgate.core.policy import ChargeRequest
-from creditgate.errors import Conflict, CreditGateError, InvalidDocument, NotFound
+from creditgate.errors import Conflict, CreditGateError, IdempotencyKeyReused, InvalidDocument, NotFound
 from creditgate.ops.admin import Admin
 from creditgate.store.store import RedisStore
 from tests.conftest import Clock
@@ -221,6 +221,8 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             expected = self.model.grant(amount, key)
             try:
                 result = self.admin.grant(ACCOUNT, amount, idempotency_key=key)
+            except IdempotencyKeyReused:
+                outcome = "reused"
             except (Conflict, InvalidDocument):
                 outcome = "refused"
             else:
@@ -237,6 +239,8 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             except NotFound:
                 assert expected is None
                 return
+            except IdempotencyKeyReused:
+                outcome = "reused"
             except Conflict:
                 outcome = "refused"
             else:

@@ -18,7 +18,8 @@ from creditgate.core.config import RedisSettings
 from creditgate.errors import ConfigError
 from creditgate.service.server import build
 from tests.redis_servers import RedisServer
-from tests.service_support import READ_TOKEN, Running, running_service
+from tests.service.test_webhooks import GENERIC, post_generic
+from tests.service_support import ADMIN_TOKEN, READ_TOKEN, Running, running_service
 
 PLAN = {"name": "pro", "period": "month", "allowance": 100, "prepaid": True, "title": "Pro"}
 PROBLEM = "application/problem+json"
@@ -144,6 +145,40 @@ def test_concurrent_retries_of_one_grant_count_once(api: Running) -> None:
     assert sum(t.status_code == 201 for t in taken) == 1
     assert api.call("GET", "/v1/accounts/acme").json()["balance"] == 40
     assert api.call("GET", "/v1/accounts/acme/ledger/verify").json()["ok"] is True
+
+
+def test_a_key_reused_with_another_amount_is_refused_with_409_idempotency_error(api: Running) -> None:
+    subscribed(api)
+    first = grant(api, "acme", 500, "invoice-1").json()
+    body = problem(grant(api, "acme", 300, "invoice-1"), 409, "idempotency_error")
+    assert first["ledger_id"] in str(body["detail"]) and "500" in str(body["detail"])
+    taken = api.call(
+        "POST",
+        "/v1/accounts/acme/adjustments",
+        json={"amount": 500},
+        headers={"Idempotency-Key": "invoice-1"},
+    )
+    problem(taken, 409, "idempotency_error")
+    assert api.call("GET", "/v1/accounts/acme").json()["balance"] == 500
+
+
+def test_a_replay_answers_the_first_amount_and_ledger_id(api: Running) -> None:
+    subscribed(api)
+    first = grant(api, "acme", 500, "invoice-1").json()
+    again = grant(api, "acme", 500, "invoice-1")
+    assert again.status_code == 200 and again.json() == {**first, "applied": False}
+
+
+def test_an_api_key_named_like_a_webhook_event_does_not_swallow_the_paid_webhook(
+    settings: RedisSettings,
+) -> None:
+    environ = {"CREDIT_GATE_ADMIN_TOKENS": ADMIN_TOKEN, "CREDIT_GATE_WEBHOOK_SECRET": GENERIC}
+    with running_service(settings, environ=environ) as api:
+        subscribed(api)
+        assert grant(api, "acme", 100, "webhook:inv-42").status_code == 201
+        paid = post_generic(api, {"id": "inv-42", "type": "grant", "account": "acme", "amount": 500})
+        assert paid.json()["outcome"] == "applied"
+        assert api.call("GET", "/v1/accounts/acme").json()["balance"] == 600
 
 
 def test_a_credit_write_without_an_idempotency_key_is_refused(api: Running) -> None:

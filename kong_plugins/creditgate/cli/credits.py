@@ -10,13 +10,14 @@ from creditgate.cli.common import CREDITS, EXIT_PROBLEMS, INSTANT, json_option, 
 from creditgate.cli.output import credits, emit_json, show, show_view, table, when
 from creditgate.errors import NotFound, StoreError
 from creditgate.ops import export
-from creditgate.ops.admin import Admin, LedgerEntry
+from creditgate.ops.admin import Admin, CreditResult, LedgerEntry
 
 
-def credit_json(account: str, result: Any, amount: int) -> dict[str, Any]:
+def credit_json(account: str, result: CreditResult) -> dict[str, Any]:
+    """The HTTP API's answer: ``amount`` is what the key's change moved (the first one's on a replay)."""
     return {
         "account": account,
-        "amount": amount,
+        "amount": result.amount,
         "applied": result.applied,
         "balance": result.balance,
         "ledger_id": result.ledger_id,
@@ -37,7 +38,10 @@ def _unknown_outcome(error: StoreError, account: str, key: str) -> StoreError:
 @click.argument("amount", callback=CREDITS)
 @click.option("--note", default="", help="Why, kept in the ledger (an invoice number, a reason).")
 @click.option(
-    "--key", default="", help="Idempotency key: the same key counts once, however often it is sent."
+    "--key",
+    default="",
+    help="Idempotency key: the same key counts once, however often it is sent (exit 3 if sent for "
+    "another amount).",
 )
 @click.option("--create", is_flag=True, help="Hold credit for an account that does not exist yet.")
 @json_option
@@ -54,7 +58,7 @@ def grant(admin: Admin, account: str, amount: int, note: str, key: str, create: 
     except StoreError as error:
         raise _unknown_outcome(error, account, key) from error
     if as_json:
-        emit_json(credit_json(account, result, amount))
+        emit_json(credit_json(account, result))
     elif result.applied:
         click.echo(
             f"Granted {credits(amount)} to '{account}': balance {result.balance} (ledger {result.ledger_id})."
@@ -74,13 +78,14 @@ def grant(admin: Admin, account: str, amount: int, note: str, key: str, create: 
 @json_option
 @pass_admin
 def adjust_down(admin: Admin, account: str, amount: int, note: str, key: str, as_json: bool) -> None:
-    """Take AMOUNT credits from ACCOUNT; refused (exit 3) if the balance would go below zero."""
+    """Take AMOUNT credits from ACCOUNT; refused (exit 3) if the balance would go below zero or --key was
+    used for another change."""
     try:
         result = admin.adjust_down(account, amount, note=note, idempotency_key=key)
     except StoreError as error:
         raise _unknown_outcome(error, account, key) from error
     if as_json:
-        emit_json(credit_json(account, result, -amount))
+        emit_json(credit_json(account, result))
     elif result.applied:
         click.echo(
             f"Took {credits(amount)} from '{account}': balance {result.balance} (ledger {result.ledger_id})."

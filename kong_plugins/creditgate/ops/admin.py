@@ -40,6 +40,13 @@ from creditgate.store import events
 from creditgate.store.replies import AccountState, CreditResult, ImportOutcome, LedgerEntry
 from creditgate.store.store import RedisStore
 
+# The namespace of the idempotency keys operators send (the HTTP API's Idempotency-Key, the CLI's --key,
+# Admin's callers by default): recorded as "api:<key>", so that no key an operator picks can stand for a
+# webhook's or a payment's, nor theirs for an operator's. The webhooks record their own prefixed keys
+# ("webhook:<event id>", "stripe:...") as given: PAYMENT_KEYS.
+OPERATOR_KEYS = "api"
+PAYMENT_KEYS = ""
+
 
 @dataclass(frozen=True)
 class AccountView(AccountState):
@@ -318,10 +325,14 @@ class Admin:
         *,
         note: str = "",
         idempotency_key: str = "",
+        key_namespace: str = OPERATOR_KEYS,
         create: bool = True,
     ) -> CreditResult:
         """Top up a balance. The same idempotency key counts once, however often it is retried, also
-        when the retries race. ``create=False`` refuses an account that does not exist yet (a typo)."""
+        when the retries race; sent for another amount it raises IdempotencyKeyReused (nothing changes).
+        ``key_namespace`` keeps a caller's keys apart (OPERATOR_KEYS, the default, for what operators
+        send; PAYMENT_KEYS records the key as given, as the webhooks' prefixed keys are).
+        ``create=False`` refuses an account that does not exist yet (a typo)."""
         check_account(account)
         credits(amount, "amount", minimum=1)
         if not create:
@@ -335,6 +346,7 @@ class Admin:
                 now=self.now(),
                 note=note,
                 idempotency_key=idempotency_key,
+                key_namespace=key_namespace,
                 ledger_retention=self.ledger_retention,
             )
         except BalanceCapReached as error:
@@ -343,9 +355,16 @@ class Admin:
         return result
 
     def adjust_down(
-        self, account: str, amount: int, *, note: str = "", idempotency_key: str = ""
+        self,
+        account: str,
+        amount: int,
+        *,
+        note: str = "",
+        idempotency_key: str = "",
+        key_namespace: str = OPERATOR_KEYS,
     ) -> CreditResult:
-        """Take credits away; refused, with nothing changed, if the balance would go below zero."""
+        """Take credits away; refused, with nothing changed, if the balance would go below zero. The key
+        and its namespace as for ``grant``."""
         check_account(account)
         credits(amount, "amount", minimum=1)
         self.account(account)
@@ -357,6 +376,7 @@ class Admin:
                 now=self.now(),
                 note=note,
                 idempotency_key=idempotency_key,
+                key_namespace=key_namespace,
                 ledger_retention=self.ledger_retention,
             )
         except InsufficientBalance as error:
@@ -532,9 +552,12 @@ def _cap_conflict(account: str, balance: int, amount: int) -> Conflict:
 
 
 __all__ = [
+    "OPERATOR_KEYS",
+    "PAYMENT_KEYS",
     "USAGE_FIELDS",
     "AccountView",
     "Admin",
+    "CreditResult",
     "InvalidDocument",
     "LedgerCheck",
     "LedgerEntry",

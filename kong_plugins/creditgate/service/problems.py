@@ -1,8 +1,8 @@
 """RFC 9457 problem bodies (``application/problem+json``) with a stable ``code`` per kind of failure.
 
 The codes follow the CLI's exit codes, so a script moving from the CLI to the API meets the same
-vocabulary: ``invalid_input`` (exit 1), ``not_found`` (2), ``conflict`` (3), ``store_unavailable`` (4),
-plus what only HTTP has (authentication, body size, content type, signatures).
+vocabulary: ``invalid_input`` (exit 1), ``not_found`` (2), ``conflict`` and ``idempotency_error`` (3),
+``store_unavailable`` (4), plus what only HTTP has (authentication, body size, content type, signatures).
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 # The admin API's problems are another vocabulary under the plugin's default problem type base.
 from creditgate.core.schema import PROBLEM_TYPE_BASE
-from creditgate.errors import ConfigError, Conflict, CreditGateError, InvalidDocument, NotFound, StoreError
+from creditgate.errors import (
+    ConfigError,
+    Conflict,
+    CreditGateError,
+    IdempotencyKeyReused,
+    InvalidDocument,
+    NotFound,
+    StoreError,
+)
 
 MEDIA_TYPE = "application/problem+json"
 STORE_RETRY_AFTER_S = 1  # Redis failed and no breaker says for how long: ask again in a second
@@ -33,6 +41,7 @@ TITLES = {
     "payload_too_large": "Body too large",
     "unsupported_media_type": "Unsupported media type",
     "idempotency_key_required": "Idempotency-Key required",
+    "idempotency_error": "Idempotency-Key reused for another change",
     "bad_signature": "Bad signature",
     "webhook_not_configured": "Webhook not configured",
     "events_not_configured": "Events not configured",
@@ -102,6 +111,8 @@ def from_error(error: CreditGateError) -> ApiProblem:
         )
     if isinstance(error, NotFound):
         return ApiProblem(404, "not_found", str(error))
+    if isinstance(error, IdempotencyKeyReused):  # Stripe's name for the same refusal
+        return ApiProblem(409, "idempotency_error", str(error), ledger_id=error.first_ledger_id)
     if isinstance(error, Conflict):
         return ApiProblem(409, "conflict", str(error))
     if isinstance(error, InvalidDocument):

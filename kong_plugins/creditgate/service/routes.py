@@ -328,7 +328,8 @@ def set_status(
 # Credits
 
 
-def _credit_answer(response: Response, account: str, amount: int, result: CreditResult) -> dict[str, Any]:
+def _credit_answer(response: Response, account: str, result: CreditResult) -> dict[str, Any]:
+    """201 for a change applied, 200 for a replay; ``amount`` is what the key's change moved (signed)."""
     if result.applied:
         response.status_code = 201
     else:
@@ -336,7 +337,7 @@ def _credit_answer(response: Response, account: str, amount: int, result: Credit
         response.headers["Idempotent-Replayed"] = "true"
     return {
         "account": account,
-        "amount": amount,
+        "amount": result.amount,
         "applied": result.applied,
         "balance": result.balance,
         "ledger_id": result.ledger_id,
@@ -349,7 +350,7 @@ def _credit_answer(response: Response, account: str, amount: int, result: Credit
     status_code=201,
     responses={
         **WRITE,
-        **_problems(404),
+        **_problems(404, 409),
         200: {"description": "The key was already applied: nothing changed"},
     },
     openapi_extra=_request_body(GRANT_SCHEMA),
@@ -361,16 +362,16 @@ def grant(
     response: Response,
     content: Annotated[dict[str, Any], body_dependency(GRANT_SCHEMA)],
 ) -> dict[str, Any]:
-    """Top up the balance, once per Idempotency-Key (201; a repeat answers 200 with the first ledger id)."""
-    amount = content["amount"]
+    """Top up the balance, once per Idempotency-Key (201; a repeat answers 200 with the first ledger id;
+    the key sent again for another amount, 409 idempotency_error)."""
     result = service.admin.grant(
         account,
-        amount,
+        content["amount"],
         note=content.get("note", ""),
         idempotency_key=key,
         create=bool(content.get("create", False)),
     )
-    return _credit_answer(response, account, amount, result)
+    return _credit_answer(response, account, result)
 
 
 @router.post(
@@ -388,10 +389,14 @@ def adjust_down(
     content: Annotated[dict[str, Any], body_dependency(CREDIT_SCHEMA)],
 ) -> dict[str, Any]:
     """Take credits away, once per Idempotency-Key; 409 with nothing changed if the balance would go below
-    zero."""
-    amount = content["amount"]
-    result = service.admin.adjust_down(account, amount, note=content.get("note", ""), idempotency_key=key)
-    return _credit_answer(response, account, -amount, result)
+    zero (conflict) or the key was sent for another change (idempotency_error)."""
+    result = service.admin.adjust_down(
+        account,
+        content["amount"],
+        note=content.get("note", ""),
+        idempotency_key=key,
+    )
+    return _credit_answer(response, account, result)
 
 
 # Pools

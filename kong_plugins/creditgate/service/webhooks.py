@@ -3,7 +3,14 @@
 Stripe signs ``<timestamp>.<body>`` with the endpoint's signing secret (HMAC-SHA256, the
 ``Stripe-Signature`` header); the ``stripe`` package checks it and the replay tolerance. Stripe re-sends
 an event until it gets a 2xx, for days: so every event that is not applied on purpose is still
-acknowledged (and logged), and only a Redis failure answers 503, which makes Stripe try again.
+acknowledged (and logged), and only a Redis failure answers 503, which makes Stripe try again. An event
+that can never apply (an account name that is empty or holds a control character, an account that does
+not exist, a payment that maps to no credits) is acknowledged with an ``outcome`` naming why, an
+error-level log line and the webhook metric's ``outcome`` label. A webhook opens no account unless the
+billing map says ``create_accounts: true``: a typo in metadata must not put paid credits in a new
+account nobody uses. Events of Stripe Connect accounts (``event.account``) apply only for the accounts
+the map lists in ``connect_accounts``; the others are acknowledged as ``connect_account_not_mapped``.
+Bad bytes (a body that is not UTF-8, a header that is not ASCII or not a number) answer 400.
 
 Once only: each grant or adjustment carries an idempotency key made of the Stripe object it comes
 from (``stripe:checkout:<session>``, ``stripe:invoice:<invoice>``, ``stripe:refund:<refund>``,
@@ -31,8 +38,9 @@ from typing import Annotated, Any
 import stripe
 from fastapi import APIRouter, Header, Request
 
-from creditgate.core.model import MAX_CREDITS
-from creditgate.errors import ConfigError, Conflict, NotFound
+from creditgate.core.model import MAX_CREDITS, check_account
+from creditgate.errors import ConfigError, Conflict, IdempotencyKeyReused, InvalidDocument, NotFound
+from creditgate.ops.admin import PAYMENT_KEYS
 from creditgate.ops.documents import read_document
 from creditgate.service.body import parse_json, read_body, validate
 from creditgate.service.metrics import count_webhook
@@ -59,6 +67,8 @@ class WebhookSettings:
     customers: dict[str, str] = field(default_factory=dict)  # Stripe customer id -> account
     metadata_key: str = DEFAULT_METADATA_KEY
     refunds: bool = True  # refunds and disputes take the credits back (off: logged only)
+    create_accounts: bool = False  # a paid event may open the account it names (off: it must exist)
+    connect_accounts: frozenset[str] = frozenset()  # Stripe Connect accounts whose events apply
 
     @classmethod
     def load(cls, path: Path | None, environ: dict[str, str] | None = None) -> WebhookSettings:
@@ -66,7 +76,15 @@ class WebhookSettings:
         document: Any = read_document(path) if path is not None else {}
         if not isinstance(document, dict):
             raise ConfigError(f"{path}: must be a mapping with credits, customers, metadata_key, refunds")
-        unknown = set(document) - {"credits", "customers", "metadata_key", "refunds", "tolerance"}
+        unknown = set(document) - {
+            "credits",
+            "customers",
+            "metadata_key",
+            "refunds",
+            "tolerance",
+            "create_accounts",
+            "connect_accounts",
+        }
         if unknown:
             raise ConfigError(f"{path}: unknown field(s) {sorted(unknown)}")
         credits = document.get("credits") or {}
@@ -79,6 +97,14 @@ class WebhookSettings:
         tolerance = document.get("tolerance", DEFAULT_TOLERANCE)
         if isinstance(tolerance, bool) or not isinstance(tolerance, int) or not 1 <= tolerance <= 86_400:
             raise ConfigError(f"{path}: tolerance must be 1-86400 seconds")
+        create_accounts = document.get("create_accounts", False)
+        if not isinstance(create_accounts, bool):
+            raise ConfigError(f"{path}: create_accounts must be true or false, got {create_accounts!r}")
+        connect_accounts = document.get("connect_accounts") or []
+        if not isinstance(connect_accounts, list) or not all(
+            isinstance(a, str) and a.startswith("acct_") for a in connect_accounts
+        ):
+            raise ConfigError(f"{path}: connect_accounts must be a list of Stripe account ids (acct_...)")
         return cls(
             stripe_secret=env.get(STRIPE_SECRET_ENV, ""),
             generic_secret=env.get(GENERIC_SECRET_ENV, ""),
@@ -87,6 +113,8 @@ class WebhookSettings:
             customers={str(k): v for k, v in customers.items()},
             metadata_key=str(document.get("metadata_key", DEFAULT_METADATA_KEY)),
             refunds=bool(document.get("refunds", True)),
+            create_accounts=create_accounts,
+            connect_accounts=frozenset(connect_accounts),
         )
 
 
@@ -125,17 +153,35 @@ def _line_credits(settings: WebhookSettings, lines: Any) -> int:
     (or, failing that, its product), times the quantity."""
     total = 0
     for line in lines if isinstance(lines, list) else []:
+        if not isinstance(line, dict):
+            continue
         price = _get(line, "price") or _get(line, "pricing", "price_details") or {}
         price_id = price.get("id") or price.get("price") if isinstance(price, dict) else price
         product = price.get("product") if isinstance(price, dict) else None
-        quantity = line.get("quantity") if isinstance(line.get("quantity"), int) else 1
+        quantity = line.get("quantity", 1)
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
+            quantity = 0  # a line Stripe would never send buys nothing
         per_unit = settings.credits.get(str(price_id)) or settings.credits.get(str(product)) or 0
         total += per_unit * quantity
     return total
 
 
+def _whole(value: Any) -> int:
+    """An amount of money from an event: a whole number of the currency's smallest unit, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _ack(event: dict[str, Any], outcome: str, **extra: Any) -> dict[str, Any]:
     return {"event": event.get("id"), "type": event.get("type"), "outcome": outcome, **extra}
+
+
+def _unappliable(event: dict[str, Any], outcome: str, why: str, **extra: Any) -> dict[str, Any]:
+    """Acknowledged all the same: Stripe would re-send it for days and it would never apply. The error
+    log line and the ``outcome`` label of the webhook metric are how an operator learns of it."""
+    log.error(
+        "credit-gate: Stripe %s %s not applied (%s): %s", event.get("type"), event.get("id"), outcome, why
+    )
+    return _ack(event, outcome, **extra)
 
 
 def _grant_payment(
@@ -147,16 +193,36 @@ def _grant_payment(
     payment: dict[str, Any],
 ) -> dict[str, Any]:
     if account is None:
-        log.warning("credit-gate: Stripe %s %s names no account; nothing granted", event["type"], event["id"])
-        return _ack(event, "no_account")
+        return _unappliable(event, "no_account", "it names no account (metadata or customers map)")
+    try:
+        check_account(account)
+    except InvalidDocument as error:
+        return _unappliable(event, "invalid_account", f"the account {account!r} {error}", account=account)
     if credits <= 0 or credits > MAX_CREDITS:
-        log.warning(
-            "credit-gate: Stripe %s %s maps to no credits; nothing granted", event["type"], event["id"]
-        )
-        return _ack(event, "no_mapped_price", account=account)
+        return _unappliable(event, "no_mapped_price", "it maps to no credits (or too many)", account=account)
+    create = settings_of(service).create_accounts
+    unknown = f"no account named {account!r} (the billing map does not set create_accounts: true)"
+    # Checked before the payment is recorded, so that no record names an account that never got credits.
+    if not create:
+        try:
+            service.admin.account(account)
+        except NotFound:
+            return _unappliable(event, "unknown_account", unknown, account=account)
     # The payment is recorded before the grant, so that whenever a grant exists a refund can find it.
     payments.record_payment(service.admin.store, payment["refs"], account, credits, payment["amount"])
-    result = service.admin.grant(account, credits, note=f"stripe {event['type']}", idempotency_key=key)
+    try:
+        result = service.admin.grant(
+            account,
+            credits,
+            note=f"stripe {event['type']}",
+            idempotency_key=key,
+            key_namespace=PAYMENT_KEYS,
+            create=create,
+        )
+    except NotFound:  # removed since the check above
+        return _unappliable(event, "unknown_account", unknown, account=account)
+    except IdempotencyKeyReused as error:  # this payment's key granted another amount (the map changed)
+        return _unappliable(event, "idempotency_conflict", str(error), account=account)
     return _ack(event, "granted" if result.applied else "already_applied", account=account, credits=credits)
 
 
@@ -170,7 +236,7 @@ def _take_back(
         )
         return _ack(event, "refunds_off")
     record = payments.find_payment(service.admin.store, refs)
-    if record is None or not isinstance(amount, int) or amount <= 0 or not record["amount"]:
+    if record is None or not _whole(amount) or not _whole(record.get("amount")):
         log.warning("credit-gate: Stripe %s %s matches no credited payment", event["type"], event["id"])
         return _ack(event, "no_payment")
     # Proportional to the share of the payment given back, rounded down: never more than was granted.
@@ -179,8 +245,14 @@ def _take_back(
         return _ack(event, "nothing_to_take")
     try:
         result = service.admin.adjust_down(
-            record["account"], credits, note=f"stripe {event['type']}", idempotency_key=key
+            record["account"],
+            credits,
+            note=f"stripe {event['type']}",
+            idempotency_key=key,
+            key_namespace=PAYMENT_KEYS,
         )
+    except IdempotencyKeyReused as error:
+        return _unappliable(event, "idempotency_conflict", str(error), account=record["account"])
     except (Conflict, NotFound) as error:
         log.warning("credit-gate: Stripe %s %s not applied: %s", event["type"], event["id"], error)
         return _ack(event, "balance_too_low", account=record["account"], credits=credits)
@@ -198,22 +270,57 @@ def _dispute_closed(service: Service, event: dict[str, Any], obj: dict[str, Any]
     if taken is None:
         log.warning("credit-gate: Stripe %s %s: the dispute took no credits", event["type"], event["id"])
         return _ack(event, "nothing_taken")
-    result = service.admin.grant(
-        taken["account"],
-        taken["credits"],
-        note=f"stripe {event['type']} won",
-        idempotency_key=f"stripe:dispute_won:{obj['id']}",
-    )
+    try:
+        result = service.admin.grant(
+            taken["account"],
+            taken["credits"],
+            note=f"stripe {event['type']} won",
+            idempotency_key=f"stripe:dispute_won:{obj['id']}",
+            key_namespace=PAYMENT_KEYS,
+        )
+    except IdempotencyKeyReused as error:
+        return _unappliable(event, "idempotency_conflict", str(error), account=taken["account"])
     outcome = "given_back" if result.applied else "already_applied"
     return _ack(event, outcome, account=taken["account"], credits=taken["credits"])
+
+
+HANDLED = frozenset(
+    {
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+        "invoice.paid",
+        "charge.refunded",
+        "refund.created",
+        "charge.dispute.created",
+        "charge.dispute.closed",
+    }
+)
 
 
 def apply_stripe_event(service: Service, event: dict[str, Any]) -> dict[str, Any]:
     settings = settings_of(service)
     kind = event.get("type")
-    obj = _get(event, "data", "object")
-    if not isinstance(obj, dict) or not isinstance(event.get("id"), str):
+    if not isinstance(kind, str) or kind not in HANDLED:
+        log.info("credit-gate: Stripe event %s (%s) acknowledged, not handled", event.get("id"), kind)
         return _ack(event, "ignored")
+    obj = _get(event, "data", "object")
+    if (
+        not isinstance(obj, dict)
+        or not isinstance(event.get("id"), str)
+        or not isinstance(obj.get("id"), str)
+    ):
+        return _unappliable(event, "malformed_event", "the event or its object has no id")
+    # Stripe Connect: an event of a connected account (``account``) is about that account's customers
+    # and money, not the platform's: it applies only when the operator lists the account.
+    connected = event.get("account")
+    if connected is not None and not (isinstance(connected, str) and connected in settings.connect_accounts):
+        log.warning(
+            "credit-gate: Stripe %s %s of connected account %r ignored: not in connect_accounts",
+            kind,
+            event["id"],
+            connected,
+        )
+        return _ack(event, "connect_account_not_mapped", connect_account=connected)
     if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
         if obj.get("payment_status") not in ("paid", "no_payment_required"):
             return _ack(event, "not_paid_yet")
@@ -222,7 +329,7 @@ def apply_stripe_event(service: Service, event: dict[str, Any]) -> dict[str, Any
         if not credits and isinstance(price, str):
             credits = settings.credits.get(price, 0)
         refs = [r for r in (obj.get("payment_intent"), obj.get("invoice")) if isinstance(r, str)]
-        payment = {"amount": obj.get("amount_total") or 0, "refs": refs}
+        payment = {"amount": _whole(obj.get("amount_total")), "refs": refs}
         return _grant_payment(
             service, event, f"stripe:checkout:{obj['id']}", _account(settings, obj), credits, payment
         )
@@ -231,7 +338,7 @@ def apply_stripe_event(service: Service, event: dict[str, Any]) -> dict[str, Any
         refs = [
             r for r in (obj.get("payment_intent"), obj.get("charge"), obj.get("id")) if isinstance(r, str)
         ]
-        payment = {"amount": obj.get("amount_paid") or 0, "refs": refs}
+        payment = {"amount": _whole(obj.get("amount_paid")), "refs": refs}
         return _grant_payment(
             service, event, f"stripe:invoice:{obj['id']}", _account(settings, obj), credits, payment
         )
@@ -239,9 +346,10 @@ def apply_stripe_event(service: Service, event: dict[str, Any]) -> dict[str, Any
         refs = [
             r for r in (obj.get("payment_intent"), obj.get("invoice"), obj.get("id")) if isinstance(r, str)
         ]
+        listed = _get(obj, "refunds", "data")
         outcomes = [
             _take_back(service, event, f"stripe:refund:{refund['id']}", refs, refund.get("amount"))
-            for refund in (_get(obj, "refunds", "data") or [])
+            for refund in (listed if isinstance(listed, list) else [])
             if isinstance(refund, dict) and isinstance(refund.get("id"), str)
         ]
         return _ack(event, "refunds", refunds=outcomes)
@@ -256,10 +364,7 @@ def apply_stripe_event(service: Service, event: dict[str, Any]) -> dict[str, Any
             # credits not taken) and again on a re-sent event (so a crash between the two heals).
             payments.record_dispute(service.admin.store, obj["id"], answer["account"], -answer["credits"])
         return answer
-    if kind == "charge.dispute.closed":
-        return _dispute_closed(service, event, obj)
-    log.info("credit-gate: Stripe event %s (%s) acknowledged, not handled", event.get("id"), kind)
-    return _ack(event, "ignored")
+    return _dispute_closed(service, event, obj)  # charge.dispute.closed, the last of HANDLED
 
 
 @router.post("/stripe", responses={400: {"description": "Bad signature or body"}})
@@ -273,6 +378,14 @@ async def stripe_webhook(
     if not settings.stripe_secret:
         raise ApiProblem(404, "webhook_not_configured", f"set {STRIPE_SECRET_ENV} to receive Stripe's events")
     payload = await read_body(request, service.body_limit)
+    # The stripe package decodes the body as UTF-8 and compares the header's signatures as str (which
+    # raises on non-ASCII): both are checked first, so that bad bytes are a 400 and not a traceback.
+    if stripe_signature is not None and not stripe_signature.isascii():
+        raise ApiProblem(400, "bad_signature", "the Stripe-Signature header is not ASCII")
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiProblem(400, "malformed_body", "the body is not UTF-8") from None
     try:
         stripe.WebhookSignature.verify_header(
             payload, stripe_signature, settings.stripe_secret, settings.tolerance
@@ -312,8 +425,12 @@ def generic_signature(secret: str, timestamp: str, body: bytes) -> str:
 def _verify_generic(
     settings: WebhookSettings, timestamp: str | None, signature: str | None, body: bytes
 ) -> None:
-    if not timestamp or not timestamp.isdigit() or not signature:
+    if not signature or not timestamp:
         raise ApiProblem(400, "bad_signature", "send Webhook-Timestamp and Webhook-Signature: v1=<hex>")
+    # ASCII digits only ("²" is a digit to str.isdigit and not to int), and at most 12 of them (Unix
+    # seconds until the year 33658), so that int() neither fails nor works on thousands of digits.
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        raise ApiProblem(400, "bad_signature", "Webhook-Timestamp must be Unix seconds (digits only)")
     if abs(time.time() - int(timestamp)) > settings.tolerance:
         raise ApiProblem(400, "bad_signature", f"the timestamp is more than {settings.tolerance} s off")
     expected = generic_signature(settings.generic_secret, timestamp, body).encode()
@@ -341,18 +458,41 @@ async def generic_webhook(
 
     def apply() -> dict[str, Any]:
         key, note = f"webhook:{event['id']}", event.get("note", "") or f"webhook {event['id']}"
-        if event["type"] == "grant":
-            result = service.admin.grant(
+        # The event asks; the operator's billing map decides whether a webhook may open an account.
+        create = bool(event.get("create")) and settings.create_accounts
+        try:
+            if event["type"] == "grant":
+                result = service.admin.grant(
+                    event["account"],
+                    event["amount"],
+                    note=note,
+                    idempotency_key=key,
+                    key_namespace=PAYMENT_KEYS,
+                    create=create,
+                )
+            else:
+                result = service.admin.adjust_down(
+                    event["account"],
+                    event["amount"],
+                    note=note,
+                    idempotency_key=key,
+                    key_namespace=PAYMENT_KEYS,
+                )
+        except NotFound:
+            # Acknowledged: a sender that re-sends until it gets a 2xx would never get one.
+            log.error(
+                "credit-gate: webhook event %s not applied (unknown_account): no account named %r%s",
+                event["id"],
                 event["account"],
-                event["amount"],
-                note=note,
-                idempotency_key=key,
-                create=bool(event.get("create")),
+                "" if settings.create_accounts else " (the billing map does not set create_accounts: true)",
             )
-        else:
-            result = service.admin.adjust_down(
-                event["account"], event["amount"], note=note, idempotency_key=key
+            return {"event": event["id"], "outcome": "unknown_account", "account": event["account"]}
+        except IdempotencyKeyReused as error:
+            # Acknowledged too: the same event id was sent before with another type or amount.
+            log.error(
+                "credit-gate: webhook event %s not applied (idempotency_conflict): %s", event["id"], error
             )
+            return {"event": event["id"], "outcome": "idempotency_conflict", "account": event["account"]}
         return {
             "event": event["id"],
             "outcome": "applied" if result.applied else "already_applied",

@@ -42,11 +42,16 @@ class SettleResult:
 
 @dataclass(frozen=True)
 class CreditResult:
-    """What a grant, adjustment or refund did: ``applied`` False means the idempotency key was seen."""
+    """What a grant, adjustment or refund did: ``applied`` False means the idempotency key was seen.
+
+    ``amount`` is the signed change the key answers for: this one's when applied, the first one's on a
+    replay (a key recorded by an earlier version whose ledger entry is gone: this request's, unchecked).
+    """
 
     applied: bool
     balance: int
     ledger_id: str
+    amount: int
 
 
 @dataclass(frozen=True)

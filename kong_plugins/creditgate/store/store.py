@@ -32,6 +32,7 @@ from creditgate.core.policy import ChargeRequest
 from creditgate.core.schema import default
 from creditgate.errors import (
     BalanceCapReached,
+    IdempotencyKeyReused,
     InsufficientBalance,
     StoreError,
     StoreTimeout,
@@ -291,21 +292,32 @@ class RedisStore:
         now: int,
         note: str = "",
         idempotency_key: str = "",
+        key_namespace: str = "",
         reference: str = "",
         ledger_retention: int = DEFAULT_LEDGER_RETENTION,
     ) -> CreditResult:
-        """Change a balance by ``amount`` (signed); raises InsufficientBalance rather than go below 0."""
+        """Change a balance by ``amount`` (signed), once per idempotency key (credit.lua).
+
+        The key is recorded as ``<key_namespace>:<key>`` (as given when the namespace is ""), with what
+        this change did. Raises InsufficientBalance rather than go below 0, BalanceCapReached rather than
+        pass MAX_CREDITS, and IdempotencyKeyReused when the key answers for another kind or amount;
+        nothing changes in any of them.
+        """
         keys = self.keys.account(account)
-        outcome, balance, ledger_id = self._call(
+        outcome, balance, ledger_id, first_kind, first_amount = self._call(
             self._credit,
             [keys.state, keys.ledger, keys.idempotency],
-            [kind, amount, note, idempotency_key, now, ledger_retention, reference],
+            [kind, amount, note, idempotency_key, now, ledger_retention, reference, key_namespace],
         )
         if int(outcome) == -1:
             raise InsufficientBalance(int(balance))
         if int(outcome) == -2:
             raise BalanceCapReached(int(balance))
-        return CreditResult(int(outcome) == 1, int(balance), as_text(ledger_id))
+        if int(outcome) == -3:
+            raise IdempotencyKeyReused(
+                idempotency_key, as_text(first_kind), int(first_amount), as_text(ledger_id)
+            )
+        return CreditResult(int(outcome) == 1, int(balance), as_text(ledger_id), int(first_amount))
 
     def put_plan(self, plan: Plan) -> None:
         self._run("SET", self.keys.plan(plan.name), json.dumps(plan.to_document(), sort_keys=True))

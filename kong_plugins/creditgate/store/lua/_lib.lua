@@ -326,22 +326,90 @@ end
 -- Returns outcome, balance, ledger id: 1 applied; 0 the key was already applied (nothing changed, the
 -- first application's ledger id); -1 refused, the balance would go below zero; -2 refused, the balance
 -- would pass MAX_CREDITS (nothing changed in either case).
+-- An idempotency record (a field of the account's keys hash): what the key's first change did,
+-- "<ledger id> <kind> <signed amount>", so that the key answers for that change and refuses any other.
+-- Earlier versions wrote the bare ledger id (the old form): such a record is compared through its ledger entry while
+-- the ledger keeps it; once the entry is folded away nothing can be compared, and the key is answered as
+-- applied (a replay is never applied twice). Returns the ledger id, the kind and the amount (nil, nil
+-- when not known) and whether the record is of the old form; BADDATA for anything else.
+local CREDIT_KINDS = {grant = true, adjust = true, refund = true}
+local MAX_ID_PART = 19  -- digits of a stream id's part that always fit its 64 bits
+
+local function ledger_id_ok(id)
+  local ms, seq = string.match(id, '^([0-9]+)%-([0-9]+)$')
+  return ms ~= nil and #ms <= MAX_ID_PART and #seq <= MAX_ID_PART
+end
+
+local function read_key_record(keys_key, ledger_key, field, value)
+  local id, kind, text = string.match(value, '^([^ ]+) ([^ ]+) ([^ ]+)$')
+  if id then
+    local amount = strict_int(text, -MAX_CREDITS, MAX_CREDITS)
+    if not ledger_id_ok(id) or not CREDIT_KINDS[kind] or amount == nil or amount == 0 then
+      bad(keys_key, field, 'is not an idempotency record ("<ledger id> <kind> <amount>")')
+    end
+    return id, kind, amount, false
+  end
+  if not ledger_id_ok(value) then
+    bad(keys_key, field, 'is not an idempotency record ("<ledger id> <kind> <amount>")')
+  end
+  check_type(ledger_key, 'stream')
+  local entry = redis.call('XRANGE', ledger_key, value, value)[1]
+  if entry == nil then
+    return value, nil, nil, true
+  end
+  local found = {}
+  for i = 1, #entry[2], 2 do
+    found[entry[2][i]] = entry[2][i + 1]
+  end
+  local amount = read_int(ledger_key, value .. ' amount', found['amount'], nil, -MAX_CREDITS, MAX_CREDITS)
+  if found['kind'] == nil or amount == nil then
+    return value, nil, nil, true
+  end
+  return value, found['kind'], amount, true
+end
+
+-- Change a balance by `amount` (signed), at most once per idempotency key. `namespace` ("" or nil for
+-- none) keeps one caller's keys apart from another's: the key is recorded as "<namespace>:<key>". Before
+-- namespaces existed every key was recorded as given, so a namespaced key with no record of its own
+-- also answers for an old-form record under the bare key (a retry sent across the upgrade); a record of
+-- the new form there was written since, by a caller without that namespace, and is not its.
+-- Returns outcome (1 applied, 0 already applied, -1 below zero, -2 past MAX_CREDITS, -3 the key
+-- answers for another change), the balance, the ledger id, and the kind and amount of the change the
+-- key answers for (the first one's when the key was seen).
 local function apply_credit(account_key, ledger_key, keys_key, kind, amount, note, key, now, retention,
-                            reference)
+                            reference, namespace)
   check_type(account_key, 'hash')
   check_type(keys_key, 'hash')
   local balance = read_int(account_key, 'balance', redis.call('HGET', account_key, 'balance'), 0, 0, MAX_CREDITS)
+  local field = key
+  if key ~= '' and namespace ~= nil and namespace ~= '' then
+    field = namespace .. ':' .. key
+  end
   if key ~= '' then
-    local first = redis.call('HGET', keys_key, key)
+    local first, first_kind, first_amount
+    local value = redis.call('HGET', keys_key, field)
+    if value then
+      first, first_kind, first_amount = read_key_record(keys_key, ledger_key, field, value)
+    elseif field ~= key then
+      value = redis.call('HGET', keys_key, key)
+      if value then
+        local old_form
+        first, first_kind, first_amount, old_form = read_key_record(keys_key, ledger_key, key, value)
+        if not old_form then first = nil end
+      end
+    end
     if first then
-      return 0, balance, first
+      if first_kind ~= nil and (first_kind ~= kind or first_amount ~= amount) then
+        return -3, balance, first, first_kind, first_amount
+      end
+      return 0, balance, first, kind, amount
     end
   end
   if balance + amount < 0 then
-    return -1, balance, ''
+    return -1, balance, '', kind, amount
   end
   if balance + amount > MAX_CREDITS then
-    return -2, balance, ''
+    return -2, balance, '', kind, amount
   end
   local plan = ledger_plan(account_key, ledger_key, retention, 1)
   balance = redis.call('HINCRBY', account_key, 'balance', fmt(amount))
@@ -357,9 +425,9 @@ local function apply_credit(account_key, ledger_key, keys_key, kind, amount, not
   end
   local id = ledger_append(account_key, ledger_key, plan, fields)
   if key ~= '' then
-    redis.call('HSET', keys_key, key, id)
+    redis.call('HSET', keys_key, field, id .. ' ' .. kind .. ' ' .. fmt(amount))
   end
-  return 1, balance, id
+  return 1, balance, id, kind, amount
 end
 
 -- A charge's facts for settling it (a table of strings), kept in the account's holds hash until

@@ -2,7 +2,7 @@
 --
 -- KEYS[1]  the account's hash
 -- KEYS[2]  the account's ledger stream
--- KEYS[3]  the account's idempotency hash (key -> ledger id of the change it made)
+-- KEYS[3]  the account's idempotency hash (key -> the change it made, as credit.lua records it)
 -- ARGV[1]  plan name, or "" to leave the subscription as it is
 -- ARGV[2]  status
 -- ARGV[3]  starts_at: Unix seconds
@@ -31,6 +31,8 @@ check_type(account_key, 'hash')
 check_type(keys_key, 'hash')
 if amount > 0 then
   ledger_plan(account_key, ledger_key, arg_int(13, 0, 1e12), 1)  -- checked before the first write
+  local record = redis.call('HGET', keys_key, ARGV[10])
+  if record then read_key_record(keys_key, ledger_key, ARGV[10], record) end  -- likewise
 end
 local balance = read_int(account_key, 'balance', redis.call('HGET', account_key, 'balance'), 0, 0, MAX_CREDITS)
 if amount > 0 and balance + amount > MAX_CREDITS and redis.call('HEXISTS', keys_key, ARGV[10]) == 0 then
@@ -47,4 +49,7 @@ if amount <= 0 then
 end
 local outcome, balance, id = apply_credit(account_key, ledger_key, keys_key, 'grant', amount, ARGV[11],
   ARGV[10], arg_int(12, 0, MAX_INSTANT), arg_int(13, 0, 1e12), '')
+if outcome == -3 then
+  outcome = 0  -- the key granted another amount: a row is imported once per key, as before
+end
 return {previous, outcome, balance, id}
