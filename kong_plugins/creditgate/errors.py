@@ -11,6 +11,7 @@ CreditGateError                 base of everything below
 └── StoreError                  Redis could not be reached or answered with an error
     ├── StoreTimeout            Redis did not answer within the configured timeout
     ├── StoreUnavailable        not tried: the circuit breaker is open after repeated failures
+    ├── StoreRefused            Redis is up but refuses writes (READONLY, OOM, MISCONF, ...): an outage
     ├── StoreDataError          Redis is up, but a key it holds is of the wrong type or a field does not parse
     └── StoreEmpty              Redis is up but holds no credit-gate data (restarted empty, wrong database)
 """
@@ -93,6 +94,19 @@ class StoreUnavailable(StoreError):
     def __init__(self, message: str, *, retry_after_ms: int = 0) -> None:
         super().__init__(message)
         self.retry_after_ms = retry_after_ms  # until the breaker lets a probe through
+
+
+class StoreRefused(StoreError):
+    """Redis answered, but refuses the command until something changes on its side: a replica
+    (READONLY), maxmemory with noeviction (OOM), a failed save (MISCONF), LOADING, BUSY, MASTERDOWN.
+
+    An outage like a lost connection: the circuit breaker counts it and ``fault_tolerant`` passes the
+    request through. Nothing was written. ``code`` is the reply's (store/replies.py's WRITE_FAULTS).
+    """
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class StoreDataError(StoreError):

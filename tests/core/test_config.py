@@ -86,3 +86,29 @@ def test_a_bad_redis_timeout_names_the_field() -> None:
     redis = kong_config()["redis"] | {"read_timeout": 0}
     with pytest.raises(ConfigError, match=r"redis\.read_timeout"):
         parse_config(kong_config(redis=redis))
+
+
+# Kong's encoders cannot tell an empty Lua table from an empty record: an empty array in the config may
+# arrive as {} (core/values.py, as_list). It means the empty list wherever the schema declares an array.
+
+
+def test_an_empty_array_sent_as_an_empty_object_means_the_empty_list() -> None:
+    config = parse_config(kong_config(plans={}, costs={}, refund_statuses={}, refund_on_failure=True))
+    assert config.plans == () and config.pricing.rules == ()
+    assert config.refund is not None and not config.refund.refunds(503)
+
+
+def test_a_cost_rule_whose_methods_arrive_as_an_empty_object_matches_every_method() -> None:
+    config = parse_config(kong_config(costs=[{"methods": {}, "path": "/v1/big", "cost": 5}]))
+    assert config.pricing.cost_of("DELETE", "/v1/big") == 5
+
+
+def test_redis_nodes_sent_as_an_empty_object_mean_none() -> None:
+    redis = kong_config()["redis"] | {"cluster_nodes": {}, "sentinel_nodes": {}}
+    assert parse_config(kong_config(redis=redis)).redis.cluster_nodes == ()
+
+
+@pytest.mark.parametrize("name", ["plans", "costs", "refund_statuses"])
+def test_an_object_with_fields_where_a_list_is_expected_names_the_field(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name} must be a list"):
+        parse_config(kong_config(**{name: {"a": 1}}, refund_on_failure=True))

@@ -32,8 +32,9 @@ from creditgate.core.policy import (
     store_failed,
     unauthenticated,
 )
+from creditgate.core.pricing import MAX_PATH_LENGTH
 from creditgate.errors import StoreDataError, StoreError, StoreTimeout, StoreUnavailable
-from tests.core.test_decision import NOW, result
+from tests.core.test_decision import NOW, result, validate_problem
 
 ACME = {"id": "c-1", "username": "acme", "custom_id": "crm-7", "tags": None}
 
@@ -130,6 +131,44 @@ def test_a_request_costs_the_flat_cost_unless_a_cost_rule_matches_it() -> None:
     assert request_for(cfg, method="POST", path="/v1/chat/x").cost == 20
     assert request_for(cfg, method="GET", path="/v1/chat/x").cost == 3
     assert request_for(config(cost=0)).cost == 0
+
+
+def test_a_path_longer_than_the_cost_rules_consider_is_refused_with_414_and_nothing_charged() -> None:
+    cfg = config(cost=1, costs=[{"path": "/v1/**/files/**/versions/**/download", "cost": 20}])
+    longest = "/v1/" + "a" * (MAX_PATH_LENGTH - 4)
+    assert request_for(cfg, method="GET", path=longest).cost == 1
+    answer = charge_request(cfg, RequestFacts(ACME, "GET", longest + "a"))
+    assert isinstance(answer, Respond)
+    assert answer.problem.status == 414 == Reason.PATH_TOO_LONG.status
+    assert answer.problem.body["reason"] == "path_too_long"
+    assert f"{MAX_PATH_LENGTH + 1} characters" in answer.problem.body["detail"]
+    assert "Nothing was charged" in answer.problem.body["detail"]
+    validate_problem(answer.problem.body)
+
+
+def test_a_crafted_path_under_the_bound_is_priced_without_backtracking() -> None:
+    cfg = config(cost=1, costs=[{"path": "/v1/**/files/**/versions/**/download", "cost": 20}])
+    crafted = ("/v1/" + "files/versions/" * 600)[: MAX_PATH_LENGTH - 1] + "x"
+    assert request_for(cfg, method="GET", path=crafted).cost == 1
+    assert request_for(cfg, method="GET", path=crafted[:-10] + "/download").cost == 20
+
+
+def test_in_shadow_mode_a_path_too_long_is_proxied_and_said_to_be_one_that_would_be_refused() -> None:
+    cfg = config(enforce=False, costs=[{"path": "/v1/*", "cost": 2}])
+    answer = charge_request(cfg, RequestFacts(ACME, "GET", "/v1/" + "a" * MAX_PATH_LENGTH))
+    assert isinstance(answer, Proxy)
+    assert answer.client == {"X-Credit-Shadow": "would_refuse; reason=path_too_long"}
+    assert answer.upstream["X-Credit-Account"] == "c-1" and answer.upstream["X-Credit-Charge-Id"] == ""
+
+
+def test_a_long_path_is_refused_only_by_an_entry_whose_rules_read_the_path() -> None:
+    cfg = config(cost=3, costs=[{"methods": ["POST"], "cost": 20}])
+    assert request_for(cfg, method="POST", path="/" + "a" * MAX_PATH_LENGTH).cost == 20
+    assert request_for(config(cost=3), path="/" + "a" * MAX_PATH_LENGTH).cost == 3
+    assert (
+        charge_request(config(costs=[{"path": "/v1/*", "cost": 2}]), RequestFacts(None, "GET", "/" * 9000))
+        is None
+    )
 
 
 def test_the_charge_carries_the_instances_plans_route_retention_and_no_clock_of_its_own() -> None:

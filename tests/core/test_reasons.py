@@ -27,7 +27,7 @@ def test_the_committed_problem_schema_is_generated_from_the_enum() -> None:
 def test_the_problem_schema_lists_every_reason_and_the_payment_reasons_for_402() -> None:
     schema = to_json_schema()
     assert schema["properties"]["reason"]["enum"] == [reason.value for reason in Reason]
-    assert schema["properties"]["status"]["enum"] == [401, 402, 500, 503]
+    assert schema["properties"]["status"]["enum"] == [401, 402, 414, 500, 503]
     payment = schema["allOf"][2]["then"]["properties"]["reason"]["enum"]
     assert payment == [reason.value for reason in Reason if reason.status == 402]
 
@@ -36,7 +36,7 @@ def test_the_problem_schema_lists_every_reason_and_the_payment_reasons_for_402()
 def test_every_reason_has_a_stable_code_a_status_and_a_title(reason: Reason) -> None:
     assert re.fullmatch(r"[a-z]+(_[a-z]+)*", reason.value)
     assert Reason(reason.value) is reason
-    assert reason.status in (401, 402, 500, 503)
+    assert reason.status in (401, 402, 414, 500, 503)
     assert TITLES[reason] == reason.heading and reason.heading[0].isupper()
     assert (reason in STATUS) == (reason.status != 402)
 

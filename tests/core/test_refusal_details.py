@@ -14,6 +14,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.decision import STATUS, Reason, refusal
 from creditgate.core.model import Plan
 from creditgate.core.policy import RequestFacts
+from creditgate.core.pricing import MAX_PATH_LENGTH
 from creditgate.kong.gate import Gate
 from creditgate.ops.admin import Admin
 from creditgate.store.store import RedisStore
@@ -74,8 +75,13 @@ def gate_failure_detail(reason: Reason, settings: RedisSettings) -> str:
     config = {"redis": redis, "breaker_failures": 0}
     if reason is Reason.MISCONFIGURED:
         config["account_by"] = "no-such-identity"
+    path = ""
+    if reason is Reason.PATH_TOO_LONG:
+        config["costs"] = [{"path": "/v1/**", "cost": 2}]
+        path = "/v1/" + "a" * MAX_PATH_LENGTH
     gate = Gate(config)
-    facts: RequestFacts | Exception = RequestFacts(None if reason is Reason.UNAUTHENTICATED else ACME)
+    identity = None if reason is Reason.UNAUTHENTICATED else ACME
+    facts: RequestFacts | Exception = RequestFacts(identity, path=path)
     if reason is Reason.INTERNAL_ERROR:
         facts = RuntimeError("a bug")
     action = gate._decide(facts)

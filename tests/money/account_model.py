@@ -19,9 +19,12 @@ The rules, each enforced by one method:
   statistics, not money, and are left out of this model.)
 - **Every amount stays within ``CAP``**, a bound every step represents exactly (Lua numbers are doubles):
   a grant that would take the balance past it is refused.
-- **Idempotency**: a charge's key (bound to route and cost) answers for that charge and charges nothing
-  more; a grant's or adjustment's key applies once, and sent for another kind or amount changes nothing
-  (reused). A refusal records no key.
+- **Idempotency**: a charge's key belongs to the consumer (the pool member, or the account itself) and
+  is bound to route and cost; it answers for that charge and charges nothing more, and only while the
+  request would still be allowed: a replay passes the subscription's checks and the member's cap as a
+  request that adds nothing (the member's use must still fit under its cap), and otherwise is refused
+  with that reason, charges nothing and keeps the key. A grant's or adjustment's key applies once, and
+  sent for another kind or amount changes nothing (reused). A refusal records no key.
 - **Holds and settlements**: any charge may be settled (lowered) or refunded once, within its window,
   and a hold only until its ``settle_by``, however many ledger entries are kept. What is given back
   goes where it came from: to the balance up to what the balance paid, the rest to the allowance of
@@ -111,7 +114,7 @@ class Charge:
     restarts: int  # the account's restart count when it was charged
     settle_by: int  # 0: not a hold
     member: str
-    request_key: tuple[str, int, str] | None
+    request_key: tuple[str, int, str, str] | None  # (route, cost, key, member)
     settled: bool = False
 
 
@@ -173,7 +176,7 @@ class AccountModel:
     member_requests: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     history: list[Entry] = field(default_factory=list)  # every entry ever appended, oldest first
     credit_keys: dict[str, int] = field(default_factory=dict)  # grant/adjust key -> entry position
-    request_keys: dict[tuple[str, int, str], int] = field(default_factory=dict)  # -> charge ref
+    request_keys: dict[tuple[str, int, str, str], int] = field(default_factory=dict)  # -> charge ref
     charges: dict[int, Charge] = field(default_factory=dict)
     cap: int = CAP
 
@@ -303,12 +306,9 @@ class AccountModel:
         hold_seconds: int = 0,
     ) -> ChargeOutcome:
         """Decide one request and charge it, all or nothing."""
-        request_key = (route, cost, key) if key else None
+        request_key = (route, cost, key, member) if key else None
         member_cap = self.caps.get(member, -1) if member else -1  # reported with every answer
-        if request_key is not None and request_key in self.request_keys:
-            return self._answer(
-                True, None, replayed=True, charge=self.request_keys[request_key], member_cap=member_cap
-            )
+        earlier = self.request_keys.get(request_key) if request_key is not None else None
         terms = self.terms
         refusal = self._subscription_refusal(now, entitled)
         if refusal is not None or terms is None:
@@ -319,9 +319,14 @@ class AccountModel:
             self._new_period(window.start, window.end)
             self._append("period_reset", 0)
         member_used = self._member_count(self.member_use, member) if member else 0
-        if (member_cap >= 0 and member_used + cost > member_cap) or member_used + cost > self.cap:
+        adds = 0 if earlier is not None else cost  # a replay adds nothing to the member's use
+        if (member_cap >= 0 and member_used + adds > member_cap) or member_used + adds > self.cap:
             return self._answer(
                 False, Refusal.MEMBER_CAP_REACHED, member_used=member_used, member_cap=member_cap
+            )
+        if earlier is not None:  # still allowed: answered with the first charge, charged nothing
+            return self._answer(
+                True, None, replayed=True, charge=earlier, member_used=member_used, member_cap=member_cap
             )
 
         from_allowance = min(cost, max(terms.allowance - self.used, 0))

@@ -16,6 +16,7 @@ from creditgate.core.model import Plan
 from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.ops.admin import Admin
+from creditgate.store.replies import request_key_input
 from creditgate.store.store import RedisStore
 from tests.conftest import Clock
 
@@ -150,7 +151,7 @@ def test_a_refund_leaves_an_idempotency_key_that_a_later_charge_took_over(
         return got.charge_id
 
     first = send(clock.now)
-    key = store.keys.account("acme").request(f"global\0{10}\0order-7")
+    key = store.keys.account("acme").request(request_key_input("global", 10, "order-7", ""))
     assert redis_client.get(key) == first.encode()
     redis_client.delete(key)  # its idempotency window is over
     retry = send(clock.now + 70)

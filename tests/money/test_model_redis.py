@@ -126,6 +126,8 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             self.retention = 8
             self.admin = Admin(self.store, ledger_retention=self.retention, clock=self.clock)
             self.ids: dict[int, str] = {}  # model charge ref -> the real ledger id
+            # The keyed requests charged so far (cost, key, member, hold, route, entitled), for retries
+            self.sent: list[tuple[int, str, str, int, str, tuple[str, ...]]] = []
             self.alerts = Alerts()
             self.crossings = {"balance.low": 0, "balance.depleted": 0, "allowance.low": 0}
             self.cleared_at = [0]  # stream lengths when every alert was cleared (what was told is forgotten)
@@ -293,6 +295,45 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             entitled=st.sampled_from([(), (), ("daily", "weekly"), ("free", "once", "monthly", "huge")]),
         )
         def charge(
+            self,
+            node: int,
+            cost: int,
+            key: str,
+            member: str,
+            hold: int,
+            route: str,
+            entitled: tuple[str, ...],
+        ) -> int:
+            ref = self.send_charge(node, cost, key, member, hold, route, entitled)
+            if key and ref >= 0:
+                self.sent.append((cost, key, member, hold, route, entitled))
+            return ref
+
+        @rule(
+            target=charges,
+            node=st.integers(0, 4),
+            pick=st.integers(0, 1_000),
+            entitled=st.none()
+            | st.sampled_from([(), ("daily", "weekly"), ("free", "once", "monthly", "huge")]),
+            member=st.none() | st.sampled_from(["", "m1", "m2"]),
+        )
+        def retry(self, node: int, pick: int, entitled: tuple[str, ...] | None, member: str | None) -> int:
+            """A keyed request sent again: as it was (a replay while it would still be allowed), or by
+            another consumer, or on a route whose entitlement changed since."""
+            if not self.sent:  # (a precondition would do, but Hypothesis then rarely picks the rule)
+                return -1
+            cost, key, first_member, hold, route, first_entitled = self.sent[pick % len(self.sent)]
+            return self.send_charge(
+                node,
+                cost,
+                key,
+                first_member if member is None else member,
+                hold,
+                route,
+                first_entitled if entitled is None else entitled,
+            )
+
+        def send_charge(
             self,
             node: int,
             cost: int,

@@ -23,6 +23,7 @@ from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.errors import CreditGateError
 from creditgate.ops.admin import Admin
+from creditgate.store.replies import request_key_input
 from creditgate.store.store import RedisStore
 from tests.conftest import Clock
 from tests.money_support import bad_data_settings, dump_keys
@@ -136,7 +137,7 @@ def broken_keys(store: RedisStore, charge_id: str) -> dict[str, str]:
         "keys": keys.idempotency,
         "members": keys.members,
         "usage": keys.usage(T0 + 10),
-        "request": keys.request(f"global\0{3}\0r1"),
+        "request": keys.request(request_key_input("global", 3, "r1", "m1")),
         "holds": keys.holds,
         "holds index": keys.holds_index,
         "settled": keys.settled(charge_id),

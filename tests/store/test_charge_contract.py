@@ -146,12 +146,28 @@ def test_the_keys_are_the_accounts_in_the_scripts_order() -> None:
         keys.state,
         keys.ledger,
         keys.usage(1_767_225_600),
-        keys.request("global\0" + "1\0k"),  # bound to the route and the cost
+        keys.request("consumer\0\0global\0" + "1\0k"),  # the consumer's, bound to the route and the cost
         keys.members,
         keys.holds,
         keys.holds_index,
         "cg:{store}",
+        keys.request("global\0" + "1\0k"),  # where versions before member-bound keys kept it
     ]
+
+
+def test_a_members_key_is_its_own_and_the_accounts_key_before_the_change_is_sent_beside_it() -> None:
+    keys = account_keys("cg", "acme")
+    ann, bob, own = (
+        charge_arguments(
+            ChargeRequest("acme", 2, now=1_767_225_600, idempotency_key="order-1042", idempotency_window=60,
+                          member=member),
+            keys, "m", 0,
+        )[0]
+        for member in ("ann", "bob", "")
+    )  # fmt: skip
+    assert len({ann[3], bob[3], own[3]}) == 3
+    assert ann[8] == bob[8] == own[8] == keys.request("global\0" + "2\0order-1042")
+    assert ann[8] not in (ann[3], bob[3], own[3])
 
 
 def test_without_an_idempotency_key_the_window_is_off_and_redis_clock_decides() -> None:
@@ -161,7 +177,7 @@ def test_without_an_idempotency_key_the_window_is_off_and_redis_clock_decides() 
     assert args[position["idempotency_window"] - 1] == 0
     assert args[position["now"] - 1] == ""
     assert args[position["shadow"] - 1] == "charge"
-    assert sent[3] == keys.members  # any key of the account's slot
+    assert sent[3] == sent[8] == keys.members  # any key of the account's slot
 
 
 def test_the_policy_fills_each_field_of_the_charge_request_by_its_name() -> None:
@@ -197,7 +213,7 @@ def test_the_policy_fills_each_field_of_the_charge_request_by_its_name() -> None
         "settle_window": 86_400,
     }
     shadowed = charge_request(parse_config({"enforce": False}), facts)
-    assert shadowed is not None and shadowed.shadow
+    assert isinstance(shadowed, ChargeRequest) and shadowed.shadow
 
 
 def test_the_header_names_each_argument_at_the_position_the_script_reads_it() -> None:

@@ -14,6 +14,7 @@ from creditgate.core.periods import DAY_SECONDS, Period, window_at
 from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreTimeout
 from creditgate.ops.admin import Admin
+from creditgate.store.replies import legacy_request_key_input, request_key_input
 from creditgate.store.store import RedisStore, _script_source
 from tests.conftest import Clock
 
@@ -303,3 +304,186 @@ def test_a_charge_is_settled_at_most_once(admin: Admin, store: RedisStore) -> No
     assert (first.outcome, first.given_back, again.outcome) == ("applied", 3, "already")
     assert store.account_state("acme").balance == 9
     assert admin.verify_ledger("acme").replayed == 9
+
+
+# Replays: an Idempotency-Key belongs to the consumer (the pool member), and a replay is answered only
+# while the request would still be allowed.
+
+WINDOW = 3600
+
+
+def keyed(
+    cost: int, now: int, *, member: str = "", entitled: tuple[str, ...] = (), key: str = "order-1042"
+) -> ChargeRequest:
+    return ChargeRequest(
+        "acme",
+        cost,
+        now=now,
+        entitled=entitled,
+        idempotency_key=key,
+        idempotency_window=WINDOW,
+        member=member,
+    )
+
+
+def charges(store: RedisStore, account: str = "acme") -> list[str]:
+    return [e.id for e in store.ledger(account) if e.fields["kind"] == "charge"]
+
+
+def test_a_replay_while_still_allowed_answers_the_first_charge_and_charges_nothing(
+    admin: Admin, store: RedisStore
+) -> None:
+    seed(admin, balance=10)
+    first = store.charge(keyed(3, T0 + 1))
+    again = store.charge(keyed(3, T0 + 2))
+    assert (again.allowed, again.replayed, again.charge_id) == (True, True, first.charge_id)
+    assert (again.from_allowance, again.from_balance, again.balance) == (0, 0, 7)
+    assert store.account_state("acme").balance == 7
+    assert charges(store) == [first.charge_id]
+
+
+def test_a_replay_after_the_subscription_is_canceled_is_refused_and_charges_nothing(
+    admin: Admin, store: RedisStore
+) -> None:
+    seed(admin, balance=10)
+    first = store.charge(keyed(3, T0 + 1))
+    admin.set_status("acme", Status.CANCELED)
+    again = store.charge(keyed(3, T0 + 2))
+    assert (again.allowed, again.reason, again.replayed, again.charge_id) == (
+        False,
+        Reason.SUBSCRIPTION_INACTIVE,
+        False,
+        "",
+    )
+    assert Reason.SUBSCRIPTION_INACTIVE.status == 402
+    assert store.account_state("acme").balance == 7
+    assert charges(store) == [first.charge_id]
+
+
+def test_a_refused_replay_keeps_its_key_so_a_later_allowed_retry_is_not_charged_again(
+    admin: Admin, store: RedisStore
+) -> None:
+    seed(admin, balance=10)
+    first = store.charge(keyed(3, T0 + 1))
+    admin.set_status("acme", Status.SUSPENDED)
+    assert not store.charge(keyed(3, T0 + 2)).allowed
+    admin.set_status("acme", Status.ACTIVE)
+    again = store.charge(keyed(3, T0 + 3))
+    assert (again.allowed, again.replayed, again.charge_id) == (True, True, first.charge_id)
+    assert store.account_state("acme").balance == 7
+
+
+def test_a_replay_after_expiry_is_refused(admin: Admin, store: RedisStore) -> None:
+    seed(admin, balance=10, expires_at=T0 + 60)
+    first = store.charge(keyed(3, T0 + 59))
+    again = store.charge(keyed(3, T0 + 60))
+    assert (again.allowed, again.reason, again.replayed) == (False, Reason.SUBSCRIPTION_EXPIRED, False)
+    assert store.account_state("acme").balance == 7
+    assert charges(store) == [first.charge_id]
+
+
+def test_a_replay_on_a_route_the_plan_is_no_longer_entitled_to_is_refused(
+    admin: Admin, store: RedisStore
+) -> None:
+    seed(admin, balance=10)
+    first = store.charge(keyed(3, T0 + 1, entitled=("pro", "team")))
+    again = store.charge(keyed(3, T0 + 2, entitled=("team",)))
+    assert (again.allowed, again.reason, again.replayed) == (False, Reason.PLAN_NOT_ENTITLED, False)
+    assert store.account_state("acme").balance == 7
+    assert charges(store) == [first.charge_id]
+
+
+def test_a_member_at_its_cap_cannot_use_another_members_key(admin: Admin, store: RedisStore) -> None:
+    seed(admin, balance=10)
+    admin.set_member_cap("acme", "bob", 0)
+    ann = store.charge(keyed(3, T0 + 1, member="ann"))
+    bob = store.charge(keyed(3, T0 + 2, member="bob"))
+    assert (bob.allowed, bob.reason, bob.replayed, bob.charge_id) == (
+        False,
+        Reason.MEMBER_CAP_REACHED,
+        False,
+        "",
+    )
+    assert store.account_state("acme").balance == 7
+    assert charges(store) == [ann.charge_id]
+
+
+def test_a_key_is_the_members_own_another_member_with_it_is_charged_as_a_new_request(
+    admin: Admin, store: RedisStore
+) -> None:
+    seed(admin, balance=10)
+    ann = store.charge(keyed(3, T0 + 1, member="ann"))
+    bob = store.charge(keyed(3, T0 + 2, member="bob"))
+    assert (bob.allowed, bob.replayed) == (True, False) and bob.charge_id != ann.charge_id
+    again = store.charge(keyed(3, T0 + 3, member="ann"))
+    assert (again.replayed, again.charge_id) == (True, ann.charge_id)
+    assert store.account_state("acme").balance == 4
+
+
+def test_a_replay_of_a_member_whose_cap_was_cut_below_its_use_is_refused(
+    admin: Admin, store: RedisStore
+) -> None:
+    seed(admin, balance=10)
+    admin.set_member_cap("acme", "ann", 5)
+    first = store.charge(keyed(5, T0 + 1, member="ann"))
+    assert store.charge(keyed(5, T0 + 2, member="ann")).replayed  # at the cap: its own charge fits
+    admin.set_member_cap("acme", "ann", 2)
+    again = store.charge(keyed(5, T0 + 3, member="ann"))
+    assert (again.allowed, again.reason, again.replayed) == (False, Reason.MEMBER_CAP_REACHED, False)
+    assert charges(store) == [first.charge_id]
+    assert store.account_state("acme").balance == 5
+
+
+def legacy_key(store: RedisStore, redis_client: redis.Redis, cost: int, member: str) -> None:
+    """Move a member's key to where a version before member-bound keys kept it (route, cost, key)."""
+    keys = store.keys.account("acme")
+    new = keys.request(request_key_input("global", cost, "order-1042", member))
+    redis_client.rename(new, keys.request(legacy_request_key_input("global", cost, "order-1042")))
+
+
+def test_a_key_written_before_keys_were_bound_to_the_member_replays_for_that_member_only(
+    admin: Admin, store: RedisStore, redis_client: redis.Redis
+) -> None:
+    seed(admin, balance=10)
+    admin.set_member_cap("acme", "cid", 0)
+    ann = store.charge(keyed(3, T0 + 1, member="ann"))
+    legacy_key(store, redis_client, 3, "ann")
+    again = store.charge(keyed(3, T0 + 2, member="ann"))
+    assert (again.replayed, again.charge_id) == (True, ann.charge_id)
+    capped = store.charge(keyed(3, T0 + 3, member="cid"))
+    assert (capped.allowed, capped.reason) == (False, Reason.MEMBER_CAP_REACHED)
+    bob = store.charge(keyed(3, T0 + 4, member="bob"))
+    assert (bob.allowed, bob.replayed) == (True, False)
+    assert store.account_state("acme").balance == 4
+    assert store.charge(keyed(3, T0 + 5, member="ann")).charge_id == ann.charge_id
+
+
+def test_a_key_written_before_the_change_by_a_member_is_not_the_accounts_own(
+    admin: Admin, store: RedisStore, redis_client: redis.Redis
+) -> None:
+    seed(admin, balance=10)
+    ann = store.charge(keyed(3, T0 + 1, member="ann"))
+    legacy_key(store, redis_client, 3, "ann")
+    own = store.charge(keyed(3, T0 + 2))
+    assert (own.allowed, own.replayed) == (True, False) and own.charge_id != ann.charge_id
+    assert store.charge(keyed(3, T0 + 3)).charge_id == own.charge_id
+    assert store.account_state("acme").balance == 4
+
+
+def test_a_key_written_before_the_change_whose_charge_is_folded_away_lets_no_uncharged_member_ride(
+    admin: Admin, store: RedisStore, redis_client: redis.Redis
+) -> None:
+    """The ledger no longer names the member (no settlement facts either): the key answers for a
+    member charged before, as it did before the upgrade, never for a member that has never been charged."""
+    seed(admin, balance=1_000)
+    admin.set_member_cap("acme", "cid", 0)
+    ann = store.charge(keyed(3, T0 + 1, member="ann"))
+    legacy_key(store, redis_client, 3, "ann")
+    for i in range(200):
+        store.charge(ChargeRequest("acme", 1, now=T0 + 2 + i, ledger_retention=100))
+    assert ann.charge_id not in charges(store)
+    capped = store.charge(keyed(3, T0 + 300, member="cid"))
+    assert (capped.allowed, capped.reason) == (False, Reason.MEMBER_CAP_REACHED)
+    again = store.charge(keyed(3, T0 + 301, member="ann"))
+    assert (again.replayed, again.charge_id) == (True, ann.charge_id)
+    assert store.account_state("acme").balance == 1_000 - 3 - 200

@@ -4,7 +4,8 @@ Kong has already checked every field against the plugin's schema (types, default
 the PDK schema cannot express is checked here, once, when the instance starts. Defaults and bounds
 are read from the schema (``creditgate.core.schema``), never written here: only the rules across
 fields and the formats Kong's schema cannot state are this module's own. Kong also sends keys
-of its own (``route_id``, ``__seq__``, ...) and ``null`` for unset fields: both are accepted.
+of its own (``route_id``, ``__seq__``, ...) and ``null`` for unset fields: both are accepted, and so is
+``{}`` for an empty array (``values.as_list``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from creditgate.core.pricing import Pricing, RefundPolicy, parse_refund_statuses
 from creditgate.core.redis_settings import RedisSettings as RedisSettings  # re-exported
 from creditgate.core.redis_settings import parse_redis
 from creditgate.core.schema import between, default
-from creditgate.core.values import get_bool, get_int, get_str, get_value
+from creditgate.core.values import get_bool, get_int, get_list, get_str, get_value
 from creditgate.errors import ConfigError, InvalidDocument
 
 KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -119,9 +120,7 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
     """The instance's config from Kong's JSON, or a ConfigError that tells the operator what to fix."""
     if not isinstance(raw, Mapping):
         raise ConfigError("the plugin configuration must be an object")
-    plans_raw = get_value(raw, "plans", default("plans"))
-    if not isinstance(plans_raw, list):
-        raise ConfigError(f"plans must be a list of plan names, got {plans_raw!r}")
+    plans_raw = get_list(raw, "plans", default("plans"), "plan names")
     try:
         plans = tuple(check_plan_name(name, f"plans[{i}]") for i, name in enumerate(plans_raw))
     except InvalidDocument as error:
@@ -187,9 +186,11 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
         hide_client_headers=_bool(raw, "hide_client_headers"),
         upstream=get_str(raw, "upstream", None),
         enforce=_bool(raw, "enforce"),
-        pricing=Pricing(_int(raw, "cost"), parse_rules(get_value(raw, "costs", default("costs")))),
+        pricing=Pricing(
+            _int(raw, "cost"), parse_rules(get_list(raw, "costs", default("costs"), "cost rules"))
+        ),
         idempotency_window=_int(raw, "idempotency_window"),
-        refund=parse_refund_statuses(get_value(raw, "refund_statuses", default("refund_statuses")))
+        refund=parse_refund_statuses(get_list(raw, "refund_statuses", default("refund_statuses"), "statuses"))
         if _bool(raw, "refund_on_failure")
         else None,
         settle_header=get_str(raw, "settle_header", None),

@@ -42,6 +42,9 @@ class Reason(str, enum.Enum):
             return member
 
     UNAUTHENTICATED = ("unauthenticated", 401, "Authentication required")
+    # A path longer than a cost rule considers (core/pricing.py's MAX_PATH_LENGTH): refused unpriced
+    # rather than charged a cost no rule chose.
+    PATH_TOO_LONG = ("path_too_long", 414, "Path too long")
     NO_SUBSCRIPTION = ("no_subscription", PAYMENT_REQUIRED, "No subscription")
     SUBSCRIPTION_INACTIVE = ("subscription_inactive", PAYMENT_REQUIRED, "Subscription inactive")
     SUBSCRIPTION_EXPIRED = ("subscription_expired", PAYMENT_REQUIRED, "Subscription expired")

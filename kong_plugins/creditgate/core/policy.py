@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, cast
 
 from creditgate.core.config import AccountBy, GateConfig
 from creditgate.core.decision import (
+    SHADOW_HEADER,
     ChargeResult,
     Problem,
     Reason,
@@ -32,7 +33,7 @@ from creditgate.core.decision import (
 )
 from creditgate.core.model import account_name
 from creditgate.core.periods import DAY_SECONDS
-from creditgate.core.pricing import parse_settled_cost
+from creditgate.core.pricing import MAX_PATH_LENGTH, parse_settled_cost
 from creditgate.errors import StoreDataError, StoreError
 
 # The config's own defaults, for the answers given without a config (an invalid one) and for a charge
@@ -165,18 +166,24 @@ def who_pays(config: GateConfig, identity: Mapping[str, Any] | None) -> tuple[st
     return payer, member
 
 
-def charge_request(config: GateConfig, facts: RequestFacts, now: int | None = None) -> ChargeRequest | None:
-    """What to charge for this request, or None when no account can pay for it (``unauthenticated``).
-    ``now`` None: Redis's clock decides."""
+def charge_request(
+    config: GateConfig, facts: RequestFacts, now: int | None = None
+) -> ChargeRequest | Action | None:
+    """What to charge for this request; None when no account can pay for it (``unauthenticated``);
+    the answer itself when the cost rules cannot price it (``unpriced``). ``now`` None: Redis's clock
+    decides."""
     paying = who_pays(config, facts.identity)
     if paying is None:
         return None
     payer, member = paying
     pricing = config.pricing
+    cost = pricing.cost_of(facts.method, facts.path) if pricing.rules else pricing.cost
+    if cost is None:
+        return unpriced(config, payer, member, len(facts.path))
     return _charge_request(
         (
             payer,
-            pricing.cost_of(facts.method, facts.path) if pricing.rules else pricing.cost,
+            cost,
             now,
             config.plans,
             config.route,
@@ -189,6 +196,28 @@ def charge_request(config: GateConfig, facts: RequestFacts, now: int | None = No
             refund_window(config) if config.needs_log_phase else 0,
         )
     )  # ChargeRequest's fields, in its order
+
+
+def unpriced(config: GateConfig, account: str, member: str, length: int) -> Action:
+    """A path longer than the cost rules consider (``MAX_PATH_LENGTH``): no rule can price it, and the
+    flat cost could be less than a rule would have charged, so it is refused with 414, nothing charged.
+    Shadow mode refuses nothing: it proxies the request and says what would have happened."""
+    if not config.enforce:
+        return Proxy(
+            upstream=upstream_headers(account, None, member),
+            client={SHADOW_HEADER: f"would_refuse; reason={Reason.PATH_TOO_LONG.value}"},
+            route_to=config.upstream,
+            log=f"credit-gate shadow: would refuse account '{account}' with {Reason.PATH_TOO_LONG.value}",
+            log_level="notice",
+        )
+    return Respond(
+        failure(
+            Reason.PATH_TOO_LONG,
+            f"The request path is {length} characters long; this API prices paths of at most "
+            f"{MAX_PATH_LENGTH} characters. Nothing was charged.",
+            type_base=config.problem_type_base,
+        )
+    )
 
 
 # What the charge's answer means for the request

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from creditgate.core.fields import Fields, between, declared, default
-from creditgate.core.values import get_bool, get_int, get_str
+from creditgate.core.values import as_list, get_bool, get_int, get_str
 from creditgate.errors import ConfigError
 
 # The kind of Redis the settings describe (``RedisSettings.topology``), by name.
@@ -272,7 +272,7 @@ def _bool(raw: Mapping[str, Any], name: str) -> bool:
 
 
 def _nodes(raw: Mapping[str, Any], name: str, host_field: str, node_fields: Fields) -> tuple[Node, ...]:
-    value = raw.get(name)
+    value = as_list(raw.get(name))  # {}: an empty array as some of Kong's encoders send it
     if value is None:
         return ()
     if not isinstance(value, list):

@@ -147,7 +147,9 @@ FIELDS: list[dict[str, Field]] = [
             "default": [],
             "required": True,
             "description": "Cost rules tried in order before the flat cost: the first whose methods and "
-            "path match sets the cost. In a path, * is one segment and ** anything.",
+            "path match sets the cost. In a path, * is one segment and ** anything. With a path in any "
+            "rule, a request path longer than 8192 characters is refused with 414 path_too_long, "
+            "nothing charged.",
             "elements": {
                 "type": "record",
                 "fields": [
@@ -173,7 +175,13 @@ FIELDS: list[dict[str, Field]] = [
                             "description": "HTTP methods the rule applies to; empty means any.",
                         }
                     },
-                    {"path": {"type": "string", "description": "Path pattern, e.g. /v1/models/*."}},
+                    {
+                        "path": {
+                            "type": "string",
+                            "description": "Path pattern matched against the whole normalized path, "
+                            "in time linear in the path, e.g. /v1/models/*.",
+                        }
+                    },
                     {
                         "cost": {
                             "type": "integer",
@@ -193,7 +201,8 @@ FIELDS: list[dict[str, Field]] = [
             "required": True,
             "between": [0, 604_800],
             "description": "Seconds during which a retry with the same Idempotency-Key request header, "
-            "from the same account, is not charged again; 0 turns it off.",
+            "from the same consumer on the same route at the same cost, is not charged again (it is "
+            "answered as the first request while that request would still be allowed); 0 turns it off.",
         }
     },
     {

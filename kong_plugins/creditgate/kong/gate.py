@@ -32,9 +32,10 @@ from typing import Any
 
 from creditgate.core import policy
 from creditgate.core.config import AccountBy, GateConfig, Role, parse_config
-from creditgate.core.policy import IDEMPOTENCY_HEADER, Action, RequestFacts
-from creditgate.errors import ConfigError, StoreError
+from creditgate.core.policy import IDEMPOTENCY_HEADER, Action, ChargeRequest, RequestFacts
+from creditgate.errors import ConfigError, StoreError, StoreRefused
 from creditgate.kong import balance as balance_route
+from creditgate.kong import notices
 from creditgate.kong.answer import CHARGE_CONTEXT_KEY, apply
 from creditgate.kong.notices import NOTICES
 from creditgate.kong.stores import STORES
@@ -131,9 +132,13 @@ class Gate:
         request = policy.charge_request(config, facts, None if self.clock is None else int(self.clock()))
         if request is None:
             return policy.unauthenticated(config)
+        if not isinstance(request, ChargeRequest):
+            return request  # not priced: a path past the cost rules' bound (policy.unpriced)
         try:
             result = store.charge(request)
         except StoreError as error:
+            if isinstance(error, StoreRefused):
+                notices.store_refused(error)
             return policy.store_failed(config, request, error)
         return policy.decided(config, request, result)
 

@@ -7,6 +7,9 @@ import sys
 import threading
 from typing import Any
 
+from creditgate.errors import StoreRefused
+from creditgate.store.replies import WRITE_FAULTS
+
 
 def to_stderr(message: str) -> None:
     """A line in the plugin server's stderr.
@@ -56,3 +59,20 @@ class Notices:
 
 
 NOTICES = Notices()
+
+
+def store_refused(error: StoreRefused) -> None:
+    """Redis refuses writes (READONLY, OOM, MISCONF, ...): said once per code, at err, until the circuit
+    closes again (``store_recovered``). Without it the only sign would be a line per request."""
+    NOTICES.say(
+        f"refused:{error.code}",
+        "err",
+        f"{error}; requests are answered as in a Redis outage (503 store_unavailable, or passed "
+        "unmetered with fault_tolerant) until Redis takes writes again",
+    )
+
+
+def store_recovered() -> None:
+    """The circuit closed: a write fault that comes back is news again."""
+    for code in WRITE_FAULTS:
+        NOTICES.forget(f"refused:{code}")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from creditgate.core.config import GateConfig, RedisSettings
 from creditgate.kong import node_report
 from creditgate.kong.node_report import NodeReporter
-from creditgate.kong.notices import NOTICES, to_stderr
+from creditgate.kong.notices import NOTICES, store_recovered, to_stderr
 from creditgate.store.breaker import BreakerState, CircuitBreaker
 from creditgate.store.store import RedisStore
 
@@ -122,6 +122,7 @@ def _breaker_changed(old: BreakerState, new: BreakerState, why: str) -> None:
     if new is BreakerState.CLOSED:
         NOTICES.forget("circuit:open")
         NOTICES.forget("circuit:closed")
+        store_recovered()
         NOTICES.say("circuit:closed", "notice", f"Redis circuit {old.value} -> {new.value}: {why}")
     elif new is BreakerState.OPEN:
         NOTICES.say("circuit:open", "err", f"Redis circuit {old.value} -> {new.value}: {why}")

@@ -125,7 +125,8 @@ class NodeCollector(Collector):
         )
         errors = CounterMetricFamily(
             "credit_gate_redis_errors",
-            "Redis calls a plugin server could not complete, by node and cause (timeout, connection, other)",
+            "Redis calls a plugin server could not complete, by node and cause (timeout, connection, "
+            "readonly, oom, misconf, loading, busy, masterdown, other)",
             labels=["node", "cause"],
         )
         age = GaugeMetricFamily(

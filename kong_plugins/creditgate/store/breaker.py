@@ -98,7 +98,7 @@ class CircuitBreaker:
             return max(0, int(left * 1000))
 
     def succeeded(self) -> None:
-        """Redis answered (an error reply counts: Redis is reachable)."""
+        """Redis answered: a reply, or an error reply that is no outage (bad data, a wrong command)."""
         if self.calm:
             return  # nothing to reset: the common case, without the lock
         change = None
@@ -111,7 +111,8 @@ class CircuitBreaker:
         self._notify(change, "Redis answered, charging resumes")
 
     def failed(self) -> None:
-        """Redis could not be reached or did not answer in time."""
+        """Redis could not be reached, did not answer in time, or refuses writes (READONLY, OOM,
+        MISCONF, LOADING, BUSY, MASTERDOWN: store/replies.py's WRITE_FAULTS)."""
         if not self.enabled:
             return
         change = None

@@ -86,6 +86,18 @@ class HotPath:
         for sock in idle:
             sock.close()
 
+    def drop_connections(self) -> None:
+        """Connect again for the next charge (the store calls it after READONLY: these connections
+        lead to a node a failover demoted). The idle connections are closed; the shared one under
+        gevent is handed out no more and closes once the replies it waits for are in, so that the
+        charges in flight on it still learn their outcome."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
+        if self._pipeline is not None:
+            self._pipeline.retire()
+
     def evalsha(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """The script's reply; bulk strings arrive decoded (UTF-8)."""
         loaded = False
@@ -236,6 +248,11 @@ class _GeventPipeline:
         if connection is not None:
             connection.fail("closed")
 
+    def retire(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.retire()
+
     def open(self) -> _PipelinedConnection:
         with self._connect_lock:
             connection = self.connection
@@ -275,6 +292,7 @@ class _PipelinedConnection:
 
         self._new_waiter = Waiter
         self.broken = False
+        self._retired = False  # handed out no more: closes once its last reply is in
         self._hub = get_hub()
         self._read_timeout = read_timeout
         plain_socket = get_original("socket", "socket")
@@ -314,6 +332,13 @@ class _PipelinedConnection:
         except BaseException:
             pending.waiter = None  # a timeout, a lost connection, a killed greenlet: stop waiting
             raise
+
+    def retire(self) -> None:
+        """Take no more commands (HotPath no longer hands this connection out) and close once every
+        reply it waits for is in."""
+        self._retired = True
+        if not self._pending:
+            self.fail("retired")
 
     def fail(
         self, why: str, error_class: type[redis.exceptions.RedisError] = redis.exceptions.ConnectionError
@@ -378,6 +403,8 @@ class _PipelinedConnection:
                     if self.broken:
                         return
                 reply = parser.gets()
+            if self._retired and not pending:
+                self.fail("retired")
         except hiredis.ProtocolError as error:
             self.fail(f"Redis's reply did not parse: {error}")
 

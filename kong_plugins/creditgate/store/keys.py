@@ -14,13 +14,15 @@ forms cannot meet. The full name is kept where names are listed (``accounts``, `
     <prefix>:{<account>}:members        hash: pool members' caps and period use
     <prefix>:{<account>}:holds          hash: charge id -> what settling it needs (JSON), for its window
     <prefix>:{<account>}:holds:until    sorted set: charge id by the end of its settlement window
-    <prefix>:{<account>}:request:<hash> string: the charge a request's Idempotency-Key answered with
+    <prefix>:{<account>}:request:<hash> string: the charge a consumer's Idempotency-Key answered with
+                                        (hash of consumer, route, cost and key: replies.py)
     <prefix>:{<account>}:settled:<id>   string: the settlement of charge <id> (settled at most once)
     <prefix>:{<account>}:events         stream: threshold events the charge script raised (the charge
                                         script derives the name from the account hash's)
     <prefix>:plan:<name>                string: the plan's JSON document
     <prefix>:plans                      set: plan names
-    <prefix>:plan:<name>:accounts       set: accounts subscribed to the plan
+    <prefix>:plan:<name>:accounts       set: accounts subscribed to the plan (moved by the script that
+                                        changes the plan; on a Cluster by the store, see plan_index.py)
     <prefix>:accounts                   set: every account the operators created
     <prefix>:events:accounts            set: accounts with alerts set (whose events the service delivers)
     <prefix>:events:cursors             hash: account -> id of the last event delivered (or dead-lettered)
@@ -103,6 +105,12 @@ class Keys:
 
     def plan_accounts(self, name: str) -> str:
         return f"{self.prefix}:plan:{name}:accounts"
+
+    @property
+    def plan_accounts_parts(self) -> tuple[str, str]:
+        """``plan_accounts(name)`` as the text before and after the name: the scripts that move an
+        account between plans name the set of the plan they read from the account's hash."""
+        return f"{self.prefix}:plan:", ":accounts"
 
     @property
     def plans(self) -> str:

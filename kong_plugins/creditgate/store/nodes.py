@@ -18,9 +18,11 @@ from typing import Any, Protocol
 import redis
 
 from creditgate.store.keys import node_key, nodes_key
-from creditgate.store.replies import as_text
+from creditgate.store.replies import WRITE_FAULTS, as_text, write_fault
 
-CAUSES = ("timeout", "connection", "other")
+# Unreachable (timeout, connection), refusing writes (one per code of replies.py's WRITE_FAULTS,
+# lower case), and the rest.
+CAUSES = ("timeout", "connection", *(code.lower() for code in WRITE_FAULTS), "other")
 
 
 class RedisErrors:
@@ -30,7 +32,10 @@ class RedisErrors:
         self.counts = dict.fromkeys(CAUSES, 0)
 
     def count(self, error: BaseException) -> None:
-        if isinstance(error, redis.exceptions.TimeoutError):
+        code = write_fault(error)
+        if code is not None:
+            cause = code.lower()
+        elif isinstance(error, redis.exceptions.TimeoutError):
             cause = "timeout"
         elif isinstance(error, redis.exceptions.ConnectionError):
             cause = "connection"

@@ -19,7 +19,7 @@ from creditgate.core.balance import BalanceView
 from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
-from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreTimeout
+from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreRefused, StoreTimeout
 from creditgate.store.keys import AccountKeys
 
 USAGE_TTL_SECONDS = 400 * 86_400
@@ -125,9 +125,55 @@ def data_error(error: BaseException) -> StoreDataError | None:
     return StoreDataError(f"bad data in Redis: {text}")
 
 
+# Error replies that mean "Redis is up but will not run the command until something changes": an
+# outage, like a lost connection (counted by the breaker, passed through with fault_tolerant), never
+# bad data. By the reply's code, with what it means for the operator. A script stopped by one of them
+# wrote nothing: Redis refuses a script's first write only (a replica, maxmemory, a failed save), and
+# the others refuse the script before it runs.
+WRITE_FAULTS: dict[str, str] = {
+    "READONLY": "this node is a replica (a failover demoted it, or the address names a replica); "
+    "the gate reconnects and follows the address to the new master",
+    "OOM": "Redis is at its maxmemory with a noeviction policy: raise maxmemory or free memory",
+    "MISCONF": "Redis could not save to disk and stops writes (stop-writes-on-bgsave-error): "
+    "see Redis's log, fix the disk or the save directory",
+    "LOADING": "Redis is loading its data set into memory after a restart",
+    "BUSY": "Redis is busy running a long script (SCRIPT KILL ends it)",
+    "MASTERDOWN": "this replica lost its master and does not serve stale data",
+}
+
+
+def write_fault(error: BaseException) -> str | None:
+    """The code of the write fault (``WRITE_FAULTS``) an error reply stands for, None for any other
+    error. redis-py strips the codes it knows from the message into ``status_code``; the hot path's
+    errors keep the reply whole."""
+    if not isinstance(error, redis.exceptions.RedisError):
+        return None
+    code = getattr(error, "status_code", None) or str(error).split(" ", 1)[0]
+    return code if code in WRITE_FAULTS else None
+
+
+def refusal(error: BaseException, code: str) -> StoreRefused:
+    """The StoreRefused a write fault's reply stands for, worded for the operator."""
+    reply = str(error) if str(error).startswith(code) else f"{code} {error}"
+    return StoreRefused(f"Redis refuses writes, {WRITE_FAULTS[code]}: {reply}", code=code)
+
+
 # A named tuple's own __new__ is a Python function (collections.namedtuple writes one): the reply is
 # decoded on every request, so it goes to tuple's, at half the cost.
 _charge_result = cast(Callable[[tuple[Any, ...]], ChargeResult], partial(tuple.__new__, ChargeResult))
+
+
+def request_key_input(route: str, cost: int, idempotency_key: str, member: str) -> str:
+    """What the name of a charge's Idempotency-Key is made of (``AccountKeys.request`` hashes it): the
+    consumer's key (the pool member's, or the account's own when ``member`` is ""), bound to the route
+    and the cost, so that a key paid for on a cheap route cannot let a dearer request through."""
+    return f"consumer\0{member}\0{route}\0{cost}\0{idempotency_key}"
+
+
+def legacy_request_key_input(route: str, cost: int, idempotency_key: str) -> str:
+    """The same, as versions before member-bound keys made it: per account (charge.lua reads such a
+    key for a retry across the upgrade; it starts with the route, never with ``consumer``)."""
+    return f"{route}\0{cost}\0{idempotency_key}"
 
 
 def charge_arguments(
@@ -142,18 +188,23 @@ def charge_arguments(
     window = idempotency_window if idempotency_key else 0
     local_or_redis = time.time() if redis_now is None else redis_now
     day_of = int(local_or_redis) if now is None else now
+    # Unused by the script without a key: any key of the account's slot will do. The last is where a
+    # version before member-bound keys kept this key, read for a retry across the upgrade (charge.lua).
+    request_key = legacy_key = keys.members
+    if window:
+        key = idempotency_key or ""
+        request_key = keys.request(request_key_input(route, cost, key, member))
+        legacy_key = keys.request(legacy_request_key_input(route, cost, key))
     return [
         keys.state,
         keys.ledger,
         keys.usage(day_of),
-        # Unused by the script without a key: any key of the account's slot will do. The key is
-        # bound to the route and the cost, so that a key paid for on a cheap route cannot let a
-        # dearer request through.
-        keys.request(f"{route}\0{cost}\0{idempotency_key}") if window else keys.members,
+        request_key,
         keys.members,
         keys.holds,
         keys.holds_index,
         marker,
+        legacy_key,
     ], [
         "" if now is None else now,
         cost,

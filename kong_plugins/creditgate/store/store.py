@@ -44,6 +44,7 @@ from creditgate.store.clock import RedisClock
 from creditgate.store.hot_path import HotPath
 from creditgate.store.keys import Keys, account_keys
 from creditgate.store.nodes import RedisErrors, Reporter
+from creditgate.store.plan_index import PlanIndex
 from creditgate.store.replies import (
     USAGE_TTL_SECONDS,
     AccountState,
@@ -58,6 +59,8 @@ from creditgate.store.replies import (
     charge_reply,
     data_error,
     ledger_entry_reply,
+    refusal,
+    write_fault,
 )
 
 T = TypeVar("T")
@@ -66,7 +69,8 @@ DEFAULT_LEDGER_RETENTION: int = default("ledger_retention")
 DEFAULT_PREFIX: str = default("key_prefix")
 
 # Errors that mean "Redis could not be reached or did not answer in time", as opposed to an error
-# reply (Redis is up). Only these count towards the circuit breaker. RedisClusterException is not a
+# reply (Redis is up). These and the write faults (replies.py's WRITE_FAULTS: Redis is up but refuses
+# writes) count towards the circuit breaker; other error replies do not. RedisClusterException is not a
 # RedisError: redis-py raises it when no seed node answers and when a slot has no node.
 UNREACHABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,  # also AuthenticationError, BusyLoadingError, MasterNotFoundError
@@ -129,6 +133,9 @@ class RedisStore:
         self._set_status = client.register_script(_script_source("set_status"))
         self._change_plan = client.register_script(_script_source("change_plan"))
         self._import_row = client.register_script(_script_source("import_row"))
+        self._plan_index = PlanIndex(
+            self.keys, self.keyspace.plan_index_in_scripts, self._run, self._pipeline
+        )
 
     @classmethod
     def from_settings(
@@ -173,6 +180,14 @@ class RedisStore:
     def _failure(self, error: BaseException) -> BaseException:
         """What a failed call raises, the breaker told: StoreError for the driver's errors."""
         breaker = self.breaker
+        code = write_fault(error)  # before UNREACHABLE: LOADING and MASTERDOWN are among its classes
+        if code is not None:
+            self.redis_errors.count(error)
+            if breaker is not None:
+                breaker.failed()
+            if code == "READONLY":
+                self._drop_connections()
+            return refusal(error, code)
         if isinstance(error, UNREACHABLE):
             self.redis_errors.count(error)
             if breaker is not None:
@@ -188,6 +203,15 @@ class RedisStore:
         if isinstance(error, redis.exceptions.RedisError):
             return StoreError(f"Redis failed: {error}")
         return error  # not Redis's: raised as it is
+
+    def _drop_connections(self) -> None:
+        """After READONLY (a failover demoted the node): the next command connects again, to where the
+        address leads now. Connections in use finish their commands: closing them would lose replies."""
+        if self.hot_path is not None:
+            self.hot_path.drop_connections()
+        pool = getattr(self.client, "connection_pool", None)  # a Cluster client has one per node
+        if pool is not None:
+            pool.disconnect(inuse_connections=False)
 
     def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._guarded(self._script, script, keys, args)
@@ -349,6 +373,7 @@ class RedisStore:
     def subscribe(self, subscription: Subscription, plan: Plan) -> str:
         """Set the subscription and copy the plan's terms; returns the previous plan name or ""."""
         keys = self.keys.account(subscription.account)
+        self._plan_index.before(subscription.account, plan.name)
         previous = as_text(
             self._call(
                 self._subscribe,
@@ -362,12 +387,11 @@ class RedisStore:
                     plan.period.value,
                     plan.allowance,
                     "1" if plan.prepaid else "0",
+                    *self._plan_index.args(subscription.account),
                 ],
             )
         )
-        if previous and previous != plan.name:
-            self._run("SREM", self.keys.plan_accounts(previous), subscription.account)
-        self._run("SADD", self.keys.plan_accounts(plan.name), subscription.account)
+        self._plan_index.repair(subscription.account, [previous, plan.name], plan.name)
         self._run("SADD", self.keys.accounts, subscription.account)
         return previous
 
@@ -465,17 +489,22 @@ class RedisStore:
 
     def change_plan(self, account: str, plan: Plan) -> str:
         """Move a subscribed account to ``plan``; returns the previous plan, or "" for no subscription."""
+        self._plan_index.before(account, plan.name)
         previous = as_text(
             self._call(
                 self._change_plan,
                 [self.keys.account(account).state],
-                [plan.name, plan.period.value, plan.allowance, "1" if plan.prepaid else "0"],
+                [
+                    plan.name,
+                    plan.period.value,
+                    plan.allowance,
+                    "1" if plan.prepaid else "0",
+                    *self._plan_index.args(account),
+                ],
             )
         )
-        if previous:
-            if previous != plan.name:
-                self._run("SREM", self.keys.plan_accounts(previous), account)
-            self._run("SADD", self.keys.plan_accounts(plan.name), account)
+        # Nothing written without a subscription: the set added to before is put right by its plan.
+        self._plan_index.repair(account, [previous, plan.name], plan.name if previous else None)
         return previous
 
     def import_row(
@@ -493,6 +522,7 @@ class RedisStore:
         keys = self.keys.account(account)
         if subscription is None:
             terms: list[Any] = ["", "", 0, 0, 0, "", 0, "0"]
+            plan_name = ""
         else:
             sub, plan = subscription
             terms = [
@@ -505,21 +535,21 @@ class RedisStore:
                 plan.allowance,
                 "1" if plan.prepaid else "0",
             ]
+            plan_name = plan.name
+            self._plan_index.before(account, plan_name)
         previous, outcome, balance, ledger_id = self._call(
             self._import_row,
             [keys.state, keys.ledger, keys.idempotency],
-            [*terms, grant, key, note, now, ledger_retention],
+            [*terms, grant, key, note, now, ledger_retention, *self._plan_index.args(account)],
         )
-        # The index sets live on other Cluster slots, so they are kept outside the script; running the
-        # row again repairs them if this process dies in between.
+        previous_plan = as_text(previous)
+        if plan_name:
+            # Refused (-2): nothing was written, and the set added to before is put right by its plan.
+            self._plan_index.repair(
+                account, [previous_plan, plan_name], None if int(outcome) == -2 else plan_name
+            )
         if int(outcome) == -2:
             raise BalanceCapReached(int(balance))
-        previous_plan = as_text(previous)
-        if subscription is not None:
-            plan_name = subscription[1].name
-            if previous_plan and previous_plan != plan_name:
-                self._run("SREM", self.keys.plan_accounts(previous_plan), account)
-            self._run("SADD", self.keys.plan_accounts(plan_name), account)
         self._run("SADD", self.keys.accounts, account)
         return ImportOutcome(previous_plan, int(outcome), int(balance), as_text(ledger_id))
 

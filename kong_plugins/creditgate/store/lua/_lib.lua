@@ -322,6 +322,33 @@ local function write_terms(account_key, plan, period, allowance, prepaid, curren
   end
 end
 
+-- The plan index, <prefix>:plan:<name>:accounts (store/keys.py): the set of the accounts whose hash
+-- names plan <name>. The script that writes an account's plan moves the account between the sets in
+-- the same step, so no order of concurrent changes can leave it out of its plan's set (a plan's new
+-- terms reach the accounts of its set; a plan is deleted without --force only when its set is empty).
+-- The set of a plan the script reads from the hash cannot be in KEYS: its name is derived from
+-- ARGV, `{head, tail, member}` with the key = head .. plan .. tail, as charge.lua derives its events
+-- key. On a Redis Cluster the sets live on other slots than the account: the store passes head ""
+-- and keeps them outside the script (store/plan_index.py), by the same rule.
+local function plan_index_arg(first)
+  return {head = ARGV[first], tail = ARGV[first + 1], member = ARGV[first + 2]}
+end
+
+-- Before the script's first write: the sets a move from `previous` ("" for none) to `plan` touches.
+local function check_plan_index(index, previous, plan)
+  if index.head == '' then return end
+  if previous ~= '' then check_type(index.head .. previous .. index.tail, 'set') end
+  check_type(index.head .. plan .. index.tail, 'set')
+end
+
+local function move_plan_index(index, previous, plan)
+  if index.head == '' then return end
+  if previous ~= '' and previous ~= plan then
+    redis.call('SREM', index.head .. previous .. index.tail, index.member)
+  end
+  redis.call('SADD', index.head .. plan .. index.tail, index.member)
+end
+
 -- Change a balance by `amount` (signed), at most once per idempotency key, with its ledger entry.
 -- Returns outcome, balance, ledger id: 1 applied; 0 the key was already applied (nothing changed, the
 -- first application's ledger id); -1 refused, the balance would go below zero; -2 refused, the balance
@@ -448,6 +475,29 @@ local function remember_hold(holds_key, index_key, id, facts, until_at, now, win
   redis.call('ZADD', index_key, fmt(until_at), id)
   redis.call('EXPIRE', holds_key, window + 60)
   redis.call('EXPIRE', index_key, window + 60)
+end
+
+-- Whose request charge `id` was: the pool member the ledger entry (or, once the ledger has folded it,
+-- the settlement facts of remember_hold) names, "" for the account's own request, nil when neither
+-- is kept. Reads only (charge.lua asks it before its first write, for an idempotency key an earlier
+-- version kept per account rather than per member).
+local function charge_member(ledger_key, holds_key, id)
+  check_type(ledger_key, 'stream')
+  local entries = redis.call('XRANGE', ledger_key, id, id)
+  if #entries > 0 then
+    local raw = entries[1][2]
+    for i = 1, #raw, 2 do
+      if raw[i] == 'member' then return raw[i + 1] end
+    end
+    return ''
+  end
+  check_type(holds_key, 'hash')
+  local held = redis.call('HGET', holds_key, id)
+  if not held then return nil end
+  local ok, facts = pcall(cjson.decode, held)
+  if not ok or type(facts) ~= 'table' then bad(holds_key, id, 'is not a JSON object') end
+  if type(facts.member) == 'string' then return facts.member end
+  return ''
 end
 
 -- Events out. The charge script raises threshold events in the same atomic step as the charge that

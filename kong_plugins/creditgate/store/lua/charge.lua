@@ -3,11 +3,15 @@
 -- KEYS[1]  the paying account's hash (subscription, plan terms, balance, period usage and counters)
 -- KEYS[2]  the paying account's ledger stream
 -- KEYS[3]  the paying account's usage hash for the UTC day of `now`
--- KEYS[4]  the idempotency key of this request (a string key; unused when ARGV[9] is 0)
+-- KEYS[4]  the idempotency key of this request: the consumer's (the pool member's, or the account's
+--          own when ARGV[10] is ""), bound to the route and the cost (a string key; unused when
+--          ARGV[9] is 0)
 -- KEYS[5]  the paying account's members hash (pools: caps and period usage per member)
 -- KEYS[6]  the paying account's holds hash (charge id -> what settling it needs)
 -- KEYS[7]  the paying account's holds index (sorted set: charge id by the end of its settle window)
 -- KEYS[8]  the store marker of the account's slot (operators' tools write it; see store/keys.py)
+-- KEYS[9]  where versions before member-bound keys kept this idempotency key: per account, bound to
+--          the route and the cost only (a string key, read only; unused when ARGV[9] is 0)
 -- ARGV[1]  now: Unix seconds to decide with, or "" for Redis's own clock (what the gate sends)
 -- ARGV[2]  cost: credits, integer >= 0 (for a hold: the most the request may cost)
 -- ARGV[3]  entitled: the plans that may use this route, separated by ",", or "" for any plan
@@ -45,6 +49,25 @@
 -- never moves backwards, so no clock can restart an allowance. The period containing `now` is found in
 -- the anchor's lattice, also before the anchor (see window_at in _lib.lua).
 --
+-- Idempotency. A request whose key (KEYS[4]) answers for an earlier charge is a replay: it is charged
+-- nothing, and is answered as a replay (allowed, the first charge's id, replayed 1) only while the
+-- request would still be allowed: it passes the same checks as any request (subscription, status,
+-- start, expiry, entitlement) and the member's cap as a request that adds nothing (the member's use in
+-- the current period must still fit under its cap: its own charge, already counted, does). The
+-- allowance and the balance are not asked: the first charge paid. A replay that fails a check is
+-- refused with that check's reason and charges nothing; its key is kept, so that a retry once the
+-- request is allowed again answers with the first charge rather than charging twice. So a key is
+-- charged at most once in its window, and a refusal never comes with a charge. A refund releases the
+-- key (settle.lua).
+-- A key belongs to the consumer: one pool member's key is another's new request. Keys written before
+-- that (KEYS[9], per account) are read when KEYS[4] holds none, for at most one window after the
+-- upgrade, and never written: such a key answers for this consumer when its charge was this
+-- consumer's (the ledger entry or the settlement facts name the member, see charge_member in
+-- _lib.lua); a charge of another consumer makes this one a new request. When neither is kept any more
+-- (the entry folded out of the ledger, no settlement facts), it answers for the account's own
+-- requests and for a member that has been charged before, as it did before the upgrade; a member
+-- never charged cannot have made it and is a new request.
+--
 -- The deadline closes the "refused but charged" hole: a caller that timed out answers 503 and
 -- proxies nothing, so a script that only runs after that (Redis was paused, or the command sat in a
 -- slow network) must not charge. It refuses with reason "deadline_passed" and writes nothing.
@@ -61,7 +84,7 @@
 -- fail the charge, and neither changes the reply.
 
 local account_key, ledger_key, usage_key, idempotency_key, members_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local holds_key, holds_index_key = KEYS[6], KEYS[7]
+local holds_key, holds_index_key, legacy_idempotency_key = KEYS[6], KEYS[7], KEYS[9]
 local redis_now, redis_ms = redis_clock()
 local now = redis_now
 if ARGV[1] ~= '' then now = arg_int(1, 0, MAX_INSTANT) end
@@ -99,7 +122,10 @@ end
 check_type(account_key, 'hash')
 check_type(usage_key, 'hash')
 check_type(members_key, 'hash')
-if idempotency_window > 0 then check_type(idempotency_key, 'string') end
+if idempotency_window > 0 then
+  check_type(idempotency_key, 'string')
+  check_type(legacy_idempotency_key, 'string')
+end
 if settle_window > 0 then
   check_type(holds_key, 'hash')
   check_type(holds_index_key, 'zset')
@@ -127,14 +153,6 @@ for i, name in ipairs(usage_fields) do usage_names[i] = usage_name(name) end
 local usage_values = redis.call('HMGET', usage_key, unpack(usage_names))
 for i, name in ipairs(usage_names) do check_counter(usage_key, name, usage_values[i]) end
 
-local earlier = false
-if idempotency_window > 0 and not shadow then
-  earlier = redis.call('GET', idempotency_key)
-  if earlier and not string.find(earlier, '^%d+%-%d+$') then
-    bad(idempotency_key, '(value)', 'is not a ledger id')
-  end
-end
-
 local member_used_field, member_stored = '', false
 local member_requests_field, member_requests_stored = '', false
 if member ~= '' then
@@ -144,6 +162,25 @@ if member ~= '' then
   member_cap = read_int(members_key, 'cap:' .. member, m[1], -1, 0, MAX_CREDITS)
   member_stored = read_member_count(members_key, member_used_field, m[2], 'credits')
   member_requests_stored = read_member_count(members_key, member_requests_field, m[3], 'requests')
+end
+
+-- The charge an idempotency key answers for (see "Idempotency" above), or false.
+local function charge_at(key)
+  local id = redis.call('GET', key)
+  if id and not ledger_id_ok(id) then bad(key, '(value)', 'is not a ledger id') end
+  return id
+end
+local earlier = false
+if idempotency_window > 0 and not shadow then
+  earlier = charge_at(idempotency_key)
+  if not earlier then
+    local before = charge_at(legacy_idempotency_key)
+    if before then
+      local owner = charge_member(ledger_key, holds_key, before)
+      local charged_before = member == '' or member_stored or member_requests_stored
+      if owner == member or (owner == nil and charged_before) then earlier = before end
+    end
+  end
 end
 
 -- Writes start below this line.
@@ -170,12 +207,6 @@ local function refuse(reason)
   refusal_events(account_key, usage_key, {route = route, reason = reason, shadow = shadow, now = now, plan = plan,
     period = period, anchor = anchor, period_start = period_start, period_end = period_end})
   return answer(0, reason, 0, 0, '', 0)
-end
-
--- A retry of a request that was already charged answers with that charge, and is not charged again.
-if earlier then
-  count_usage('replayed', 1)
-  return answer(1, '', 0, 0, earlier, 1)
 end
 
 if plan == '' then
@@ -211,12 +242,21 @@ if period ~= 'none' and (period_end == 0 or now >= period_end) then
   end
 end
 
--- A pool member's use is counted per period of the pool's plan, and capped when the pool says so.
+-- A pool member's use is counted per period of the pool's plan, and capped when the pool says so. A
+-- replay adds nothing to it.
 if member ~= '' then
   member_used = member_count_in(member_stored, restarts, period_start)
-  if (member_cap >= 0 and member_used + cost > member_cap) or member_used + cost > MAX_CREDITS then
+  local adds = earlier and 0 or cost
+  if (member_cap >= 0 and member_used + adds > member_cap) or member_used + adds > MAX_CREDITS then
     return refuse('member_cap_reached')
   end
+end
+
+-- A retry of a request that was already charged, and would still be allowed: answered with that
+-- charge, not charged again.
+if earlier then
+  count_usage('replayed', 1)
+  return answer(1, '', 0, 0, earlier, 1)
 end
 
 local remaining = allowance - used

@@ -16,6 +16,7 @@
 -- ARGV[11] the grant's note
 -- ARGV[12] now: Unix seconds
 -- ARGV[13] ledger retention: entries kept per account
+-- ARGV[14], ARGV[15], ARGV[16]  the plan index, as in subscribe.lua (moved with the subscription)
 --
 -- Returns {previous plan or "", grant outcome, balance, ledger id}: grant outcome 1 = applied, 0 = the
 -- key was already applied (nothing granted, the ledger id is the first application's), 2 = no grant,
@@ -29,6 +30,10 @@ local account_key, ledger_key, keys_key = KEYS[1], KEYS[2], KEYS[3]
 local amount = arg_int(9, 0, MAX_CREDITS)
 check_type(account_key, 'hash')
 check_type(keys_key, 'hash')
+local index = plan_index_arg(14)
+if ARGV[1] ~= '' then
+  check_plan_index(index, redis.call('HGET', account_key, 'plan') or '', ARGV[1])
+end
 if amount > 0 then
   ledger_plan(account_key, ledger_key, arg_int(13, 0, 1e12), 1)  -- checked before the first write
   local record = redis.call('HGET', keys_key, ARGV[10])
@@ -43,6 +48,7 @@ local previous = ''
 if ARGV[1] ~= '' then
   previous = write_subscription(account_key, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7],
     ARGV[8])
+  move_plan_index(index, previous, ARGV[1])
 end
 if amount <= 0 then
   return {previous, 2, balance, ''}

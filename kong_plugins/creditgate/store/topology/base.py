@@ -84,6 +84,10 @@ class Keyspace:
     keys over slots gives its client its own (``cluster.py``), which ``keyspace_of`` finds.
     """
 
+    # Whether the script that changes an account's plan can move the account between the plans' index
+    # sets (``Keys.plan_accounts``): yes when every key is on one server.
+    plan_index_in_scripts = True
+
     def marker(self, keys: Keys, account: str) -> str:
         """The store marker that a charge of ``account`` reads."""
         return keys.store

@@ -78,6 +78,10 @@ class Cluster(Topology):
 class SlotKeyspace(Keyspace):
     """Keys spread over a Cluster's slots (the client is a ``LazyCluster``)."""
 
+    # The index sets live on other slots than the account's hash: the store keeps them after the
+    # script (``store/plan_index.py``).
+    plan_index_in_scripts = False
+
     def marker(self, keys: Keys, account: str) -> str:
         """The marker on the slot of the account's keys, which the charge script can read."""
         return slot_marker(keys.prefix, account)
