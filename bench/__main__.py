@@ -9,5 +9,9 @@ if __name__ == "__main__":
         from bench.money_model import main as money_model
 
         money_model(sys.argv[2:])
+    elif sys.argv[1:2] == ["ledger-verify"]:
+        from bench.ledger_verify import main as ledger_verify
+
+        ledger_verify(sys.argv[2:])
     else:
         main()

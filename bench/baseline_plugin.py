@@ -19,6 +19,7 @@ kong-pdk fix as ``credit-gate-pluginserver`` (16 KiB read buffers for Kong's con
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -68,6 +69,7 @@ class RoundTripPlugin(Plugin):
 
     def __init__(self, config: dict[str, Any]) -> None:
         from creditgate.core.config import RedisSettings
+        from creditgate.store.keys import TOKEN_SECONDS
         from creditgate.store.replies import USAGE_TTL_SECONDS
         from creditgate.store.store import RedisStore
 
@@ -82,6 +84,7 @@ class RoundTripPlugin(Plugin):
         assert self.store.hot_path is not None, "a standalone Redis without TLS has the gate's hot path"
         self.hot_path = self.store.hot_path
         self.usage_ttl = USAGE_TTL_SECONDS
+        self.token_seconds = TOKEN_SECONDS
 
     def access(self, kong: Any) -> None:
         consumer = kong.client.get_consumer()
@@ -101,7 +104,11 @@ class RoundTripPlugin(Plugin):
                 keys.holds_index,
                 self.store.keys.store,
             ],
-            ["", 1, "", ROUTE, 10_000, self.usage_ttl, 0, "charge", 0, "", 0, 0],
+            [
+                *("", 1, "", ROUTE, 10_000, self.usage_ttl, 0, "charge", 0, "", 0, 0),
+                os.urandom(8).hex(),  # the charge's token, as RedisStore.charge sends one (store/voids.py)
+                self.token_seconds,
+            ],
         )
         self.set_headers(kong, account)
 

@@ -34,7 +34,7 @@ def test_no_cli_module_imports_the_store(module: Path) -> None:
 
 
 def test_every_command_of_every_subject_module_is_in_the_group() -> None:
-    subjects = [cli.plans, cli.accounts, cli.credits, cli.reports, cli.deployment]
+    subjects = [cli.plans, cli.accounts, cli.credits, cli.reports, cli.events, cli.deployment]
     registered = {command.name for subject in subjects for command in subject.COMMANDS}
     assert registered == set(cli.cli.commands)
     assert callable(cli.main)  # the console script: credit-gate = "creditgate.cli:main"

@@ -54,6 +54,7 @@ PAYMENT_REASONS = [
     Reason.SUBSCRIPTION_INACTIVE,
     Reason.SUBSCRIPTION_EXPIRED,
     Reason.PLAN_NOT_ENTITLED,
+    Reason.DEBT_OUTSTANDING,
     Reason.QUOTA_EXHAUSTED,
     Reason.INSUFFICIENT_CREDIT,
 ]
@@ -77,6 +78,23 @@ def test_insufficient_credit_tells_the_cost_the_balance_and_where_to_pay() -> No
     assert problem.body["payment_url"] == "https://pay.example/"
     assert "costs 3 credits" in problem.body["detail"] and "Top up" in problem.body["detail"]
     assert "Retry-After" not in problem.headers
+
+
+def test_debt_outstanding_tells_what_is_owed_and_that_the_next_credit_pays_it_first() -> None:
+    problem = refusal(
+        result(Reason.DEBT_OUTSTANDING, debt=120, balance=0),
+        type_base=BASE,
+        payment_url="https://pay.example/",
+    )
+    assert (problem.status, problem.body["title"]) == (402, "Debt outstanding")
+    detail = problem.body["detail"]
+    assert "owes 120 credits" in detail and "next credit or payment pays it first" in detail
+    assert "Retry-After" not in problem.headers  # it lifts when someone pays, not by itself
+    assert (
+        "owes 1 credit:"
+        in refusal(result(Reason.DEBT_OUTSTANDING, debt=1), type_base=BASE, payment_url=None).body["detail"]
+    )
+    validate_problem(problem.body)
 
 
 def test_quota_exhausted_says_when_it_renews_with_retry_after() -> None:

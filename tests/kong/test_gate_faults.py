@@ -8,7 +8,6 @@ once resumed, the commands it was sent.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -63,7 +62,9 @@ def test_redis_down_refuses_with_503_within_the_timeout_and_charging_resumes_aft
     with CountingListener.tcp(own_redis.port) as listener:  # where Redis was: it counts what was tried
         closed = [request(kong, own_settings) for _ in range(3)]
     assert [outcome.status for outcome in closed] == [503, 503, 503]
-    assert listener.attempts == 3  # one connection per request: none tried again after a back-off
+    # One connection per request (none tried again after a back-off), and in the background the voids of
+    # the charges whose connection closed after the send (store/voids.py): the listener took them.
+    assert listener.attempts >= 3
     own_redis.start()
     funded.grant("acme", 1)  # the restarted Redis is empty: re-seed it
     funded.apply_plan(Plan("pro"))
@@ -92,8 +93,10 @@ def test_a_paused_redis_answers_every_request_within_the_read_timeout(
     outcomes, sent = own_redis.while_paused(lambda: [request(kong, own_settings) for _ in range(3)])
     assert [outcome.status for outcome in outcomes] == [503, 503, 503]
     # One charge per request, none sent again, so each request waited for one read timeout at most.
-    # Run once Redis resumed, past its deadline, each charge script read Redis's clock and stopped.
-    assert sent == Counter(evalsha=3, time=3)
+    # Run once Redis resumed, past its deadline, each charge script read Redis's clock and stopped: three
+    # TIMEs are three charges. The rest is the voids of those charges (store/voids.py: void.lua reads no
+    # clock), sent in the background on a connection of their own.
+    assert sent["time"] == 3 and sent["evalsha"] >= 3
     assert request(kong, own_settings).proxied
 
 

@@ -40,6 +40,13 @@ The rules, each enforced by one method:
   back to an allowance restarted since, even when the two periods have the same bounds.
 - **The ledger** records every change of the balance; ``ledger_base`` plus the amounts of the entries
   still kept equals the balance, and each entry's ``balance`` is the running balance.
+- **Debt is paid first, and refuses every request while it is open.** ``debt`` is what a payment's
+  reversal took that the balance could not cover (the payments' scripts write it, as ``frozen`` and
+  ``grace_until``). A positive credit pays the debt first and adds only the rest to the balance (its
+  ledger entry's amount is that rest, the balance's change); a negative one never creates debt. While
+  ``debt`` > 0 a request that passes the subscription's checks is refused (``debt_outstanding``),
+  before its period is recorded, a replay too (its key is kept). A ``past_due`` subscription is
+  charged like an active one while ``now`` < ``grace_until``.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from creditgate.core.periods import (
 # The bound on every balance, allowance and total: well below 2**53, so a Lua double holds it exactly.
 CAP = MAX_CREDITS
 CHARGEABLE = ("active", "trialing")
+GRACED = "past_due"  # chargeable while now < grace_until
 
 
 # The window of the anchor's lattice that holds ``now``, on either side of the anchor: the core's own
@@ -78,6 +86,7 @@ class Refusal(str, enum.Enum):
     SUBSCRIPTION_INACTIVE = "subscription_inactive"
     SUBSCRIPTION_EXPIRED = "subscription_expired"
     PLAN_NOT_ENTITLED = "plan_not_entitled"
+    DEBT_OUTSTANDING = "debt_outstanding"
     MEMBER_CAP_REACHED = "member_cap_reached"
     QUOTA_EXHAUSTED = "quota_exhausted"
     INSUFFICIENT_CREDIT = "insufficient_credit"
@@ -132,16 +141,27 @@ class ChargeOutcome:
     period_end: int
     member_used: int
     member_cap: int  # -1: no cap
+    debt: int = 0
 
 
 @dataclass(frozen=True)
 class CreditOutcome:
     """``outcome``: applied; already (the key was applied before, for this change); reused (the key answers
-    for another kind or amount: nothing changed); refused (nothing changed)."""
+    for another kind or amount: nothing changed); refused (nothing changed). ``debt_paid`` is what this
+    change paid of the debt (0 unless applied), ``debt`` what is owed after it."""
 
     outcome: str
     balance: int
     entry: int | None  # the ledger entry's position in the history
+    debt: int = 0
+    debt_paid: int = 0
+
+
+def pay_debt_first(debt: int, amount: int) -> tuple[int, int]:
+    """What a credit of ``amount`` (signed) pays of ``debt``, and what it changes the balance by: a
+    positive change pays the debt first, a negative one never touches it."""
+    paid = min(debt, amount) if amount > 0 else 0
+    return paid, amount - paid
 
 
 @dataclass(frozen=True)
@@ -170,12 +190,16 @@ class AccountModel:
     period_requests: int = 0
     period_from_balance: int = 0
     restarts: int = 0  # period restarts so far (wraps to 1 after CAP)
+    debt: int = 0  # credits owed: every request refused while > 0, paid first by the next credit
+    frozen: int = 0  # credits held by open disputes (informational: no rule here reads it)
+    grace_until: int = 0  # a past_due subscription is charged while now < grace_until
     caps: dict[str, int] = field(default_factory=dict)
     # member -> (restarts, period start, used) and (restarts, period start, requests)
     member_use: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     member_requests: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     history: list[Entry] = field(default_factory=list)  # every entry ever appended, oldest first
-    credit_keys: dict[str, int] = field(default_factory=dict)  # grant/adjust key -> entry position
+    # grant/adjust key -> (entry position, kind, the amount asked for: the entry's may be less, debt paid)
+    credit_keys: dict[str, tuple[int, str, int]] = field(default_factory=dict)
     request_keys: dict[tuple[str, int, str, str], int] = field(default_factory=dict)  # -> charge ref
     charges: dict[int, Charge] = field(default_factory=dict)
     cap: int = CAP
@@ -271,16 +295,29 @@ class AccountModel:
 
     def _credit(self, kind: str, amount: int, key: str) -> CreditOutcome:
         if key and key in self.credit_keys:
-            first = self.credit_keys[key]
-            if self.history[first].kind != kind or self.history[first].amount != amount:
-                return CreditOutcome("reused", self.balance, first)  # the key answers for another change
-            return CreditOutcome("already", self.balance, first)
-        if not 0 <= self.balance + amount <= self.cap:
-            return CreditOutcome("refused", self.balance, None)
-        position = self._append(kind, amount)
+            first, first_kind, first_amount = self.credit_keys[key]
+            if first_kind != kind or first_amount != amount:  # the key answers for another change
+                return CreditOutcome("reused", self.balance, first, self.debt)
+            return CreditOutcome("already", self.balance, first, self.debt)
+        paid, change = pay_debt_first(self.debt, amount)
+        if not 0 <= self.balance + change <= self.cap:
+            return CreditOutcome("refused", self.balance, None, self.debt)
+        self.debt -= paid
+        position = self._append(kind, change)
         if key:
-            self.credit_keys[key] = position
-        return CreditOutcome("applied", self.balance, position)
+            self.credit_keys[key] = (position, kind, amount)
+        return CreditOutcome("applied", self.balance, position, self.debt, paid)
+
+    def owe(self, debt: int | None = None, frozen: int | None = None) -> None:
+        """What a payment's reversal leaves (the payments' scripts write these fields); None: as it was."""
+        if debt is not None:
+            self.debt = debt
+        if frozen is not None:
+            self.frozen = frozen
+
+    def set_grace(self, grace_until: int) -> None:
+        """What the subscription lifecycle writes when a subscription falls past due."""
+        self.grace_until = grace_until
 
     # The charge
 
@@ -377,15 +414,19 @@ class AccountModel:
         )
 
     def _subscription_refusal(self, now: int, entitled: tuple[str, ...]) -> Refusal | None:
-        """Whether the subscription lets a request through at ``now`` at all."""
+        """Whether the account lets a request through at ``now`` at all: its subscription, the route's
+        entitlement and its debt (the checks a replay passes too)."""
         if self.terms is None:
             return Refusal.NO_SUBSCRIPTION
-        if self.status not in CHARGEABLE or now < self.starts_at:
+        graced = self.status == GRACED and now < self.grace_until
+        if (self.status not in CHARGEABLE and not graced) or now < self.starts_at:
             return Refusal.SUBSCRIPTION_INACTIVE
         if self.expires_at > 0 and now >= self.expires_at:
             return Refusal.SUBSCRIPTION_EXPIRED
         if entitled and self.terms.plan not in entitled:
             return Refusal.PLAN_NOT_ENTITLED
+        if self.debt > 0:
+            return Refusal.DEBT_OUTSTANDING
         return None
 
     def _answer(
@@ -415,6 +456,7 @@ class AccountModel:
             period_end=window.end,
             member_used=member_used,
             member_cap=member_cap,
+            debt=self.debt,
         )
 
     # Settlement
@@ -435,7 +477,8 @@ class AccountModel:
             return SettleOutcome("late", 0, self.balance)
         give_back = charge.cost - final_cost
         to_balance = min(give_back, charge.from_balance)
-        if self.balance + to_balance > self.cap:
+        debt_paid, to_balance_now = pay_debt_first(self.debt, to_balance)
+        if self.balance + to_balance_now > self.cap:
             return SettleOutcome("cap", 0, self.balance)
         # A period restarted since the charge (a new subscription, anchor or length: bounds 0 until the
         # next charge) is another period, even when the charge's period also started at 0 (a plan
@@ -464,7 +507,8 @@ class AccountModel:
                 self.member_requests[charge.member] = (*self.member_period(), count - 1)
         if refund and charge.request_key is not None:
             self.request_keys.pop(charge.request_key, None)
-        self._append("refund" if refund else "settle", to_balance)
+        self.debt -= debt_paid
+        self._append("refund" if refund else "settle", to_balance_now)
         charge.settled = True
         return SettleOutcome("applied", to_balance + to_allowance, self.balance)
 

@@ -27,7 +27,18 @@ from tests.gate_fixtures import gate_config
 from tests.harness import KongRequest, KongSide
 
 NOT_INTEGERS = ["1e3", "0x10", " 5", "5 ", "inf", "-inf", "nan", "0.5", "", "abc", "01", "+5", "1" * 20]
-INTEGER_FIELDS = ["balance", "used", "allowance", "starts_at", "anchor", "expires_at", "period_start"]
+INTEGER_FIELDS = [
+    "balance",
+    "used",
+    "allowance",
+    "starts_at",
+    "anchor",
+    "expires_at",
+    "period_start",
+    "debt",
+    "frozen",
+    "grace_until",
+]
 
 
 def snapshot(client: redis.Redis) -> dict[bytes | str, bytes | None]:

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from creditgate.core.periods import DAY_SECONDS, WEEK_SECONDS, Period, Window, window_at
-from tests.money.account_model import CAP, AccountModel, Refusal, Terms, lattice_window
+from tests.money.account_model import CAP, AccountModel, Refusal, Terms, lattice_window, pay_debt_first
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAILY = Terms("daily", Period.DAY, 10, True)
@@ -302,3 +302,65 @@ def test_a_refund_after_a_switch_and_back_takes_nothing_from_the_members_new_use
     model.settle(first.charge, 0, T0 + 3, window=60, refund=True)
     assert model.member_use["ann"] == (model.restarts, 0, 3)
     assert model.member_requests["ann"] == (model.restarts, 0, 1)
+
+
+# Debt and grace
+
+
+@given(debt=st.integers(0, CAP), amount=st.integers(-CAP, CAP))
+def test_a_credit_pays_the_debt_first_and_a_debit_never_touches_it(debt: int, amount: int) -> None:
+    paid, change = pay_debt_first(debt, amount)
+    assert paid + change == amount  # nothing lost, nothing made up
+    assert 0 <= paid <= debt
+    if amount > 0:
+        assert paid == min(debt, amount) and change >= 0
+    else:
+        assert (paid, change) == (0, amount)
+
+
+def test_pay_debt_first_on_plain_values() -> None:
+    assert pay_debt_first(30, 100) == (30, 70)
+    assert pay_debt_first(50, 20) == (20, 0)
+    assert pay_debt_first(0, 5) == (0, 5)
+    assert pay_debt_first(9, -5) == (0, -5)
+
+
+def test_a_debt_refuses_every_request_after_the_subscriptions_checks_and_records_no_period() -> None:
+    model = account(balance=10)
+    model.owe(3)
+    before = model.copy()
+    refused = model.charge(T0 + 1, 0)
+    assert (refused.reason, refused.debt, refused.charge) == (Refusal.DEBT_OUTSTANDING, 3, None)
+    assert model.history == before.history and model.period_start == before.period_start
+    assert model.charge(T0 + 1, 1, entitled=("pro",)).reason is Refusal.PLAN_NOT_ENTITLED
+    model.set_status("canceled")
+    assert model.charge(T0 + 1, 1).reason is Refusal.SUBSCRIPTION_INACTIVE
+
+
+def test_a_grant_pays_the_debt_then_the_balance_and_its_entry_is_the_balances_change() -> None:
+    model = account(balance=10)
+    model.owe(30)
+    partly = model.grant(20, "g")
+    assert (partly.debt_paid, partly.debt, partly.balance) == (20, 10, 10)
+    assert model.history[-1].amount == 0 and model.replay() == model.balance
+    assert model.grant(20, "g").outcome == "already"  # the key answers for the 20 asked, not the 0 moved
+    assert model.grant(25).debt_paid == 10 and model.balance == 25
+    assert model.charge(T0 + 1, 1).allowed
+
+
+def test_a_grant_that_pays_debt_is_held_to_the_cap_by_what_the_balance_gets() -> None:
+    model = account(balance=10)
+    model.owe(10)
+    assert model.grant(CAP).outcome == "applied" and model.balance == CAP
+    assert model.adjust_down(CAP + 1).outcome == "refused" and model.debt == 0
+
+
+def test_past_due_is_charged_until_its_grace_ends() -> None:
+    model = account(balance=10)
+    model.set_status("past_due")
+    assert model.charge(T0 + 1, 1).reason is Refusal.SUBSCRIPTION_INACTIVE
+    model.set_grace(T0 + 10)
+    assert model.charge(T0 + 9, 1).allowed
+    assert model.charge(T0 + 10, 1).reason is Refusal.SUBSCRIPTION_INACTIVE
+    model.set_status("suspended")
+    assert model.charge(T0 + 9, 1).reason is Refusal.SUBSCRIPTION_INACTIVE  # a grace is past_due's only

@@ -4,9 +4,12 @@ Each sequence runs through the same Python entry points the gate and the CLI use
 charges and settlements, ``Admin`` for everything an operator does) on a real Redis, and through
 ``AccountModel`` side by side. Charges come from several nodes whose clocks differ from each other and
 jump forward and back. After every step the two must agree on the decision, its reason and figures,
-and on the whole account; the ledger must replay to the balance. Alerts change at random, so the
-threshold events' writes run in the same steps: each level crossing the model sees is raised once, and
-an event about time once per what it is about.
+and on the whole account; the ledger must replay to the balance. The payments' fields (``debt``,
+``frozen``, ``grace_until``, and the past_due status a failed renewal brings) are written into the hash
+at random, as a reversal or the Stripe lifecycle would, from the first step on: charges meet debts and
+graces, and grants pay debts. Alerts change at random, so the threshold events' writes run in the same
+steps: each level crossing the model sees is raised once, and an event about time once per what it is
+about.
 
 Profiles and reproduction: ``tests/money_support.py``; the long run: ``bench/README.md``.
 """
@@ -30,6 +33,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from redis.typing import EncodableT, FieldT
 
 from creditgate.core.alerts import Alerts
 from creditgate.core.config import RedisSettings
@@ -70,6 +74,8 @@ alert_sets = st.builds(
     first_refusal=st.booleans(),
 )
 costs = st.one_of(small, small, st.sampled_from([CAP, CAP // 2 + 1]))
+# Mostly none: a debt refuses every request until a grant pays it.
+debts = st.one_of(st.just(0), st.just(0), st.integers(1, 60), st.sampled_from([CAP, CAP - 1]))
 offsets = st.one_of(
     st.integers(-3 * DAY_SECONDS, 3 * DAY_SECONDS),
     st.sampled_from([-1, 0, 1, DAY_SECONDS - 1, DAY_SECONDS, 20 * DAY_SECONDS, -40 * DAY_SECONDS]),
@@ -143,9 +149,22 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             anchor=offsets,
             balance=st.integers(0, 100),
             alerts=alert_sets,
+            debt=st.none() | debts,
+            # A renewal failed lately: its grace runs on (0: it ends now, to the second).
+            grace=st.none() | st.sampled_from([0, 1]) | st.integers(0, 3 * DAY_SECONDS),
+            past_due=st.booleans(),
         )
         def start(
-            self, node_skews: list[int], retention: int, plan: str, anchor: int, balance: int, alerts: Alerts
+            self,
+            node_skews: list[int],
+            retention: int,
+            plan: str,
+            anchor: int,
+            balance: int,
+            alerts: Alerts,
+            debt: int | None,
+            grace: int | None,
+            past_due: bool,
         ) -> None:
             self.skews = [0, *node_skews]
             self.retention = retention
@@ -154,6 +173,8 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
             if balance:
                 self.grant(balance, "")
             self.alerts_change(alerts)
+            # Every sequence starts where the payments may have left the account: in debt, past due.
+            self.payments_write(debt, None, grace, past_due)
 
         def now(self, node: int) -> int:
             return self.clock.now + self.skews[node % len(self.skews)]
@@ -229,7 +250,8 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
                 outcome = "refused"
             else:
                 outcome = "applied" if result.applied else "already"
-                assert result.balance == expected.balance
+                theirs = (result.balance, result.debt, result.debt_paid)
+                assert theirs == (expected.balance, expected.debt, expected.debt_paid), f"grant {amount}"
             assert outcome == expected.outcome, f"grant {amount} (key {key!r})"
 
         @rule(amount=amounts, key=st.sampled_from(["", "", "a1", "a2", "g1"]))
@@ -247,7 +269,40 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
                 outcome = "refused"
             else:
                 outcome = "applied" if result.applied else "already"
+                assert expected is not None and (result.balance, result.debt, result.debt_paid) == (
+                    expected.balance,
+                    expected.debt,
+                    0,  # taking credits away never touches the debt
+                )
             assert expected is not None and outcome == expected.outcome, f"adjust -{amount} (key {key!r})"
+
+        # What the payments write (a reversal the balance could not cover, a dispute's hold) and the
+        # Stripe lifecycle (a past_due subscription's grace): written into the hash as they would be.
+
+        @rule(
+            debt=st.none() | debts,
+            frozen=st.none() | st.integers(0, 60),
+            grace=st.none() | offsets | st.sampled_from([0, 1, DAY_SECONDS]),
+            renewal_failed=st.booleans(),
+        )
+        def payments_write(
+            self, debt: int | None, frozen: int | None, grace: int | None, renewal_failed: bool
+        ) -> None:
+            """What a payment's reversal leaves (debt, and what disputes hold), or what the lifecycle
+            writes when a renewal fails (past_due and its grace, in one step); None leaves a field be."""
+            grace_until = None if grace is None else max(self.clock.now + grace, 0)
+            written = {"debt": debt, "frozen": frozen, "grace_until": grace_until}
+            fields: dict[FieldT, EncodableT] = {
+                name: value for name, value in written.items() if value is not None
+            }
+            self.model.owe(debt, frozen)
+            if grace_until is not None:
+                self.model.set_grace(grace_until)
+                if renewal_failed and self.model.terms is not None:
+                    fields["status"] = Status.PAST_DUE.value
+                    self.model.set_status(Status.PAST_DUE.value)
+            if fields:
+                run.client.hset(self.store.keys.account(ACCOUNT).state, mapping=fields)
 
         @rule(alerts=alert_sets)
         def alerts_change(self, alerts: Alerts) -> None:
@@ -388,6 +443,7 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
                 "period_end",
                 "member_used",
                 "member_cap",
+                "debt",
             )
             mine = {name: getattr(expected, name) for name in fields}
             theirs = {name: getattr(got, name) for name in fields}
@@ -455,6 +511,9 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
                 state.period_requests,
                 state.period_from_balance,
                 state.period_restarts,
+                state.debt,
+                state.frozen,
+                state.grace_until,
             )
             terms = model.terms
             mine = (
@@ -472,6 +531,9 @@ def make_machine(run: Run) -> type[RuleBasedStateMachine]:
                 model.period_requests,
                 model.period_from_balance,
                 model.restarts,
+                model.debt,
+                model.frozen,
+                model.grace_until,
             )
             assert theirs == mine, f"account: script {theirs} != model {mine}"
             assert 0 <= state.balance <= CAP

@@ -1,11 +1,14 @@
 """Threshold events: raised by the charge script once per crossing, delivered once each to a receiver over
-real HTTP (signed, retried with backoff), dead letters read and replayed through the API."""
+real HTTP (signed, retried with backoff), dead letters read and replayed through the API, one by one or in
+bulk per receiver and per account; every attempt counted in Redis (so the counts outlive the service), the
+dead letters waiting a gauge, and every failed attempt logged with the receiver's secrets hidden."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +26,12 @@ from creditgate.core.model import Plan
 from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.ops.admin import Admin
+from creditgate.ops.dead_letters import find_letters
 from creditgate.service.events import Dispatcher, EventSettings
+from creditgate.store import events as stored
 from creditgate.store.store import RedisStore
-from tests.redis_servers import wait_until
-from tests.service_support import running_service
+from tests.redis_servers import RedisServer, wait_until
+from tests.service_support import ADMIN_TOKEN, READ_TOKEN, running_service
 
 SECRET = "event-secret-0123456789"
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -226,8 +231,8 @@ def test_events_raised_by_concurrent_charges_are_delivered_once_each_through_a_f
         listed = api.call("GET", "/v1/accounts/acme/events").json()["events"]
         assert [e["id"] for e in listed] == [e["id"] for e in hook.got if e["account"] == "acme"]
         metrics = api.call("GET", "/metrics").text
-        assert 'credit_gate_event_deliveries_total{outcome="delivered"} 9.0' in metrics
-        assert 'credit_gate_event_deliveries_total{outcome="failed"} 4.0' in metrics
+        assert 'credit_gate_event_deliveries_total{outcome="delivered",via="dispatcher"} 9.0' in metrics
+        assert 'credit_gate_event_deliveries_total{outcome="failed",via="dispatcher"} 4.0' in metrics
 
 
 def test_an_event_given_up_is_a_dead_letter_that_replays_once_the_receiver_recovers(
@@ -328,3 +333,170 @@ def test_on_a_cluster_each_accounts_events_stay_in_its_slot_and_are_delivered(tm
         admin.close()
     finally:
         cluster.stop()
+
+
+# Dead letters in bulk, counted, logged
+
+
+def secret_url(hook: Receiver, token: str = "t0ps3cret") -> str:
+    """The receiver's URL with a password and a token, as operators write them."""
+    return hook.url.replace("http://", "http://ops:pa55word@") + f"?token={token}"
+
+
+def bury(store: RedisStore, admin: Admin, accounts: list[str], urls: tuple[str, ...]) -> None:
+    """One balance.depleted event per account, given up at every URL after a single attempt."""
+    subscribe(admin, accounts[0])
+    for account in accounts:
+        admin.subscribe(account, "pro", starts_at=NOW - 86_400)
+        admin.grant(account, 10)
+        admin.set_alerts(account, Alerts(depleted=True))
+        assert store.charge(ChargeRequest(account, 10, now=NOW)).allowed
+    dispatcher = Dispatcher(store, EventSettings(urls=urls, secret=SECRET, attempts=1))
+    dispatcher.step(now=0)
+
+
+def metric(text: str, name: str) -> float:
+    (line,) = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[-1])
+
+
+def secret_env() -> dict[str, str]:
+    """The service with the events' secret (to sign replays) and no receiver of its own."""
+    return {
+        "CREDIT_GATE_ADMIN_TOKENS": ADMIN_TOKEN,
+        "CREDIT_GATE_READ_TOKENS": READ_TOKEN,
+        "CREDIT_GATE_EVENT_SECRET": SECRET,
+    }
+
+
+def test_dead_letters_replay_in_bulk_per_receiver_and_per_account_and_a_down_receiver_is_tried_once(
+    admin: Admin, store: RedisStore, settings: RedisSettings
+) -> None:
+    with receiver(fail=10**6) as down, receiver(fail=3) as back:
+        urls = (secret_url(down), secret_url(back))
+        bury(store, admin, ["acme", "globex", "initech"], urls)
+        assert down.refused == back.refused == 3 and back.fail == 0  # `back` answers from now on
+        down.refused = 0
+        with running_service(settings, secret_env()) as api:
+            listed = api.call("GET", "/v1/events/dead-letters").json()["dead_letters"]
+            assert len(listed) == 6
+            shown = {d["url"] for d in listed}
+            assert all("pa55word" not in u and "t0ps3cret" not in u for u in shown)
+            back_shown = next(d["url"] for d in listed if f":{back.url.split(':')[2]}" in d["url"])
+            only_globex = api.call("GET", "/v1/events/dead-letters", params={"account": "globex"}).json()
+            assert {d["event"]["account"] for d in only_globex["dead_letters"]} == {"globex"}
+
+            # Per account: globex's two letters; its letter to the down receiver fails and stays.
+            globex = api.call("POST", "/v1/events/dead-letters/replay", json={"account": "globex"}).json()
+            assert len(globex["delivered"]) == 1 and len(globex["failed"]) == 1 and globex["left"] == 1
+            assert [e["account"] for e in back.got] == ["globex"]
+            assert "t0ps3cret" not in json.dumps(globex) and "pa55word" not in json.dumps(globex)
+
+            # Per receiver, named as the list shows it: the other two accounts' letters to `back`.
+            to_back = api.call(
+                "POST", "/v1/events/dead-letters/replay", json={"receiver": back_shown, "limit": 10}
+            ).json()
+            assert (len(to_back["delivered"]), to_back["failed"], to_back["left"]) == (2, [], 0)
+            assert sorted(e["account"] for e in back.got) == ["acme", "globex", "initech"]
+
+            # Everything left waits for the down receiver: tried once, the rest skipped.
+            down.refused = 0
+            rest = api.call("POST", "/v1/events/dead-letters/replay", json={}).json()
+            assert (len(rest["failed"]), rest["skipped"], rest["left"]) == (1, 2, 3)
+            assert down.refused == 1
+
+            metrics = api.call("GET", "/metrics").text
+            assert metric(metrics, "credit_gate_event_dead_letters") == 3
+            replayed = 'credit_gate_event_deliveries_total{outcome="%s",via="replay"}'
+            assert metric(metrics, replayed % "delivered") == 3
+            assert metric(metrics, replayed % "failed") == 2  # one per call to the down receiver
+            assert (
+                metric(
+                    metrics, 'credit_gate_event_deliveries_total{outcome="dead_lettered",via="dispatcher"}'
+                )
+                == 6
+            )
+
+            refused = api.call("POST", "/v1/events/dead-letters/replay", json={}, token=READ_TOKEN)
+            assert refused.status_code == 403
+            bad = api.call("POST", "/v1/events/dead-letters/replay", json={"limit": 0})
+            assert bad.status_code == 422
+
+
+def test_delivery_counts_and_the_dead_letters_waiting_outlive_the_service(
+    settings: RedisSettings, store: RedisStore
+) -> None:
+    with receiver(fail=10**6) as hook:
+        env = event_env(hook.url, CREDIT_GATE_EVENT_ATTEMPTS="2")
+        with running_service(settings, env) as api:
+            setup_accounts(api, ["acme"])
+            assert store.charge(ChargeRequest("acme", 100)).allowed  # balance.low and balance.depleted
+            wait_until(
+                lambda: len(api.call("GET", "/v1/events/dead-letters").json()["dead_letters"]) == 2, 20, "two"
+            )
+        with running_service(settings, secret_env()) as again:  # a new process, no receiver configured
+            metrics = again.call("GET", "/metrics").text
+    counted = 'credit_gate_event_deliveries_total{outcome="%s",via="dispatcher"}'
+    assert metric(metrics, counted % "failed") == 4
+    assert metric(metrics, counted % "dead_lettered") == 2
+    assert metric(metrics, counted % "delivered") == 0
+    assert metric(metrics, "credit_gate_event_dead_letters") == 2
+
+
+def test_every_failed_attempt_is_logged_with_the_receivers_secrets_hidden(
+    admin: Admin, store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with receiver(fail=10**6) as hook:
+        url = secret_url(hook)
+        subscribe(admin, "acme")
+        admin.grant("acme", 10)
+        admin.set_alerts("acme", Alerts(depleted=True))
+        assert store.charge(ChargeRequest("acme", 10, now=NOW)).allowed
+        dispatcher = Dispatcher(store, EventSettings(urls=(url,), secret=SECRET, attempts=2, backoff=1))
+        with caplog.at_level(logging.DEBUG, logger="creditgate.service"):
+            dispatcher.step(now=0)  # failed: attempt 2 in 1 s
+            dispatcher.step(now=2)  # failed again: a dead letter
+            from creditgate.ops.dead_letters import find_letters, replay_letters
+            from creditgate.service.events import replay_session, sender
+
+            with replay_session() as session:
+                done = replay_letters(admin, find_letters(admin), sender(dispatcher.settings, session))
+    assert len(done.failed) == 1 and hook.refused == 3
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in levels] == [logging.WARNING, logging.ERROR, logging.WARNING]
+    for _, message in levels:
+        assert "pa55word" not in message and "t0ps3cret" not in message, message
+        assert f"127.0.0.1:{hook.url.split(':')[2].split('/')[0]}" in message  # which receiver, still
+    assert "HTTP 503" in levels[0][1] and "a dead letter now" in levels[1][1] and "replayed" in levels[2][1]
+
+
+def test_a_count_lost_to_redis_never_stops_delivery(store: RedisStore, admin: Admin) -> None:
+    subscribe(admin, "acme")
+    admin.grant("acme", 10)
+    admin.set_alerts("acme", Alerts(depleted=True))
+    assert store.charge(ChargeRequest("acme", 10, now=NOW)).allowed
+    from creditgate.errors import StoreError
+
+    def unavailable(outcome: str) -> None:
+        raise StoreError("Redis failed")
+
+    with receiver() as hook:
+        dispatcher = Dispatcher(store, EventSettings(urls=(hook.url,), secret=SECRET), count=unavailable)
+        dispatcher.step(now=0)
+        dispatcher.step(now=1)
+    assert [e["type"] for e in hook.got] == ["balance.depleted"]  # delivered once, the cursor moved on
+
+
+def test_dead_letters_are_read_a_batch_a_command_each_once(
+    admin: Admin, store: RedisStore, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """While a receiver is down letters pile up: one HGETALL of them all would hold Redis for all of them."""
+    for i in range(1_200):
+        event = {"id": f"evt_{i}", "account": f"acct-{i % 3}", "type": "balance.low"}
+        letter = {"id": f"{i:024x}", "event": event, "url": "http://x.test/h", "dead_at": f"{i:06d}"}
+        stored.put_dead_letter(store, letter)
+    before = redis_server.command_calls(redis_client)
+    letters = find_letters(admin, account="acct-1")
+    sent = redis_server.command_calls(redis_client) - before
+    assert [d["event"]["id"] for d in letters] == [f"evt_{i}" for i in range(1, 1_200, 3)]  # oldest first
+    assert sent["hscan"] >= 1_200 // 500 and sent["hgetall"] == 0

@@ -1,10 +1,11 @@
 """Payments in, when the event cannot be applied or the bytes are bad: over real HTTP and a real Redis.
 
 An event signed correctly but unappliable (an account name that is empty or has a control character, an
-account that does not exist, a Stripe Connect account the operator did not map) is acknowledged with an
-``outcome`` naming why, logged at error level and counted, so that Stripe does not re-send it for days;
-nothing is granted and no account is created unless the billing map says ``create_accounts: true``.
-Bad bytes and bad headers answer 400 as a problem body, with no traceback in the log.
+account that does not exist, a Stripe Connect account the operator did not map, a shape Stripe never
+sends) is acknowledged with an ``outcome`` naming why, logged at error level and counted, so that Stripe
+does not re-send it for days; nothing is granted and no account is created unless the billing map says
+``create_accounts: true``. Bad bytes and bad headers answer 400 as a problem body, with no traceback in
+the log. A billing map that cannot be read is refused at start, naming the field and the form to use.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,38 +25,31 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from creditgate.core.config import RedisSettings
+from creditgate.errors import ConfigError
+from creditgate.service.billing_map import WebhookSettings
 from creditgate.service.webhooks import generic_signature
-from tests.service.test_webhooks import GENERIC, SECRET, balance, checkout, post_generic, send
-from tests.service_support import ADMIN_TOKEN, READ_TOKEN, Running, running_service
+from tests.service.stripe_payloads import LATEST, charge_refunded, dispute_event, refund, refund_event
+from tests.service.test_webhooks import (
+    BILLING_MAP,
+    GENERIC,
+    SECRET,
+    balance,
+    open_accounts,
+    pack,
+    post_generic,
+    send,
+    serve,
+)
+from tests.service_support import READ_TOKEN, Running
 
 pytestmark = pytest.mark.server  # its tests start servers or processes (tests/conftest.py)
-
-ENV = {
-    "CREDIT_GATE_ADMIN_TOKENS": ADMIN_TOKEN,
-    "CREDIT_GATE_READ_TOKENS": READ_TOKEN,
-    "CREDIT_GATE_STRIPE_WEBHOOK_SECRET": SECRET,
-    "CREDIT_GATE_WEBHOOK_SECRET": GENERIC,
-}
-
-
-def serve(settings: RedisSettings, tmp_path: Path, billing_map: str) -> Any:
-    billing = tmp_path / "billing.yaml"
-    billing.write_text(billing_map)
-    return running_service(settings, environ=ENV, billing_map=billing)
 
 
 @pytest.fixture
 def api(settings: RedisSettings, tmp_path: Path) -> Iterator[Running]:
-    with serve(settings, tmp_path, "credits: {price_small: 1000}\n") as running:
-        running.call("POST", "/v1/plans", json={"name": "pro", "allowance": 0})
-        running.call("PUT", "/v1/accounts/acme/subscription", json={"plan": "pro"})
+    with serve(settings, tmp_path) as running:
+        open_accounts(running, "acme")
         yield running
-
-
-def for_account(event_id: str, account: str, session: str = "cs_1") -> dict[str, Any]:
-    return checkout(
-        event_id, session, metadata={"credit_gate_account": account, "credit_gate_price": "price_small"}
-    )
 
 
 def account_names(api: Running) -> list[str]:
@@ -104,8 +99,8 @@ def test_metadata_naming_an_empty_account_or_one_with_a_control_character_is_ack
     api: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    for event_id, account in (("evt_empty", ""), ("evt_ctl", "ac\x01me"), ("evt_nl", "acme\n")):
-        answer = send(api, for_account(event_id, account, session=f"cs_{event_id}"))
+    for n, account in enumerate(("", "ac\x01me", "acme\n")):
+        answer = send(api, pack(account=account, session=f"cs_{n}", payment_intent=f"pi_{n}"))
         assert answer.status_code == 200, answer.text
         assert answer.json()["outcome"] == "invalid_account"
     assert len(errors_logged(caplog)) == 3
@@ -118,29 +113,25 @@ def test_a_metadata_typo_grants_nothing_and_creates_no_account(
     api: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    answer = send(api, for_account("evt_typo", "acmee"))
+    answer = send(api, pack(account="acmee"))
     assert answer.status_code == 200
     assert answer.json()["outcome"] == "unknown_account" and answer.json()["account"] == "acmee"
     assert any("acmee" in line for line in errors_logged(caplog))
     assert webhook_counts(api)[("stripe", "unknown_account")] == 1
     assert account_names(api) == ["acme"]
     assert api.call("GET", "/v1/accounts/acmee").status_code == 404
-    # No payment was recorded for it either: a refund of that payment finds nothing to take back.
-    refund = {
-        "id": "evt_r",
-        "type": "refund.created",
-        "data": {"object": {"id": "re_1", "payment_intent": "pi_1", "amount": 500}},
-    }
-    assert send(api, refund).json()["outcome"] == "no_payment"
+    # No payment was recorded for it either: a refund of it waits for a payment, taking nothing.
+    assert send(api, refund_event("refund.created", amount=500)).json()["outcome"] == "waiting_for_payment"
     # Stripe re-sends it after the operator fixes the metadata elsewhere: still nothing, still 200.
-    assert send(api, for_account("evt_typo", "acmee")).json()["outcome"] == "unknown_account"
+    assert send(api, pack(account="acmee")).json()["outcome"] == "unknown_account"
+    assert balance(api, "acme") == 0
 
 
 def test_create_accounts_in_the_billing_map_lets_a_paid_event_open_its_account(
     settings: RedisSettings, tmp_path: Path
 ) -> None:
-    with serve(settings, tmp_path, "credits: {price_small: 1000}\ncreate_accounts: true\n") as api:
-        answer = send(api, for_account("evt_new", "newco"))
+    with serve(settings, tmp_path, BILLING_MAP + "create_accounts: true\n") as api:
+        answer = send(api, pack(account="newco"))
         assert answer.json()["outcome"] == "granted"
         assert balance(api, "newco") == 1000
         event = {"id": "g-1", "type": "grant", "account": "other", "amount": 5, "create": True}
@@ -148,14 +139,11 @@ def test_create_accounts_in_the_billing_map_lets_a_paid_event_open_its_account(
         assert balance(api, "other") == 5
 
 
-def test_create_accounts_must_be_true_or_false(tmp_path: Path) -> None:
-    from creditgate.errors import ConfigError
-    from creditgate.service.webhooks import WebhookSettings
-
-    billing = tmp_path / "billing.yaml"
-    billing.write_text("create_accounts: 'yes'\n")
-    with pytest.raises(ConfigError, match="create_accounts"):
-        WebhookSettings.load(billing, {})
+def test_a_refund_opens_no_account_even_with_create_accounts(settings: RedisSettings, tmp_path: Path) -> None:
+    with serve(settings, tmp_path, BILLING_MAP + "create_accounts: true\n") as api:
+        answer = send(api, charge_refunded(LATEST, amount_refunded=2000))
+        assert answer.json()["outcome"] == "waiting_for_payment"
+        assert account_names(api) == []
 
 
 def test_the_generic_webhook_creates_no_account_unless_the_billing_map_allows_it(
@@ -189,6 +177,20 @@ def test_a_generic_event_id_sent_again_with_another_amount_is_acknowledged_and_c
     assert balance(api, "acme") == 300
 
 
+def test_references_of_a_payment_granted_to_another_account_are_acknowledged_as_a_conflict(
+    api: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    open_accounts(api, "other")
+    assert send(api, pack()).json()["outcome"] == "granted"
+    caplog.set_level(logging.INFO)
+    # Another session naming the same PaymentIntent for another account: it cannot be the same payment.
+    clash = send(api, pack(session="cs_other", account="other")).json()
+    assert (clash["outcome"], clash["account"]) == ("payment_conflict", "acme")
+    assert any("payment_conflict" in line for line in errors_logged(caplog))
+    assert webhook_counts(api)[("stripe", "payment_conflict")] == 1
+    assert (balance(api, "acme"), balance(api, "other")) == (1000, 0)
+
+
 # Stripe Connect: a connected account's events apply only when the billing map lists it.
 
 
@@ -197,35 +199,82 @@ def connect(event: dict[str, Any], account: str) -> dict[str, Any]:
 
 
 def test_events_of_an_unmapped_connected_account_are_acknowledged_and_not_applied(api: Running) -> None:
-    answer = send(api, connect(checkout("evt_c"), "acct_someone"))
+    answer = send(api, connect(pack(), "acct_someone"))
     assert answer.status_code == 200
     assert answer.json()["outcome"] == "connect_account_not_mapped"
     assert webhook_counts(api)[("stripe", "connect_account_not_mapped")] == 1
     assert balance(api, "acme") == 0
+    # A refund of a connected account's charge takes nothing from the platform's payment of that id.
+    assert send(api, pack()).json()["outcome"] == "granted"
+    refunded = connect(charge_refunded(LATEST, amount_refunded=2000), "acct_someone")
+    assert send(api, refunded).json()["outcome"] == "connect_account_not_mapped"
+    assert balance(api, "acme") == 1000
 
 
 def test_events_of_a_connected_account_listed_in_connect_accounts_apply(
     settings: RedisSettings, tmp_path: Path
 ) -> None:
-    billing = "credits: {price_small: 1000}\nconnect_accounts: [acct_ours]\n"
-    with serve(settings, tmp_path, billing) as api:
-        api.call("POST", "/v1/plans", json={"name": "pro", "allowance": 0})
-        api.call("PUT", "/v1/accounts/acme/subscription", json={"plan": "pro"})
-        assert send(api, connect(checkout("evt_c"), "acct_ours")).json()["outcome"] == "granted"
-        other = connect(checkout("evt_o", session="cs_o"), "acct_other")
+    with serve(settings, tmp_path, BILLING_MAP + "connect_accounts: [acct_ours]\n") as api:
+        open_accounts(api, "acme")
+        assert send(api, connect(pack(), "acct_ours")).json()["outcome"] == "granted"
+        other = connect(pack(session="cs_o", payment_intent="pi_o"), "acct_other")
         assert send(api, other).json()["outcome"] == "connect_account_not_mapped"
-        assert send(api, checkout("evt_p", session="cs_p")).json()["outcome"] == "granted"  # the platform's
+        platform = pack(session="cs_p", payment_intent="pi_p")
+        assert send(api, platform).json()["outcome"] == "granted"  # the platform's own
         assert balance(api, "acme") == 2000
 
 
-def test_connect_accounts_must_be_a_list_of_account_ids(tmp_path: Path) -> None:
-    from creditgate.errors import ConfigError
-    from creditgate.service.webhooks import WebhookSettings
+# The billing map: refused at start with the field and the form to use.
 
+
+def load(tmp_path: Path, billing_map: str) -> WebhookSettings:
     billing = tmp_path / "billing.yaml"
-    billing.write_text("connect_accounts: acct_1\n")
-    with pytest.raises(ConfigError, match="connect_accounts"):
-        WebhookSettings.load(billing, {})
+    billing.write_text(billing_map)
+    return WebhookSettings.load(billing, {})
+
+
+RATE_FORM = "{credits: 5000, amount: 1450, currency: usd}"
+
+
+def test_a_rate_written_as_a_bare_number_is_refused_naming_the_form_to_use(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape("credits.price_small")) as refused:
+        load(tmp_path, "credits: {price_small: 1000}\n")
+    assert RATE_FORM in str(refused.value)
+    with pytest.raises(ConfigError, match=re.escape("currencies.usd")) as refused:
+        load(tmp_path, "currencies: {usd: 10}\n")
+    assert RATE_FORM in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("billing_map", "named"),
+    [
+        ("credits: {p: {credits: 10, amount: 1, currency: usd, per_unit: 1}}", "credits.p"),
+        ("credits: {p: {credits: 0, amount: 1, currency: usd}}", "credits.p.credits"),
+        ("credits: {p: {credits: 10, amount: 2.5, currency: usd}}", "credits.p.amount"),
+        ("credits: {p: {credits: true, amount: 1, currency: usd}}", "credits.p.credits"),
+        ("credits: {p: {credits: 10, amount: 1}}", "credits.p.currency"),
+        ("credits: {p: {credits: 10, amount: 1, currency: dollars}}", "credits.p.currency"),
+        ("credits: {p: {credits: 10000000000000000, amount: 1, currency: usd}}", "credits.p.credits"),
+        ("currencies: {us: {credits: 10, amount: 1}}", "currencies.us.currency"),
+        ("plans: [pro]", "plans"),
+        ("past_due_grace: -1", "past_due_grace"),
+        ("create_accounts: 'yes'", "create_accounts"),
+        ("connect_accounts: acct_1", "connect_accounts"),
+        ("connect_accounts: [cus_1]", "connect_accounts"),
+    ],
+)
+def test_a_billing_map_field_that_cannot_be_read_is_refused_naming_it(
+    tmp_path: Path, billing_map: str, named: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load(tmp_path, billing_map + "\n")
+
+
+def test_rates_are_read_as_credits_per_amount_in_a_currency(tmp_path: Path) -> None:
+    read = load(tmp_path, BILLING_MAP + "currencies: {EUR: {credits: 1, amount: 1}}\n")
+    assert (read.credits["price_small"].credits, read.credits["price_small"].amount) == (1000, 2000)
+    assert read.credits["prod_big"].currency == "usd"
+    assert (read.currencies["eur"].credits, read.currencies["eur"].currency) == (1, "eur")
 
 
 # Bad bytes and bad headers: 400, a problem body, no traceback.
@@ -241,7 +290,7 @@ def test_a_stripe_body_that_is_not_utf8_answers_400_without_a_traceback(
     api: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    body = json.dumps(checkout("evt_bin")).encode().replace(b"acme", b"ac\xffme")
+    body = json.dumps(pack()).encode().replace(b"acme", b"ac\xffme")
     assert_problem_400(send_raw(api, body, stripe_signature(body)), "malformed_body")
     assert_problem_400(send_raw(api, b"\xff\xfe", stripe_signature(b"\xff\xfe")), "malformed_body")
     assert tracebacks_logged(caplog) == []
@@ -252,7 +301,7 @@ def test_a_stripe_signature_header_with_non_ascii_bytes_answers_400_without_a_tr
     api: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    body = json.dumps(checkout("evt_h")).encode()
+    body = json.dumps(pack()).encode()
     stamp = int(time.time())
     for header in (f"t={stamp},v1=\xb2\xb2", "t=\xb2,v1=abc", "t=" + "9" * 5000 + ",v1=abc"):
         assert_problem_400(send_raw(api, body, header), "bad_signature")
@@ -296,17 +345,23 @@ def test_signed_stripe_events_of_an_unexpected_shape_are_acknowledged_not_failed
     api: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    no_id = checkout("evt_noid")
+    no_id = pack()
     del no_id["data"]["object"]["id"]
-    odd_lines = checkout("evt_lines", session="cs_lines", line_items={"data": ["price_small", 7, None]})
-    odd_refunds = {
-        "id": "evt_r",
-        "type": "charge.refunded",
-        "data": {"object": {"id": "ch_1", "refunds": {"data": [{"id": "re_1", "amount": "500"}]}}},
-    }
-    odd_type = {"id": "evt_type", "type": ["invoice.paid"], "data": {"object": {}}}
-    for event in (no_id, odd_lines, odd_refunds, odd_type):
+    odd_lines = pack(session="cs_lines")
+    odd_lines["data"]["object"]["line_items"] = {"object": "list", "data": ["price_small", 7, None]}
+    float_total = pack(session="cs_float")
+    float_total["data"]["object"]["amount_total"] = 2000.0
+    odd_refund = refund(amount=500)
+    odd_refund["amount"] = "500"
+    odd_refunds = charge_refunded(LATEST, expanded=True, refunds=[odd_refund], amount_refunded=500)
+    odd_status = dispute_event("charge.dispute.closed", "forgiven")
+    no_object = {**pack(session="cs_none"), "data": {"object": ["cs_none"]}}
+    for event in (no_id, odd_lines, float_total, odd_refunds, odd_status, no_object):
         answer = send(api, event)
         assert answer.status_code == 200, answer.text
-    assert send(api, no_id).json()["outcome"] == "malformed_event"
+        assert answer.json()["outcome"] == "malformed_event", answer.text
+    odd_type = {**pack(session="cs_type"), "type": ["invoice.paid"]}
+    assert send(api, odd_type).json()["outcome"] == "ignored"
     assert tracebacks_logged(caplog) == []
+    assert webhook_counts(api)[("stripe", "malformed_event")] == 6
+    assert balance(api, "acme") == 0

@@ -68,6 +68,9 @@ NUMBER_FIELDS = [
     "period_requests",
     "period_from_balance",
     "period_restarts",
+    "debt",
+    "frozen",
+    "grace_until",
 ]
 WORD_FIELDS = ["status", "period", "prepaid"]
 TYPES = ["string", "list", "set", "zset", "hash", "stream"]
@@ -169,7 +172,7 @@ SETTLE_FIELDS = {
         "period_restarts",
     ]
 }
-CREDIT_FIELDS = {"account:balance", "account:ledger_base"}
+CREDIT_FIELDS = {"account:balance", "account:debt", "account:ledger_base"}
 READS = {
     "charge": CHARGE_READS | ACCOUNT_FIELDS,
     "retried charge": CHARGE_READS | ACCOUNT_FIELDS | {"request"},

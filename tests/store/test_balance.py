@@ -42,6 +42,9 @@ INTEGER_FIELDS = [
     "period_requests",
     "period_from_balance",
     "period_restarts",
+    "debt",
+    "frozen",
+    "grace_until",
 ]
 
 
@@ -81,6 +84,8 @@ def test_the_body_tells_the_plan_the_balance_and_the_allowance_left_in_the_perio
         "plan": "pro",
         "status": "active",
         "balance": 40,
+        "debt": 0,
+        "frozen": 0,
         "prepaid": True,
         "allowance": 100,
         "allowance_used": 30,
@@ -90,6 +95,7 @@ def test_the_body_tells_the_plan_the_balance_and_the_allowance_left_in_the_perio
         "period_end": "2026-01-30T00:00:00Z",
         "starts_at": "2025-11-22T00:00:00Z",
         "expires_at": None,
+        "grace_until": None,
         "usage": {"requests": 9, "credits": 36, "from_allowance": 30, "from_balance": 6},
         "warnings": [],
         "member": None,
@@ -134,9 +140,25 @@ def test_a_pool_member_sees_its_own_cap_and_use_beside_the_pools_balance() -> No
     assert uncapped["member"] == {"name": "ann", "used": 12, "requests": 0, "cap": None, "remaining": None}
 
 
+def test_a_debt_and_the_credits_disputes_hold_are_told_beside_the_balance() -> None:
+    body = balance_body(view(balance=0, debt=7, frozen=3), "acme", "", Warnings())
+    validate_balance(body)
+    assert (body["balance"], body["debt"], body["frozen"]) == (0, 7, 3)
+
+
+def test_a_past_due_subscription_tells_until_when_it_is_still_charged() -> None:
+    grace = NOW + 3 * 86_400
+    past_due = balance_body(view(status="past_due", grace_until=grace), "acme", "", Warnings())
+    validate_balance(past_due)
+    assert past_due["grace_until"] == "2026-01-04T00:00:00Z"
+    # Any other status has no grace to tell, whatever the field still holds; nor has a past_due without one.
+    assert balance_body(view(grace_until=grace), "acme", "", Warnings())["grace_until"] is None
+    assert balance_body(view(status="past_due"), "acme", "", Warnings())["grace_until"] is None
+
+
 def test_the_schema_refuses_a_made_up_figure() -> None:
     body = balance_body(view(), "acme", "", Warnings())
-    for bad in ({"balance": -1}, {"balance": 1.5}, {"allowance_remaining": "70"}, {"extra": 1}):
+    for bad in ({"balance": -1}, {"balance": 1.5}, {"allowance_remaining": "70"}, {"extra": 1}, {"debt": -1}):
         with pytest.raises(jsonschema.ValidationError):
             validate_balance({**body, **bad})
 
@@ -168,6 +190,17 @@ def test_the_figures_are_the_ones_the_charges_left(
     assert (seen.period_start, seen.period_end) == (charged.period_start, charged.period_end)
     assert (seen.period_requests, seen.period_from_balance) == (3, 2)
     assert before <= seen.now <= redis_client.time()[0]  # Redis's clock
+
+
+def test_the_payments_fields_are_read_as_stored(
+    live: Admin, store: RedisStore, redis_client: redis.Redis
+) -> None:
+    state = store.keys.account("acme").state
+    assert (store.balance("acme").debt, store.balance("acme").frozen) == (0, 0)  # absent: 0
+    grace = int(time.time()) + 3600
+    redis_client.hset(state, mapping={"status": "past_due", "debt": 12, "frozen": 5, "grace_until": grace})
+    seen = store.balance("acme")
+    assert (seen.status, seen.debt, seen.frozen, seen.grace_until) == ("past_due", 12, 5, grace)
 
 
 def test_reading_writes_nothing(live: Admin, store: RedisStore, redis_client: redis.Redis) -> None:
@@ -251,7 +284,16 @@ def test_a_field_the_charge_refuses_is_never_shown(
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("status", "ACTIVE"), ("period", "year"), ("prepaid", "yes"), ("balance", "-1"), ("used", str(10**16))],
+    [
+        ("status", "ACTIVE"),
+        ("period", "year"),
+        ("prepaid", "yes"),
+        ("balance", "-1"),
+        ("used", str(10**16)),
+        ("debt", "-1"),
+        ("frozen", str(10**15 + 1)),
+        ("grace_until", "32503680001"),  # past the year 3000
+    ],
 )
 def test_a_word_or_bound_the_charge_refuses_is_never_shown(
     live: Admin, store: RedisStore, redis_client: redis.Redis, field: str, value: str

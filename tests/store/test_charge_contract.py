@@ -16,7 +16,7 @@ from creditgate.core.config import parse_config
 from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.policy import ChargeRequest, RequestFacts, charge_request
 from creditgate.errors import StoreEmpty, StoreTimeout
-from creditgate.store.keys import account_keys
+from creditgate.store.keys import TOKEN_SECONDS, account_keys
 from creditgate.store.replies import USAGE_TTL_SECONDS, charge_arguments, charge_reply
 
 SCRIPT = (resources.files("creditgate.store") / "lua" / "charge.lua").read_text()
@@ -117,7 +117,7 @@ def test_a_charge_request_encodes_to_the_arguments_the_script_names() -> None:
         hold_seconds=30,
         settle_window=86_400,
     )
-    _, args = charge_arguments(request, keys, "cg:{store}", 99)
+    _, args = charge_arguments(request, keys, "cg:{store}", 99, None, "5eed")
     position = script_arguments()
     expected = {
         "now": 1_767_225_600,
@@ -132,6 +132,8 @@ def test_a_charge_request_encodes_to_the_arguments_the_script_names() -> None:
         "member": "ann",
         "hold_seconds": 30,
         "settle_window": 86_400,
+        "token": "5eed",
+        "token_seconds": TOKEN_SECONDS,
     }
     assert sorted(position) == sorted(expected)
     assert len(args) == len(expected)

@@ -716,3 +716,25 @@ def test_the_documented_cluster_acl_lets_the_gate_charge_with_a_master_down(
             assert outcome.proxied == (owner[account] != dead), outcome.body
     finally:
         cluster.stop()
+
+
+@pytest.mark.server
+def test_cluster_routes_a_payment_in_its_slot_and_applies_it_in_the_accounts(
+    cluster: RedisClusterServers, cluster_admin: Admin
+) -> None:
+    """The payments ledger's two steps each run in one slot (``{stripe}``, then the account's), also when
+    the two slots live on different masters; a refund that came first waits and is applied."""
+    from creditgate.core.payments import REFUND, Reversal
+    from creditgate.store import payments
+
+    seed(cluster_admin, ["acme"])
+    store = cluster_admin.store
+    refund = Reversal("re_1", REFUND, 50, "succeeded", 1)
+    assert payments.route(store, ["pi_1", "ch_1"], "", [refund]).state == "waiting"
+    found = payments.route(store, ["cs_1", "pi_1"], "acme", [])
+    assert (found.state, found.account) == ("owned", "acme")
+    applied = payments.apply(store, "acme", found.key, now=1, pay=(100, "usd", 1000), waiting=found.waiting)
+    payments.settled(store, found.key)
+    assert (applied.granted, applied.taken) == (1000, 500)
+    assert cluster_admin.account("acme").balance == 100 + 500
+    assert cluster_admin.verify_ledger("acme").ok

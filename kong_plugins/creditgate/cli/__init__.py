@@ -2,7 +2,7 @@
 
 A thin layer over ``creditgate.ops.admin.Admin``: parse, call, print. Tables for people, ``--json`` for
 scripts, and one line on stderr when something fails, with what to do about it. One module per
-subject (``plans``, ``accounts``, ``credits``, ``reports``, ``deployment``) holds its commands;
+subject (``plans``, ``accounts``, ``credits``, ``reports``, ``events``, ``deployment``) holds its commands;
 ``app`` the group, its connection options and the error handling, ``common`` and ``output`` what
 they share. Rules about the data live in ``Admin`` and ``creditgate.ops.documents``, never here, and
 nothing here knows the store.
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NoReturn
 
-from creditgate.cli import accounts, credits, deployment, plans, reports
+from creditgate.cli import accounts, credits, deployment, events, plans, reports
 from creditgate.cli.app import cli
 from creditgate.cli.common import (
     EXIT_CONFLICT,
@@ -35,7 +35,7 @@ from creditgate.cli.common import (
     EXIT_STORE,
 )
 
-for _subject in (plans, accounts, credits, reports, deployment):
+for _subject in (plans, accounts, credits, reports, events, deployment):
     for _command in _subject.COMMANDS:
         cli.add_command(_command)
 

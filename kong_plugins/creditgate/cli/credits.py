@@ -62,12 +62,20 @@ def grant(admin: Admin, account: str, amount: int, note: str, key: str, create: 
     elif result.applied:
         click.echo(
             f"Granted {credits(amount)} to '{account}': balance {result.balance} (ledger {result.ledger_id})."
+            + _debt_paid(result)
         )
     else:
         click.echo(
             f"Key '{key}' was already applied (ledger {result.ledger_id}); nothing granted. "
             f"Balance {result.balance}."
         )
+
+
+def _debt_paid(result: CreditResult) -> str:
+    """A grant pays the account's debt first: say so, or the balance would look short."""
+    if not result.debt_paid:
+        return ""
+    return f" {credits(result.debt_paid)} of it paid the account's debt; {result.debt} still owed."
 
 
 @click.command("adjust-down")
@@ -119,6 +127,8 @@ def entry_detail(entry: LedgerEntry) -> str:
     if fields.get("kind") == "charge":
         parts.append(f"cost {fields.get('cost', '0')} ({fields.get('from_allowance', '0')} from allowance)")
         parts.append(fields.get("route", ""))
+    if fields.get("debt_paid"):
+        parts.append(f"{fields['debt_paid']} paid the debt ({fields.get('debt', '0')} still owed)")
     if fields.get("kind") == "period_reset":
         parts.append(
             f"{fields.get('allowance_used', '0')} of {fields.get('allowance', '0')} used in the last period"
@@ -165,7 +175,10 @@ def ledger(
 @json_option
 @pass_admin
 def verify(admin: Admin, accounts: tuple[str, ...], as_json: bool) -> None:
-    """Check that replaying each ledger gives the balance (every account if none is named); exit 5 if not."""
+    """Check that replaying each ledger gives the balance (every account if none is named); exit 5 if not.
+
+    Each ledger is read 1000 entries per Redis command, so charges go on meanwhile; its balance is
+    checked as of its newest entry when the check began."""
     names = list(accounts) or [v.account for v in admin.accounts()]
     if not admin.store_marked():  # an emptied Redis is no success, even with nothing to replay
         say_error("Redis holds no credit-gate data (no store marker): it was emptied or is not the database")

@@ -64,6 +64,12 @@ def kong_conf(prefix: str, as_env: bool, log_phase: bool, as_json: bool) -> None
     envvar="CREDIT_GATE_BILLING_MAP",
     help="YAML/JSON: Stripe price/product ids to credits, customers to accounts (docs/service.md).",
 )
+@click.option(
+    "--docs",
+    is_flag=True,
+    envvar="CREDIT_GATE_DOCS",
+    help="Serve the API's reference (Swagger UI, shipped in the package) at /docs/. Off by default.",
+)
 @click.option("--print-openapi", is_flag=True, help="Print the OpenAPI document and exit.")
 @click.pass_context
 def serve(
@@ -73,6 +79,7 @@ def serve(
     admin_token_files: tuple[Path, ...],
     read_token_files: tuple[Path, ...],
     billing_map: Path | None,
+    docs: bool,
     print_openapi: bool,
 ) -> None:
     """Run the HTTP API (OpenAPI at /openapi.json). Refuses to start without a token unless on loopback."""
@@ -88,6 +95,7 @@ def serve(
         admin_token_files=admin_token_files,
         read_token_files=read_token_files,
         billing_map=billing_map,
+        docs=docs,
     )
     if print_openapi:
         emit_json(app.openapi())

@@ -113,12 +113,18 @@ def show_view(view: AccountView, *, with_balance: bool) -> None:
     grid.add_row("account", view.account)
     if with_balance:
         grid.add_row("balance", f"{view.balance} credits")
+        if view.debt:
+            grid.add_row("debt", f"{view.debt} credits owed: requests refused until a credit pays it")
+        if view.frozen:
+            grid.add_row("frozen", f"{view.frozen} credits held by open disputes")
     if not view.subscribed:
         grid.add_row("subscription", "none (`credit-gate subscribe ACCOUNT PLAN`)")
         show(grid)
         return
     grid.add_row("plan", view.plan)
     grid.add_row("status", view.status)
+    if view.graced:
+        grid.add_row("grace until", when(view.grace_until))
     grid.add_row("starts at", when(view.starts_at))
     grid.add_row("period anchor", when(view.anchor))
     grid.add_row("expires at", when(view.expires_at, "never"))

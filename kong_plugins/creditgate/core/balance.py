@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from creditgate.core.decision import ChargeResult, Problem, Warnings, rfc3339
+from creditgate.core.model import Status
 
 BALANCE_JSON = "application/json"
 # The body is one client's account: no shared cache may keep it and hand it to another client.
@@ -27,6 +28,8 @@ class BalanceView:
     nothing used). ``period_requests`` and ``period_from_balance`` are the period's requests charged
     and the credits they took from the balance (those from the allowance are ``allowance_used``).
     ``member_used``, ``member_cap`` (-1: no cap) and ``member_requests`` are the asking pool member's.
+    ``debt`` is what the account owes (every request is refused while it is above 0), ``frozen`` what
+    open disputes hold, ``grace_until`` until when a past_due subscription is still charged (0: none).
     """
 
     plan: str
@@ -46,6 +49,9 @@ class BalanceView:
     period_requests: int = 0
     period_from_balance: int = 0
     member_requests: int = 0
+    debt: int = 0
+    frozen: int = 0
+    grace_until: int = 0
 
     @property
     def allowance_remaining(self) -> int:
@@ -84,6 +90,9 @@ def balance_body(view: BalanceView, account: str, member: str, warnings: Warning
 
     A pool member is told the pool's balance and allowance (what its requests are paid from, as a 402
     would tell it) and its own use, never another member's.
+
+    ``debt`` and ``frozen`` are always told (0 for most accounts): a debt refuses every request until a
+    credit pays it. ``grace_until`` only while the subscription is past_due: past it, requests are refused.
     """
     subscribed = bool(view.plan)
     body: dict[str, Any] = {
@@ -91,6 +100,8 @@ def balance_body(view: BalanceView, account: str, member: str, warnings: Warning
         "plan": view.plan or None,
         "status": view.status or None,
         "balance": view.balance,
+        "debt": view.debt,
+        "frozen": view.frozen,
         "prepaid": view.prepaid if subscribed else None,
         "allowance": view.allowance if subscribed else None,
         "allowance_used": view.allowance_used if subscribed else None,
@@ -100,6 +111,7 @@ def balance_body(view: BalanceView, account: str, member: str, warnings: Warning
         "period_end": rfc3339(view.period_end) if subscribed else None,
         "starts_at": rfc3339(view.starts_at) if subscribed else None,
         "expires_at": rfc3339(view.expires_at) if subscribed else None,
+        "grace_until": rfc3339(view.grace_until) if subscribed and view.status == Status.PAST_DUE else None,
         "usage": _usage(view) if subscribed else None,
         "warnings": view.warnings(warnings),
         "member": None,

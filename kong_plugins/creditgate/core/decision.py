@@ -49,6 +49,9 @@ class Reason(str, enum.Enum):
     SUBSCRIPTION_INACTIVE = ("subscription_inactive", PAYMENT_REQUIRED, "Subscription inactive")
     SUBSCRIPTION_EXPIRED = ("subscription_expired", PAYMENT_REQUIRED, "Subscription expired")
     PLAN_NOT_ENTITLED = ("plan_not_entitled", PAYMENT_REQUIRED, "Not included in your plan")
+    # A payment was refunded or disputed after its credits were spent: the account owes what the balance
+    # could not give back, every request is refused until a credit (or a payment) has paid it.
+    DEBT_OUTSTANDING = ("debt_outstanding", PAYMENT_REQUIRED, "Debt outstanding")
     QUOTA_EXHAUSTED = ("quota_exhausted", PAYMENT_REQUIRED, "Quota exhausted")
     INSUFFICIENT_CREDIT = ("insufficient_credit", PAYMENT_REQUIRED, "Insufficient credit")
     MEMBER_CAP_REACHED = ("member_cap_reached", PAYMENT_REQUIRED, "Member cap reached")
@@ -97,6 +100,7 @@ class ChargeResult(NamedTuple):
     replayed: bool = False
     member_used: int = 0
     member_cap: int = -1  # -1: no cap
+    debt: int = 0  # credits the account owes (a payment reversed after its credits were spent)
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,12 @@ def _detail(result: ChargeResult, entitled: Sequence[str]) -> str:
         return (
             f"This API is not included in plan '{result.plan}'. "
             f"It is included in: {', '.join(entitled)}. Change plan to use it."
+        )
+    if reason is Reason.DEBT_OUTSTANDING:
+        return (
+            f"This account owes {credits_text(result.debt)}: a payment was refunded or disputed after its "
+            "credits were spent. Requests are refused until the debt is paid; the next credit or payment "
+            "pays it first."
         )
     if reason is Reason.QUOTA_EXHAUSTED:
         tail = f" It renews at {when}." if when else ""

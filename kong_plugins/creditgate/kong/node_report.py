@@ -106,6 +106,15 @@ class NodeReporter:
         }
         for cause, value in store.redis_errors.counts.items():
             fields[f"errors:{cause}"] = value
+        voids = store.voider.counts  # charges whose reply never came back (store/voids.py)
+        fields.update(
+            {
+                "voids:voided": voids.voided,
+                "voids:given_back": voids.given_back,
+                "voids:gave_up": voids.gave_up,
+                "voids:pending": store.voider.pending(),
+            }
+        )
         return fields
 
     def write(self) -> None:

@@ -37,6 +37,7 @@ from creditgate.errors import (
 )
 from creditgate.ops.usage import USAGE_FIELDS, UsageRow, credits_per_day, days_overlapping, usage_rows
 from creditgate.store import events
+from creditgate.store.ledger_check import replay_ledger
 from creditgate.store.replies import AccountState, CreditResult, ImportOutcome, LedgerEntry
 from creditgate.store.store import RedisStore
 
@@ -53,7 +54,8 @@ class AccountView(AccountState):
     """An account as a charge made now would see it: the stored state, with the current period worked
     out here (``period``, ``used``, ``period_start`` and ``period_end`` are its), because the charge
     script rolls a period over only on the first request after it ends. ``period`` is "none" also for
-    a length the state holds that does not parse."""
+    a length the state holds that does not parse. ``debt`` (every request refused while above 0),
+    ``frozen`` and ``grace_until`` are the payments' fields, as stored."""
 
     @property
     def remaining(self) -> int:
@@ -63,10 +65,18 @@ class AccountView(AccountState):
     def subscribed(self) -> bool:
         return bool(self.plan)
 
+    @property
+    def graced(self) -> bool:
+        """Past due but still charged: the grace a failed renewal leaves runs until ``grace_until``."""
+        return self.status == Status.PAST_DUE and self.grace_until > 0
+
     def to_json(self) -> dict[str, Any]:
         return {
             "account": self.account,
             "balance": self.balance,
+            "debt": self.debt,
+            "frozen": self.frozen,
+            "grace_until": format_instant(self.grace_until) if self.graced else None,
             "subscription": {
                 "plan": self.plan,
                 "status": self.status,
@@ -108,13 +118,15 @@ def account_view(state: AccountState, now: int) -> AccountView:
 @dataclass(frozen=True)
 class LedgerCheck:
     """Whether replaying an account's ledger gives its balance: ``ledger_base`` (what retention folded
-    away) plus every remaining entry's amount."""
+    away) plus the amount of each of the ``entries`` after it, against the balance as of ``through``
+    (the newest entry when the check began, "" for an empty ledger; see ``store/ledger_check.py``)."""
 
     account: str
     balance: int
     ledger_base: int
     entries: int
     replayed: int
+    through: str = ""
 
     @property
     def ok(self) -> bool:
@@ -423,18 +435,24 @@ class Admin:
         return self.store.store_marked()
 
     def verify_ledger(self, account: str) -> LedgerCheck:
-        """Replay an account's ledger against its balance, from one consistent snapshot."""
+        """Replay an account's ledger against its balance as of its newest entry when the check began.
+
+        Read in batches of 1000 entries, none of which holds Redis for more than about a millisecond,
+        whatever the retention; charges and the retention's fold go on meanwhile, and the check stays
+        exact (the rule: ``store/ledger_check.py``).
+        """
         check_account(account)
-        state, entries = self.store.ledger_snapshot(account)
-        if not state.exists and not self.store.store_marked():
+        replay = replay_ledger(self.store, account)
+        if not replay.exists and not self.store.store_marked():
             raise StoreEmpty(
                 "Redis holds no credit-gate data (no store marker): it was emptied or is not the "
                 "configured database"
             )
-        if not state.exists:
+        if not replay.exists:
             raise NotFound(f"no account named '{account}'; `credit-gate accounts` lists the accounts")
-        replayed = state.ledger_base + sum(e.amount for e in entries)
-        return LedgerCheck(account, state.balance, state.ledger_base, len(entries), replayed)
+        return LedgerCheck(
+            account, replay.balance, replay.ledger_base, replay.entries, replay.replayed, replay.through
+        )
 
     # Usage
 

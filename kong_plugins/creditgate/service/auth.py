@@ -2,6 +2,11 @@
 
 There is no default token. Without any, the service refuses to start unless it listens on loopback
 only, where it runs open and says so (a developer's machine); see ``check_exposure``.
+
+A token is taken whole, whatever it holds: only commas and whitespace separate tokens. ``#`` begins a
+comment only as the first character of a line in a token file, never in the environment and never
+inside a token (an environment value is no shell line: cutting ``abc#def`` at ``#`` made ``abc``,
+its prefix, a valid token).
 """
 
 from __future__ import annotations
@@ -30,13 +35,24 @@ class Access(int, enum.Enum):
 
 
 def _split(text: str, source: str) -> list[str]:
-    tokens = []
-    lines = [line.split("#", 1)[0] for line in text.splitlines()]
-    for line in " ".join(lines).replace(",", " ").split():
-        if len(line) < MIN_TOKEN_LENGTH:
+    """The tokens of an environment value: separated by commas or whitespace, each kept whole."""
+    tokens = text.replace(",", " ").split()
+    for token in tokens:
+        if len(token) < MIN_TOKEN_LENGTH:
             raise ConfigError(f"{source}: a token must be at least {MIN_TOKEN_LENGTH} characters")
-        tokens.append(line)
     return tokens
+
+
+def _split_file(text: str, source: str) -> list[str]:
+    """A token file's tokens: a line whose first non-blank character is ``#`` is a comment."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return _split("\n".join(lines), source)
+
+
+def _bytes(token: str) -> bytes:
+    """The token's bytes as a client sends them: UTF-8, and the environment's own bytes where they
+    are not UTF-8 (Python keeps those as surrogates)."""
+    return token.encode("utf-8", "surrogateescape")
 
 
 def _read_file(path: Path) -> str:
@@ -69,10 +85,10 @@ class Tokens:
         admin = _split(env.get(ADMIN_TOKENS_ENV, ""), ADMIN_TOKENS_ENV)
         read = _split(env.get(READ_TOKENS_ENV, ""), READ_TOKENS_ENV)
         for path in admin_files:
-            admin += _split(_read_file(path), str(path))
+            admin += _split_file(_read_file(path), str(path))
         for path in read_files:
-            read += _split(_read_file(path), str(path))
-        return cls(tuple(t.encode() for t in admin), tuple(t.encode() for t in read))
+            read += _split_file(_read_file(path), str(path))
+        return cls(tuple(map(_bytes, admin)), tuple(map(_bytes, read)))
 
     def access(self, presented: bytes) -> Access | None:
         """The access a presented token grants. Every token is compared, whatever matched, so the time
@@ -129,7 +145,8 @@ class Authenticator:
                 "send Authorization: Bearer <token>",
                 headers={"WWW-Authenticate": 'Bearer realm="credit-gate"'},
             )
-        granted = self.tokens.access(value.strip().encode("utf-8", "surrogateescape"))
+        # Starlette decodes header bytes as Latin-1: encoding back gives the bytes the client sent.
+        granted = self.tokens.access(value.strip().encode("latin-1"))
         if granted is None:
             raise ApiProblem(
                 401,

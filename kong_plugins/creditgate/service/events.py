@@ -13,21 +13,28 @@ every URL: delivered (a 2xx), or given up after the last attempt and kept as a d
 its restart, with the same id (derived from the account and the stream entry, stable across restarts):
 receivers drop the repeats by ``Webhook-Id``. Attempts back off exponentially (base, doubled, capped).
 Run one delivering service per Redis: two would each deliver every event (still at least once).
+
+A receiver's URL may hold its secret (a password, a token in the path or the query): wherever it is
+shown, to a read-only token, in an error or a log line, it is ``redacted_url``'s form, and an error's
+text goes through ``redacted_text`` first (see docs/service.md, "Receivers' secrets").
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
 import re
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 import requests
 from fastapi import APIRouter, Path, Query
@@ -35,13 +42,17 @@ from fastapi import APIRouter, Path, Query
 from creditgate.core.alerts import FIELDS, Alerts
 from creditgate.core.inputs import format_instant
 from creditgate.errors import ConfigError, CreditGateError, NotFound
+from creditgate.ops.dead_letters import find_letters, replay_letters
 from creditgate.service.problems import ApiProblem
 from creditgate.service.routes import (
+    BODY,
+    PARAMS,
     READ,
     WRITE,
     AccountName,
     Reader,
     Writer,
+    _body_schema,
     _problems,
     _request_body,
     body_dependency,
@@ -61,6 +72,62 @@ TIMEOUT_ENV = "CREDIT_GATE_EVENT_TIMEOUT"
 POLL_ENV = "CREDIT_GATE_EVENT_POLL"
 BATCH = 50  # events read per account and pass
 ACCOUNTS_PER_READ = 500  # accounts' streams read per pipelined round trip
+
+
+# A path segment shown as it is: a lowercase word (letters, '.', '_', '-') or a version (v1). Anything
+# else may be a token (Slack's /services/T0/B0/<secret>, Discord's /webhooks/<id>/<token>) and is hidden.
+_PLAIN_SEGMENT = re.compile(r"[a-z][a-z._-]{0,31}|v[0-9]{1,3}")
+_QUERY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+HIDDEN = "***"
+
+
+def redacted_url(url: str) -> str:
+    """The receiver as it may be shown: ``scheme://host[:port]``, the path's plain words and the query's
+    names; the userinfo, every other path segment, every query value and the fragment become ``***``."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that does not parse
+    except ValueError:
+        return HIDDEN
+    shown = f"{parts.scheme}:" if parts.scheme else ""
+    if parts.netloc:
+        _, at, host = parts.netloc.rpartition("@")
+        shown += f"//{HIDDEN + '@' if at else ''}{host}"
+    shown += "/".join(s if not s or _PLAIN_SEGMENT.fullmatch(s) else HIDDEN for s in parts.path.split("/"))
+    if parts.query:
+        pairs = (p.partition("=") for p in parts.query.split("&"))
+        shown += "?" + "&".join(
+            f"{name}={HIDDEN}" if eq and _QUERY_NAME.fullmatch(name) else HIDDEN for name, eq, _ in pairs
+        )
+    return shown + (f"#{HIDDEN}" if parts.fragment else "")
+
+
+def _secrets(url: str) -> set[str]:
+    """What ``redacted_url`` hides, as written and as an HTTP client may quote it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return {url}
+    userinfo = parts.netloc.rpartition("@")[0]
+    found = {userinfo, *userinfo.split(":"), parts.fragment}
+    found.update(s for s in parts.path.split("/") if not _PLAIN_SEGMENT.fullmatch(s))
+    for name, eq, value in (p.partition("=") for p in parts.query.split("&")):
+        found.add(value if eq and _QUERY_NAME.fullmatch(name) else name + eq + value)
+    forms = set()
+    for secret in found - {""}:
+        forms |= {secret, unquote(secret), unquote_plus(secret), quote(unquote(secret), safe="")}
+    return forms - {""}
+
+
+def redacted_text(text: str, url: str) -> str:
+    """``text`` (an error, a log line) with ``url`` and each of its secrets replaced, however quoted."""
+    # Each secret where it stands whole (not inside a longer word: a user "u" leaves "url" alone).
+    secrets = sorted(_secrets(url), key=len, reverse=True)
+    pieces = text.split(url) if url else [text]
+    if secrets:
+        pattern = re.compile("(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, secrets)) + ")(?![A-Za-z0-9])")
+        pieces = [pattern.sub(HIDDEN, piece) for piece in pieces]
+    return redacted_url(url).join(pieces)
 
 
 def _number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
@@ -93,8 +160,8 @@ class EventSettings:
         env = os.environ if environ is None else environ
         urls = tuple(u for u in re.split(r"[\s,]+", env.get(URLS_ENV, "")) if u)
         for url in urls:
-            if not re.match(r"^https?://[^\s/]+", url):
-                raise ConfigError(f"{URLS_ENV}: {url!r} is not an http(s) URL")
+            if not _is_http_url(url):
+                raise ConfigError(f"{URLS_ENV}: {redacted_url(url)!r} is not an http(s) URL")
         secret = env.get(SECRET_ENV, "")
         if urls and len(secret) < 16:
             raise ConfigError(
@@ -109,6 +176,14 @@ class EventSettings:
             timeout=_number(env, TIMEOUT_ENV, 5.0, 0.1, 120),
             poll=_number(env, POLL_ENV, 1.0, 0.01, 3600),
         )
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that does not parse, a bracketed host that is not an address
+        return False
 
 
 def event_id(account: str, stream_id: str) -> str:
@@ -157,15 +232,22 @@ def post(session: requests.Session, settings: EventSettings, url: str, event: di
         response = session.post(
             url, data=body, headers=headers, timeout=settings.timeout, allow_redirects=False
         )
-    except requests.RequestException as error:
-        return f"{type(error).__name__}: {error}"[:500]
+    except (requests.RequestException, ValueError) as error:
+        # The client's words quote the URL (requests' "Max retries exceeded with url: /path?token=..."):
+        # redacted before anything keeps or shows them, then cut (a cut first could leave half a secret).
+        return redacted_text(f"{type(error).__name__}: {error}", url)[:500]
     if 200 <= response.status_code < 300:
         return ""
     return f"HTTP {response.status_code}"
 
 
-def dead_letter_id(event_id_: str, url: str) -> str:
-    return hashlib.sha256(f"{event_id_}\n{url}".encode()).hexdigest()[:24]
+def dead_letter_id(event_id_: str, url: str, secret: str = "") -> str:
+    """Stable per event and URL. Keyed with the signing secret: an id shown to a read-only token is no
+    unsalted hash of the URL, against which its secret could be guessed offline."""
+    message = f"{event_id_}\n{url}".encode()
+    if secret:
+        return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:24]
+    return hashlib.sha256(message).hexdigest()[:24]
 
 
 @dataclass
@@ -191,12 +273,13 @@ class Dispatcher:
         store: RedisStore,
         settings: EventSettings,
         *,
-        count: Callable[[str], None] = lambda outcome: None,
+        count: Callable[[str], None] | None = None,
         session: requests.Session | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
-        self.count = count
+        # Every attempt, by outcome; by default into the store's counters (Redis: they outlive a restart).
+        self.count = count or (lambda outcome: stored.count_delivery(store, outcome))
         self.session = session or requests.Session()
         self.session.trust_env = False  # the operator's URLs, not a proxy the environment names
         self._queues: dict[str, deque[_Pending]] = {}
@@ -223,24 +306,24 @@ class Dispatcher:
             error = post(self.session, self.settings, url, pending.event)
             target.attempts += 1
             if not error:
-                self.count("delivered")
                 del pending.targets[url]
+                self._count("delivered")
                 continue
-            self.count("failed")
+            self._count("failed")
             if target.attempts >= self.settings.attempts:
-                self._bury(pending.event, url, target.attempts, error, now)
+                self._bury(pending.event, url, target.attempts, error, now)  # kept before it is let go
                 del pending.targets[url]
                 continue
             delay = min(self.settings.backoff * 2 ** (target.attempts - 1), self.settings.backoff_max)
             target.due = now + delay
-            log.info(
+            log.warning(
                 "credit-gate: event %s to %s failed (%s); attempt %d in %.3g s",
-                pending.event["id"], url, error, target.attempts + 1, delay,
+                pending.event["id"], redacted_url(url), error, target.attempts + 1, delay,
             )  # fmt: skip
 
     def _bury(self, event: dict[str, Any], url: str, attempts: int, error: str, now: float) -> None:
         letter = {
-            "id": dead_letter_id(event["id"], url),
+            "id": dead_letter_id(event["id"], url, self.settings.secret),
             "event": event,
             "url": url,
             "attempts": attempts,
@@ -248,9 +331,16 @@ class Dispatcher:
             "dead_at": format_instant(int(time.time())),
         }
         stored.put_dead_letter(self.store, letter)
-        self.count("dead_lettered")
-        log.warning("credit-gate: event %s to %s given up after %d attempts (%s): a dead letter now",
-                    event["id"], url, attempts, error)  # fmt: skip
+        self._count("dead_lettered")
+        log.error("credit-gate: event %s to %s given up after %d attempts (%s): a dead letter now",
+                  event["id"], redacted_url(url), attempts, error)  # fmt: skip
+
+    def _count(self, outcome: str) -> None:
+        """A count lost to a Redis outage must not stop delivery (nor have an event sent twice)."""
+        try:
+            self.count(outcome)
+        except CreditGateError as error:
+            log.debug("credit-gate: event delivery not counted: %s", error)
 
     def step(self, now: float | None = None) -> float:
         """Read, then send what is due; returns the seconds until something is due (at most ``poll``)."""
@@ -278,10 +368,16 @@ class Dispatcher:
             except CreditGateError as error:  # Redis down or answering errors: try again after a poll
                 log.warning("credit-gate: events not read: %s", error)
                 wait = self.settings.poll
-            except Exception as error:
-                log.error("credit-gate: event delivery failed: %r", error, exc_info=error)
+            except Exception as error:  # the traceback, its URLs redacted (the message may quote one)
+                trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+                log.error("credit-gate: event delivery failed: %s", self._redacted(trace))
                 wait = self.settings.poll
             self._stop.wait(wait)
+
+    def _redacted(self, text: str) -> str:
+        for url in self.settings.urls:
+            text = redacted_text(text, url)
+        return text
 
     def start(self) -> None:
         if self._thread is None:
@@ -331,6 +427,10 @@ ALERTS_SCHEMA: dict[str, Any] = {
 }
 assert set(ALERTS_SCHEMA["properties"]) == set(FIELDS)
 DEAD_LETTER_ID = Annotated[str, Path(pattern="^[0-9a-f]{24}$")]
+ONLY_ACCOUNT = "Only this account's events"
+ONLY_RECEIVER = "Only to this receiver: its URL as configured or as shown"
+OfAccount = Annotated[str | None, Query(description=ONLY_ACCOUNT)]
+ToReceiver = Annotated[str | None, Query(description="Only to this receiver: its URL as shown (redacted)")]
 
 
 @router.get("/accounts/{account:name}/alerts", responses={**READ, **_problems(404)})
@@ -342,7 +442,7 @@ def get_alerts(service: Reader, account: AccountName) -> dict[str, Any]:
 
 @router.put(
     "/accounts/{account:name}/alerts",
-    responses={**WRITE, **_problems(404)},
+    responses={**WRITE, **BODY, **_problems(404)},
     openapi_extra=_request_body(ALERTS_SCHEMA),
 )
 def put_alerts(
@@ -361,7 +461,7 @@ def delete_alerts(service: Writer, account: AccountName) -> dict[str, Any]:
     return {"account": account, **alerts.to_json()}
 
 
-@router.get("/accounts/{account:name}/events", responses={**READ, **_problems(404)})
+@router.get("/accounts/{account:name}/events", responses={**READ, **PARAMS, **_problems(404)})
 def account_events(
     service: Reader, account: AccountName, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, Any]:
@@ -372,10 +472,23 @@ def account_events(
 
 
 @router.get("/events/dead-letters", responses=READ)
-def dead_letters(service: Reader) -> dict[str, Any]:
+def dead_letters(service: Reader, account: OfAccount = None, receiver: ToReceiver = None) -> dict[str, Any]:
     """Events a receiver did not take after the last attempt, oldest first."""
-    letters = sorted(stored.dead_letters(service.admin.store).values(), key=lambda d: (d["dead_at"], d["id"]))
-    return {"dead_letters": letters}
+    # A read-only token names a receiver as shown: matching the URL as configured would let it test
+    # guesses of a receiver's secret, one request each.
+    shown = receiver_filter(receiver or None, as_configured=False)
+    letters = find_letters(service.admin, account=account or None, receiver=shown)
+    return {"dead_letters": [shown_letter(d) for d in letters]}
+
+
+def shown_letter(letter: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter as the API shows it: its URL redacted, in its error too (letters kept by a version
+    before this one hold the error as the client wrote it)."""
+    url = str(letter.get("url", ""))
+    error = str(letter.get("error", ""))
+    if not re.fullmatch(r"HTTP [0-9]{3}", error):
+        error = redacted_text(error, url)
+    return {**letter, "url": redacted_url(url), "error": error}
 
 
 def settings_of(service: Any) -> EventSettings:
@@ -383,30 +496,94 @@ def settings_of(service: Any) -> EventSettings:
     return settings if isinstance(settings, EventSettings) else EventSettings()
 
 
-@router.post("/events/dead-letters/{letter}/replay", responses={**WRITE, **_problems(404, 502)})
+@router.post("/events/dead-letters/{letter}/replay", responses={**WRITE, **PARAMS, **_problems(404, 502)})
 def replay_dead_letter(service: Writer, letter: DEAD_LETTER_ID) -> dict[str, Any]:
     """Send the event to its URL again, now, once: delivered, it leaves the list; failed, it stays (502)."""
     settings = settings_of(service)
     if not settings.secret:
         raise ApiProblem(404, "events_not_configured", f"set {SECRET_ENV} to sign the events it sends")
-    found = stored.dead_letters(service.admin.store).get(letter)
+    found = stored.dead_letter(service.admin.store, letter)
     if found is None:
         raise NotFound(f"no dead letter '{letter}'")
+    with replay_session() as session:
+        done = replay_letters(service.admin, [found], sender(settings, session))
+    if done.failed:
+        (_, error), shown = done.failed[0], redacted_url(found["url"])
+        raise ApiProblem(502, "delivery_failed", f"{shown} did not take the event: {error}")
+    return {"id": letter, "delivered": True, "event": found["event"]["id"], "url": redacted_url(found["url"])}
+
+
+REPLAY_SCHEMA = _body_schema(
+    {
+        "account": {"type": "string", "minLength": 1, "description": ONLY_ACCOUNT},
+        "receiver": {"type": "string", "minLength": 1, "description": ONLY_RECEIVER},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+    [],
+)
+
+
+@router.post(
+    "/events/dead-letters/replay",
+    responses={**WRITE, **BODY, **_problems(404)},
+    openapi_extra=_request_body(REPLAY_SCHEMA),
+)
+def replay_dead_letters(
+    service: Writer, content: Annotated[dict[str, Any], body_dependency(REPLAY_SCHEMA)]
+) -> dict[str, Any]:
+    """Send the matching letters (`{}`: every one) again, oldest first, at most `limit`: each delivered
+    leaves the list; a receiver that fails is not tried again in this call (its letters stay); `left` is
+    how many match still (call again while it is not 0 and nothing failed)."""
+    settings = settings_of(service)
+    if not settings.secret:
+        raise ApiProblem(404, "events_not_configured", f"set {SECRET_ENV} to sign the events it sends")
+    receiver = receiver_filter(content.get("receiver"))
+    letters = find_letters(service.admin, account=content.get("account"), receiver=receiver)
+    with replay_session() as session:
+        done = replay_letters(service.admin, letters[: content.get("limit", 100)], sender(settings, session))
+    return {
+        "delivered": [d["id"] for d in done.delivered],
+        "failed": [{"id": d["id"], "url": redacted_url(d["url"]), "error": e} for d, e in done.failed],
+        "skipped": len(done.skipped),
+        "left": len(letters) - len(done.delivered),
+    }
+
+
+def receiver_filter(receiver: str | None, *, as_configured: bool = True) -> Callable[[str], bool] | None:
+    """Letters to one receiver, named by its URL as configured (``as_configured``: a read-write token's
+    routes) or as the API shows it (redacted)."""
+    if receiver is None:
+        return None
+    if not as_configured:
+        return lambda url: redacted_url(url) == receiver
+    return lambda url: url == receiver or redacted_url(url) == receiver
+
+
+def sender(settings: EventSettings, session: requests.Session) -> Callable[[str, dict[str, Any]], str]:
+    """``post`` for an operator's replay, a failure logged at warning with the receiver redacted."""
+
+    def send(url: str, event: dict[str, Any]) -> str:
+        error = post(session, settings, url, event)
+        if error:
+            log.warning("credit-gate: event %s replayed to %s failed (%s): still a dead letter",
+                        event.get("id"), redacted_url(url), error)  # fmt: skip
+        return error
+
+    return send
+
+
+def replay_session() -> requests.Session:
+    """The HTTP session an operator's replay posts through."""
     session = requests.Session()
-    session.trust_env = False
-    with session:
-        error = post(session, settings, found["url"], found["event"])
-    if error:
-        raise ApiProblem(502, "delivery_failed", f"{found['url']} did not take the event: {error}")
-    stored.drop_dead_letter(service.admin.store, letter)
-    return {"id": letter, "delivered": True, "event": found["event"]["id"], "url": found["url"]}
+    session.trust_env = False  # the operator's URLs, not a proxy the environment names
+    return session
 
 
-@router.delete("/events/dead-letters/{letter}", responses={**WRITE, **_problems(404)})
+@router.delete("/events/dead-letters/{letter}", responses={**WRITE, **PARAMS, **_problems(404)})
 def drop_dead_letter(service: Writer, letter: DEAD_LETTER_ID) -> dict[str, Any]:
     if not stored.drop_dead_letter(service.admin.store, letter):
         raise NotFound(f"no dead letter '{letter}'")
     return {"id": letter, "dropped": True}
 
 
-__all__ = ["Dispatcher", "EventSettings", "event_id", "router"]
+__all__ = ["Dispatcher", "EventSettings", "event_id", "redacted_text", "redacted_url", "router"]

@@ -20,6 +20,8 @@ from prometheus_client.registry import Collector
 
 from creditgate.core.periods import DAY_SECONDS
 from creditgate.ops.admin import USAGE_FIELDS
+from creditgate.service import event_metrics
+from creditgate.service.routes import READ
 from creditgate.service.state import Service, reader
 from creditgate.store.nodes import CAUSES
 
@@ -28,7 +30,7 @@ BATCH = 500
 
 # What the service itself does: webhooks received, by source and outcome.
 WEBHOOK_EVENTS = "credit_gate_webhook_events"
-EVENT_DELIVERIES = "credit_gate_event_deliveries"
+EVENT_DELIVERIES = event_metrics.EVENT_DELIVERIES  # and the dead letters waiting: service/event_metrics.py
 # The charge script also counts each refusal by reason: "<route>|refused:<reason>" (see _lib.lua).
 REASONED = ("refused", "shadow_refused")
 
@@ -129,6 +131,17 @@ class NodeCollector(Collector):
             "readonly, oom, misconf, loading, busy, masterdown, other)",
             labels=["node", "cause"],
         )
+        voids = CounterMetricFamily(
+            "credit_gate_charge_voids",
+            "Charges whose reply never reached the plugin server, by node and outcome (voided: it never "
+            "charges; given_back: it had charged and was refunded; gave_up: not voided within 300 s)",
+            labels=["node", "outcome"],
+        )
+        voids_pending = GaugeMetricFamily(
+            "credit_gate_charge_voids_pending",
+            "Voids a plugin server is still trying, by node",
+            labels=["node"],
+        )
         age = GaugeMetricFamily(
             "credit_gate_node_report_age_seconds",
             "Seconds since a plugin server last wrote its report, by node",
@@ -140,10 +153,15 @@ class NodeCollector(Collector):
             changes.add_metric([node], _number(fields.get("breaker_changes")))
             for cause in CAUSES:
                 errors.add_metric([node, cause], _number(fields.get(f"errors:{cause}")))
+            for outcome in ("voided", "given_back", "gave_up"):
+                voids.add_metric([node, outcome], _number(fields.get(f"voids:{outcome}")))
+            voids_pending.add_metric([node], _number(fields.get("voids:pending")))
             age.add_metric([node], max(0.0, now - _number(fields.get("written_at"))))
         yield breaker_open
         yield changes
         yield errors
+        yield voids
+        yield voids_pending
         yield age
 
 
@@ -166,12 +184,7 @@ def registry_for(service: Service) -> CollectorRegistry:
             ["source", "outcome"],
             registry=registry,
         )
-        service.extra["event_deliveries"] = Counter(
-            EVENT_DELIVERIES,
-            "Threshold event deliveries, by outcome (delivered, failed attempt, dead_lettered)",
-            ["outcome"],
-            registry=registry,
-        )
+        registry.register(event_metrics.DeliveryCollector(service))  # kept in Redis: they survive a restart
         service.extra["registry"] = registry
     assert isinstance(registry, CollectorRegistry)
     return registry
@@ -183,14 +196,13 @@ def count_webhook(service: Service, source: str, outcome: str) -> None:
 
 
 def count_delivery(service: Service, outcome: str) -> None:
-    registry_for(service)
-    service.extra["event_deliveries"].labels(outcome).inc()
+    event_metrics.count_delivery(service, outcome)
 
 
 router = APIRouter(tags=["service"])
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get("/metrics", response_class=Response, responses={**READ, 200: {"content": {"text/plain": {}}}})
 def metrics(service: Service = Depends(reader)) -> Response:  # noqa: B008
     """Prometheus text format; the read-only token is enough."""
     return Response(generate_latest(registry_for(service)), media_type=CONTENT_TYPE)

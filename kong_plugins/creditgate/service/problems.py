@@ -3,10 +3,13 @@
 The codes follow the CLI's exit codes, so a script moving from the CLI to the API meets the same
 vocabulary: ``invalid_input`` (exit 1), ``not_found`` (2), ``conflict`` and ``idempotency_error`` (3),
 ``store_unavailable`` (4), plus what only HTTP has (authentication, body size, content type, signatures).
+Bad data in Redis is not an outage: ``data_invalid`` (500, the log names the key), never a 503 that
+tells a client to retry what will fail the same way until an operator repairs the key.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -24,8 +27,11 @@ from creditgate.errors import (
     IdempotencyKeyReused,
     InvalidDocument,
     NotFound,
+    StoreDataError,
     StoreError,
 )
+
+log = logging.getLogger("creditgate.service")
 
 MEDIA_TYPE = "application/problem+json"
 STORE_RETRY_AFTER_S = 1  # Redis failed and no breaker says for how long: ask again in a second
@@ -36,6 +42,7 @@ TITLES = {
     "not_found": "Not found",
     "conflict": "Conflict",
     "store_unavailable": "Store unavailable",
+    "data_invalid": "Data invalid",
     "unauthenticated": "Authentication required",
     "forbidden": "Not allowed with this token",
     "payload_too_large": "Body too large",
@@ -100,6 +107,13 @@ def problem_response(
 
 def from_error(error: CreditGateError) -> ApiProblem:
     """The problem for an error the operators' API raised: the same classes the CLI maps to exit codes."""
+    if isinstance(error, StoreDataError):  # Redis answered: retrying changes nothing
+        # The message names the key (or account) and the field, never the value found there.
+        return ApiProblem(
+            500,
+            "data_invalid",
+            f"{error}; nothing was changed, and a retry fails the same way until the data is repaired",
+        )
     if isinstance(error, StoreError):
         retry = max(STORE_RETRY_AFTER_S, math.ceil(error.retry_after_ms / 1000))
         return ApiProblem(
@@ -137,6 +151,11 @@ async def on_problem(request: Request, error: Exception) -> JSONResponse:
 
 async def on_creditgate_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, CreditGateError)
+    if isinstance(error, StoreDataError):
+        log.error(
+            "credit-gate service: %s %s: bad data in Redis (key %s): %s",
+            request.method, request.url.path, error.key or "?", error,
+        )  # fmt: skip
     return await on_problem(request, from_error(error))
 
 

@@ -13,7 +13,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
-from itertools import islice
+from itertools import chain, islice
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -50,26 +50,40 @@ class Problem(BaseModel):
     field: str | None = None
 
 
+PROBLEM_DESCRIPTIONS = {
+    400: "The body is not JSON (malformed_body), or a required header is missing or bad",
+    401: "No token, or a token that is not valid",
+    403: "A read-only token on a write",
+    404: "Unknown account, plan or dead letter (not_found), or a webhook or events not configured",
+    409: "Refused by the current state",
+    413: "Body over the size limit",
+    415: "Body not sent as application/json",
+    422: f"Invalid input; codes: {', '.join(CODES)}",
+    500: "Bad data in Redis (data_invalid: the log names the key), or a failure the log explains",
+    502: "The receiver did not take the event",
+    503: "Redis is unavailable; Retry-After says when to ask again",
+}
+
+
 def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        401: "No token, or a token that is not valid",
-        403: "A read-only token on a write",
-        404: "Unknown account or plan",
-        409: "Refused by the current state",
-        413: "Body over the size limit",
-        415: "Body not sent as application/json",
-        422: f"Invalid input; codes: {', '.join(CODES)}",
-        502: "The receiver did not take the event",
-        503: "Redis is unavailable; Retry-After says when to ask again",
-    }
+    """The problem responses of these statuses, for a route's ``responses``."""
     return {
-        s: {"model": Problem, "description": described[s], "content": {"application/problem+json": {}}}
-        for s in statuses
+        status: {
+            "model": Problem,
+            "description": PROBLEM_DESCRIPTIONS[status],
+            "content": {"application/problem+json": {}},
+        }
+        for status in statuses
     }
 
 
-READ = _problems(401, 422, 503)
-WRITE = _problems(401, 403, 413, 415, 422, 503)
+# What a route can answer, put together from what it does: takes a read or a read-write token (and
+# reads Redis), reads a JSON body, has parameters a client can get wrong (tests/service/test_openapi.py
+# holds every route's list against what it answers).
+READ = _problems(401, 500, 503)
+WRITE = _problems(401, 403, 500, 503)
+BODY = _problems(400, 413, 415, 422)
+PARAMS = _problems(422)
 
 Reader = Annotated[Service, Depends(reader)]
 Writer = Annotated[Service, Depends(writer)]
@@ -177,7 +191,7 @@ def list_plans(service: Reader) -> list[dict[str, Any]]:
 @router.post(
     "/plans",
     tags=["plans"],
-    responses=WRITE,
+    responses={**WRITE, **BODY},
     openapi_extra=_request_body(
         {"description": "A plan, a list of plans, or {plans: [...]}, as `credit-gate plans apply` reads"}
     ),
@@ -197,7 +211,10 @@ def get_plan(service: Reader, name: str) -> dict[str, Any]:
 
 
 @router.put(
-    "/plans/{name:name}", tags=["plans"], responses=WRITE, openapi_extra=_request_body(_plan_body_schema())
+    "/plans/{name:name}",
+    tags=["plans"],
+    responses={**WRITE, **BODY},
+    openapi_extra=_request_body(_plan_body_schema()),
 )
 def put_plan(service: Writer, name: str, content: Annotated[Any, body_dependency(None)]) -> dict[str, Any]:
     """Create or replace one plan (the body's name, if given, must be the path's)."""
@@ -211,7 +228,7 @@ def put_plan(service: Writer, name: str, content: Annotated[Any, body_dependency
     return {**plan.to_document(), "accounts_updated": len(service.admin.apply_plan(plan))}
 
 
-@router.delete("/plans/{name:name}", tags=["plans"], responses={**WRITE, **_problems(404, 409)})
+@router.delete("/plans/{name:name}", tags=["plans"], responses={**WRITE, **PARAMS, **_problems(404, 409)})
 def delete_plan(service: Writer, name: str, force: bool = False) -> dict[str, Any]:
     """Delete a plan; 409 while accounts are subscribed to it, unless ``force`` (they keep its terms)."""
     service.admin.delete_plan(name, force=force)
@@ -228,7 +245,7 @@ def plan_subscribers(service: Reader, name: str) -> dict[str, Any]:
 # Accounts
 
 
-@router.get("/accounts", tags=["accounts"], responses=READ)
+@router.get("/accounts", tags=["accounts"], responses={**READ, **PARAMS})
 def list_accounts(
     service: Reader,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -268,7 +285,7 @@ def get_subscription(service: Reader, account: AccountName) -> dict[str, Any]:
 @router.put(
     "/accounts/{account:name}/subscription",
     tags=["subscriptions"],
-    responses={**WRITE, **_problems(404)},
+    responses={**WRITE, **BODY, **_problems(404)},
     openapi_extra=_request_body(_subscription_schema()),
 )
 def put_subscription(
@@ -296,7 +313,7 @@ def put_subscription(
 @router.put(
     "/accounts/{account:name}/subscription/plan",
     tags=["subscriptions"],
-    responses={**WRITE, **_problems(404)},
+    responses={**WRITE, **BODY, **_problems(404)},
     openapi_extra=_request_body(CHANGE_PLAN_SCHEMA),
 )
 def change_plan(
@@ -312,7 +329,7 @@ def change_plan(
 @router.put(
     "/accounts/{account:name}/subscription/status",
     tags=["subscriptions"],
-    responses={**WRITE, **_problems(404)},
+    responses={**WRITE, **BODY, **_problems(404)},
     openapi_extra=_request_body(STATUS_SCHEMA),
 )
 def set_status(
@@ -350,6 +367,7 @@ def _credit_answer(response: Response, account: str, result: CreditResult) -> di
     status_code=201,
     responses={
         **WRITE,
+        **BODY,
         **_problems(404, 409),
         200: {"description": "The key was already applied: nothing changed"},
     },
@@ -378,7 +396,7 @@ def grant(
     "/accounts/{account:name}/adjustments",
     tags=["credits"],
     status_code=201,
-    responses={**WRITE, **_problems(404, 409), 200: {"description": "The key was already applied"}},
+    responses={**WRITE, **BODY, **_problems(404, 409), 200: {"description": "The key was already applied"}},
     openapi_extra=_request_body(CREDIT_SCHEMA),
 )
 def adjust_down(
@@ -410,7 +428,7 @@ def member_caps(service: Reader, pool: str) -> list[dict[str, Any]]:
 @router.put(
     "/accounts/{pool:name}/member-caps/{member:name}",
     tags=["pools"],
-    responses=WRITE,
+    responses={**WRITE, **BODY},
     openapi_extra=_request_body(CAP_SCHEMA),
 )
 def set_member_cap(
@@ -430,7 +448,9 @@ def remove_member_cap(service: Writer, pool: str, member: str) -> dict[str, Any]
 # The ledger
 
 
-@router.get("/accounts/{account:name}/ledger", tags=["ledger"], responses={**READ, **_problems(404)})
+@router.get(
+    "/accounts/{account:name}/ledger", tags=["ledger"], responses={**READ, **PARAMS, **_problems(404)}
+)
 def ledger(
     service: Reader,
     account: AccountName,
@@ -477,7 +497,7 @@ def verify_ledger(service: Reader, account: AccountName) -> dict[str, Any]:
 # Usage and export
 
 
-@router.get("/usage", tags=["usage"], responses={**READ, **_problems(404)})
+@router.get("/usage", tags=["usage"], responses={**READ, **PARAMS, **_problems(404)})
 def usage(
     service: Reader,
     since: Since = None,
@@ -533,7 +553,12 @@ def _export_lines(entries: Iterator[LedgerEntry], fmt: export.Format, source: st
 @router.get(
     "/export",
     tags=["usage"],
-    responses={**READ, 200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
+    responses={
+        **READ,
+        **PARAMS,
+        **_problems(404),
+        200: {"content": {"application/x-ndjson": {}, "text/csv": {}}},
+    },
 )
 def export_ledger(
     service: Reader,
@@ -551,5 +576,7 @@ def export_ledger(
     for name in account or ():
         service.admin.account(name)  # an unknown account is a 404 before the stream starts
     entries = service.admin.ledger_entries(since=since_s, until=until_s, accounts=account or None)
+    # Redis is asked before the answer starts, so that an outage is a 503 and not a stream cut short.
+    entries = chain(list(islice(entries, 1)), entries)
     src = source or export.default_source(service.key_prefix)
     return StreamingResponse(_export_lines(entries, format, src), media_type=MEDIA_TYPES[format])

@@ -12,10 +12,10 @@ from creditgate.core.schema import default
 from creditgate.ops.admin import Admin
 from creditgate.service.app import create_app
 from creditgate.service.auth import Authenticator, Tokens, check_exposure
+from creditgate.service.billing_map import WebhookSettings
 from creditgate.service.events import Dispatcher, EventSettings
 from creditgate.service.metrics import count_delivery, registry_for
 from creditgate.service.state import Service
-from creditgate.service.webhooks import WebhookSettings
 
 log = logging.getLogger("creditgate.service")
 
@@ -31,8 +31,10 @@ def build(
     body_limit: int = 1 << 20,
     billing_map: Path | None = None,
     environ: dict[str, str] | None = None,
+    docs: bool = False,
 ) -> tuple[FastAPI, str | None]:
-    """The application and a warning to show (open access on loopback), or ConfigError."""
+    """The application and a warning to show (open access on loopback), or ConfigError. ``docs`` serves
+    the API's reference at /docs/ (off by default: a page that takes a token is one more to keep)."""
     tokens = Tokens.load(admin_files=admin_token_files, read_files=read_token_files, environ=environ)
     warning = check_exposure(tokens, host)
     hooks = WebhookSettings.load(billing_map, environ)
@@ -50,7 +52,7 @@ def build(
         service.extra["dispatcher"] = Dispatcher(
             admin.store, events, count=lambda outcome: count_delivery(service, outcome)
         )
-    return create_app(service), warning
+    return create_app(service, docs=docs), warning
 
 
 def run(app: FastAPI, host: str, port: int) -> None:

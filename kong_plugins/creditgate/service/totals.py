@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 from creditgate.core.inputs import format_instant
 from creditgate.core.periods import DAY_SECONDS
 from creditgate.ops.admin import UsageRow
-from creditgate.service.routes import READ, Reader, Since, Until, _instant, _problems
+from creditgate.service.routes import PARAMS, READ, Reader, Since, Until, _instant, _problems
 
 FIGURES = ("requests", "credits", "refunded", "refused", "replayed", "shadow_allowed", "shadow_refused")
 
@@ -37,7 +37,7 @@ def _sorted(figures: dict[str, Any]) -> dict[str, Any]:
     return {**figures, "refused_by_reason": dict(sorted(figures["refused_by_reason"].items()))}
 
 
-@router.get("/usage/totals", tags=["usage"], responses={**READ, **_problems(404)})
+@router.get("/usage/totals", tags=["usage"], responses={**READ, **PARAMS, **_problems(404)})
 def usage_totals(
     service: Reader,
     since: Since = None,

@@ -12,12 +12,13 @@ account nobody uses. Events of Stripe Connect accounts (``event.account``) apply
 the map lists in ``connect_accounts``; the others are acknowledged as ``connect_account_not_mapped``.
 Bad bytes (a body that is not UTF-8, a header that is not ASCII or not a number) answer 400.
 
-Once only: each grant or adjustment carries an idempotency key made of the Stripe object it comes
-from (``stripe:checkout:<session>``, ``stripe:invoice:<invoice>``, ``stripe:refund:<refund>``,
-``stripe:dispute:<dispute>``, and ``stripe:dispute_won:<dispute>`` for a dispute closed as won, which
-gives those credits back). That is stricter than the event id: a re-sent event has the same id and
-the same object, and two different events about one payment (``checkout.session.completed`` then
-``checkout.session.async_payment_succeeded``) still credit it once.
+Once only, in any order: a Stripe payment event grants its payment once, under the payment's canonical
+key, whichever of its references (Checkout session, invoice, PaymentIntent, charge) the event names;
+refunds and disputes move its credits in proportion to the money reversed, and wait for their payment
+when they come first (``service/stripe_ledger.py``, ``store/payments.py``, rules in
+``core/payments.py``). Subscription events set the account's status and plan
+(``service/stripe_lifecycle.py``). Events of an API version credit-gate does not read are acknowledged
+as ``unsupported_api_version``.
 
 The generic webhook is for other billing systems: ``Webhook-Timestamp: <unix seconds>`` and
 ``Webhook-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<body>">``, the same scheme; its events carry
@@ -29,287 +30,50 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any
 
 import stripe
 from fastapi import APIRouter, Header, Request
 
-from creditgate.core.model import MAX_CREDITS, check_account
-from creditgate.errors import ConfigError, Conflict, IdempotencyKeyReused, InvalidDocument, NotFound
+from creditgate.core.model import MAX_CREDITS
+from creditgate.errors import IdempotencyKeyReused, NotFound
 from creditgate.ops.admin import PAYMENT_KEYS
-from creditgate.ops.documents import read_document
+from creditgate.service.billing_map import (
+    GENERIC_SECRET_ENV,
+    STRIPE_SECRET_ENV,
+    WebhookSettings,
+    field_at,
+    settings_of,
+)
 from creditgate.service.body import parse_json, read_body, validate
 from creditgate.service.metrics import count_webhook
 from creditgate.service.problems import ApiProblem
 from creditgate.service.state import Service, service_of
-from creditgate.store import payments
+from creditgate.service.stripe_events import PAYMENT_EVENT_TYPES, SUPPORTED_API_VERSIONS, read_payment_event
+from creditgate.service.stripe_ledger import ack, apply_payment_event, unappliable
+from creditgate.service.stripe_lifecycle import LIFECYCLE_EVENT_TYPES, after_invoice_paid, apply_lifecycle
 
 log = logging.getLogger("creditgate.service")
-
-STRIPE_SECRET_ENV = "CREDIT_GATE_STRIPE_WEBHOOK_SECRET"
-GENERIC_SECRET_ENV = "CREDIT_GATE_WEBHOOK_SECRET"
-DEFAULT_TOLERANCE = 300
-DEFAULT_METADATA_KEY = "credit_gate_account"
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    """Secrets from the environment; the mapping from the operator's file (``--billing-map``)."""
-
-    stripe_secret: str = ""
-    generic_secret: str = ""
-    tolerance: int = DEFAULT_TOLERANCE
-    credits: dict[str, int] = field(default_factory=dict)  # Stripe price or product id -> credits per unit
-    customers: dict[str, str] = field(default_factory=dict)  # Stripe customer id -> account
-    metadata_key: str = DEFAULT_METADATA_KEY
-    refunds: bool = True  # refunds and disputes take the credits back (off: logged only)
-    create_accounts: bool = False  # a paid event may open the account it names (off: it must exist)
-    connect_accounts: frozenset[str] = frozenset()  # Stripe Connect accounts whose events apply
-
-    @classmethod
-    def load(cls, path: Path | None, environ: dict[str, str] | None = None) -> WebhookSettings:
-        env = os.environ if environ is None else environ
-        document: Any = read_document(path) if path is not None else {}
-        if not isinstance(document, dict):
-            raise ConfigError(f"{path}: must be a mapping with credits, customers, metadata_key, refunds")
-        unknown = set(document) - {
-            "credits",
-            "customers",
-            "metadata_key",
-            "refunds",
-            "tolerance",
-            "create_accounts",
-            "connect_accounts",
-        }
-        if unknown:
-            raise ConfigError(f"{path}: unknown field(s) {sorted(unknown)}")
-        credits = document.get("credits") or {}
-        for name, value in credits.items():
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CREDITS:
-                raise ConfigError(f"{path}: credits.{name} must be a whole number of credits, got {value!r}")
-        customers = document.get("customers") or {}
-        if not all(isinstance(v, str) and v for v in customers.values()):
-            raise ConfigError(f"{path}: customers must map Stripe customer ids to account names")
-        tolerance = document.get("tolerance", DEFAULT_TOLERANCE)
-        if isinstance(tolerance, bool) or not isinstance(tolerance, int) or not 1 <= tolerance <= 86_400:
-            raise ConfigError(f"{path}: tolerance must be 1-86400 seconds")
-        create_accounts = document.get("create_accounts", False)
-        if not isinstance(create_accounts, bool):
-            raise ConfigError(f"{path}: create_accounts must be true or false, got {create_accounts!r}")
-        connect_accounts = document.get("connect_accounts") or []
-        if not isinstance(connect_accounts, list) or not all(
-            isinstance(a, str) and a.startswith("acct_") for a in connect_accounts
-        ):
-            raise ConfigError(f"{path}: connect_accounts must be a list of Stripe account ids (acct_...)")
-        return cls(
-            stripe_secret=env.get(STRIPE_SECRET_ENV, ""),
-            generic_secret=env.get(GENERIC_SECRET_ENV, ""),
-            tolerance=tolerance,
-            credits={str(k): v for k, v in credits.items()},
-            customers={str(k): v for k, v in customers.items()},
-            metadata_key=str(document.get("metadata_key", DEFAULT_METADATA_KEY)),
-            refunds=bool(document.get("refunds", True)),
-            create_accounts=create_accounts,
-            connect_accounts=frozenset(connect_accounts),
-        )
-
-
-def settings_of(service: Service) -> WebhookSettings:
-    settings = service.extra.get("webhooks")
-    return settings if isinstance(settings, WebhookSettings) else WebhookSettings()
-
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 
-def _get(obj: Any, *path: str) -> Any:
-    for name in path:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(name)
-    return obj
-
-
-def _account(settings: WebhookSettings, obj: dict[str, Any]) -> str | None:
-    for metadata in (
-        _get(obj, "metadata"),
-        _get(obj, "subscription_details", "metadata"),
-        _get(obj, "parent", "subscription_details", "metadata"),
-    ):
-        if isinstance(metadata, dict) and isinstance(metadata.get(settings.metadata_key), str):
-            return str(metadata[settings.metadata_key])
-    customer = obj.get("customer")
-    if isinstance(customer, dict):
-        customer = customer.get("id")
-    return settings.customers.get(customer) if isinstance(customer, str) else None
-
-
-def _line_credits(settings: WebhookSettings, lines: Any) -> int:
-    """Credits for the lines of an invoice or an expanded checkout session: per unit of each mapped price
-    (or, failing that, its product), times the quantity."""
-    total = 0
-    for line in lines if isinstance(lines, list) else []:
-        if not isinstance(line, dict):
-            continue
-        price = _get(line, "price") or _get(line, "pricing", "price_details") or {}
-        price_id = price.get("id") or price.get("price") if isinstance(price, dict) else price
-        product = price.get("product") if isinstance(price, dict) else None
-        quantity = line.get("quantity", 1)
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
-            quantity = 0  # a line Stripe would never send buys nothing
-        per_unit = settings.credits.get(str(price_id)) or settings.credits.get(str(product)) or 0
-        total += per_unit * quantity
-    return total
-
-
-def _whole(value: Any) -> int:
-    """An amount of money from an event: a whole number of the currency's smallest unit, else 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _ack(event: dict[str, Any], outcome: str, **extra: Any) -> dict[str, Any]:
-    return {"event": event.get("id"), "type": event.get("type"), "outcome": outcome, **extra}
-
-
-def _unappliable(event: dict[str, Any], outcome: str, why: str, **extra: Any) -> dict[str, Any]:
-    """Acknowledged all the same: Stripe would re-send it for days and it would never apply. The error
-    log line and the ``outcome`` label of the webhook metric are how an operator learns of it."""
-    log.error(
-        "credit-gate: Stripe %s %s not applied (%s): %s", event.get("type"), event.get("id"), outcome, why
-    )
-    return _ack(event, outcome, **extra)
-
-
-def _grant_payment(
-    service: Service,
-    event: dict[str, Any],
-    key: str,
-    account: str | None,
-    credits: int,
-    payment: dict[str, Any],
-) -> dict[str, Any]:
-    if account is None:
-        return _unappliable(event, "no_account", "it names no account (metadata or customers map)")
-    try:
-        check_account(account)
-    except InvalidDocument as error:
-        return _unappliable(event, "invalid_account", f"the account {account!r} {error}", account=account)
-    if credits <= 0 or credits > MAX_CREDITS:
-        return _unappliable(event, "no_mapped_price", "it maps to no credits (or too many)", account=account)
-    create = settings_of(service).create_accounts
-    unknown = f"no account named {account!r} (the billing map does not set create_accounts: true)"
-    # Checked before the payment is recorded, so that no record names an account that never got credits.
-    if not create:
-        try:
-            service.admin.account(account)
-        except NotFound:
-            return _unappliable(event, "unknown_account", unknown, account=account)
-    # The payment is recorded before the grant, so that whenever a grant exists a refund can find it.
-    payments.record_payment(service.admin.store, payment["refs"], account, credits, payment["amount"])
-    try:
-        result = service.admin.grant(
-            account,
-            credits,
-            note=f"stripe {event['type']}",
-            idempotency_key=key,
-            key_namespace=PAYMENT_KEYS,
-            create=create,
-        )
-    except NotFound:  # removed since the check above
-        return _unappliable(event, "unknown_account", unknown, account=account)
-    except IdempotencyKeyReused as error:  # this payment's key granted another amount (the map changed)
-        return _unappliable(event, "idempotency_conflict", str(error), account=account)
-    return _ack(event, "granted" if result.applied else "already_applied", account=account, credits=credits)
-
-
-def _take_back(
-    service: Service, event: dict[str, Any], key: str, refs: list[str], amount: Any
-) -> dict[str, Any]:
-    settings = settings_of(service)
-    if not settings.refunds:
-        log.warning(
-            "credit-gate: Stripe %s %s not applied: refunds are turned off", event["type"], event["id"]
-        )
-        return _ack(event, "refunds_off")
-    record = payments.find_payment(service.admin.store, refs)
-    if record is None or not _whole(amount) or not _whole(record.get("amount")):
-        log.warning("credit-gate: Stripe %s %s matches no credited payment", event["type"], event["id"])
-        return _ack(event, "no_payment")
-    # Proportional to the share of the payment given back, rounded down: never more than was granted.
-    credits = min(record["credits"] * amount // record["amount"], record["credits"])
-    if credits <= 0:
-        return _ack(event, "nothing_to_take")
-    try:
-        result = service.admin.adjust_down(
-            record["account"],
-            credits,
-            note=f"stripe {event['type']}",
-            idempotency_key=key,
-            key_namespace=PAYMENT_KEYS,
-        )
-    except IdempotencyKeyReused as error:
-        return _unappliable(event, "idempotency_conflict", str(error), account=record["account"])
-    except (Conflict, NotFound) as error:
-        log.warning("credit-gate: Stripe %s %s not applied: %s", event["type"], event["id"], error)
-        return _ack(event, "balance_too_low", account=record["account"], credits=credits)
-    outcome = "adjusted" if result.applied else "already_applied"
-    return _ack(event, outcome, account=record["account"], credits=-credits)
-
-
-def _dispute_closed(service: Service, event: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
-    """Won (the customer's bank sided with the merchant): the credits the dispute took come back, once
-    (``stripe:dispute_won:<dispute id>``). Lost or a closed warning: the adjustment stands."""
-    status = obj.get("status")
-    if status != "won":
-        return _ack(event, "dispute_not_won", status=status)
-    taken = payments.dispute_taken(service.admin.store, obj["id"])
-    if taken is None:
-        log.warning("credit-gate: Stripe %s %s: the dispute took no credits", event["type"], event["id"])
-        return _ack(event, "nothing_taken")
-    try:
-        result = service.admin.grant(
-            taken["account"],
-            taken["credits"],
-            note=f"stripe {event['type']} won",
-            idempotency_key=f"stripe:dispute_won:{obj['id']}",
-            key_namespace=PAYMENT_KEYS,
-        )
-    except IdempotencyKeyReused as error:
-        return _unappliable(event, "idempotency_conflict", str(error), account=taken["account"])
-    outcome = "given_back" if result.applied else "already_applied"
-    return _ack(event, outcome, account=taken["account"], credits=taken["credits"])
-
-
-HANDLED = frozenset(
-    {
-        "checkout.session.completed",
-        "checkout.session.async_payment_succeeded",
-        "invoice.paid",
-        "charge.refunded",
-        "refund.created",
-        "charge.dispute.created",
-        "charge.dispute.closed",
-    }
-)
-
-
 def apply_stripe_event(service: Service, event: dict[str, Any]) -> dict[str, Any]:
+    """One verified Stripe event: a payment, link or reversal into the payments ledger, a subscription's
+    lifecycle into the account; anything else acknowledged as ignored."""
     settings = settings_of(service)
     kind = event.get("type")
-    if not isinstance(kind, str) or kind not in HANDLED:
+    if not isinstance(kind, str) or kind not in PAYMENT_EVENT_TYPES | LIFECYCLE_EVENT_TYPES:
         log.info("credit-gate: Stripe event %s (%s) acknowledged, not handled", event.get("id"), kind)
-        return _ack(event, "ignored")
-    obj = _get(event, "data", "object")
+        return ack(event, "ignored")
+    obj = field_at(event, "data", "object")
     if (
         not isinstance(obj, dict)
         or not isinstance(event.get("id"), str)
         or not isinstance(obj.get("id"), str)
     ):
-        return _unappliable(event, "malformed_event", "the event or its object has no id")
+        return unappliable(event, "malformed_event", "the event or its object has no id")
     # Stripe Connect: an event of a connected account (``account``) is about that account's customers
     # and money, not the platform's: it applies only when the operator lists the account.
     connected = event.get("account")
@@ -320,51 +84,19 @@ def apply_stripe_event(service: Service, event: dict[str, Any]) -> dict[str, Any
             event["id"],
             connected,
         )
-        return _ack(event, "connect_account_not_mapped", connect_account=connected)
-    if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-        if obj.get("payment_status") not in ("paid", "no_payment_required"):
-            return _ack(event, "not_paid_yet")
-        credits = _line_credits(settings, _get(obj, "line_items", "data"))
-        price = _get(obj, "metadata", "credit_gate_price")
-        if not credits and isinstance(price, str):
-            credits = settings.credits.get(price, 0)
-        refs = [r for r in (obj.get("payment_intent"), obj.get("invoice")) if isinstance(r, str)]
-        payment = {"amount": _whole(obj.get("amount_total")), "refs": refs}
-        return _grant_payment(
-            service, event, f"stripe:checkout:{obj['id']}", _account(settings, obj), credits, payment
-        )
-    if kind == "invoice.paid":
-        credits = _line_credits(settings, _get(obj, "lines", "data"))
-        refs = [
-            r for r in (obj.get("payment_intent"), obj.get("charge"), obj.get("id")) if isinstance(r, str)
-        ]
-        payment = {"amount": _whole(obj.get("amount_paid")), "refs": refs}
-        return _grant_payment(
-            service, event, f"stripe:invoice:{obj['id']}", _account(settings, obj), credits, payment
-        )
-    if kind == "charge.refunded":
-        refs = [
-            r for r in (obj.get("payment_intent"), obj.get("invoice"), obj.get("id")) if isinstance(r, str)
-        ]
-        listed = _get(obj, "refunds", "data")
-        outcomes = [
-            _take_back(service, event, f"stripe:refund:{refund['id']}", refs, refund.get("amount"))
-            for refund in (listed if isinstance(listed, list) else [])
-            if isinstance(refund, dict) and isinstance(refund.get("id"), str)
-        ]
-        return _ack(event, "refunds", refunds=outcomes)
-    if kind == "refund.created":
-        refs = [r for r in (obj.get("payment_intent"), obj.get("charge")) if isinstance(r, str)]
-        return _take_back(service, event, f"stripe:refund:{obj['id']}", refs, obj.get("amount"))
-    if kind == "charge.dispute.created":
-        refs = [r for r in (obj.get("payment_intent"), obj.get("charge")) if isinstance(r, str)]
-        answer = _take_back(service, event, f"stripe:dispute:{obj['id']}", refs, obj.get("amount"))
-        if answer["outcome"] in ("adjusted", "already_applied"):
-            # What was taken, for the dispute's close. Written after the adjustment (so it never names
-            # credits not taken) and again on a re-sent event (so a crash between the two heals).
-            payments.record_dispute(service.admin.store, obj["id"], answer["account"], -answer["credits"])
-        return answer
-    return _dispute_closed(service, event, obj)  # charge.dispute.closed, the last of HANDLED
+        return ack(event, "connect_account_not_mapped", connect_account=connected)
+    version = event.get("api_version")
+    if version not in SUPPORTED_API_VERSIONS:
+        why = f"API version {version!r} is not one credit-gate reads (docs/service.md lists them)"
+        return unappliable(event, "unsupported_api_version", why)
+    if kind in LIFECYCLE_EVENT_TYPES:
+        return apply_lifecycle(service, settings, event)
+    answer = apply_payment_event(service, settings, event, read_payment_event(settings, event))
+    if kind == "invoice.paid" and answer["outcome"] in ("granted", "already_applied", "nothing_paid"):
+        subscription = after_invoice_paid(service, settings, event)
+        if subscription is not None:
+            answer["subscription"] = subscription
+    return answer
 
 
 @router.post("/stripe", responses={400: {"description": "Bad signature or body"}})

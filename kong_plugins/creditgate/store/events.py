@@ -1,5 +1,5 @@
-"""Threshold events in Redis: what an account watches, its event stream, the delivery cursors and the
-dead letters.
+"""Threshold events in Redis: what an account watches, its event stream, the delivery cursors, the
+dead letters and the delivery counters.
 
 The charge script writes the streams (``emit_event`` in lua/_lib.lua); the operators' API sets what
 they watch (``ops/admin.py``) and the service delivers them (``service/events.py``). The delivery side
@@ -9,7 +9,7 @@ reads bytes that are not UTF-8 with ``surrogateescape``, so that one bad entry c
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from creditgate.core.alerts import FIELDS, MEMORY_FIELDS
@@ -103,10 +103,37 @@ def put_dead_letter(store: RedisStore, letter: Mapping[str, Any]) -> None:
     store._run("HSET", store.keys.dead_letters, letter["id"], json.dumps(letter, sort_keys=True))
 
 
-def dead_letters(store: RedisStore) -> dict[str, dict[str, Any]]:
-    """Every dead letter, by id."""
-    raw = store._run("HGETALL", store.keys.dead_letters)
-    return {_text(k, "surrogateescape"): json.loads(_text(v, "surrogateescape")) for k, v in raw.items()}
+def scan_dead_letters(store: RedisStore, batch: int = 500) -> Iterator[dict[str, Any]]:
+    """Every dead letter, ``batch`` a command (HSCAN: the hash may hold many while a receiver is down, and
+    one HGETALL would hold Redis for all of them), each once. A letter that is not JSON is passed over."""
+    seen: set[str] = set()
+    cursor: Any = 0
+    while True:
+        cursor, found = store._run("HSCAN", store.keys.dead_letters, cursor, "COUNT", batch)
+        pairs = found.items() if isinstance(found, dict) else zip(found[::2], found[1::2], strict=True)
+        for key, value in pairs:
+            letter_id = _text(key, "surrogateescape")
+            if letter_id in seen:  # HSCAN may return an entry twice
+                continue
+            seen.add(letter_id)
+            try:
+                letter = json.loads(_text(value, "surrogateescape"))
+            except ValueError:
+                continue
+            if isinstance(letter, dict):
+                yield letter
+        if int(cursor) == 0:
+            return
+
+
+def dead_letter(store: RedisStore, letter_id: str) -> dict[str, Any] | None:
+    """One dead letter by id, None when there is none (or it is not JSON)."""
+    raw = store._run("HGET", store.keys.dead_letters, letter_id)
+    try:
+        letter = json.loads(_text(raw, "surrogateescape")) if raw is not None else None
+    except ValueError:
+        return None
+    return letter if isinstance(letter, dict) else None
 
 
 def drop_dead_letter(store: RedisStore, letter_id: str) -> bool:
@@ -114,15 +141,63 @@ def drop_dead_letter(store: RedisStore, letter_id: str) -> bool:
     return bool(store._run("HDEL", store.keys.dead_letters, letter_id))
 
 
+# Delivery counters: every attempt the service or an operator's replay made, kept in Redis so that they
+# survive a restart and every process reports the same figures. A fixed set of fields: bounded.
+
+# By who tried: the service's delivery thread, or an operator's replay (API or CLI), which never buries.
+# "failed" is one attempt that did not get a 2xx; "dead_lettered" an event given up for one receiver.
+DELIVERY_FIELDS = (
+    "dispatcher:delivered",
+    "dispatcher:failed",
+    "dispatcher:dead_lettered",
+    "replay:delivered",
+    "replay:failed",
+)
+
+
+def deliveries_key(store: RedisStore) -> str:
+    """``<prefix>:events:deliveries``, hash: "<via>:<outcome>" -> attempts counted."""
+    return f"{store.keys.prefix}:events:deliveries"
+
+
+def count_delivery(store: RedisStore, outcome: str, via: str = "dispatcher") -> None:
+    field = f"{via}:{outcome}"
+    if field not in DELIVERY_FIELDS:
+        raise ValueError(f"not a delivery counter: {field!r}")
+    store._run("HINCRBY", deliveries_key(store), field, 1)
+
+
+def delivery_figures(store: RedisStore) -> tuple[dict[tuple[str, str], int], int]:
+    """The counters by (via, outcome), every one of DELIVERY_FIELDS (0 when not counted yet), and how
+    many dead letters wait (HLEN), in one round trip."""
+
+    def fill(pipe: Any) -> None:
+        pipe.hmget(deliveries_key(store), *DELIVERY_FIELDS)
+        pipe.hlen(store.keys.dead_letters)
+
+    counts, waiting = store._pipeline(fill)
+    figures = {}
+    for name, value in zip(DELIVERY_FIELDS, counts, strict=True):
+        via, _, outcome = name.partition(":")
+        text = _text(value, "replace") if value is not None else "0"
+        figures[(via, outcome)] = int(text) if text.isdigit() else 0
+    return figures, int(waiting)
+
+
 __all__ = [
+    "DELIVERY_FIELDS",
     "Entry",
     "alert_fields",
     "alerting_accounts",
-    "dead_letters",
+    "count_delivery",
+    "dead_letter",
+    "deliveries_key",
+    "delivery_figures",
     "drop_dead_letter",
     "move_cursor",
     "put_dead_letter",
     "read_events",
     "recent_events",
+    "scan_dead_letters",
     "set_alert_fields",
 ]

@@ -17,6 +17,10 @@ forms cannot meet. The full name is kept where names are listed (``accounts``, `
     <prefix>:{<account>}:request:<hash> string: the charge a consumer's Idempotency-Key answered with
                                         (hash of consumer, route, cost and key: replies.py)
     <prefix>:{<account>}:settled:<id>   string: the settlement of charge <id> (settled at most once)
+    <prefix>:{<account>}:token:<token>  string: the ledger id of the charge sent with <token> (minutes)
+    <prefix>:{<account>}:void:<token>   string: the charge sent with <token> was voided (store/voids.py)
+    <prefix>:{<account>}:payments       hash: payment key -> the payment, its reversals and what they moved
+                                        (JSON; store/payments.py)
     <prefix>:{<account>}:events         stream: threshold events the charge script raised (the charge
                                         script derives the name from the account hash's)
     <prefix>:plan:<name>                string: the plan's JSON document
@@ -27,8 +31,11 @@ forms cannot meet. The full name is kept where names are listed (``accounts``, `
     <prefix>:events:accounts            set: accounts with alerts set (whose events the service delivers)
     <prefix>:events:cursors             hash: account -> id of the last event delivered (or dead-lettered)
     <prefix>:events:dead                hash: dead letter id -> the event and receiver that gave up (JSON)
-    <prefix>:stripe:payments            hash: Stripe payment reference -> the credits it granted (JSON),
-                                        and "dispute:<id>" -> what a dispute took back
+    <prefix>:stripe:payments            hash: the version before's payment records (read, never written)
+    <prefix>:{stripe}:ref:<reference>   string: a payment reference -> the payment's canonical key
+    <prefix>:{stripe}:owner:<key>       string: a payment -> the account it paid for
+    <prefix>:{stripe}:waiting:<key>     string: reversals of a payment not yet owned, and its references
+                                        (JSON; kept 30 days while nobody owns the payment)
     <prefix>:store                      string: "this Redis holds credit-gate's data" (standalone,
                                         Sentinel); on a Cluster one such key per slot,
                                         <prefix>:{<slot tag>}:store, so that a charge reads the one
@@ -47,6 +54,10 @@ from functools import lru_cache
 from urllib.parse import quote
 
 SAFE = "-._~@+="
+
+# A charge's void (store/voids.py) is tried this long; its token key (charge.lua) outlives that.
+VOID_SECONDS = 300
+TOKEN_SECONDS = VOID_SECONDS + 60
 
 
 # Names up to this length keep a readable tag (every name was at most this long before longer ones were
@@ -86,6 +97,19 @@ class AccountKeys:
 
     def settled(self, charge_id: str) -> str:
         return f"{self.base}settled:{charge_id}"
+
+    def token(self, token: str) -> str:
+        """A charge's token: its ledger id once charged (charge.lua derives the name from ``state``)."""
+        return f"{self.base}token:{token}"
+
+    def void(self, token: str) -> str:
+        """A voided charge's marker: charge.lua refuses its token (store/voids.py)."""
+        return f"{self.base}void:{token}"
+
+    @property
+    def payments(self) -> str:
+        """The account's payments: payment key -> its record (store/payments.py, payment.lua)."""
+        return f"{self.base}payments"
 
     @property
     def events(self) -> str:
@@ -138,7 +162,21 @@ class Keys:
 
     @property
     def stripe_payments(self) -> str:
+        """The version before's payment records (read only, see store/payments.py)."""
         return f"{self.prefix}:stripe:payments"
+
+    # The payments' references, in one Cluster slot (payment_route.lua derives the keys from these heads).
+    @property
+    def payment_refs(self) -> str:
+        return f"{self.prefix}:{{stripe}}:ref:"
+
+    @property
+    def payment_owners(self) -> str:
+        return f"{self.prefix}:{{stripe}}:owner:"
+
+    @property
+    def payment_waiting(self) -> str:
+        return f"{self.prefix}:{{stripe}}:waiting:"
 
 
 @lru_cache(maxsize=16_384)  # names are pure functions of (prefix, account): build each once

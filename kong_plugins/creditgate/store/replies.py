@@ -20,7 +20,7 @@ from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreRefused, StoreTimeout
-from creditgate.store.keys import AccountKeys
+from creditgate.store.keys import TOKEN_SECONDS, AccountKeys
 
 USAGE_TTL_SECONDS = 400 * 86_400
 
@@ -46,12 +46,16 @@ class CreditResult:
 
     ``amount`` is the signed change the key answers for: this one's when applied, the first one's on a
     replay (a key recorded by an earlier version whose ledger entry is gone: this request's, unchecked).
+    A positive change pays the account's debt first: ``debt_paid`` is what this call paid of it (0 on a
+    replay), the balance got ``amount - debt_paid``; ``debt`` is what the account still owes.
     """
 
     applied: bool
     balance: int
     ledger_id: str
     amount: int
+    debt: int = 0
+    debt_paid: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,9 @@ class AccountState:
     period_requests: int = 0
     period_from_balance: int = 0
     period_restarts: int = 0
+    debt: int = 0  # credits owed: every request is refused while > 0, the next credit pays it first
+    frozen: int = 0  # credits held by open disputes (already out of the balance)
+    grace_until: int = 0  # a past_due subscription is charged until then (Unix seconds; 0: no grace)
 
 
 @dataclass(frozen=True)
@@ -177,12 +184,18 @@ def legacy_request_key_input(route: str, cost: int, idempotency_key: str) -> str
 
 
 def charge_arguments(
-    request: ChargeRequest, keys: AccountKeys, marker: str, deadline: int, redis_now: float | None = None
+    request: ChargeRequest,
+    keys: AccountKeys,
+    marker: str,
+    deadline: int,
+    redis_now: float | None = None,
+    token: str = "",
 ) -> tuple[list[str], list[Any]]:
     """charge.lua's KEYS and ARGV for a request (see the script's header), with the account's keys,
     its slot's store marker and the deadline on Redis's clock. ``redis_now`` (Unix seconds, Redis's
     clock as this host estimates it) picks the day's usage hash when Redis's clock decides, so that
-    gateway nodes whose clocks disagree count a request near midnight to the same day."""
+    gateway nodes whose clocks disagree count a request near midnight to the same day. ``token`` names
+    the charge for voiding it when its reply does not come back (store/voids.py)."""
     (_account, cost, now, entitled, route, ledger_retention, shadow, idempotency_key, idempotency_window,
      member, hold_seconds, settle_window) = request  # fmt: skip
     window = idempotency_window if idempotency_key else 0
@@ -218,6 +231,8 @@ def charge_arguments(
         member,
         hold_seconds,
         settle_window,
+        token,
+        TOKEN_SECONDS,
     ]
 
 
@@ -227,7 +242,7 @@ def charge_reply(reply: Sequence[Any]) -> tuple[int, ChargeResult | StoreError]:
     stands for. Integers arrive as ints, strings as str."""
     (allowed, reason, plan, status, cost, balance, allowance, allowance_remaining, period_end, starts_at,
      expires_at, now, from_allowance, from_balance, charge_id, period_start, replayed, member_used,
-     member_cap, redis_ms) = reply  # fmt: skip
+     member_cap, debt, redis_ms) = reply  # fmt: skip
     if reason == "deadline_passed":
         return redis_ms, StoreTimeout("Redis ran the charge after the caller's deadline; nothing was charged")
     if reason == "store_empty":
@@ -254,6 +269,7 @@ def charge_reply(reply: Sequence[Any]) -> tuple[int, ChargeResult | StoreError]:
             replayed == 1,
             member_used,
             member_cap,
+            debt,
         )
     )
 
@@ -262,7 +278,7 @@ def balance_reply(reply: Sequence[Any]) -> BalanceView:
     """balance.lua's fixed-shape reply, read by name."""
     (state, plan, status, balance, allowance, used, period, period_start, period_end, starts_at,
      expires_at, prepaid, now, member_used, member_cap, period_requests, period_from_balance,
-     member_requests) = reply  # fmt: skip
+     member_requests, debt, frozen, grace_until) = reply  # fmt: skip
     if as_text(state) == "store_empty":
         raise StoreEmpty(STORE_EMPTY)
     return BalanceView(
@@ -283,6 +299,9 @@ def balance_reply(reply: Sequence[Any]) -> BalanceView:
         period_requests=int(period_requests),
         period_from_balance=int(period_from_balance),
         member_requests=int(member_requests),
+        debt=int(debt),
+        frozen=int(frozen),
+        grace_until=int(grace_until),
     )
 
 
@@ -321,6 +340,9 @@ def account_state_reply(account: str, reply: Any) -> AccountState:
         period_requests=number("period_requests"),
         period_from_balance=number("period_from_balance"),
         period_restarts=number("period_restarts"),
+        debt=number("debt"),
+        frozen=number("frozen"),
+        grace_until=number("grace_until"),
     )
 
 

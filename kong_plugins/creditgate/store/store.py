@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cached_property, partial
 from importlib import resources
+from os import urandom
 from typing import Any, TypeVar, cast
 
 import redis
@@ -62,6 +63,7 @@ from creditgate.store.replies import (
     refusal,
     write_fault,
 )
+from creditgate.store.voids import Voider, maybe_sent
 
 T = TypeVar("T")
 
@@ -119,6 +121,7 @@ class RedisStore:
         self.keys = Keys(prefix)
         self._account_keys = partial(account_keys, prefix)  # the charge's: no Python call when cached
         self.clock = RedisClock()
+        self.voider = Voider(self, client.register_script(_script_source("void")))  # replies never received
         # Leave the reply time to travel back before the client's own timeout fires.
         self.charge_budget_ms = timeout_ms - max(timeout_ms / 5, 5) if timeout_ms else 0
         # How the charge script is sent: the hot path when there is one, else redis-py.
@@ -239,9 +242,15 @@ class RedisStore:
         deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
         offset_ms = self.clock.offset_ms
         redis_now = None if offset_ms is None else (sent_ms + offset_ms) / 1000
-        reply = self._guarded(
-            self._send_charge, *charge_arguments(request, keys, marker, deadline, redis_now)
-        )
+        token = urandom(8).hex()  # names this charge for voiding it (store/voids.py)
+        try:
+            reply = self._guarded(
+                self._send_charge, *charge_arguments(request, keys, marker, deadline, redis_now, token)
+            )
+        except StoreError as error:
+            if maybe_sent(error) and not request.shadow:  # the charge's outcome is unknown
+                self.voider.submit(request.account, token, request.ledger_retention)
+            raise
         redis_ms, outcome = charge_reply(reply)
         self.clock.observe(redis_ms, sent_ms, time.time() * 1000)
         if isinstance(outcome, StoreError):
@@ -323,12 +332,13 @@ class RedisStore:
         """Change a balance by ``amount`` (signed), once per idempotency key (credit.lua).
 
         The key is recorded as ``<key_namespace>:<key>`` (as given when the namespace is ""), with what
-        this change did. Raises InsufficientBalance rather than go below 0, BalanceCapReached rather than
-        pass MAX_CREDITS, and IdempotencyKeyReused when the key answers for another kind or amount;
-        nothing changes in any of them.
+        this change did. A positive change pays the account's debt first, the balance gets the rest.
+        Raises InsufficientBalance rather than go below 0, BalanceCapReached rather than let the new
+        balance pass MAX_CREDITS, and IdempotencyKeyReused when the key answers for another kind or
+        amount; nothing changes in any of them.
         """
         keys = self.keys.account(account)
-        outcome, balance, ledger_id, first_kind, first_amount = self._call(
+        outcome, balance, ledger_id, first_kind, first_amount, debt, paid = self._call(
             self._credit,
             [keys.state, keys.ledger, keys.idempotency],
             [kind, amount, note, idempotency_key, now, ledger_retention, reference, key_namespace],
@@ -341,7 +351,9 @@ class RedisStore:
             raise IdempotencyKeyReused(
                 idempotency_key, as_text(first_kind), int(first_amount), as_text(ledger_id)
             )
-        return CreditResult(int(outcome) == 1, int(balance), as_text(ledger_id), int(first_amount))
+        return CreditResult(
+            int(outcome) == 1, int(balance), as_text(ledger_id), int(first_amount), int(debt), int(paid)
+        )
 
     def put_plan(self, plan: Plan) -> None:
         self._run("SET", self.keys.plan(plan.name), json.dumps(plan.to_document(), sort_keys=True))

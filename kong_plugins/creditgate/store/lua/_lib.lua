@@ -230,11 +230,15 @@ end
 
 -- The account's hash as charge.lua and balance.lua read it: one HMGET, every field checked (BADDATA
 -- otherwise), absent fields at their defaults. The caller checks the key's type first.
+-- The payments' fields: `debt`, credits a payment's reversal took that the balance could not cover
+-- (every request is refused while it is above 0, and the next credit pays it first, apply_credit);
+-- `frozen`, credits held by open disputes (already out of the balance; shown, never charged from);
+-- `grace_until`, until when (Unix seconds, exclusive) a past_due subscription is still charged.
 local function read_account(key)
   local f = redis.call('HMGET', key,
     'plan', 'status', 'starts_at', 'anchor', 'expires_at', 'period', 'allowance', 'prepaid',
     'balance', 'used', 'period_start', 'period_end', 'period_requests', 'period_from_balance',
-    'period_restarts')
+    'period_restarts', 'debt', 'frozen', 'grace_until')
   local a = {plan = f[1] or ''}
   a.status = read_word(key, 'status', f[2], '', STATUSES)
   a.starts_at = read_int(key, 'starts_at', f[3], 0, 0, MAX_INSTANT)
@@ -252,6 +256,9 @@ local function read_account(key)
   end
   a.period_requests, a.period_from_balance = read_period_counters(key, {f[13], f[14]})
   a.restarts = read_restarts(key, f[15])
+  a.debt = read_int(key, 'debt', f[16], 0, 0, MAX_CREDITS)
+  a.frozen = read_int(key, 'frozen', f[17], 0, 0, MAX_CREDITS)
+  a.grace_until = read_int(key, 'grace_until', f[18], 0, 0, MAX_INSTANT)
   return a
 end
 
@@ -400,14 +407,20 @@ end
 -- namespaces existed every key was recorded as given, so a namespaced key with no record of its own
 -- also answers for an old-form record under the bare key (a retry sent across the upgrade); a record of
 -- the new form there was written since, by a caller without that namespace, and is not its.
+-- Debt is paid first: of a positive change, min(debt, amount) pays the account's `debt` and the rest
+-- goes to the balance; a negative change never creates debt (below zero is refused, -1). The ledger
+-- entry's `amount` is the balance's change (the ledger's invariant), with `debt_paid` and the `debt`
+-- left when it paid some; the idempotency record keeps the change asked for, so a retry compares equal.
 -- Returns outcome (1 applied, 0 already applied, -1 below zero, -2 past MAX_CREDITS, -3 the key
--- answers for another change), the balance, the ledger id, and the kind and amount of the change the
--- key answers for (the first one's when the key was seen).
+-- answers for another change), the balance, the ledger id, the kind and amount of the change the key
+-- answers for (the first one's when the key was seen), the debt after, and what this call paid of it.
 local function apply_credit(account_key, ledger_key, keys_key, kind, amount, note, key, now, retention,
                             reference, namespace)
   check_type(account_key, 'hash')
   check_type(keys_key, 'hash')
-  local balance = read_int(account_key, 'balance', redis.call('HGET', account_key, 'balance'), 0, 0, MAX_CREDITS)
+  local held = redis.call('HMGET', account_key, 'balance', 'debt')
+  local balance = read_int(account_key, 'balance', held[1], 0, 0, MAX_CREDITS)
+  local debt = read_int(account_key, 'debt', held[2], 0, 0, MAX_CREDITS)
   local field = key
   if key ~= '' and namespace ~= nil and namespace ~= '' then
     field = namespace .. ':' .. key
@@ -427,20 +440,31 @@ local function apply_credit(account_key, ledger_key, keys_key, kind, amount, not
     end
     if first then
       if first_kind ~= nil and (first_kind ~= kind or first_amount ~= amount) then
-        return -3, balance, first, first_kind, first_amount
+        return -3, balance, first, first_kind, first_amount, debt, 0
       end
-      return 0, balance, first, kind, amount
+      return 0, balance, first, kind, amount, debt, 0
     end
   end
-  if balance + amount < 0 then
-    return -1, balance, '', kind, amount
+  local paid = 0
+  if amount > 0 then paid = math.min(debt, amount) end
+  local change = amount - paid
+  if balance + change < 0 then
+    return -1, balance, '', kind, amount, debt, 0
   end
-  if balance + amount > MAX_CREDITS then
-    return -2, balance, '', kind, amount
+  if balance + change > MAX_CREDITS then
+    return -2, balance, '', kind, amount, debt, 0
   end
   local plan = ledger_plan(account_key, ledger_key, retention, 1)
-  balance = redis.call('HINCRBY', account_key, 'balance', fmt(amount))
-  local fields = {'kind', kind, 'amount', fmt(amount), 'balance', fmt(balance), 'at', fmt(now)}
+  if change ~= 0 then
+    balance = redis.call('HINCRBY', account_key, 'balance', fmt(change))
+  end
+  local fields = {'kind', kind, 'amount', fmt(change), 'balance', fmt(balance), 'at', fmt(now)}
+  if paid > 0 then
+    debt = debt - paid
+    redis.call('HSET', account_key, 'debt', fmt(debt))
+    table.insert(fields, 'debt_paid'); table.insert(fields, fmt(paid))
+    table.insert(fields, 'debt'); table.insert(fields, fmt(debt))
+  end
   if note ~= '' then
     table.insert(fields, 'note'); table.insert(fields, note)
   end
@@ -454,7 +478,7 @@ local function apply_credit(account_key, ledger_key, keys_key, kind, amount, not
   if key ~= '' then
     redis.call('HSET', keys_key, field, id .. ' ' .. kind .. ' ' .. fmt(amount))
   end
-  return 1, balance, id, kind, amount
+  return 1, balance, id, kind, amount, debt, paid
 end
 
 -- A charge's facts for settling it (a table of strings), kept in the account's holds hash until

@@ -7,7 +7,8 @@
 --
 -- Returns {state ("ok" | "store_empty"), plan, status, balance, allowance, allowance_used, period,
 --          period_start, period_end, starts_at, expires_at, prepaid (1|0), now, member_used,
---          member_cap (-1: no cap), period_requests, period_from_balance, member_requests}
+--          member_cap (-1: no cap), period_requests, period_from_balance, member_requests, debt,
+--          frozen, grace_until}
 -- or the error reply "BADDATA <key> <field>: ..." (see _lib.lua). Credits are integers, times Unix
 -- seconds on Redis's clock (0: none).
 --
@@ -32,6 +33,7 @@ local period, allowance, prepaid, balance, used = a.period, a.allowance, a.prepa
 local period_start, period_end = a.period_start, a.period_end
 local period_requests, period_from_balance = a.period_requests, a.period_from_balance
 local restarts = a.restarts  -- not shown: names the period
+local debt, frozen, grace_until = a.debt, a.frozen, a.grace_until  -- the payments' (see read_account)
 
 local member_cap, member_stored, member_requests_stored = -1, false, false
 if member ~= '' then
@@ -42,7 +44,7 @@ if member ~= '' then
 end
 
 if plan == '' and redis.call('EXISTS', marker_key) == 0 then
-  return {'store_empty', '', '', 0, 0, 0, 'none', 0, 0, 0, 0, 0, now, 0, -1, 0, 0, 0}
+  return {'store_empty', '', '', 0, 0, 0, 'none', 0, 0, 0, 0, 0, now, 0, -1, 0, 0, 0, 0, 0, 0}
 end
 
 -- The period charge.lua would charge in now (a time before the period's start stays in it).
@@ -57,4 +59,4 @@ local member_requests = member_count_in(member_requests_stored, restarts, period
 
 return {'ok', plan, status, balance, allowance, used, period, period_start, period_end, starts_at,
         expires_at, prepaid and 1 or 0, now, member_used, member_cap, period_requests, period_from_balance,
-        member_requests}
+        member_requests, debt, frozen, grace_until}

@@ -26,18 +26,28 @@
 -- ARGV[11] hold_seconds: seconds within which the charge may be settled to a lower cost, 0 = final
 -- ARGV[12] settle_window: seconds the charge can be settled or refunded in (its facts are kept in
 --          the holds hash that long), 0 = never settled
+-- ARGV[13] token: a random id for this charge (hex), or "" for none. A charge that charges keeps its
+--          ledger id under <base>token:<token> for ARGV[14] seconds; a token with a void marker
+--          (<base>void:<token>, void.lua) is refused deadline_passed with nothing written. The caller
+--          voids a charge whose reply it did not get, so that it is charged and answered, or neither.
+-- ARGV[14] token_seconds: how long the token's ledger id is kept
 --
 -- Returns {allowed (1|0), reason ("" when allowed), plan, status, cost, balance, allowance,
 --          allowance_remaining, period_end, starts_at, expires_at, now, from_allowance, from_balance,
 --          charge_id (the ledger id, "" when nothing was charged), period_start, replayed (1 when an
 --          earlier charge with this idempotency key answered), member_used, member_cap (-1: no cap),
---          redis_ms (Redis's clock in milliseconds)}: the fields of ChargeResult in its order, then
---          Redis's clock, written by `answer` only and read by name by one Python function
---          (charge_reply in store/replies.py)
+--          debt (credits the account owes), redis_ms (Redis's clock in milliseconds)}: the fields of
+--          ChargeResult in its order, then Redis's clock, written by `answer` only and read by name by
+--          one Python function (charge_reply in store/replies.py)
 -- or the error reply "BADDATA <key> <field>: ..." (see _lib.lua), with nothing written. An account
 -- without a subscription in a Redis without the store marker answers reason "store_empty" with nothing
 -- written: a Redis restarted empty is told from an account that never subscribed.
 --
+-- A request is charged while the subscription is active or trialing, or past_due before its
+-- `grace_until` (the Stripe lifecycle sets it when a renewal fails), and while the account owes no
+-- `debt` (a payment's reversal that the balance could not cover; the next credit pays it first): a
+-- debt refuses every request, "debt_outstanding", after the subscription's checks and before the
+-- period, the member's cap, a replay, the allowance and the balance are asked.
 -- The allowance of the current period pays first, prepaid balance the rest (when the plan allows
 -- prepaid use). Nothing is written unless the whole cost can be paid: the balance never goes below
 -- zero, a pool member never goes over its cap, and a refused request is never charged. Everything the
@@ -52,8 +62,8 @@
 -- Idempotency. A request whose key (KEYS[4]) answers for an earlier charge is a replay: it is charged
 -- nothing, and is answered as a replay (allowed, the first charge's id, replayed 1) only while the
 -- request would still be allowed: it passes the same checks as any request (subscription, status,
--- start, expiry, entitlement) and the member's cap as a request that adds nothing (the member's use in
--- the current period must still fit under its cap: its own charge, already counted, does). The
+-- start, expiry, entitlement, debt) and the member's cap as a request that adds nothing (the member's
+-- use in the current period must still fit under its cap: its own charge, already counted, does). The
 -- allowance and the balance are not asked: the first charge paid. A replay that fails a check is
 -- refused with that check's reason and charges nothing; its key is kept, so that a retry once the
 -- request is allowed again answers with the first charge rather than charging twice. So a key is
@@ -99,11 +109,20 @@ local idempotency_window = arg_int(9, 0, 1e12)
 local member = ARGV[10]
 local hold_seconds = arg_int(11, 0, 1e12)
 local settle_window = arg_int(12, 0, 1e12)
+-- The charge's token (a random id the caller gives each charge), and the keys it names in the account's
+-- slot: <base>token:<token> (this charge's ledger id, once charged) and <base>void:<token>.
+local token = ARGV[13]
+local token_seconds = arg_int(14, 1, 1e9)
+local token_key, void_key = '', ''
+if token ~= '' then
+  local base = string.sub(KEYS[1], 1, -8)  -- '<base>account' -> '<base>'
+  token_key, void_key = base .. 'token:' .. token, base .. 'void:' .. token
+end
 
 -- The account's figures the reply carries, at what a charge that has read nothing answers; read below.
 local plan, status, balance, allowance, used = '', '', 0, 0, 0
 local period_start, period_end, starts_at, expires_at = 0, 0, 0, 0
-local member_used, member_cap = 0, -1
+local member_used, member_cap, debt = 0, -1, 0
 
 -- The reply, in the one order of the header's "Returns".
 local function answer(allowed, reason, from_allowance, from_balance, charge_id, replayed)
@@ -111,10 +130,14 @@ local function answer(allowed, reason, from_allowance, from_balance, charge_id, 
   if allowance_remaining < 0 then allowance_remaining = 0 end
   return {allowed, reason, plan, status, cost, balance, allowance, allowance_remaining, period_end,
           starts_at, expires_at, now, from_allowance, from_balance, charge_id, period_start, replayed,
-          member_used, member_cap, redis_ms}
+          member_used, member_cap, debt, redis_ms}
 end
 
 if deadline > 0 and redis_ms > deadline then
+  return answer(0, 'deadline_passed', 0, 0, '', 0)
+end
+-- A charge the caller has voided (store/voids.py: it stopped waiting before this ran) never charges.
+if token ~= '' and redis.call('EXISTS', void_key) == 1 then
   return answer(0, 'deadline_passed', 0, 0, '', 0)
 end
 
@@ -137,6 +160,7 @@ allowance, balance, used = a.allowance, a.balance, a.used
 period_start, period_end = a.period_start, a.period_end
 local anchor, period, prepaid, restarts = a.anchor, a.period, a.prepaid, a.restarts
 local period_requests, period_from_balance = a.period_requests, a.period_from_balance
+debt = a.debt
 
 local function usage_name(field)
   return route .. '|' .. field
@@ -215,7 +239,8 @@ if plan == '' then
   end
   return refuse('no_subscription')
 end
-if (status ~= 'active' and status ~= 'trialing') or now < starts_at then
+local graced = status == 'past_due' and now < a.grace_until
+if (status ~= 'active' and status ~= 'trialing' and not graced) or now < starts_at then
   return refuse('subscription_inactive')
 end
 if expires_at > 0 and now >= expires_at then
@@ -223,6 +248,9 @@ if expires_at > 0 and now >= expires_at then
 end
 if entitled ~= '' and not string.find(',' .. entitled .. ',', ',' .. plan .. ',', 1, true) then
   return refuse('plan_not_entitled')
+end
+if debt > 0 then
+  return refuse('debt_outstanding')
 end
 
 -- The ledger's fold is planned (read, checked) before any write of the charge itself.
@@ -330,6 +358,9 @@ if idempotency_window > 0 then
   table.insert(fields, 'idempotency_key'); table.insert(fields, idempotency_key)
 end
 local ledger_id = ledger_append(account_key, ledger_key, ledger, fields)
+if token ~= '' then
+  redis.call('SET', token_key, ledger_id, 'EX', token_seconds)  -- what void.lua finds
+end
 if idempotency_window > 0 then
   redis.call('SET', idempotency_key, ledger_id, 'EX', idempotency_window)
 end

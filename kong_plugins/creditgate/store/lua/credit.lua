@@ -14,13 +14,17 @@
 -- ARGV[8]  the key's namespace ("api" for operators' keys), or "" for a key recorded as given (the
 --          webhooks' and payments' own prefixed keys); the ledger entry shows the key as given
 --
--- Returns {outcome, balance, ledger id, kind, amount}: outcome 1 = applied, 0 = this key was already
--- applied (the ledger id is the first application's, nothing changed), -1 = refused because the balance
--- would go below zero, -2 = refused because the balance would pass MAX_CREDITS, -3 = refused because the
--- key answers for another change (nothing changed in any refusal). kind and amount (signed) are those of
--- the change the key answers for: the first one's for 0 and -3, this one's otherwise.
+-- Returns {outcome, balance, ledger id, kind, amount, debt, debt paid}: outcome 1 = applied, 0 = this key
+-- was already applied (the ledger id is the first application's, nothing changed), -1 = refused because
+-- the balance would go below zero, -2 = refused because the balance would pass MAX_CREDITS, -3 = refused
+-- because the key answers for another change (nothing changed in any refusal). kind and amount (signed)
+-- are those of the change the key answers for: the first one's for 0 and -3, this one's otherwise.
+-- debt is what the account owes after the call; debt paid what this call paid of it (0 unless applied).
+--
+-- A positive change pays the account's debt first (apply_credit in _lib.lua): the balance gets the
+-- rest, and the ledger entry's amount is what the balance got (debt_paid beside it).
 
-local outcome, balance, id, kind, amount = apply_credit(KEYS[1], KEYS[2], KEYS[3], ARGV[1],
+local outcome, balance, id, kind, amount, debt, paid = apply_credit(KEYS[1], KEYS[2], KEYS[3], ARGV[1],
   arg_int(2, -MAX_CREDITS, MAX_CREDITS), ARGV[3], ARGV[4], arg_int(5, 0, MAX_INSTANT), arg_int(6, 0, 1e12), ARGV[7],
   ARGV[8])
-return {outcome, balance, id, kind, amount}
+return {outcome, balance, id, kind, amount, debt, paid}

@@ -39,8 +39,13 @@ if amount > 0 then
   local record = redis.call('HGET', keys_key, ARGV[10])
   if record then read_key_record(keys_key, ledger_key, ARGV[10], record) end  -- likewise
 end
-local balance = read_int(account_key, 'balance', redis.call('HGET', account_key, 'balance'), 0, 0, MAX_CREDITS)
-if amount > 0 and balance + amount > MAX_CREDITS and redis.call('HEXISTS', keys_key, ARGV[10]) == 0 then
+local held = redis.call('HMGET', account_key, 'balance', 'debt')
+local balance = read_int(account_key, 'balance', held[1], 0, 0, MAX_CREDITS)
+-- The grant pays the debt first (apply_credit): the balance gets only the rest. Read (and checked) here,
+-- before the subscription's write.
+local debt = read_int(account_key, 'debt', held[2], 0, 0, MAX_CREDITS)
+if amount > 0 and balance + amount - math.min(debt, amount) > MAX_CREDITS
+    and redis.call('HEXISTS', keys_key, ARGV[10]) == 0 then
   return {'', -2, balance, ''}
 end
 

@@ -27,8 +27,9 @@
 -- settling does not depend on how many ledger entries the retention keeps. A charge made without a
 -- settlement window (or before the holds hash existed) is looked up in the ledger.
 --
--- What is given back returns where it came from: to the balance first, up to what the balance paid,
--- then to the period's allowance, but only while the charge's period is still the current one.
+-- What is given back returns where it came from: to the balance first, up to what the balance paid
+-- (paying an open debt first), then to the period's allowance, but only while the charge's period is
+-- still the current one.
 -- A pool member's period use goes down by the same amount, while its use is of the current period
 -- (restart count and start, see _lib.lua). The period's counters are netted in the same way, while
 -- the charge's period is the current one: period_from_balance by what goes back to the balance
@@ -57,7 +58,7 @@ check_type(members_key, 'hash')
 check_type(holds_key, 'hash')
 check_type(holds_index_key, 'zset')
 local p = redis.call('HMGET', account_key, 'balance', 'period_start', 'period_end', 'used', 'period',
-  'period_requests', 'period_from_balance', 'period_restarts')
+  'period_requests', 'period_from_balance', 'period_restarts', 'debt')
 local balance = read_int(account_key, 'balance', p[1], 0, 0, MAX_CREDITS)
 local period_start = read_int(account_key, 'period_start', p[2], 0, 0, MAX_INSTANT)
 local period_end = read_int(account_key, 'period_end', p[3], 0, 0, MAX_INSTANT)
@@ -65,6 +66,7 @@ local used = read_int(account_key, 'used', p[4], 0, 0, MAX_CREDITS)
 local period = read_word(account_key, 'period', p[5], 'none', PERIODS)
 local period_requests, period_from_balance = read_period_counters(account_key, {p[6], p[7]})
 local restarts = read_restarts(account_key, p[8])
+local debt = read_int(account_key, 'debt', p[9], 0, 0, MAX_CREDITS)
 
 local earlier = redis.call('GET', marker_key)
 if earlier then
@@ -119,7 +121,10 @@ end
 local give_back = cost - final_cost
 local to_balance = math.min(give_back, paid_from_balance)
 local to_allowance = give_back - to_balance
-if balance + to_balance > MAX_CREDITS then
+-- What goes back to the balance pays an open debt first (a payment's reversal left it), as every
+-- credit does (_lib.lua apply_credit).
+local debt_paid = math.min(debt, to_balance)
+if balance + to_balance - debt_paid > MAX_CREDITS then
   return {'cap', 0, balance, ''}
 end
 
@@ -190,8 +195,11 @@ local ledger = ledger_plan(account_key, ledger_key, retention, 1)
 
 -- Writes start below this line.
 
-if to_balance > 0 then
-  balance = redis.call('HINCRBY', account_key, 'balance', fmt(to_balance))
+if to_balance - debt_paid > 0 then
+  balance = redis.call('HINCRBY', account_key, 'balance', fmt(to_balance - debt_paid))
+end
+if debt_paid > 0 then
+  redis.call('HSET', account_key, 'debt', fmt(debt - debt_paid))
 end
 if in_period then
   local changed = {}
@@ -229,8 +237,12 @@ else
 end
 
 local fields = {
-  'kind', kind, 'amount', fmt(to_balance), 'balance', fmt(balance), 'cost', fmt(final_cost),
+  'kind', kind, 'amount', fmt(to_balance - debt_paid), 'balance', fmt(balance), 'cost', fmt(final_cost),
   'to_allowance', fmt(to_allowance), 'at', fmt(now), 'reference', charge_id, 'route', route}
+if debt_paid > 0 then
+  table.insert(fields, 'debt_paid'); table.insert(fields, fmt(debt_paid))
+  table.insert(fields, 'debt'); table.insert(fields, fmt(debt - debt_paid))
+end
 if member then
   table.insert(fields, 'member'); table.insert(fields, member)
 end
