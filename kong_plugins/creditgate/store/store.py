@@ -288,10 +288,12 @@ class RedisStore:
         refund: bool = False,
         window_seconds: int = 86_400,
         ledger_retention: int = DEFAULT_LEDGER_RETENTION,
+        breaker: bool = True,
     ) -> SettleResult:
-        """Lower a charge to ``final_cost`` (or refund it whole): at most once per charge, atomically."""
+        """Lower a charge to ``final_cost`` (or refund it whole): at most once per charge, atomically.
+        ``breaker=False``: not through the circuit breaker, raising the driver's errors (voids.py)."""
         keys = self.keys.account(account)
-        outcome, given_back, balance, ledger_id = self._call(
+        outcome, given_back, balance, ledger_id = (self._call if breaker else self._script)(
             self._settle,
             [
                 keys.state,

@@ -168,14 +168,18 @@ class Voider:
             raise StoreError(f"Redis failed: {error}") from error
         if as_text(state) == "voided":
             return "voided"
-        result = store.settle(
-            account,
-            as_text(ledger_id),
-            0,
-            refund=True,
-            window_seconds=TOKEN_SECONDS,
-            ledger_retention=ledger_retention,
-        )
+        try:
+            result = store.settle(
+                account,
+                as_text(ledger_id),
+                0,
+                refund=True,
+                window_seconds=TOKEN_SECONDS,
+                ledger_retention=ledger_retention,
+                breaker=False,
+            )
+        except (redis.exceptions.RedisError, OSError) as error:
+            raise StoreError(f"Redis failed: {error}") from error
         return "given_back" if result.outcome == "applied" else result.outcome
 
 
