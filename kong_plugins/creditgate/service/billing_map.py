@@ -133,6 +133,15 @@ def settings_of(service: Service) -> WebhookSettings:
     return settings if isinstance(settings, WebhookSettings) else WebhookSettings()
 
 
+def connected_elsewhere(settings: WebhookSettings, event: dict[str, Any]) -> bool:
+    """An event of a Stripe Connect account (``event.account``) the billing map does not list: it is about
+    that account's customers and money, not the platform's, and applies only when the map lists it."""
+    connected = event.get("account")
+    return connected is not None and not (
+        isinstance(connected, str) and connected in settings.connect_accounts
+    )
+
+
 def field_at(obj: Any, *path: str) -> Any:
     """The value at ``path`` in nested JSON objects, or None where any step is missing or not an object."""
     for name in path:
@@ -164,6 +173,7 @@ __all__ = [
     "STRIPE_SECRET_ENV",
     "WebhookSettings",
     "account_of",
+    "connected_elsewhere",
     "field_at",
     "settings_of",
 ]

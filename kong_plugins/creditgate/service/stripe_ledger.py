@@ -35,22 +35,28 @@ def unappliable(event: dict[str, Any], outcome: str, why: str, **extra: Any) -> 
     return ack(event, outcome, **extra)
 
 
-def _payer(service: Service, settings: WebhookSettings, event: dict[str, Any], account: str | None) -> Any:
-    """The account a payment is for, checked: its name, and that it exists unless the map lets a payment
-    open it. Returns the account, or the acknowledgement that says why not."""
+def named_account(event: dict[str, Any], account: str | None) -> str | dict[str, Any]:
+    """The account an event names, checked (not empty, no control character), or the acknowledgement
+    that says why it names none that can be."""
     if account is None:
         return unappliable(event, "no_account", "it names no account (metadata or customers map)")
     try:
-        check_account(account)
+        return check_account(account)
     except InvalidDocument as error:
         return unappliable(event, "invalid_account", f"the account {account!r} {error}", account=account)
-    if not settings.create_accounts:
+
+
+def _payer(service: Service, settings: WebhookSettings, event: dict[str, Any], account: str | None) -> Any:
+    """The account a payment is for, checked: its name, and that it exists unless the map lets a payment
+    open it. Returns the account, or the acknowledgement that says why not."""
+    named = named_account(event, account)
+    if isinstance(named, str) and not settings.create_accounts:
         try:
-            service.admin.account(account)
+            service.admin.account(named)
         except NotFound:
-            why = f"no account named {account!r} (the billing map does not set create_accounts: true)"
-            return unappliable(event, "unknown_account", why, account=account)
-    return account
+            why = f"no account named {named!r} (the billing map does not set create_accounts: true)"
+            return unappliable(event, "unknown_account", why, account=named)
+    return named
 
 
 def _adopt(service: Service, read: PaymentEvent) -> payments.Route | None:
@@ -161,4 +167,4 @@ def apply_payment_event(
     )
 
 
-__all__ = ["ack", "apply_payment_event", "unappliable"]
+__all__ = ["ack", "apply_payment_event", "named_account", "unappliable"]

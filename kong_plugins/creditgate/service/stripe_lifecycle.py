@@ -38,8 +38,9 @@ from typing import Any
 
 from creditgate.core.model import MAX_INSTANT, Plan, Status, check_account
 from creditgate.errors import InvalidDocument, NotFound
-from creditgate.service.billing_map import WebhookSettings, account_of, field_at
+from creditgate.service.billing_map import WebhookSettings, account_of, connected_elsewhere, field_at
 from creditgate.service.state import Service
+from creditgate.service.stripe_ledger import ack, named_account, unappliable
 from creditgate.store import lifecycle
 from creditgate.store.lifecycle import LifecycleStep, Opening
 
@@ -69,32 +70,11 @@ STRIPE_STATUSES: dict[str, Status] = {
 OPENING_STATUSES = frozenset({Status.ACTIVE, Status.TRIALING})
 
 
-def _ack(event: dict[str, Any], outcome: str, **extra: Any) -> dict[str, Any]:
-    return {"event": event.get("id"), "type": event.get("type"), "outcome": outcome, **extra}
-
-
-def _unappliable(event: dict[str, Any], outcome: str, why: str, **extra: Any) -> dict[str, Any]:
-    """Acknowledged all the same (as webhooks.py does): Stripe would re-send it for days and it would
-    never apply. The error log line and the webhook metric's ``outcome`` label tell the operator."""
-    log.error(
-        "credit-gate: Stripe %s %s not applied (%s): %s", event.get("type"), event.get("id"), outcome, why
-    )
-    return _ack(event, outcome, **extra)
-
-
 def _instant(value: Any) -> int | None:
     """Unix seconds from an event, or None for anything else."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INSTANT:
         return None
     return value
-
-
-def _connected_elsewhere(settings: WebhookSettings, event: dict[str, Any]) -> bool:
-    """An event of a Stripe Connect account the billing map does not list (webhooks.py says why)."""
-    connected = event.get("account")
-    return connected is not None and not (
-        isinstance(connected, str) and connected in settings.connect_accounts
-    )
 
 
 def _invoice_subscription(invoice: dict[str, Any]) -> str:
@@ -155,7 +135,7 @@ def _plan_of(
     try:
         return service.admin.plan(mapped[0])
     except (NotFound, InvalidDocument):
-        return _unappliable(
+        return unappliable(
             event,
             "unknown_plan",
             f"the billing map maps its price to plan {mapped[0]!r}, which does not exist",
@@ -165,14 +145,7 @@ def _plan_of(
 
 def _account(settings: WebhookSettings, event: dict[str, Any], obj: dict[str, Any]) -> str | dict[str, Any]:
     """The account the object is for, or the ack of an event that names none that can be."""
-    account = account_of(settings, obj)
-    if account is None:
-        return _unappliable(event, "no_account", "it names no account (metadata or customers map)")
-    try:
-        check_account(account)
-    except InvalidDocument as error:
-        return _unappliable(event, "invalid_account", f"the account {account!r} {error}", account=account)
-    return account
+    return named_account(event, account_of(settings, obj))
 
 
 def _answer(
@@ -184,9 +157,7 @@ def _answer(
             if settings.create_accounts
             else "the billing map does not set create_accounts: true"
         )
-        return _unappliable(
-            event, "unknown_account", f"no account named {account!r} ({why})", account=account
-        )
+        return unappliable(event, "unknown_account", f"no account named {account!r} ({why})", account=account)
     if step.outcome == lifecycle.NO_SUBSCRIPTION:
         log.warning(
             "credit-gate: Stripe %s %s not applied: account %r has no subscription",
@@ -194,7 +165,7 @@ def _answer(
             event.get("id"),
             account,
         )
-        return _ack(event, step.outcome, account=account)
+        return ack(event, step.outcome, account=account)
     if step.outcome == lifecycle.STALE:
         log.info(
             "credit-gate: Stripe %s %s is older than account %r's last lifecycle event (%d): nothing changed",
@@ -203,7 +174,7 @@ def _answer(
             account,
             step.stripe_subscription_at,
         )
-        return _ack(event, step.outcome, account=account, stripe_subscription_at=step.stripe_subscription_at)
+        return ack(event, step.outcome, account=account, stripe_subscription_at=step.stripe_subscription_at)
     log.info(
         "credit-gate: Stripe %s %s: account %r %s, status %s -> %s, plan %s -> %s",
         event.get("type"),
@@ -215,7 +186,7 @@ def _answer(
         step.previous_plan or "-",
         step.plan,
     )
-    return _ack(
+    return ack(
         event,
         step.outcome,
         account=account,
@@ -231,7 +202,7 @@ def apply_lifecycle(service: Service, settings: WebhookSettings, event: dict[str
     """Apply one of LIFECYCLE_EVENT_TYPES (a signed, parsed event); returns the acknowledgement."""
     kind = event.get("type")
     if kind not in LIFECYCLE_EVENT_TYPES:
-        return _ack(event, "ignored")
+        return ack(event, "ignored")
     obj = field_at(event, "data", "object")
     created = _instant(event.get("created"))
     if (
@@ -240,15 +211,15 @@ def apply_lifecycle(service: Service, settings: WebhookSettings, event: dict[str
         or not isinstance(obj.get("id"), str)
         or created is None
     ):
-        return _unappliable(event, "malformed_event", "the event or its object has no id, or no created time")
-    if _connected_elsewhere(settings, event):
+        return unappliable(event, "malformed_event", "the event or its object has no id, or no created time")
+    if connected_elsewhere(settings, event):
         log.warning(
             "credit-gate: Stripe %s %s of connected account %r ignored: not in connect_accounts",
             kind,
             event["id"],
             event.get("account"),
         )
-        return _ack(event, "connect_account_not_mapped", connect_account=event.get("account"))
+        return ack(event, "connect_account_not_mapped", connect_account=event.get("account"))
     account = _account(settings, event, obj)
     if isinstance(account, dict):
         return account
@@ -256,7 +227,7 @@ def apply_lifecycle(service: Service, settings: WebhookSettings, event: dict[str
     if kind == "invoice.payment_failed":
         if not _subscription_invoice(obj):
             log.info("credit-gate: Stripe %s %s: not a subscription's invoice", kind, event["id"])
-            return _ack(event, "not_a_subscription", account=account)
+            return ack(event, "not_a_subscription", account=account)
         step = lifecycle.payment_failed(
             store, account, at=created, grace=settings.past_due_grace, subscription=_invoice_subscription(obj)
         )
@@ -266,7 +237,7 @@ def apply_lifecycle(service: Service, settings: WebhookSettings, event: dict[str
     stripe_status = obj.get("status")
     status = STRIPE_STATUSES.get(stripe_status) if isinstance(stripe_status, str) else None
     if status is None:
-        return _unappliable(
+        return unappliable(
             event, "unknown_status", f"Stripe status {stripe_status!r} is not one credit-gate maps"
         )
     plan = _plan_of(service, settings, event, obj)
@@ -315,7 +286,7 @@ def after_invoice_paid(service: Service, settings: WebhookSettings, event: dict[
     created = _instant(event.get("created"))
     if not isinstance(obj, dict) or created is None or not _subscription_invoice(obj):
         return None
-    if _connected_elsewhere(settings, event):
+    if connected_elsewhere(settings, event):
         return None
     account = account_of(settings, obj)
     if account is None:

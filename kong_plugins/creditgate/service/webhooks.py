@@ -43,6 +43,7 @@ from creditgate.service.billing_map import (
     GENERIC_SECRET_ENV,
     STRIPE_SECRET_ENV,
     WebhookSettings,
+    connected_elsewhere,
     field_at,
     settings_of,
 )
@@ -77,7 +78,7 @@ def apply_stripe_event(service: Service, event: dict[str, Any]) -> dict[str, Any
     # Stripe Connect: an event of a connected account (``account``) is about that account's customers
     # and money, not the platform's: it applies only when the operator lists the account.
     connected = event.get("account")
-    if connected is not None and not (isinstance(connected, str) and connected in settings.connect_accounts):
+    if connected_elsewhere(settings, event):
         log.warning(
             "credit-gate: Stripe %s %s of connected account %r ignored: not in connect_accounts",
             kind,
