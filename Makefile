@@ -24,8 +24,13 @@ lint:
 types:
 	$(VENV)/bin/mypy
 
+# In WORKERS processes (pytest-xdist), one test file to a process at a time, so that a file's fixtures
+# start once: most of the suite's time is spent waiting on servers, timeouts and failovers, not computing.
+# `make test WORKERS=0` runs it in one process.
+WORKERS ?= 2
+
 test:
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist loadfile
 
 # The tests that start no server and no process (no redis-server, plugin server, uvicorn, browser,
 # docker compose, hadolint, decK): seconds. tests/conftest.py marks the others `server`; with

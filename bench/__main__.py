@@ -13,5 +13,9 @@ if __name__ == "__main__":
         from bench.ledger_verify import main as ledger_verify
 
         ledger_verify(sys.argv[2:])
+    elif sys.argv[1:2] == ["usage-totals"]:
+        from bench.usage_totals import main as usage_totals
+
+        usage_totals(sys.argv[2:])
     else:
         main()

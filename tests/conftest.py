@@ -11,18 +11,28 @@ from typing import Any, NoReturn
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from creditgate.core.config import RedisSettings
 from creditgate.kong.notices import NOTICES
 from creditgate.ops.admin import Admin
 from creditgate.store.store import RedisStore
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisClusterServers, RedisServer
 
 # Fixtures that start a server (a redis-server, the plugin server, or its --dump): a test that uses one,
 # directly or through another fixture, is marked ``server``. A module whose tests start servers of
 # their own says so with ``pytestmark = pytest.mark.server``.
 SERVER_FIXTURES = frozenset(
-    {"redis_server", "own_redis", "plugin_server", "plugin_info", "settling_server", "settling_info"}
+    {
+        "redis_server",
+        "redis_cluster",
+        "cluster",
+        "own_redis",
+        "plugin_server",
+        "plugin_info",
+        "settling_server",
+        "settling_info",
+    }
 )
 
 # Set by `make test-fast` (which runs `-m "not server"`): a test there that starts a process or listens
@@ -70,6 +80,23 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of three masters for the whole session: making one takes seconds, and every
+    test that needs a plain one can share it (``cluster`` empties it first)."""
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def cluster(redis_cluster: RedisClusterServers) -> RedisClusterServers:
+    """The session's Redis Cluster with every master flushed: what an earlier test left is gone."""
+    with redis_cluster.client() as client:
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    return redis_cluster
 
 
 @pytest.fixture

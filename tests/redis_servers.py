@@ -35,6 +35,10 @@ REDIS_CLI = shutil.which("redis-cli")
 
 
 _GIVEN_PORTS: set[int] = set()
+# pytest-xdist runs the suite in several processes, each drawing ports from the kernel: a port one of
+# them was given and has not bound yet could be given to another. Each keeps to its own share of ports.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 T = TypeVar("T")
 
 
@@ -45,7 +49,8 @@ def free_port() -> int:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
-        if port not in _GIVEN_PORTS:
+        # By port // 2: the kernel may prefer odd ports for bind() and leave the even ones to connect().
+        if port not in _GIVEN_PORTS and (port // 2) % _WORKERS == _WORKER:
             _GIVEN_PORTS.add(port)
             return port
 
@@ -329,6 +334,9 @@ class RedisClusterServers:
                     # The bus port defaults to port + 10000, out of range for a high free port.
                     "--cluster-port",
                     str(free_port()),
+                    # A replica's first sync would wait 5 s for more replicas (as in SentinelSet).
+                    "--repl-diskless-sync-delay",
+                    "0",
                     *(extra or []),
                 ],
                 tls=tls,

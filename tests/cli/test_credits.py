@@ -102,8 +102,18 @@ def test_verify_confirms_that_every_ledger_replays_to_its_balance(
 ) -> None:
     admin.grant("acme", 10)
     store.charge(ChargeRequest("acme", 4, now=admin.now() + 1))
+    newest = list(store.ledger("acme"))[-1].id
     (check,) = cli.json("verify")
-    assert check == {"account": "acme", "balance": 6, "replayed": 6, "entries": 3, "ok": True}
+    assert check == {
+        "account": "acme",
+        "balance": 6,
+        "replayed": 6,
+        "entries": 3,
+        "through": newest,
+        "ok": True,
+    }
+    table = cli.ok("verify").stdout
+    assert "through" in table and newest in table  # the ledger entry the balance was checked as of
 
 
 def test_verify_exits_5_when_a_balance_was_changed_behind_the_ledgers_back(

@@ -3,6 +3,8 @@ secrets never shown, every replay counted where the service's /metrics reads it.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from creditgate.core.alerts import Alerts
@@ -71,3 +73,24 @@ def test_replay_sends_one_receivers_letters_counts_them_and_exits_5_on_a_failure
 def test_replay_without_the_events_secret_is_refused(settings: RedisSettings) -> None:
     result = Cli(settings).run("dead-letters", "replay")
     assert result.exit_code == 1 and "CREDIT_GATE_EVENT_SECRET" in result.stderr
+
+
+def test_list_pages_through_every_letter_and_with_limit_says_where_to_go_on(
+    cli: Cli, store: RedisStore
+) -> None:
+    from tests.store.test_dead_letters import letter, place
+
+    for i in reversed(range(1_203)):
+        events.put_dead_letter(store, letter(i))
+    every = cli.json("dead-letters", "list")  # read a page (1000) at a time
+    assert [d["id"] for d in every] == [letter(i)["id"] for i in range(1_203)]
+
+    cut = cli.run("dead-letters", "list", "--limit", "2", "--json")
+    assert cut.exit_code == 0 and [d["id"] for d in json.loads(cut.stdout)] == [
+        letter(0)["id"],
+        letter(1)["id"],
+    ]
+    assert f"--after {place(letter(1))}" in cut.stderr
+    rest = cli.run("dead-letters", "list", "--after", place(letter(1)), "--limit", "1201")
+    assert rest.exit_code == 0 and letter(2)["id"] in rest.stdout and letter(1)["id"] not in rest.stdout
+    assert rest.stderr == ""  # nothing left after it

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from creditgate.core.config import RedisSettings
 from tests.deploy.test_demo import run_seed
@@ -28,6 +29,7 @@ from tests.harness import (
     PluginInfo,
     PluginServerProcess,
 )
+from tests.redis_servers import RedisServer
 
 
 def destination(route: str, outcome: Outcome | None) -> str:
@@ -68,9 +70,25 @@ def send(
     return through_gate(kong, plugin, request, clean=False)
 
 
+@pytest.fixture(scope="module")
+def demo_keys(redis_server: RedisServer) -> dict[bytes, tuple[bytes, int]]:
+    """Every key deploy/demo/seed.sh writes, as DUMP and time to live: the script (three CLI processes)
+    runs once for the module, and each test gets what it wrote restored."""
+    with redis_server.client() as client:
+        client.flushall()
+        run_seed(RedisSettings(host="127.0.0.1", port=redis_server.port))
+        keys = {key: (client.dump(key), max(client.pttl(key), 0)) for key in client.scan_iter(count=1000)}
+    assert keys
+    return keys
+
+
 @pytest.fixture
-def demo(settings: RedisSettings) -> RedisSettings:
-    run_seed(settings)
+def demo(
+    settings: RedisSettings, redis_client: redis.Redis, demo_keys: dict[bytes, tuple[bytes, int]]
+) -> RedisSettings:
+    """The session's Redis (emptied by ``settings``) holding the demo's data."""
+    for key, (dumped, ttl_ms) in demo_keys.items():
+        redis_client.restore(key, ttl_ms, dumped)
     return settings
 
 

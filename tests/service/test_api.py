@@ -243,11 +243,26 @@ def test_the_ledger_pages_both_ways_without_gaps_or_repeats(api: Running) -> Non
     problem(api.call("GET", "/v1/accounts/acme/ledger", params={"since": "yesterday"}), 422, "invalid_input")
 
 
+def test_verify_names_the_ledger_entry_the_balance_was_checked_through(api: Running) -> None:
+    subscribed(api)
+    grant(api, "acme", 5, "k1")
+    newest = grant(api, "acme", 7, "k2").json()["ledger_id"]
+    check = api.call("GET", "/v1/accounts/acme/ledger/verify", token=READ_TOKEN).json()
+    assert check == {
+        "account": "acme",
+        "balance": 12,
+        "replayed": 12,
+        "entries": 2,
+        "through": newest,
+        "ok": True,
+    }
+
+
 def test_usage_export_and_pool_caps(api: Running) -> None:
     subscribed(api)
     grant(api, "acme", 10, "k1")
     grant(api, "acme", 20, "k2")
-    assert api.call("GET", "/v1/usage").json() == {"rows": []}
+    assert api.call("GET", "/v1/usage").json() == {"rows": [], "next": None}
     problem(api.call("GET", "/v1/usage", params={"account": "ghost"}), 404, "not_found")
     lines = api.call("GET", "/v1/export", params={"account": "acme"}).text.splitlines()
     records = [json.loads(line) for line in lines]

@@ -13,6 +13,7 @@ from creditgate.core.periods import DAY_SECONDS, Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.ops.admin import Admin
 from creditgate.service.dashboard import FILES
+from creditgate.store.keys import totals_meta
 from creditgate.store.store import RedisStore
 from tests.service_support import READ_TOKEN, Running, running_service
 
@@ -116,7 +117,8 @@ def test_refusals_counted_before_reasons_were_are_unrecorded(
     store.charge(ChargeRequest("acme", 1, now=JAN_1 + 10, route="route:search"))  # refused: no credit
     store.client.hincrby(
         store.keys.account("acme").usage(JAN_1), "route:search|refused", 2
-    )  # as counted by an earlier release
+    )  # as counted by an earlier release, which kept no totals: they count from the next day on
+    store.client.hset(totals_meta(store.keys.prefix), "from", JAN_1 + DAY_SECONDS)
     body = api.call("GET", "/v1/usage/totals", token=READ_TOKEN, params=RANGE).json()
     assert body["total"]["refused"] == 3
     assert body["total"]["refused_by_reason"] == {"insufficient_credit": 1, "unrecorded": 2}
@@ -195,3 +197,37 @@ def test_the_page_is_not_in_the_api_document(api: Running) -> None:
     paths = api.call("GET", "/openapi.json", token=None).json()["paths"]
     assert "/v1/usage/totals" in paths
     assert not [p for p in paths if p.startswith("/dashboard")]
+
+
+def test_usage_without_accounts_is_read_a_page_of_accounts_at_a_time(api: Running, seeded: None) -> None:
+    seen: list[str] = []
+    pages = 0
+    params: dict[str, str | int] = {**RANGE, "limit": 1}
+    while True:
+        body = api.call("GET", "/v1/usage", token=READ_TOKEN, params=params).json()
+        pages += 1
+        seen += sorted({row["account"] for row in body["rows"]})
+        if body["next"] is None:
+            break
+        params = {**RANGE, "limit": 1, "after": body["next"]}
+    assert sorted(seen) == ["acme", "globex", "pool"]  # initech has no usage: no rows
+    assert pages >= 2
+    whole = api.call("GET", "/v1/usage", token=READ_TOKEN, params={**RANGE, "limit": 500}).json()
+    assert whole["next"] is None
+    assert {row["account"] for row in whole["rows"]} == {"acme", "globex", "pool"}
+
+
+def test_usage_refuses_a_cursor_it_did_not_give_and_too_many_accounts(api: Running) -> None:
+    bad = api.call("GET", "/v1/usage", token=READ_TOKEN, params={**RANGE, "after": "x' OR 1"})
+    assert bad.status_code == 422
+    names = [("account", f"a{i}") for i in range(101)]
+    for path in ("/v1/usage", "/v1/usage/totals"):
+        many = api.call("GET", path, token=READ_TOKEN, params=[*RANGE.items(), *names])
+        assert many.status_code in (400, 422), path
+
+
+def test_top_accounts_say_whether_the_ranking_is_exact(api: Running, seeded: None) -> None:
+    body = api.call("GET", "/v1/usage/totals", token=READ_TOKEN, params={**RANGE, "top": 2}).json()
+    assert [a["account"] for a in body["top_accounts"]] == ["globex", "acme"]
+    assert body["top_accounts_exact"] is True
+    assert api.call("GET", "/v1/usage/totals", token=READ_TOKEN, params={"top": 101}).status_code == 422

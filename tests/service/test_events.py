@@ -30,7 +30,7 @@ from creditgate.ops.dead_letters import find_letters
 from creditgate.service.events import Dispatcher, EventSettings
 from creditgate.store import events as stored
 from creditgate.store.store import RedisStore
-from tests.redis_servers import RedisServer, wait_until
+from tests.redis_servers import RedisClusterServers, RedisServer, wait_until
 from tests.service_support import ADMIN_TOKEN, READ_TOKEN, running_service
 
 SECRET = "event-secret-0123456789"
@@ -301,19 +301,16 @@ def test_event_settings_refuse_urls_without_a_secret() -> None:
 
 
 @pytest.mark.server
-def test_on_a_cluster_each_accounts_events_stay_in_its_slot_and_are_delivered(tmp_path: Any) -> None:
-    from redis.cluster import RedisCluster
+def test_on_a_cluster_each_accounts_events_stay_in_its_slot_and_are_delivered(
+    cluster: RedisClusterServers,
+) -> None:
     from redis.crc import key_slot
 
     from creditgate.core.redis_settings import parse_redis
-    from tests.redis_servers import RedisClusterServers
 
-    cluster = RedisClusterServers(tmp_path).start()
+    record = {"cluster_nodes": [{"ip": h, "port": p} for h, p in cluster.nodes], "read_timeout": 1000}
+    admin = Admin(RedisStore.from_settings(parse_redis(record)))
     try:
-        record = {"cluster_nodes": [{"ip": h, "port": p} for h, p in cluster.nodes], "read_timeout": 1000}
-        with cluster.client() as client:
-            client.flushall(target_nodes=RedisCluster.PRIMARIES)
-        admin = Admin(RedisStore.from_settings(parse_redis(record)))
         store = admin.store
         accounts = [f"acct-{i}" for i in range(12)]
         admin.apply_plan(Plan(name="pro", period=Period.MONTH, allowance=0))
@@ -330,9 +327,8 @@ def test_on_a_cluster_each_accounts_events_stay_in_its_slot_and_are_delivered(tm
             dispatcher.step(now=1)
         assert sorted(e["account"] for e in hook.got) == sorted(accounts)
         assert {e["type"] for e in hook.got} == {"balance.depleted"}
-        admin.close()
     finally:
-        cluster.stop()
+        admin.close()
 
 
 # Dead letters in bulk, counted, logged

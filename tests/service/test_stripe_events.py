@@ -429,7 +429,7 @@ FIXTURES = [
 ]
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(FIXTURES), st.data())
 def test_any_part_of_a_real_event_replaced_by_any_json_gets_an_answer(fixture: Any, data: Any) -> None:
     event = copy.deepcopy(fixture)

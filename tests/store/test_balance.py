@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -341,13 +340,6 @@ def test_a_key_of_the_wrong_type_is_never_shown(
 
 
 # Redis Cluster: each account is read on its own slot, in one script
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
-    yield servers
-    servers.stop()
 
 
 @pytest.mark.server

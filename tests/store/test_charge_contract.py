@@ -117,7 +117,7 @@ def test_a_charge_request_encodes_to_the_arguments_the_script_names() -> None:
         hold_seconds=30,
         settle_window=86_400,
     )
-    _, args = charge_arguments(request, keys, "cg:{store}", 99, None, "5eed")
+    _, args = charge_arguments(request, keys, "cg:{store}", 99, None, "5eed", "cg:{totals}:totals:")
     position = script_arguments()
     expected = {
         "now": 1_767_225_600,
@@ -134,6 +134,7 @@ def test_a_charge_request_encodes_to_the_arguments_the_script_names() -> None:
         "settle_window": 86_400,
         "token": "5eed",
         "token_seconds": TOKEN_SECONDS,
+        "account": "team-a",  # the day's totals count under it
     }
     assert sorted(position) == sorted(expected)
     assert len(args) == len(expected)
@@ -154,6 +155,7 @@ def test_the_keys_are_the_accounts_in_the_scripts_order() -> None:
         keys.holds_index,
         "cg:{store}",
         keys.request("global\0" + "1\0k"),  # where versions before member-bound keys kept it
+        keys.members,  # no day's totals: any key of the account's slot
     ]
 
 

@@ -255,13 +255,6 @@ def test_a_bad_fold_id_is_bad_data(prepaid: Admin, store: RedisStore, redis_clie
         prepaid.verify_ledger("acme")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
-    yield servers
-    servers.stop()
-
-
 @pytest.mark.server
 def test_on_a_cluster_the_batches_and_a_fold_between_them_replay_exactly(
     cluster: RedisClusterServers, clock: Clock

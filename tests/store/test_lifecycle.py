@@ -26,7 +26,7 @@ from creditgate.store.lifecycle import (
 )
 from creditgate.store.store import RedisStore
 from tests.conftest import Clock
-from tests.store.test_redis_topologies import cluster, cluster_admin  # noqa: F401  (fixtures)
+from tests.store.test_redis_topologies import cluster_admin  # noqa: F401  (a fixture)
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, the tests' clock
 GRACE = 3 * 86_400

@@ -18,9 +18,9 @@ from creditgate.core.periods import Period
 from creditgate.errors import Conflict
 from creditgate.ops.admin import Admin
 from creditgate.store.store import RedisStore
-from tests.store.test_redis_topologies import cluster, cluster_admin  # noqa: F401  (fixtures)
+from tests.store.test_redis_topologies import cluster_admin  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.server  # a Redis Cluster of the module's own
+pytestmark = pytest.mark.server  # the session's Redis Cluster (tests/conftest.py)
 
 PLANS = ("alpha", "beta")
 Moves = Callable[[str], list[Callable[[], object]]]

@@ -19,7 +19,6 @@ from typing import Any, TypedDict, cast
 
 import pytest
 import redis
-from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from credit_gate import Schema
@@ -128,21 +127,13 @@ def test_kong_fills_the_node_records_defaults_and_the_plugin_accepts_them() -> N
 # Redis Cluster: three masters, accounts spread over every slot range.
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
-    yield servers
-    servers.stop()
-
-
 def cluster_record(cluster: RedisClusterServers) -> dict[str, Any]:
     return {"cluster_nodes": [{"ip": host, "port": port} for host, port in cluster.nodes], **TIMEOUTS}
 
 
 @pytest.fixture
 def cluster_admin(cluster: RedisClusterServers) -> Iterator[Admin]:
-    with cluster.client() as client:
-        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    """An operator on the session's Redis Cluster, emptied by ``cluster`` (tests/conftest.py)."""
     admin = Admin(RedisStore.from_settings(parse_redis(cluster_record(cluster))))
     yield admin
     admin.close()
@@ -462,6 +453,28 @@ def test_the_documented_acl_lets_the_operators_api_and_the_gate_work(
         admin.close()
 
 
+def test_the_documented_acl_lets_the_service_keep_page_and_drop_dead_letters(
+    acl_settings: RedisSettings, redis_server: RedisServer
+) -> None:
+    from creditgate.ops.dead_letters import letter_page
+    from creditgate.store import events
+    from tests.store.test_dead_letters import letter
+
+    with redis_server.client(db=acl_settings.database) as client:  # a letter the order does not hold
+        client.hset("credit-gate:events:dead", "f" * 24, "kept by a version before the order")
+    admin = Admin(RedisStore.from_settings(acl_settings))
+    try:
+        for i in range(3):
+            events.put_dead_letter(admin.store, letter(i))
+        events.put_dead_letter(admin.store, letter(0, second=9))
+        assert events.drop_dead_letter(admin.store, letter(1)["id"])
+        page = letter_page(admin, limit=1)
+        assert (page.letters, page.waiting) == ([letter(2)], 3) and page.next
+        assert letter_page(admin, after=page.next).letters == [letter(0, 9)]
+    finally:
+        admin.close()
+
+
 def test_the_documented_acl_refuses_keys_outside_the_prefix(
     redis_server: RedisServer, acl_settings: RedisSettings
 ) -> None:
@@ -495,7 +508,9 @@ def test_the_documented_acl_allows_every_command_the_store_sends() -> None:
     store = ROOT / "kong_plugins" / "creditgate" / "store"
     source = "".join(path.read_text() for path in sorted(store.glob("*.py")))
     sent = {name.lower() for name in re.findall(r"_run\(\s*\"(\w+)\"", source)}
-    sent |= set(re.findall(r"pipe\.(\w+)\(", source)) - {"execute"}
+    methods = set(re.findall(r"pipe\.(\w+)\(", source)) - {"execute", "execute_command"}
+    sent |= {"del" if name == "delete" else name for name in methods}  # redis-py's name for DEL
+    sent |= {name.lower() for name in re.findall(r"pipe\.execute_command\(\s*\"(\w+)\"", source)}
     assert sent, "no command found: the patterns no longer match the store"
     assert sent <= allowed, f"add to the ACL in docs/redis.md: {sorted(sent - allowed)}"
 

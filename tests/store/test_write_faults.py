@@ -90,6 +90,7 @@ def fail_over(old: RedisServer, new: RedisServer) -> None:
     """What Sentinel or an operator does on a failover: ``new`` takes ``old``'s data and becomes the
     master, and ``old`` is demoted to its replica."""
     with new.client() as promoted, old.client() as demoted:
+        demoted.config_set("repl-diskless-sync-delay", 0)  # else the sync waits 5 s for more replicas
         promoted.replicaof("127.0.0.1", old.port)
         wait_until(
             lambda: promoted.info("replication")["master_link_status"] == "up", 10, "the replica's sync"

@@ -178,7 +178,7 @@ def verify(admin: Admin, accounts: tuple[str, ...], as_json: bool) -> None:
     """Check that replaying each ledger gives the balance (every account if none is named); exit 5 if not.
 
     Each ledger is read 1000 entries per Redis command, so charges go on meanwhile; its balance is
-    checked as of its newest entry when the check began."""
+    checked as of its newest entry when the check began (shown as `through`)."""
     names = list(accounts) or [v.account for v in admin.accounts()]
     if not admin.store_marked():  # an emptied Redis is no success, even with nothing to replay
         say_error("Redis holds no credit-gate data (no store marker): it was emptied or is not the database")
@@ -193,15 +193,17 @@ def verify(admin: Admin, accounts: tuple[str, ...], as_json: bool) -> None:
                     "balance": c.balance,
                     "replayed": c.replayed,
                     "entries": c.entries,
+                    "through": c.through or None,
                     "ok": c.ok,
                 }
                 for c in checks
             ]
         )
     else:
-        grid = table("account", "balance", "replayed", "entries", "ok")
+        grid = table("account", "balance", "replayed", "entries", "through", "ok")
         for c in checks:
-            grid.add_row(c.account, str(c.balance), str(c.replayed), str(c.entries), "yes" if c.ok else "NO")
+            row = (c.account, str(c.balance), str(c.replayed), str(c.entries), c.through)
+            grid.add_row(*row, "yes" if c.ok else "NO")
         show(grid)
     if bad:
         if not as_json:

@@ -13,10 +13,11 @@ import click
 from creditgate.cli.common import EXIT_INVALID, EXIT_PROBLEMS, Failure, json_option, pass_admin, say_error
 from creditgate.cli.output import emit_json, show, table
 from creditgate.ops.admin import Admin
-from creditgate.ops.dead_letters import Letter, find_letters, replay_letters
+from creditgate.ops.dead_letters import Letter, find_letters, letter_page, replay_letters
 
 ACCOUNT = click.option("--account", help="Only this account's events.")
 RECEIVER = click.option("--receiver", help="Only to this receiver: its URL as configured, or as listed.")
+PAGE = 1000  # letters a read, the API's largest page
 
 
 @click.group("dead-letters")
@@ -27,15 +28,35 @@ def dead_letters() -> None:
 @dead_letters.command("list")
 @ACCOUNT
 @RECEIVER
+@click.option("--limit", type=click.IntRange(1), help="Letters at most (all by default).")
+@click.option("--after", metavar="PLACE", help="Go on after this place (a cut listing says which).")
 @json_option
 @pass_admin
-def list_letters(admin: Admin, account: str | None, receiver: str | None, as_json: bool) -> None:
-    """The dead letters, oldest first."""
+def list_letters(
+    admin: Admin,
+    account: str | None,
+    receiver: str | None,
+    limit: int | None,
+    after: str | None,
+    as_json: bool,
+) -> None:
+    """The dead letters, oldest first, read from Redis a page (1000) at a time.
+
+    Cut by --limit with letters left, it says on stderr the --after that goes on."""
     from creditgate.service.events import receiver_filter, shown_letter
 
-    letters = [
-        shown_letter(d) for d in find_letters(admin, account=account, receiver=receiver_filter(receiver))
-    ]
+    letters: list[Letter] = []
+    while limit is None or len(letters) < limit:
+        size = PAGE if limit is None else min(PAGE, limit - len(letters))
+        page = letter_page(
+            admin, after=after, limit=size, account=account, receiver=receiver_filter(receiver)
+        )
+        letters += [shown_letter(d) for d in page.letters]
+        after = page.next
+        if after is None:
+            break
+    if after is not None:
+        click.echo(f"credit-gate: more letters may follow: go on with --after {after}", err=True)
     if as_json:
         emit_json(letters)
         return

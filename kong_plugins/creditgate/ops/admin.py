@@ -39,6 +39,7 @@ from creditgate.ops.usage import USAGE_FIELDS, UsageRow, credits_per_day, days_o
 from creditgate.store import events
 from creditgate.store.ledger_check import replay_ledger
 from creditgate.store.replies import AccountState, CreditResult, ImportOutcome, LedgerEntry
+from creditgate.store.reports import usage_of
 from creditgate.store.store import RedisStore
 
 # The namespace of the idempotency keys operators send (the HTTP API's Idempotency-Key, the CLI's --key,
@@ -468,8 +469,16 @@ class Admin:
                 self.account(name)
         rows: list[UsageRow] = []
         for account in names:
-            for day, counters in zip(days, self.store.usage_days(account, days), strict=True):
+            for day, counters in zip(days, usage_of(self.store, [(account, d) for d in days]), strict=True):
                 rows += usage_rows(format_instant(day) or "", account, counters)
+        rows.sort(key=lambda r: (r.day, r.account, r.route))
+        return rows
+
+    def usage_of_days(self, pairs: Sequence[tuple[str, int]]) -> list[UsageRow]:
+        """The rows of known accounts on given days (account, start of a UTC day), in a few pipelines."""
+        rows: list[UsageRow] = []
+        for (account, day), counters in zip(pairs, usage_of(self.store, pairs), strict=True):
+            rows += usage_rows(format_instant(day) or "", account, counters)
         rows.sort(key=lambda r: (r.day, r.account, r.route))
         return rows
 

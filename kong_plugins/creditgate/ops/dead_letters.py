@@ -1,6 +1,7 @@
-"""Dead letters, for the operators: events a receiver did not take after the last attempt, found by
-account or receiver and replayed in bulk (the API's ``POST /v1/events/dead-letters/replay``, the CLI's
-``credit-gate dead-letters replay``). The service's delivery thread makes them (service/events.py).
+"""Dead letters, for the operators: events a receiver did not take after the last attempt, listed a
+page at a time, found by account or receiver and replayed in bulk (the API's
+``POST /v1/events/dead-letters/replay``, the CLI's ``credit-gate dead-letters replay``). The service's
+delivery thread makes them (service/events.py).
 
 Delivering is not done here: the caller hands over ``send``, which posts one event to one URL (signed,
 with the service's settings) and returns "" when the receiver took it, else why not.
@@ -36,20 +37,72 @@ def letter_account(letter: Letter) -> str:
     return str(event.get("account", "")) if isinstance(event, dict) else ""
 
 
+def matches(letter: Letter, account: str | None, receiver: Callable[[str], bool] | None) -> bool:
+    """Of ``account``'s events and to a URL ``receiver`` accepts, each when given."""
+    return (account is None or letter_account(letter) == account) and (
+        receiver is None or receiver(str(letter.get("url", "")))
+    )
+
+
 def find_letters(
     admin: Admin, *, account: str | None = None, receiver: Callable[[str], bool] | None = None
 ) -> list[Letter]:
     """The dead letters, oldest first: only of ``account``'s events, only to the URLs ``receiver``
     accepts, when given (a name no letter has matches none). Read 500 a Redis command (HSCAN), however
     many wait."""
-    letters = [
-        letter
-        for letter in events.scan_dead_letters(admin.store)
-        if (account is None or letter_account(letter) == account)
-        and (receiver is None or receiver(str(letter.get("url", ""))))
-    ]
+    letters = [d for d in events.scan_dead_letters(admin.store) if matches(d, account, receiver)]
     letters.sort(key=lambda letter: (str(letter.get("dead_at", "")), str(letter.get("id", ""))))
     return letters
+
+
+# The letters a page reads at most, matched or not: the largest page (1000) and one more, which tells
+# whether there are more. A filter that matches few letters would otherwise read them all for one page.
+PAGE_READ = 1_001
+CHUNK = 500  # letters read a round trip once the first chunk (the page and one) did not fill it
+
+
+@dataclass(frozen=True)
+class LetterPage:
+    """A page of the dead letters: ``next`` is the place to go on after (None: no letter is left), and
+    ``waiting`` how many letters wait in all, matched or not."""
+
+    letters: list[Letter]
+    next: str | None
+    waiting: int
+
+
+def letter_page(
+    admin: Admin,
+    *,
+    after: str | None = None,
+    limit: int = 100,
+    account: str | None = None,
+    receiver: Callable[[str], bool] | None = None,
+) -> LetterPage:
+    """Up to ``limit`` dead letters oldest first, past ``after`` (a page's ``next``), matched as
+    ``find_letters`` does. Read from their order (store/events.py), at most PAGE_READ of them: the cost
+    is the page's, however many wait; with a filter, a page may hold fewer than ``limit``, or none, and
+    still have a ``next``."""
+    store = admin.store
+    waiting = events.dead_letters_waiting(store)
+    found: list[Letter] = []
+    last = kept = after or ""  # the place of the last letter read, and of the last one kept
+    read, size = 0, limit + 1
+    while read < PAGE_READ:
+        wanted = min(size, PAGE_READ - read)
+        chunk = events.dead_letters_after(store, last, wanted)
+        for place, letter in chunk:
+            if letter is not None and matches(letter, account, receiver):
+                if len(found) == limit:  # one more: the page is full and the next one starts here
+                    return LetterPage(found, kept, waiting)
+                found.append(letter)
+                kept = place
+            last = place
+        read += len(chunk)
+        if len(chunk) < wanted:
+            return LetterPage(found, None, waiting)
+        size = CHUNK
+    return LetterPage(found, last, waiting)
 
 
 def replay_letters(admin: Admin, letters: Iterable[Letter], send: Send) -> Replayed:
@@ -81,4 +134,16 @@ def count_replay(admin: Admin, outcome: str) -> None:
         events.count_delivery(admin.store, outcome, via="replay")
 
 
-__all__ = ["Letter", "Replayed", "Send", "count_replay", "find_letters", "letter_account", "replay_letters"]
+__all__ = [
+    "PAGE_READ",
+    "Letter",
+    "LetterPage",
+    "Replayed",
+    "Send",
+    "count_replay",
+    "find_letters",
+    "letter_account",
+    "letter_page",
+    "matches",
+    "replay_letters",
+]

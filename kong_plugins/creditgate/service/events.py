@@ -42,7 +42,7 @@ from fastapi import APIRouter, Path, Query
 from creditgate.core.alerts import FIELDS, Alerts
 from creditgate.core.inputs import format_instant
 from creditgate.errors import ConfigError, CreditGateError, NotFound
-from creditgate.ops.dead_letters import find_letters, replay_letters
+from creditgate.ops.dead_letters import find_letters, letter_page, replay_letters
 from creditgate.service.problems import ApiProblem
 from creditgate.service.routes import (
     BODY,
@@ -471,14 +471,24 @@ def account_events(
     return {"account": account, "events": events}
 
 
-@router.get("/events/dead-letters", responses=READ)
-def dead_letters(service: Reader, account: OfAccount = None, receiver: ToReceiver = None) -> dict[str, Any]:
-    """Events a receiver did not take after the last attempt, oldest first."""
+@router.get("/events/dead-letters", responses={**READ, **PARAMS})
+def dead_letters(
+    service: Reader,
+    account: OfAccount = None,
+    receiver: ToReceiver = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[str | None, Query(max_length=256, description="The `next` of the previous page")] = None,
+) -> dict[str, Any]:
+    """Events a receiver did not take after the last attempt, oldest first, a page at a time: `next` is
+    the `after` of the following page (null on the last). A page reads at most 1001 letters: with
+    `account` or `receiver` it may hold fewer than `limit`, even none, and have a `next`. `waiting`:
+    every letter kept, matched or not."""
     # A read-only token names a receiver as shown: matching the URL as configured would let it test
     # guesses of a receiver's secret, one request each.
     shown = receiver_filter(receiver or None, as_configured=False)
-    letters = find_letters(service.admin, account=account or None, receiver=shown)
-    return {"dead_letters": [shown_letter(d) for d in letters]}
+    page = letter_page(service.admin, after=after, limit=limit, account=account or None, receiver=shown)
+    letters = [shown_letter(d) for d in page.letters]
+    return {"dead_letters": letters, "next": page.next, "waiting": page.waiting}
 
 
 def shown_letter(letter: dict[str, Any]) -> dict[str, Any]:

@@ -1,14 +1,18 @@
 """/metrics for Prometheus, read from the counters the charge script already keeps (no hot-path cost).
 
 The charge and settle scripts count per account, route and UTC day (``<route>|requests``,
-``|credits``, ``|refused``, ``|refunded``, ...). A scrape adds up today's counters of every account, by
-route: the counters therefore start again at 00:00 UTC, which Prometheus reads as a counter reset
-(``rate`` and ``increase`` stay right). A scrape costs one pipelined read per 500 accounts plus one per
-account for its usage hash; scrape every 30-60 s.
+``|credits``, ``|refused``, ``|refunded``, ...), and add each count to the day's totals over every
+account (store/totals.py). A scrape reads today's totals, by route: the counters therefore start again
+at 00:00 UTC, which Prometheus reads as a counter reset (``rate`` and ``increase`` stay right). A scrape
+reads one hash (on a Cluster, today's hash of each slot) and the number of accounts, whatever the number
+of accounts. The prepaid balance held by all accounts is added up in the background, 500 accounts a
+read, at most once a minute (``credit_gate_balance_age_seconds`` says how old it is).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +28,10 @@ from creditgate.service import event_metrics
 from creditgate.service.routes import READ
 from creditgate.service.state import Service, reader
 from creditgate.store.nodes import CAUSES
+from creditgate.store.reports import account_count
+from creditgate.store.totals import Totals
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BATCH = 500
@@ -35,27 +43,65 @@ EVENT_DELIVERIES = event_metrics.EVENT_DELIVERIES  # and the dead letters waitin
 REASONED = ("refused", "shadow_refused")
 
 
+BALANCE_EVERY = 60.0  # seconds between two sums of every account's balance
+BALANCE_AT_ONCE = 10_000  # up to this many accounts, the first scrape adds the balances up itself
+
+
+class Balances:
+    """Every account's prepaid balance added up in a thread of its own, at most every ``BALANCE_EVERY``
+    seconds, so that a scrape never waits for it: a scrape starts the next sum when the last is old."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.lock = threading.Lock()
+        self.total: int | None = None
+        self.at = 0.0
+        self.running = False
+
+    def read(self, accounts: int) -> tuple[int | None, float]:
+        if self.total is None and accounts <= BALANCE_AT_ONCE:
+            with self.lock:
+                self.running = True
+            self._sum()
+        with self.lock:
+            if not self.running and time.monotonic() - self.at >= BALANCE_EVERY:
+                self.running = True
+                threading.Thread(target=self._sum, name="credit-gate-balances", daemon=True).start()
+            return self.total, time.monotonic() - self.at
+
+    def _sum(self) -> None:
+        try:
+            store = self.service.admin.store
+            names = store.account_names()
+            total = 0
+            for i in range(0, len(names), BATCH):
+                total += sum(s.balance for s in store.account_states(names[i : i + BATCH]))
+            with self.lock:
+                self.total, self.at = total, time.monotonic()
+        except Exception:
+            log.warning("credit-gate: the balances' sum for /metrics failed", exc_info=True)
+        finally:
+            with self.lock:
+                self.running = False
+
+
 class UsageCollector(Collector):
     def __init__(self, service: Service) -> None:
         self.service = service
+        self.balances = Balances(service)
 
     def collect(self) -> Iterator[Metric]:
         admin = self.service.admin
         now = admin.now()
         today = now - now % DAY_SECONDS
-        names = admin.store.account_names()
+        store = admin.store
+        day_totals = Totals(store)
+        (counters,) = day_totals.counters(day_totals.days([today], now))
         totals: dict[tuple[str, str], int] = {}
-        balance = 0
-        for i in range(0, len(names), BATCH):
-            batch = names[i : i + BATCH]
-            balance += sum(s.balance for s in admin.store.account_states(batch))
-            for account in batch:
-                (counters,) = admin.store.usage_days(account, [today])
-                for name, value in counters.items():
-                    where, _, field = name.rpartition("|")
-                    counted = field in USAGE_FIELDS or field.partition(":")[0] in REASONED
-                    if counted and "|member:" not in where:  # a member's rows repeat its pool's
-                        totals[(where, field)] = totals.get((where, field), 0) + value
+        for name, value in counters.items():
+            where, _, field = name.rpartition("|")
+            if field in USAGE_FIELDS or field.partition(":")[0] in REASONED:
+                totals[(where, field)] = totals.get((where, field), 0) + value
         requests = CounterMetricFamily(
             "credit_gate_requests",
             "Requests the gate decided today (UTC), by route and outcome",
@@ -99,10 +145,18 @@ class UsageCollector(Collector):
         yield refusals
         yield charged
         yield refunded
-        yield GaugeMetricFamily("credit_gate_accounts", "Accounts the operators created", value=len(names))
-        yield GaugeMetricFamily(
-            "credit_gate_balance_credits", "Prepaid credits held by all accounts", value=balance
-        )
+        accounts = account_count(store)
+        yield GaugeMetricFamily("credit_gate_accounts", "Accounts the operators created", value=accounts)
+        balance, age = self.balances.read(accounts)
+        if balance is not None:
+            yield GaugeMetricFamily(
+                "credit_gate_balance_credits",
+                "Prepaid credits held by all accounts, as last added up (see ..._balance_age_seconds)",
+                value=balance,
+            )
+            yield GaugeMetricFamily(
+                "credit_gate_balance_age_seconds", "How old credit_gate_balance_credits is", value=age
+            )
 
 
 class NodeCollector(Collector):

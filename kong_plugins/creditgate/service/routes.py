@@ -22,7 +22,6 @@ from pydantic import BaseModel
 
 from creditgate.core.inputs import parse_instant
 from creditgate.core.model import MAX_CREDITS, Status
-from creditgate.core.periods import DAY_SECONDS
 from creditgate.errors import InvalidDocument, NotFound
 from creditgate.ops import export
 from creditgate.ops.admin import account_view, stream_bound
@@ -483,36 +482,20 @@ def ledger(
 
 @router.get("/accounts/{account:name}/ledger/verify", tags=["ledger"], responses={**READ, **_problems(404)})
 def verify_ledger(service: Reader, account: AccountName) -> dict[str, Any]:
-    """Whether replaying the ledger gives the balance."""
+    """Whether replaying the ledger gives the balance, as of its entry `through` (the newest when the check
+    began; null for an empty ledger)."""
     check = service.admin.verify_ledger(account)
     return {
         "account": check.account,
         "balance": check.balance,
         "replayed": check.replayed,
         "entries": check.entries,
+        "through": check.through or None,
         "ok": check.ok,
     }
 
 
 # Usage and export
-
-
-@router.get("/usage", tags=["usage"], responses={**READ, **PARAMS, **_problems(404)})
-def usage(
-    service: Reader,
-    since: Since = None,
-    until: Until = None,
-    account: Annotated[list[str] | None, Query(description="Only these accounts (repeatable)")] = None,
-) -> dict[str, Any]:
-    """Requests, credits and refusals per account, route and UTC day (at most 400 days; default the last
-    7), from the charge script's counters."""
-    now = service.admin.now()
-    until_s = _instant(until, "until") or now + 1
-    since_s = _instant(since, "since")
-    if since_s is None:
-        since_s = now - now % DAY_SECONDS - 6 * DAY_SECONDS
-    rows = service.admin.usage(since=since_s, until=until_s, accounts=account or None)
-    return {"rows": [r.to_json() for r in rows]}
 
 
 MEDIA_TYPES = {

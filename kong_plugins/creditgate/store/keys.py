@@ -31,11 +31,21 @@ forms cannot meet. The full name is kept where names are listed (``accounts``, `
     <prefix>:events:accounts            set: accounts with alerts set (whose events the service delivers)
     <prefix>:events:cursors             hash: account -> id of the last event delivered (or dead-lettered)
     <prefix>:events:dead                hash: dead letter id -> the event and receiver that gave up (JSON)
+    <prefix>:{<prefix>:events:dead}:order  sorted set: each dead letter's place, "<dead_at>_<id>", all
+                                        scored 0 (read by lex: store/events.py); tagged with the hash's
+                                        whole name, so that a MULTI writes both on a Cluster
     <prefix>:stripe:payments            hash: the version before's payment records (read, never written)
     <prefix>:{stripe}:ref:<reference>   string: a payment reference -> the payment's canonical key
     <prefix>:{stripe}:owner:<key>       string: a payment -> the account it paid for
     <prefix>:{stripe}:waiting:<key>     string: reversals of a payment not yet owned, and its references
                                         (JSON; kept 30 days while nobody owns the payment)
+    <prefix>:{totals}:totals:<day>      hash: "<route>|<field>" -> count over every account, per UTC day,
+                                        kept by the charge and settle scripts beside each account's usage
+                                        (on a Cluster, <prefix>:{<slot tag>}:totals:<day> per slot, folded
+                                        into these once the day is over: store/totals.py); with
+                                        <day>:accounts (sorted set: account -> credits charged) and
+                                        <day>:active (HyperLogLog of the accounts counted)
+    <prefix>:{totals}:totals            hash: from (the first day counted whole), built:<day>
     <prefix>:store                      string: "this Redis holds credit-gate's data" (standalone,
                                         Sentinel); on a Cluster one such key per slot,
                                         <prefix>:{<slot tag>}:store, so that a charge reads the one
@@ -71,7 +81,7 @@ def account_tag(account: str) -> str:
     return quote(account, safe=SAFE)
 
 
-@lru_cache(maxsize=8)  # the hot path asks for today's name on every request
+@lru_cache(maxsize=512)  # the hot path asks for today's name on every request; reports for 400 days
 def _day_name(day: int) -> str:
     return dt.datetime.fromtimestamp(day * 86_400, dt.timezone.utc).strftime("%Y%m%d")
 
@@ -161,6 +171,12 @@ class Keys:
         return f"{self.prefix}:events:dead"
 
     @property
+    def dead_letter_order(self) -> str:
+        """In the Cluster slot of ``dead_letters`` (an untagged name's slot is its whole name's) and under
+        the prefix (the ACL's ``~<prefix>:*``)."""
+        return f"{self.prefix}:{{{self.dead_letters}}}:order"
+
+    @property
     def stripe_payments(self) -> str:
         """The version before's payment records (read only, see store/payments.py)."""
         return f"{self.prefix}:stripe:payments"
@@ -212,11 +228,40 @@ def slot_tags() -> tuple[str, ...]:
     return tuple(t for t in tags if t is not None)
 
 
+def _slot_tag_of(account: str) -> str:
+    return slot_tags()[binascii.crc_hqx(account_tag(account).encode(), 0) % CLUSTER_SLOTS]
+
+
 def slot_marker(prefix: str, account: str) -> str:
     """The store marker on the Cluster slot of ``account``'s keys."""
-    tag = account_tag(account).encode()
-    slot = binascii.crc_hqx(tag, 0) % CLUSTER_SLOTS
-    return f"{prefix}:{{{slot_tags()[slot]}}}:store"
+    return f"{prefix}:{{{_slot_tag_of(account)}}}:store"
+
+
+def day_name(epoch: int) -> str:
+    """The UTC day of ``epoch`` as keys name it, YYYYMMDD."""
+    return _day_name(epoch // 86_400)
+
+
+def totals_prefix(prefix: str) -> str:
+    """The day's totals over every account, ``<this>YYYYMMDD`` (store/totals.py). On one server the
+    scripts count into them directly; on a Cluster they are folded from the slots' own."""
+    return f"{prefix}:{{totals}}:totals:"
+
+
+def slot_totals_prefix(prefix: str, account: str) -> str:
+    """The day's totals of the accounts of ``account``'s Cluster slot, which its scripts can write."""
+    return f"{prefix}:{{{_slot_tag_of(account)}}}:totals:"
+
+
+def slot_totals_prefixes(prefix: str) -> list[str]:
+    """Every slot's ``slot_totals_prefix``, for folding a Cluster's day."""
+    return [f"{prefix}:{{{tag}}}:totals:" for tag in slot_tags()]
+
+
+def totals_meta(prefix: str) -> str:
+    """What the totals hold (store/totals.py): ``from``, the first day the scripts counted whole, and
+    ``built:YYYYMMDD`` for each earlier or folded day made whole since."""
+    return f"{prefix}:{{totals}}:totals"
 
 
 def node_key(prefix: str, node: str) -> str:

@@ -20,7 +20,7 @@ from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreRefused, StoreTimeout
-from creditgate.store.keys import TOKEN_SECONDS, AccountKeys
+from creditgate.store.keys import TOKEN_SECONDS, AccountKeys, day_name
 
 USAGE_TTL_SECONDS = 400 * 86_400
 
@@ -190,12 +190,14 @@ def charge_arguments(
     deadline: int,
     redis_now: float | None = None,
     token: str = "",
+    totals: str = "",
 ) -> tuple[list[str], list[Any]]:
     """charge.lua's KEYS and ARGV for a request (see the script's header), with the account's keys,
     its slot's store marker and the deadline on Redis's clock. ``redis_now`` (Unix seconds, Redis's
     clock as this host estimates it) picks the day's usage hash when Redis's clock decides, so that
     gateway nodes whose clocks disagree count a request near midnight to the same day. ``token`` names
-    the charge for voiding it when its reply does not come back (store/voids.py)."""
+    the charge for voiding it when its reply does not come back (store/voids.py). ``totals`` is where
+    the day's totals over every account are counted (``Keyspace.totals_prefix``), "" for nowhere."""
     (_account, cost, now, entitled, route, ledger_retention, shadow, idempotency_key, idempotency_window,
      member, hold_seconds, settle_window) = request  # fmt: skip
     window = idempotency_window if idempotency_key else 0
@@ -218,6 +220,7 @@ def charge_arguments(
         keys.holds_index,
         marker,
         legacy_key,
+        totals + day_name(day_of) if totals else keys.members,  # any key of the slot when unused
     ], [
         "" if now is None else now,
         cost,
@@ -233,6 +236,7 @@ def charge_arguments(
         settle_window,
         token,
         TOKEN_SECONDS,
+        request.account if totals else "",
     ]
 
 

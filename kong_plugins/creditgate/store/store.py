@@ -43,7 +43,7 @@ from creditgate.store import nodes, topology
 from creditgate.store.breaker import CircuitBreaker
 from creditgate.store.clock import RedisClock
 from creditgate.store.hot_path import HotPath
-from creditgate.store.keys import Keys, account_keys
+from creditgate.store.keys import Keys, account_keys, day_name, totals_meta
 from creditgate.store.nodes import RedisErrors, Reporter
 from creditgate.store.plan_index import PlanIndex
 from creditgate.store.replies import (
@@ -63,6 +63,7 @@ from creditgate.store.replies import (
     refusal,
     write_fault,
 )
+from creditgate.store.totals import totals_start
 from creditgate.store.voids import Voider, maybe_sent
 
 T = TypeVar("T")
@@ -113,12 +114,14 @@ class RedisStore:
         self.client = client
         # What spans more than one account's keys: the store marker, scripts, the clock (topology/).
         self.keyspace = topology.keyspace_of(client)
+        self._totals_noted = False
         self.breaker = breaker
         self.redis_errors = RedisErrors()  # counted where a call failed, published by the reporter
         self.reporter: Reporter | None = None
         # The charge's own transport when the topology has one (see hot_path.py), else the client.
         self.hot_path = hot_path
         self.keys = Keys(prefix)
+        self._totals = partial(self.keyspace.totals_prefix, self.keys)  # where an account's day's totals are
         self._account_keys = partial(account_keys, prefix)  # the charge's: no Python call when cached
         self.clock = RedisClock()
         self.voider = Voider(self, client.register_script(_script_source("void")))  # replies never received
@@ -244,9 +247,9 @@ class RedisStore:
         redis_now = None if offset_ms is None else (sent_ms + offset_ms) / 1000
         token = urandom(8).hex()  # names this charge for voiding it (store/voids.py)
         try:
-            reply = self._guarded(
-                self._send_charge, *charge_arguments(request, keys, marker, deadline, redis_now, token)
-            )
+            totals = self._totals(request.account)
+            sent = charge_arguments(request, keys, marker, deadline, redis_now, token, totals)
+            reply = self._guarded(self._send_charge, *sent)
         except StoreError as error:
             if maybe_sent(error) and not request.shadow:  # the charge's outcome is unknown
                 self.voider.submit(request.account, token, request.ledger_retention)
@@ -261,7 +264,12 @@ class RedisStore:
         return self.keyspace.marker(self.keys, account)
 
     def mark_store(self) -> None:
-        """Write the store marker (every slot's on a Cluster): "this Redis holds credit-gate's data"."""
+        """Write the store marker (every slot's on a Cluster): "this Redis holds credit-gate's data";
+        before the first, where the day's totals start (store/totals.py: whole, or from tomorrow)."""
+        if not self._totals_noted:
+            start = totals_start(self.store_marked(), int(time.time()))
+            self._run("HSETNX", totals_meta(self.keys.prefix), "from", start)
+            self._totals_noted = True
         self._guarded(self.keyspace.mark_store, self.client, self.keys)
 
     def store_marked(self) -> bool:
@@ -293,16 +301,18 @@ class RedisStore:
         """Lower a charge to ``final_cost`` (or refund it whole): at most once per charge, atomically.
         ``breaker=False``: not through the circuit breaker, raising the driver's errors (voids.py)."""
         keys = self.keys.account(account)
+        day_of = int(time.time()) if now is None else now
         outcome, given_back, balance, ledger_id = (self._call if breaker else self._script)(
             self._settle,
             [
                 keys.state,
                 keys.ledger,
                 keys.settled(charge_id),
-                keys.usage(int(time.time()) if now is None else now),
+                keys.usage(day_of),
                 keys.members,
                 keys.holds,
                 keys.holds_index,
+                self._totals(account) + day_name(day_of),
             ],
             [
                 charge_id,
@@ -312,6 +322,7 @@ class RedisStore:
                 ledger_retention,
                 USAGE_TTL_SECONDS,
                 window_seconds,
+                account,
             ],
         )
         return SettleResult(as_text(outcome), int(given_back), int(balance), as_text(ledger_id))
@@ -490,16 +501,6 @@ class RedisStore:
         """The newest ``count`` entries between two stream ids, oldest first."""
         entries = self._run("XREVRANGE", self.keys.account(account).ledger, end, start, "COUNT", count)
         return [ledger_entry_reply(account, e) for e in reversed(entries)]
-
-    def usage_days(self, account: str, days: Sequence[int]) -> list[dict[str, int]]:
-        """The usage counters of each UTC day (any instant of the day), in one round trip."""
-        keys = self.keys.account(account)
-
-        def fill(pipe: Any) -> None:
-            for day in days:
-                pipe.hgetall(keys.usage(day))
-
-        return [{as_text(k): int(v) for k, v in reply.items()} for reply in self._pipeline(fill)]
 
     def change_plan(self, account: str, plan: Plan) -> str:
         """Move a subscribed account to ``plan``; returns the previous plan, or "" for no subscription."""

@@ -596,15 +596,48 @@ local function charge_events(account_key, c)
   end
 end
 
+-- The day's totals over every account (store/totals.py), counted in the same step as the account's own
+-- usage hash: <totals> hash "<route>|<field>" -> count (a pool member's own counters are left out: the
+-- pool's count them), <totals>:accounts sorted set account -> credits charged that day, <totals>:active
+-- HyperLogLog of the accounts counted. `t` is {key, ttl, account} and is marked once the sorted set and
+-- the HyperLogLog have the account. They are statistics: the hash's type is checked before the first
+-- write (check_type, BADDATA), and a field that is not a counter, or a sorted set or a HyperLogLog of
+-- another type, is left as it is (pcall): counting them never ends a script after a write.
+local function add_total(t, field, amount, credits)
+  if t.key == nil or t.key == '' then return end
+  if not t.seen then
+    t.seen = true
+    t.created = redis.call('EXISTS', t.key) == 0
+    redis.pcall('PFADD', t.key .. ':active', t.account)
+  end
+  if field ~= '' then
+    local count = redis.call('HGET', t.key, field)
+    if count == false or (#count <= MAX_COUNTER_DIGITS and string.find(count, '^%-?[0-9]+$')) then
+      redis.call('HINCRBY', t.key, field, fmt(amount))
+    end
+  end
+  if credits > 0 or not t.ranked then
+    t.ranked = true
+    redis.pcall('ZINCRBY', t.key .. ':accounts', fmt(credits), t.account)
+  end
+  if t.created and not t.expiring then
+    t.expiring = true
+    redis.call('EXPIRE', t.key, t.ttl)
+    redis.pcall('EXPIRE', t.key .. ':accounts', t.ttl)
+    redis.pcall('EXPIRE', t.key .. ':active', t.ttl)
+  end
+end
+
 -- After a refusal's own counters: the refusal counted by reason ("<route>|refused:<reason>", read by
 -- /metrics), and the account's first refusal in its period (the UTC day when it has no period).
--- r: route, reason, shadow, now, plan, period, anchor, period_start, period_end.
+-- r: route, reason, shadow, now, plan, period, anchor, period_start, period_end, totals (add_total's t).
 local function refusal_events(account_key, usage_key, r)
   local field = r.route .. '|' .. (r.shadow and 'shadow_refused:' or 'refused:') .. r.reason
   local count = redis.call('HGET', usage_key, field)
   if count == false or (#count <= MAX_COUNTER_DIGITS and string.find(count, '^%-?[0-9]+$')) then
     redis.call('HINCRBY', usage_key, field, 1)
   end
+  if r.totals then add_total(r.totals, field, 1, 0) end
   if r.shadow then return end
   local v = redis.call('HMGET', account_key, 'alert_first_refusal', 'alerted_refusal')
   if v[1] ~= '1' then return end

@@ -31,6 +31,10 @@
 --          (<base>void:<token>, void.lua) is refused deadline_passed with nothing written. The caller
 --          voids a charge whose reply it did not get, so that it is charged and answered, or neither.
 -- ARGV[14] token_seconds: how long the token's ledger id is kept
+-- KEYS[10] the day's totals over every account on this account's slot (store/totals.py; "" for none):
+--          what count_usage adds to the account's usage hash, a pool member's own counters left out,
+--          also added there in this same step (add_total in _lib.lua)
+-- ARGV[15] account: the paying account's name, for the day's totals
 --
 -- Returns {allowed (1|0), reason ("" when allowed), plan, status, cost, balance, allowance,
 --          allowance_remaining, period_end, starts_at, expires_at, now, from_allowance, from_balance,
@@ -114,6 +118,9 @@ local settle_window = arg_int(12, 0, 1e12)
 local token = ARGV[13]
 local token_seconds = arg_int(14, 1, 1e9)
 local token_key, void_key = '', ''
+-- The day's totals over every account (KEYS[10]), counted under the account's name; none without it.
+local account = ARGV[15] or ''
+local totals = {key = account ~= '' and KEYS[10] or '', ttl = usage_ttl, account = account}
 if token ~= '' then
   local base = string.sub(KEYS[1], 1, -8)  -- '<base>account' -> '<base>'
   token_key, void_key = base .. 'token:' .. token, base .. 'void:' .. token
@@ -145,6 +152,7 @@ end
 check_type(account_key, 'hash')
 check_type(usage_key, 'hash')
 check_type(members_key, 'hash')
+if totals.key ~= '' then check_type(totals.key, 'hash') end
 if idempotency_window > 0 then
   check_type(idempotency_key, 'string')
   check_type(legacy_idempotency_key, 'string')
@@ -212,6 +220,9 @@ end
 local usage_checked = false
 local function count_usage(field, amount)
   local name = usage_name(field)
+  if string.sub(field, 1, 7) ~= 'member:' then
+    add_total(totals, name, amount, field == 'credits' and amount or 0)
+  end
   if not usage_checked then
     usage_checked = true
     if redis.call('EXISTS', usage_key) == 0 then
@@ -229,7 +240,7 @@ local function refuse(reason)
     count_usage('member:' .. member .. '|refused', 1)
   end
   refusal_events(account_key, usage_key, {route = route, reason = reason, shadow = shadow, now = now, plan = plan,
-    period = period, anchor = anchor, period_start = period_start, period_end = period_end})
+    period = period, anchor = anchor, period_start = period_start, period_end = period_end, totals = totals})
   return answer(0, reason, 0, 0, '', 0)
 end
 

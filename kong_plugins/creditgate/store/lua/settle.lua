@@ -7,6 +7,8 @@
 -- KEYS[5]  the paying account's members hash
 -- KEYS[6]  the paying account's holds hash (charge id -> the charge's facts, see charge.lua)
 -- KEYS[7]  the paying account's holds index (sorted set)
+-- KEYS[8]  the day's totals over every account on this account's slot (store/totals.py; "" or absent
+--          for none): what is given back is added there too, in this same step (add_total in _lib.lua)
 -- ARGV[1]  the charge's ledger id
 -- ARGV[2]  the final cost: credits, 0 <= final <= the charge's cost (0 refunds the whole charge)
 -- ARGV[3]  kind: "refund" (the upstream failed) or "settle" (the real cost is known)
@@ -14,6 +16,7 @@
 -- ARGV[5]  ledger retention: entries kept per account
 -- ARGV[6]  usage retention: seconds a day's usage hash is kept
 -- ARGV[7]  settlement window: seconds after the charge within which it may be settled or refunded
+-- ARGV[8]  account: the paying account's name, for the day's totals ("" or absent with no KEYS[8])
 --
 -- Returns {outcome, credits given back, balance, ledger id}. outcome: "applied"; "already" (this charge
 -- was settled before: nothing changes, the ledger id is the first settlement's); "unknown" (no such
@@ -54,6 +57,9 @@ local window = arg_int(7, 0, 1e12)
 check_type(account_key, 'hash')
 check_type(marker_key, 'string')
 check_type(usage_key, 'hash')
+local account = ARGV[8] or ''
+local totals = {key = account ~= '' and KEYS[8] or '', ttl = usage_ttl, account = account}
+if totals.key ~= '' then check_type(totals.key, 'hash') end
 check_type(members_key, 'hash')
 check_type(holds_key, 'hash')
 check_type(holds_index_key, 'zset')
@@ -235,6 +241,7 @@ if redis.call('EXISTS', usage_key) == 0 then
 else
   redis.call('HINCRBY', usage_key, usage_name, fmt(give_back))
 end
+add_total(totals, usage_name, give_back, 0)
 
 local fields = {
   'kind', kind, 'amount', fmt(to_balance - debt_paid), 'balance', fmt(balance), 'cost', fmt(final_cost),

@@ -23,7 +23,7 @@ from redis.retry import Retry
 
 from creditgate.core.redis_settings import RedisSettings
 from creditgate.store.hot_path import HotPath
-from creditgate.store.keys import Keys
+from creditgate.store.keys import Keys, totals_prefix
 
 
 class BuiltOnFirstUse(Protocol):
@@ -91,6 +91,13 @@ class Keyspace:
     def marker(self, keys: Keys, account: str) -> str:
         """The store marker that a charge of ``account`` reads."""
         return keys.store
+
+    # Whether the scripts count into the day's totals over every account directly (store/totals.py).
+    totals_in_scripts = True
+
+    def totals_prefix(self, keys: Keys, account: str) -> str:
+        """Where a script of ``account`` counts the day's totals (``<this>YYYYMMDD``): the totals."""
+        return totals_prefix(keys.prefix)
 
     def mark_store(self, client: Client, keys: Keys) -> None:
         """Write the store marker (one command)."""

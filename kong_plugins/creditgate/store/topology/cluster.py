@@ -20,7 +20,7 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from creditgate.core.redis_settings import RedisSettings
-from creditgate.store.keys import Keys, slot_marker, store_markers
+from creditgate.store.keys import Keys, slot_marker, slot_totals_prefix, store_markers
 from creditgate.store.topology.base import (
     Client,
     Keyspace,
@@ -85,6 +85,13 @@ class SlotKeyspace(Keyspace):
     def marker(self, keys: Keys, account: str) -> str:
         """The marker on the slot of the account's keys, which the charge script can read."""
         return slot_marker(keys.prefix, account)
+
+    # A script can only count into its own slot's totals; they are folded once the day is over.
+    totals_in_scripts = False
+
+    def totals_prefix(self, keys: Keys, account: str) -> str:
+        """The totals of the account's slot, which its scripts can write (``<this>YYYYMMDD``)."""
+        return slot_totals_prefix(keys.prefix, account)
 
     def mark_store(self, client: Client, keys: Keys) -> None:
         """Every slot's marker, in one pipeline (redis-py sends it to each node in one round trip)."""
