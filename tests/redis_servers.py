@@ -334,9 +334,13 @@ class RedisClusterServers:
                     # The bus port defaults to port + 10000, out of range for a high free port.
                     "--cluster-port",
                     str(free_port()),
-                    # A replica's first sync would wait 5 s for more replicas (as in SentinelSet).
+                    # A replica's first sync would wait 5 s for more replicas (as in SentinelSet), and
+                    # CLUSTER SLOTS lists a replica only once its offset moved, at its master's first
+                    # ping (every 10 s by default).
                     "--repl-diskless-sync-delay",
                     "0",
+                    "--repl-ping-replica-period",
+                    "1",
                     *(extra or []),
                 ],
                 tls=tls,
