@@ -69,7 +69,7 @@ class RoundTripPlugin(Plugin):
 
     def __init__(self, config: dict[str, Any]) -> None:
         from creditgate.core.config import RedisSettings
-        from creditgate.store.keys import TOKEN_SECONDS
+        from creditgate.store.keys import TOKEN_SECONDS, day_name, totals_prefix
         from creditgate.store.replies import USAGE_TTL_SECONDS
         from creditgate.store.store import RedisStore
 
@@ -85,6 +85,7 @@ class RoundTripPlugin(Plugin):
         self.hot_path = self.store.hot_path
         self.usage_ttl = USAGE_TTL_SECONDS
         self.token_seconds = TOKEN_SECONDS
+        self.totals_prefix, self.day_name = totals_prefix(self.store.keys.prefix), day_name
 
     def access(self, kong: Any) -> None:
         consumer = kong.client.get_consumer()
@@ -103,11 +104,14 @@ class RoundTripPlugin(Plugin):
                 keys.holds,
                 keys.holds_index,
                 self.store.keys.store,
+                keys.members,
+                self.totals_prefix + self.day_name(now),  # the day's totals (store/totals.py)
             ],
             [
                 *("", 1, "", ROUTE, 10_000, self.usage_ttl, 0, "charge", 0, "", 0, 0),
                 os.urandom(8).hex(),  # the charge's token, as RedisStore.charge sends one (store/voids.py)
                 self.token_seconds,
+                account,
             ],
         )
         self.set_headers(kong, account)

@@ -44,7 +44,7 @@ REASONED = ("refused", "shadow_refused")
 
 
 BALANCE_EVERY = 60.0  # seconds between two sums of every account's balance
-BALANCE_AT_ONCE = 10_000  # up to this many accounts, the first scrape adds the balances up itself
+BALANCE_AT_ONCE = 5_000  # up to this many accounts, the first scrape adds the balances up itself
 
 
 class Balances:
