@@ -11,13 +11,14 @@ from importlib import resources
 from typing import Any
 
 import pytest
+import redis
 
 from creditgate.core.config import parse_config
 from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.policy import ChargeRequest, RequestFacts, charge_request
-from creditgate.errors import StoreEmpty, StoreTimeout
+from creditgate.errors import StoreDataError, StoreEmpty, StoreTimeout
 from creditgate.store.keys import TOKEN_SECONDS, account_keys
-from creditgate.store.replies import USAGE_TTL_SECONDS, charge_arguments, charge_reply
+from creditgate.store.replies import USAGE_TTL_SECONDS, charge_arguments, charge_reply, data_error
 
 SCRIPT = (resources.files("creditgate.store") / "lua" / "charge.lua").read_text()
 REPLY_FIELDS = (*ChargeResult._fields, "redis_ms")
@@ -231,3 +232,18 @@ def test_the_header_states_every_key_the_store_sends_in_its_order() -> None:
     request = ChargeRequest("acme", 1, now=1_767_225_600)
     sent, _ = charge_arguments(request, account_keys("cg", "acme"), "cg:{store}", 0)
     assert stated == list(range(1, len(sent) + 1))
+
+
+def test_a_wrong_type_inside_a_pipeline_is_bad_data_not_an_outage() -> None:
+    """redis-py words a pipeline's error reply "Command # n (...) of pipeline caused error: ...": a
+    report that reads many keys at once answers data_invalid for a key of the wrong type, as one
+    command would, never "Redis is unavailable"."""
+    error = redis.exceptions.ResponseError(
+        "Command # 3 (ZREVRANGE cg:{totals}:totals:20260101:accounts 0 99 WITHSCORES) of pipeline "
+        "caused error: WRONGTYPE Operation against a key holding the wrong kind of value"
+    )
+    assert isinstance(data_error(error), StoreDataError)
+    assert (
+        data_error(redis.exceptions.ResponseError("Command # 1 (GET k) of pipeline caused error: ERR x"))
+        is None
+    )

@@ -425,6 +425,26 @@ def test_days_before_the_totals_are_read_from_the_accounts_then_made_whole_once_
     assert read(store, starts, T0 + OVER + 60)[1] == want
 
 
+def test_the_builder_makes_every_day_over_whole_once_ahead_of_the_reads(
+    admin: Admin, store: RedisStore
+) -> None:
+    """What ``credit-gate serve`` runs in the background (service/totals.py's TotalsBuilder): the days
+    before the totals that are over are rebuilt from the accounts once, newest first; the next pass has
+    nothing to do, and a read finds them built."""
+    admin.apply_plan(PRO)
+    admin.subscribe("acme", "pro", starts_at=T0 - 3 * D)
+    for day in (T0 - 2 * D, T0 - D, T0):
+        store.client.hset(store.keys.account("acme").usage(day), "global|credits", 2)
+    store.client.hset(totals_meta(store.keys.prefix), "from", T0 + D)
+    totals = Totals(store)
+    now = T0 + OVER + 60
+    kept_days = 400
+    assert totals.build_closed(now) == kept_days - 1  # every day kept but today, which is not over
+    assert totals.build_closed(now) == 0
+    days, counters = read(store, [T0 - 2 * D, T0 - D, T0], now)
+    assert all(d.key for d in days) and counters == [{"global|credits": 2}] * 3
+
+
 # 6. A Redis Cluster: each slot counts its own, folded once the day is over.
 
 

@@ -55,15 +55,18 @@ async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The event delivery thread runs while the application does (when event URLs are configured)."""
-    dispatcher = app.state.service.extra.get("dispatcher")
-    if dispatcher is not None:
-        dispatcher.start()
+    """The event delivery thread (when event URLs are configured) and the usage totals' builder
+    (service/totals.py) run while the application does."""
+    threads = [app.state.service.extra.get(name) for name in ("dispatcher", "totals_builder")]
+    for thread in threads:
+        if thread is not None:
+            thread.start()
     try:
         yield
     finally:
-        if dispatcher is not None:
-            dispatcher.stop()
+        for thread in threads:
+            if thread is not None:
+                thread.stop()
 
 
 # The webhooks (webhooks.py) read and check their bodies themselves, so no dependency says what they

@@ -96,7 +96,7 @@ class UsageCollector(Collector):
         today = now - now % DAY_SECONDS
         store = admin.store
         day_totals = Totals(store)
-        (counters,) = day_totals.counters(day_totals.days([today], now))
+        (counters,) = day_totals.counters(day_totals.days([today], now, ranked=False))
         totals: dict[tuple[str, str], int] = {}
         for name, value in counters.items():
             where, _, field = name.rpartition("|")

@@ -16,6 +16,7 @@ from creditgate.service.billing_map import WebhookSettings
 from creditgate.service.events import Dispatcher, EventSettings
 from creditgate.service.metrics import count_delivery, registry_for
 from creditgate.service.state import Service
+from creditgate.service.totals import TotalsBuilder
 
 log = logging.getLogger("creditgate.service")
 
@@ -48,6 +49,9 @@ def build(
         extra={"webhooks": hooks, "events": events},
     )
     registry_for(service)  # built before any thread counts into it
+    builder = TotalsBuilder.from_env(service, environ)
+    if builder is not None:
+        service.extra["totals_builder"] = builder
     if events.urls:
         service.extra["dispatcher"] = Dispatcher(
             admin.store, events, count=lambda outcome: count_delivery(service, outcome)

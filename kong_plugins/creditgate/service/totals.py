@@ -11,6 +11,10 @@ accounts; only the ``top`` accounts' own counters are read.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -20,6 +24,7 @@ from creditgate.core.periods import DAY_SECONDS
 from creditgate.errors import InvalidDocument
 from creditgate.ops.admin import UsageRow
 from creditgate.ops.usage import days_overlapping, usage_rows
+from creditgate.service.events import _number
 from creditgate.service.routes import PARAMS, READ, Reader, Since, Until, _instant, _problems
 from creditgate.store.reports import account_page
 from creditgate.store.totals import Totals
@@ -27,6 +32,41 @@ from creditgate.store.totals import Totals
 FIGURES = ("requests", "credits", "refunded", "refused", "replayed", "shadow_allowed", "shadow_refused")
 
 router = APIRouter(prefix="/v1")
+log = logging.getLogger(__name__)
+
+BUILD_ENV = "CREDIT_GATE_TOTALS_BUILD_SECONDS"
+
+
+class TotalsBuilder:
+    """Every ``every`` seconds (the first time too: a service started for a moment does nothing),
+    builds the days over that reads would otherwise fold (Cluster) or rebuild (days before the totals)
+    on the way (``Totals.build_closed``), so that a read of 400 days finds them built."""
+
+    def __init__(self, service: Any, every: float) -> None:
+        self.service, self.every = service, every
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="credit-gate-totals", daemon=True)
+
+    @classmethod
+    def from_env(cls, service: Any, environ: Mapping[str, str] | None) -> TotalsBuilder | None:
+        every = _number(os.environ if environ is None else environ, BUILD_ENV, 600.0, 0, 86_400)
+        return cls(service, every) if every > 0 else None
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.every):
+            try:
+                admin = self.service.admin
+                built = Totals(admin.store).build_closed(admin.now())
+                if built:
+                    log.info("credit-gate: built the usage totals of %d days", built)
+            except Exception:
+                log.warning("credit-gate: building the usage totals failed", exc_info=True)
 
 
 def _add(into: dict[str, Any], row: UsageRow) -> None:

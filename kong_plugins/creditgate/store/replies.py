@@ -117,12 +117,16 @@ _DATA_ERROR = re.compile(
     r"^(?:BADDATA (?P<key>\S+) (?P<rest>.*?)(?: script: \w+, on @\S+)?\.?$|WRONGTYPE )", re.S
 )
 
+# How redis-py words an error reply inside a pipeline: "Command # 3 (ZREVRANGE k 0 99) of pipeline
+# caused error: WRONGTYPE ...".
+_PIPELINE_ERROR = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.S)
+
 
 def data_error(error: BaseException) -> StoreDataError | None:
     """The StoreDataError an error reply stands for, None for any other error."""
     if not isinstance(error, redis.exceptions.ResponseError):
         return None
-    text = str(error)
+    text = _PIPELINE_ERROR.sub("", str(error), count=1)  # a pipeline's reply: the command's own error
     match = _DATA_ERROR.match(text)
     if match is None:
         return None

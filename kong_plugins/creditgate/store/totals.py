@@ -78,8 +78,8 @@ class Ranked:
 
 
 def totals_start(marked_before: bool, now: int) -> int:
-    """Where the totals start: a store created with them (not marked before) from its first day; a
-    store that held data before them (an upgrade) from the next UTC day."""
+    """Where the totals start (the meta hash's ``from``): a store created with them (not marked before)
+    from its first day; a store that held data before them (an upgrade) from the next UTC day."""
     return now - now % DAY_SECONDS + DAY_SECONDS if marked_before else 0
 
 
@@ -111,20 +111,17 @@ class Totals:
     # What the totals hold
 
     def counted_from(self, now: int) -> int:
-        """The first day the scripts counted whole: written the first time it is asked, or when the
-        store is marked (``note_store``)."""
+        """The first day the scripts counted whole: written the first time it is asked, or before the
+        store is first marked (store.py)."""
         raw = self.store._run("HGET", self.meta, "from")
-        if raw is not None:
-            return int(raw)
-        return self.note_store(self.store.store_marked(), now)
+        if raw is None:
+            self.store._run("HSETNX", self.meta, "from", totals_start(self.store.store_marked(), now))
+            raw = self.store._run("HGET", self.meta, "from")
+        return int(raw)
 
-    def note_store(self, marked_before: bool, now: int) -> int:
-        """Where the totals start (``totals_start``), unless already written."""
-        self.store._run("HSETNX", self.meta, "from", totals_start(marked_before, now))
-        return int(self.store._run("HGET", self.meta, "from"))
-
-    def days(self, starts: Sequence[int], now: int) -> list[Day]:
-        """Each day's totals, folding or rebuilding the days over that are not yet (once each)."""
+    def days(self, starts: Sequence[int], now: int, *, ranked: bool = True) -> list[Day]:
+        """Each day's totals, folding or rebuilding the days over that are not yet (once each).
+        ``ranked=False``: the counters only (a Cluster's open day is not read account by account)."""
         counted_from = self.counted_from(now)
         built = self._built(starts)
         out: list[Day] = []
@@ -135,7 +132,7 @@ class Totals:
             if built[start] or (self.in_scripts and start >= counted_from):
                 out.append(Day(start, key=key))
             elif start >= counted_from:  # a Cluster's day: on its slots
-                day = self._from_slots(start)
+                day = self._from_slots(start, ranked=ranked or closed)
                 if closed:
                     self._write(day)
                     out.append(Day(start, key=key))
@@ -155,6 +152,19 @@ class Totals:
                     else:
                         out[i] = whole
         return out
+
+    def build_closed(self, now: int) -> int:
+        """Fold (Cluster) or rebuild (days before the totals) every day over that is kept and not built
+        yet, so that reads find them built: what ``credit-gate serve`` does in the background. Returns
+        how many days it built."""
+        first = now - now % DAY_SECONDS - (USAGE_TTL_SECONDS // DAY_SECONDS - 1) * DAY_SECONDS
+        closed = [d for d in range(first, now, DAY_SECONDS) if d + DAY_SECONDS + CLOSED_AFTER <= now]
+        counted_from = self.counted_from(now)
+        built = self._built(closed)
+        todo = [d for d in closed if not built[d] and (d < counted_from or not self.in_scripts)]
+        for start in reversed(todo):  # the newest first: the ones a dashboard asks for
+            self.days([start], now)
+        return len(todo)
 
     def counters(self, days: Sequence[Day]) -> list[dict[str, int]]:
         """Each day's ``"<route>|<field>" -> count``, one pipeline."""
@@ -226,8 +236,8 @@ class Totals:
         raw = self.store._run("HMGET", self.meta, *fields) if fields else []
         return {s: value is not None for s, value in zip(starts, raw, strict=True)}
 
-    def _from_slots(self, start: int) -> Day:
-        """A Cluster's day added up from every slot's totals (hash and sorted set)."""
+    def _from_slots(self, start: int, *, ranked: bool = True) -> Day:
+        """A Cluster's day added up from every slot's totals (hash, and sorted set when ``ranked``)."""
         name = day_name(start)
         keys = [p + name for p in slot_totals_prefixes(self.prefix)]
         day = Day(start)
@@ -236,13 +246,16 @@ class Totals:
             def fill(pipe: Any, batch: list[str] = batch) -> None:
                 for key in batch:
                     pipe.hgetall(key)
-                    pipe.zrange(key + ":accounts", 0, -1, withscores=True)
+                    if ranked:
+                        pipe.zrange(key + ":accounts", 0, -1, withscores=True)
 
             replies = self.store._pipeline(fill)
-            for counters, ranked in zip(replies[::2], replies[1::2], strict=True):
+            hashes = replies[::2] if ranked else replies
+            ranks = replies[1::2] if ranked else [[]] * len(replies)
+            for counters, accounts in zip(hashes, ranks, strict=True):
                 for field_name, value in _counters(counters).items():
                     day.counters[field_name] = day.counters.get(field_name, 0) + value
-                for account, score in ranked:
+                for account, score in accounts:
                     account_name = as_text(account)
                     day.credits[account_name] = day.credits.get(account_name, 0) + int(score)
         return day
