@@ -140,10 +140,11 @@ def usage_totals(
 ) -> dict[str, Any]:
     """The whole API's usage (or only ``account``'s) on the UTC days that overlap ``[since, until)`` (at
     most 400; default the last 7): every day (zeros included), every route, and the ``top`` accounts by
-    credits charged (accounts charged nothing are not ranked; ties at the last place may fall either
-    way). Each has ``refused_by_reason``, refusals by the 402 body's code, adding up to ``refused``
-    (``unrecorded``: refusals counted before reasons were); ``reasons`` lists the codes seen, most
-    refused first. Pool members' own rows are left out: the pool's row already counts them.
+    credits charged (then, when fewer were charged, accounts counted with nothing charged, by name;
+    ties at the last place may fall either way). Each has ``refused_by_reason``, refusals by the 402
+    body's code, adding up to ``refused`` (``unrecorded``: refusals counted before reasons were);
+    ``reasons`` lists the codes seen, most refused first. Pool members' own rows are left out: the
+    pool's row already counts them.
     ``accounts_with_usage``: accounts counted on any of the days (exact for one day, else an estimate
     within about 1%); ``top_accounts_exact`` is false only when a day held more accounts near the top
     than the ranking reads (20,000)."""

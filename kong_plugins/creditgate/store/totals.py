@@ -377,13 +377,15 @@ class _Ranking:
             def fill(pipe: Any, chunk: list[int] = chunk) -> None:
                 for i in chunk:
                     start = self.offsets[i]
-                    pipe.zrevrange(self.days[i].key + ":accounts", start, start + size - 1, withscores=True)
+                    key = self.days[i].key + ":accounts"
+                    # Without redis-py's reply conversion (a third of the time at 200,000 entries).
+                    pipe.execute_command("ZRANGE", key, start, start + size - 1, "REV", "WITHSCORES")
 
             read.update(zip(chunk, self.store._pipeline(fill), strict=True))
         pages = []
         for i in reading:
             if i in read:
-                page = [(as_text(name), int(score)) for name, score in read[i]]
+                page = _pairs(read[i])
                 self.seen[i].update(page)
                 for name, credits in page:
                     self.known[name] = self.known.get(name, 0) + credits
@@ -443,6 +445,13 @@ class _Ranking:
             if len(page) < PAGE:
                 return
             offset += PAGE
+
+
+def _pairs(reply: list[Any]) -> list[tuple[str, int]]:
+    """ZRANGE ... WITHSCORES as (member, score) pairs: RESP3 sends pairs, RESP2 a flat list of text."""
+    if reply and isinstance(reply[0], list):
+        return [(as_text(name), int(float(score))) for name, score in reply]
+    return [(as_text(reply[j]), int(float(reply[j + 1]))) for j in range(0, len(reply), 2)]
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
