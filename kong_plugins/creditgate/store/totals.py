@@ -450,6 +450,8 @@ class _Ranking:
 def _pairs(reply: list[Any]) -> list[tuple[str, int]]:
     """ZRANGE ... WITHSCORES as (member, score) pairs: RESP3 sends pairs, RESP2 a flat list of text."""
     if reply and isinstance(reply[0], list):
+        if isinstance(reply[0][0], bytes) and isinstance(reply[0][1], float):  # the common case, fast
+            return [(name.decode(), int(score)) for name, score in reply]
         return [(as_text(name), int(float(score))) for name, score in reply]
     return [(as_text(reply[j]), int(float(reply[j + 1]))) for j in range(0, len(reply), 2)]
 
