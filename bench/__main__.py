@@ -17,5 +17,9 @@ if __name__ == "__main__":
         from bench.usage_totals import main as usage_totals
 
         usage_totals(sys.argv[2:])
+    elif sys.argv[1:2] == ["startup"]:
+        from bench.startup import main as startup
+
+        startup(sys.argv[2:])
     else:
         main()

@@ -78,11 +78,11 @@ class Counted:
         for pid in self.pids():
             _control(pid, *args)
 
-    def count(self) -> int:
-        """Dump every process's counters (which zeroes them) and return the instructions since the
-        last zero or dump."""
+    def count(self, pids: list[int] | None = None) -> int:
+        """Dump every process's counters, or those of ``pids`` (which zeroes them), and return the
+        instructions since the last zero or dump."""
         total = 0
-        for pid in self.pids():
+        for pid in self.pids() if pids is None else pids:
             before = set(self.out_dir.glob(f"callgrind.out.{pid}.*"))
             _control(pid, "-d")
             (dump,) = set(self.out_dir.glob(f"callgrind.out.{pid}.*")) - before

@@ -292,6 +292,10 @@ class KongSide:
             if phase == "log":
                 out.errors.append(f"log timer: {exc.message}")
             else:
+                # Kong goes on without the plugin, with the request as the plugin left it: the headers
+                # it set so far travel to wherever the request is proxied (the upstream it named, or
+                # the service's host).
+                out.upstream_headers = run.request_headers.copy()
                 raise KongWouldBypass(exc.message, phase=phase, outcome=out, cause=exc.cause) from exc.cause
         finally:
             run.saved = None

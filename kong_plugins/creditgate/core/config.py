@@ -74,6 +74,7 @@ class GateConfig:
     payment_url: str | None = None
     problem_type_base: str = default("problem_type_base")
     fault_tolerant: bool = default("fault_tolerant")
+    bypass_witness: bool = default("bypass_witness")
     breaker_failures: int = default("breaker_failures")
     breaker_cooldown_ms: int = default("breaker_cooldown_ms")
     hide_client_headers: bool = default("hide_client_headers")
@@ -181,6 +182,7 @@ def parse_config(raw: Mapping[str, Any]) -> GateConfig:
         payment_url=payment_url,
         problem_type_base=type_base,
         fault_tolerant=_bool(raw, "fault_tolerant"),
+        bypass_witness=_bool(raw, "bypass_witness"),
         breaker_failures=_int(raw, "breaker_failures"),
         breaker_cooldown_ms=_int(raw, "breaker_cooldown_ms"),
         hide_client_headers=_bool(raw, "hide_client_headers"),

@@ -84,6 +84,7 @@ class ChargeRequest(NamedTuple):
     member: str = ""
     hold_seconds: int = 0
     settle_window: int = 0
+    token: str = ""  # names the charge (hex, 16 digits); "" lets the store draw one
 
 
 class Proxy(NamedTuple):
@@ -194,6 +195,7 @@ def charge_request(
             member,
             config.settle_timeout if config.settle_header else 0,
             refund_window(config) if config.needs_log_phase else 0,
+            "",  # the token: the store draws one, or the gate with bypass_witness (kong/gate.py)
         )
     )  # ChargeRequest's fields, in its order
 

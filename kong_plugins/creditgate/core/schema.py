@@ -95,6 +95,18 @@ FIELDS: list[dict[str, Field]] = [
         }
     },
     {
+        "bypass_witness": {
+            "type": "boolean",
+            "default": False,
+            "required": True,
+            "description": "Mark each request to the upstream, before charging, with the charge's "
+            "token (X-Credit-Gate-Witness; blanked once the gate lets it through), so that a charge "
+            "whose request reached the fail-closed dead end instead (the plugin server died after "
+            "charging) is given back by credit-gate serve: see docs/fail-closed.md. One more PDK "
+            "call per request.",
+        }
+    },
+    {
         "breaker_failures": {
             "type": "integer",
             "default": 5,

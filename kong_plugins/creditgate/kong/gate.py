@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from os import urandom
 from typing import Any
 
-from creditgate.core import policy
+from creditgate.core import policy, witness
 from creditgate.core.config import AccountBy, GateConfig, Role, parse_config
-from creditgate.core.policy import IDEMPOTENCY_HEADER, Action, ChargeRequest, RequestFacts
+from creditgate.core.policy import IDEMPOTENCY_HEADER, Action, ChargeRequest, Proxy, RequestFacts
 from creditgate.errors import ConfigError, StoreError, StoreRefused
 from creditgate.kong import balance as balance_route
 from creditgate.kong import notices
@@ -98,7 +99,7 @@ class Gate:
         except Exception as error:
             facts = error
         try:
-            action = self._decide(facts)
+            action = self._decide(facts, kong)
         except Exception as error:
             action = policy.internal_error(self.config, error)
         return apply(kong, action)
@@ -120,9 +121,9 @@ class Gate:
         key = kong.request.get_header(IDEMPOTENCY_HEADER) if config.idempotency_window else None
         return RequestFacts(identity, method or "", path or "", key or None)
 
-    # The decision: no PDK calls below this line until apply (answer.py).
+    # The decision: no PDK calls below this line until apply (answer.py), but the bypass witness's mark.
 
-    def _decide(self, facts: RequestFacts | Exception) -> Action:
+    def _decide(self, facts: RequestFacts | Exception, kong: Any = None) -> Action:
         """The core's policy around the one store call."""
         if isinstance(facts, Exception):
             return policy.internal_error(self.config, facts)
@@ -134,6 +135,23 @@ class Gate:
             return policy.unauthenticated(config)
         if not isinstance(request, ChargeRequest):
             return request  # not priced: a path past the cost rules' bound (policy.unpriced)
+        marked = config.bypass_witness and kong is not None and not request.shadow
+        if marked:
+            # Before the charge, on the request to the upstream: if this server dies after charging,
+            # Kong itself carries the mark to the fail-closed dead end, whose log reports it (witness.py).
+            # The charge is named after Kong's request id: an event Kong runs again charges once.
+            token = witness.token_of(kong.nginx.get_var("request_id")) or urandom(8).hex()
+            request = request._replace(token=token)
+            kong.service.request.set_header(witness.HEADER, witness.mark(request.account, token))
+        try:
+            action = self._charge(config, store, request)
+        except Exception as error:
+            action = policy.internal_error(config, error)
+        if marked and isinstance(action, Proxy):
+            action.upstream[witness.HEADER] = ""  # let through: the API never sees the token
+        return action
+
+    def _charge(self, config: GateConfig, store: RedisStore, request: ChargeRequest) -> Action:
         try:
             result = store.charge(request)
         except StoreError as error:

@@ -140,9 +140,10 @@ def create_app(service: Service, *, docs: bool = False) -> FastAPI:
     app.include_router(events.router)
     app.include_router(metrics.router)
 
-    from creditgate.service import dashboard, totals
+    from creditgate.service import dashboard, totals, witness
 
     app.include_router(totals.router)
+    app.include_router(witness.router)
     app.include_router(dashboard.router)
     if docs:
         app.include_router(dashboard.docs_router)

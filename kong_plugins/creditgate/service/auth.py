@@ -27,9 +27,12 @@ from creditgate.service.problems import ApiProblem
 MIN_TOKEN_LENGTH = 16
 ADMIN_TOKENS_ENV = "CREDIT_GATE_ADMIN_TOKENS"
 READ_TOKENS_ENV = "CREDIT_GATE_READ_TOKENS"
+# Kong's bypass reports (service/witness.py) only: such a token reads nothing and changes nothing else.
+WITNESS_TOKENS_ENV = "CREDIT_GATE_WITNESS_TOKENS"
 
 
 class Access(int, enum.Enum):
+    WITNESS = 0  # may only report requests that reached the fail-closed dead end
     READ = 1
     WRITE = 2
 
@@ -68,10 +71,11 @@ class Tokens:
 
     admin: tuple[bytes, ...] = ()
     read: tuple[bytes, ...] = ()
+    witness: tuple[bytes, ...] = ()
 
     @property
     def configured(self) -> bool:
-        return bool(self.admin or self.read)
+        return bool(self.admin or self.read or self.witness)
 
     @classmethod
     def load(
@@ -88,7 +92,8 @@ class Tokens:
             admin += _split_file(_read_file(path), str(path))
         for path in read_files:
             read += _split_file(_read_file(path), str(path))
-        return cls(tuple(map(_bytes, admin)), tuple(map(_bytes, read)))
+        witness = _split(env.get(WITNESS_TOKENS_ENV, ""), WITNESS_TOKENS_ENV)
+        return cls(tuple(map(_bytes, admin)), tuple(map(_bytes, read)), tuple(map(_bytes, witness)))
 
     def access(self, presented: bytes) -> Access | None:
         """The access a presented token grants. Every token is compared, whatever matched, so the time
@@ -100,6 +105,9 @@ class Tokens:
         for token in self.read:
             if hmac.compare_digest(token, presented) and granted is None:
                 granted = Access.READ
+        for token in self.witness:
+            if hmac.compare_digest(token, presented) and granted is None:
+                granted = Access.WITNESS
         return granted
 
 
@@ -154,6 +162,9 @@ class Authenticator:
                 "the token is not valid",
                 headers={"WWW-Authenticate": 'Bearer realm="credit-gate", error="invalid_token"'},
             )
+        if needed is Access.WITNESS and granted is Access.READ:
+            raise ApiProblem(403, "forbidden", "a witness or read-write token is needed")
         if granted < needed:
-            raise ApiProblem(403, "forbidden", "this token is read-only; a read-write token is needed")
+            what = "read-only" if granted is Access.READ else "a witness token (bypass reports only)"
+            raise ApiProblem(403, "forbidden", f"this token is {what}; a read-write token is needed")
         return granted

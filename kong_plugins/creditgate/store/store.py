@@ -245,7 +245,7 @@ class RedisStore:
         deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
         offset_ms = self.clock.offset_ms
         redis_now = None if offset_ms is None else (sent_ms + offset_ms) / 1000
-        token = urandom(8).hex()  # names this charge for voiding it (store/voids.py)
+        token = request.token or urandom(8).hex()  # names this charge for voiding it (store/voids.py)
         try:
             totals = self._totals(request.account)
             sent = charge_arguments(request, keys, marker, deadline, redis_now, token, totals)

@@ -26,10 +26,11 @@
 -- ARGV[11] hold_seconds: seconds within which the charge may be settled to a lower cost, 0 = final
 -- ARGV[12] settle_window: seconds the charge can be settled or refunded in (its facts are kept in
 --          the holds hash that long), 0 = never settled
--- ARGV[13] token: a random id for this charge (hex), or "" for none. A charge that charges keeps its
+-- ARGV[13] token: an id for this charge (hex), or "" for none. A charge that charges keeps its
 --          ledger id under <base>token:<token> for ARGV[14] seconds; a token with a void marker
 --          (<base>void:<token>, void.lua) is refused deadline_passed with nothing written. The caller
 --          voids a charge whose reply it did not get, so that it is charged and answered, or neither.
+--          A token already charged is answered as a replay of that charge (see "Idempotency").
 -- ARGV[14] token_seconds: how long the token's ledger id is kept
 -- KEYS[10] the day's totals over every account on this account's slot (store/totals.py; "" for none):
 --          what count_usage adds to the account's usage hash, a pool member's own counters left out,
@@ -203,7 +204,13 @@ local function charge_at(key)
   return id
 end
 local earlier = false
-if idempotency_window > 0 and not shadow then
+-- A token already charged: the same request run again (Kong re-runs an event on a respawned plugin
+-- server, and a gate with bypass_witness names its charge after Kong's request id): a replay of it.
+if token ~= '' and not shadow then
+  check_type(token_key, 'string')
+  earlier = charge_at(token_key)
+end
+if not earlier and idempotency_window > 0 and not shadow then
   earlier = charge_at(idempotency_key)
   if not earlier then
     local before = charge_at(legacy_idempotency_key)
