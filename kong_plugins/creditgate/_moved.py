@@ -11,14 +11,16 @@ Type checkers do not follow this finder: import the new paths in typed code.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
 import warnings
 from collections.abc import Sequence
 from types import CodeType, ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
 
 MOVED = {
     "creditgate.admin": "creditgate.ops.admin",
@@ -93,8 +95,14 @@ class SplitModule(ModuleType):
         return sorted({*super().__dir__(), *self.__all__})
 
 
-class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
-    """Finds an old module path of ``MOVED`` and loads it as the module it moved to."""
+class MovedModules:
+    """Finds an old module path of ``MOVED`` and loads it as the module it moved to.
+
+    A finder and a loader by their methods (``sys.meta_path`` and runpy ask for nothing else), not by
+    ``importlib.abc``'s classes: importing ``importlib.abc`` imports ``importlib.resources`` and with it
+    ``inspect``, ``tempfile`` and ``pathlib``, more than a third of what the plugin server's acceptor
+    imports before it listens, since every import of the package loads this module.
+    """
 
     def __init__(self) -> None:
         self._specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
@@ -104,7 +112,7 @@ class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in MOVED:
             return None
-        return importlib.util.spec_from_loader(fullname, self)
+        return importlib.machinery.ModuleSpec(fullname, cast("Loader", self), is_package=False)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         new = MOVED[spec.name]
@@ -125,6 +133,8 @@ class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
     # ``python -m <old path>`` (runpy) runs the new module's code.
 
     def get_code(self, fullname: str) -> CodeType | None:
+        import importlib.abc
+
         warnings.warn(f"{fullname} moved to {MOVED[fullname]}", DeprecationWarning, stacklevel=2)
         spec = importlib.util.find_spec(MOVED[fullname])
         loader = spec.loader if spec is not None else None

@@ -29,6 +29,7 @@ import yaml
 from creditgate.core.config import Role, parse_config
 from creditgate.core.kong_schema import validate
 from creditgate.errors import ConfigError
+from creditgate.store.keys import TOKEN_SECONDS
 from tests.core.test_decision import validate_problem
 from tests.gate_fixtures import PLUGIN_SERVER
 from tests.harness import PluginConfig, PluginInfo
@@ -349,8 +350,20 @@ def test_a_paid_services_own_host_leads_to_kongs_refusal_never_to_the_api() -> N
             for p in kong_yml().plugins()
             if p.route == route["name"] or p.service == dead_end_service["name"]
         ]
-        assert [p.name for p in plugins] == ["request-termination"]
-        config = plugins[0].config
+        # Besides the refusal, only what cannot let a request through: the check that Kong itself sent
+        # it, and the log that reports bypassed charges to credit-gate serve.
+        assert sorted(p.name for p in plugins) == ["http-log", "ip-restriction", "request-termination"]
+        by_name = {p.name: p.config for p in plugins}
+        assert by_name["ip-restriction"]["allow"] == ["127.0.0.1"]
+        witness_log = by_name["http-log"]
+        assert witness_log["http_endpoint"].endswith("/v1/kong/bypassed")
+        # Kong's env vault reads CREDIT_GATE_WITNESS_AUTH, "Bearer <one of serve's witness tokens>".
+        assert witness_log["headers"]["Authorization"] == "{vault://env/credit-gate-witness-auth}"
+        serve = compose()["services"]["credit-gate-api"]["environment"]["CREDIT_GATE_WITNESS_TOKENS"]
+        assert kong["environment"]["CREDIT_GATE_WITNESS_AUTH"] == f"Bearer {serve}"
+        assert witness_log["http_endpoint"].startswith("http://credit-gate-api:8080/")
+        assert witness_log["queue"]["max_retry_time"] < TOKEN_SECONDS  # reported while the token is kept
+        config = by_name["request-termination"]
         assert config["status_code"] == 503
         assert config["content_type"] == "application/problem+json"
         body = json.loads(config["body"])

@@ -70,6 +70,11 @@ def dead_end_log(result: NodeResult) -> dict[str, Any]:
     }
 
 
+def dead_end(headers: dict[str, str], status: int = 503) -> dict[str, Any]:
+    """A log entry of the dead-end route, as http-log posts it."""
+    return {"request": {"headers": headers}, "response": {"status": status}}
+
+
 def served(result: NodeResult) -> bool:
     """Proxied to the paid upstream: allowed by the gate, or cut after the gate's set_upstream."""
     if result.outcome is not None:
@@ -136,7 +141,7 @@ def test_a_report_gives_back_the_marked_charge_once_and_refuses_other_tokens(
     before = funded.account("acme").balance
     charged = store.charge(ChargeRequest("acme", COST, token="00000000000000aa"))
     assert charged.allowed and funded.account("acme").balance == before - COST
-    report = [{"request": {"headers": {"x-credit-gate-witness": witness.mark("acme", "00000000000000aa")}}}]
+    report = [dead_end({"x-credit-gate-witness": witness.mark("acme", "00000000000000aa")})]
     for token, status in ((None, 401), (READ_TOKEN, 403)):
         assert api.call("POST", "/v1/kong/bypassed", token=token, json=report).status_code == status
     first = api.call("POST", "/v1/kong/bypassed", token=WITNESS_TOKEN, json=report).json()
@@ -145,7 +150,7 @@ def test_a_report_gives_back_the_marked_charge_once_and_refuses_other_tokens(
     assert again["outcomes"] == {"already": 1} or again["outcomes"].get("given_back", 0) == 0
     assert funded.account("acme").balance == before
     # A mark whose charge has not run yet: voided, and the charge never runs.
-    ahead = [{"request": {"headers": {"x-credit-gate-witness": witness.mark("acme", "00000000000000bb")}}}]
+    ahead = [dead_end({"x-credit-gate-witness": witness.mark("acme", "00000000000000bb")})]
     assert api.call("POST", "/v1/kong/bypassed", token=WITNESS_TOKEN, json=ahead).json()["outcomes"] == {
         "voided": 1
     }
@@ -153,9 +158,16 @@ def test_a_report_gives_back_the_marked_charge_once_and_refuses_other_tokens(
         store.charge(ChargeRequest("acme", COST, token="00000000000000bb"))
     assert funded.account("acme").balance == before
     # Blank marks (requests the gate let through) and logs without one change nothing.
-    blank = [{"request": {"headers": {"x-credit-gate-witness": ""}}}, {"request": {}}, "junk"]
+    blank = [dead_end({"x-credit-gate-witness": ""}), {"request": {}}, "junk"]
     answer = api.call("POST", "/v1/kong/bypassed", token=WITNESS_TOKEN, json=blank).json()
     assert answer == {"entries": 3, "unmarked": 3, "outcomes": {}}
+    # A marked request the dead end did not answer (ip-restriction's 403 to a client that called the
+    # dead-end route itself, with a mark it made up or saw): nothing is given back.
+    forged = dead_end({"x-credit-gate-witness": witness.mark("acme", "00000000000000ff")}, status=403)
+    assert store.charge(ChargeRequest("acme", COST, token="00000000000000ff")).allowed
+    answer = api.call("POST", "/v1/kong/bypassed", token=WITNESS_TOKEN, json=[forged]).json()
+    assert answer == {"entries": 1, "unmarked": 1, "outcomes": {}}
+    assert funded.account("acme").balance == before - COST
     assert funded.verify_ledger("acme").ok
 
 
@@ -197,14 +209,24 @@ def test_kills_under_load_leave_every_charge_served_or_given_back(
     )
 
 
-def test_a_token_already_charged_is_a_replay_of_that_charge(funded: Admin) -> None:
-    """Kong runs an event again on a respawned server (after "no plugin instance"): the gate names the
-    charge after Kong's request id, so the second run answers with the first charge, charged once."""
+def test_the_same_request_charged_again_is_a_replay_whose_token_gives_the_charge_back(
+    api: Running, funded: Admin
+) -> None:
+    """Kong runs an event again on a respawned server (after "no plugin instance"), with the same
+    request id and a new token: it answers with the first charge, charged once; voiding the new token
+    (its request then reached the dead end) gives that one charge back."""
     store = funded.store
     before = funded.account("acme").balance
-    first = store.charge(ChargeRequest("acme", COST, token="00000000000000cc"))
-    again = store.charge(ChargeRequest("acme", COST, token="00000000000000cc"))
+    request_id = "0123456789abcdef" * 2
+    first = store.charge(ChargeRequest("acme", COST, token="00000000000000cc", request_id=request_id))
+    again = store.charge(ChargeRequest("acme", COST, token="00000000000000dd", request_id=request_id))
     assert first.allowed and again.allowed and again.replayed and again.charge_id == first.charge_id
     assert funded.account("acme").balance == before - COST
-    assert witness.token_of("0123456789abcdef" * 2) == "0123456789abcdef"
-    assert witness.token_of("not-an-id") is None and witness.token_of(None) is None
+    other = store.charge(ChargeRequest("acme", COST, token="00000000000000ee", request_id="f" * 32))
+    assert other.allowed and not other.replayed  # another request: charged
+    report = [dead_end({"x-credit-gate-witness": witness.mark("acme", "00000000000000dd")})]
+    answer = api.call("POST", "/v1/kong/bypassed", token=WITNESS_TOKEN, json=report).json()
+    assert answer["outcomes"] == {"given_back": 1}
+    assert funded.account("acme").balance == before - COST  # only the other request's charge stands
+    assert witness.request_id_of(request_id) == request_id
+    assert witness.request_id_of("not-an-id") == "" and witness.request_id_of(None) == ""

@@ -82,6 +82,9 @@ class Operation:
     def valid_body(self) -> bytes:
         """A body its schema accepts (its required properties, each the least value allowed)."""
         schema = self.spec["requestBody"]["content"]["application/json"]["schema"]
+        if self.path == "/v1/kong/bypassed":  # Kong's log of a request at the dead end, marked
+            mark = {"x-credit-gate-witness": "0123456789abcdef nobody"}
+            return json.dumps([{"request": {"headers": mark}, "response": {"status": 503}}]).encode()
         if "properties" not in schema:  # a plan, a list of plans or {plans: [...]}
             return json.dumps({"name": "nobody"}).encode()
         body: dict[str, Any] = {}

@@ -136,6 +136,7 @@ def test_a_charge_request_encodes_to_the_arguments_the_script_names() -> None:
         "token": "5eed",
         "token_seconds": TOKEN_SECONDS,
         "account": "team-a",  # the day's totals count under it
+        "request_id": "",
     }
     assert sorted(position) == sorted(expected)
     assert len(args) == len(expected)
@@ -216,7 +217,8 @@ def test_the_policy_fills_each_field_of_the_charge_request_by_its_name() -> None
         "member": "c-1",
         "hold_seconds": 120,
         "settle_window": 86_400,
-        "token": "",  # the store draws one; a gate with bypass_witness names it after Kong's request id
+        "token": "",  # the store draws one (a gate with bypass_witness draws its own)
+        "request_id": "",  # Kong's, from a gate with bypass_witness
     }
     shadowed = charge_request(parse_config({"enforce": False}), facts)
     assert isinstance(shadowed, ChargeRequest) and shadowed.shadow

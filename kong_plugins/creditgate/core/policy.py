@@ -85,6 +85,7 @@ class ChargeRequest(NamedTuple):
     hold_seconds: int = 0
     settle_window: int = 0
     token: str = ""  # names the charge (hex, 16 digits); "" lets the store draw one
+    request_id: str = ""  # Kong's id of the request (bypass_witness): the same request charges once
 
 
 class Proxy(NamedTuple):
@@ -196,6 +197,7 @@ def charge_request(
             config.settle_timeout if config.settle_header else 0,
             refund_window(config) if config.needs_log_phase else 0,
             "",  # the token: the store draws one, or the gate with bypass_witness (kong/gate.py)
+            "",  # Kong's request id: the gate's, with bypass_witness
         )
     )  # ChargeRequest's fields, in its order
 

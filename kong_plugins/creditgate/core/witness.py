@@ -1,10 +1,11 @@
 """The bypass witness: what tells a charge whose request Kong never let through (issue: a plugin server
 killed between the charge and Kong's next message) from one whose request was served.
 
-With ``bypass_witness`` on, the gate names the charge after Kong's request id (``token_of``: one PDK
+With ``bypass_witness`` on, the gate sends Kong's request id with the charge (``request_id_of``: one PDK
 call, so that a request whose event Kong runs again on a respawned server is charged once) and marks
-the request to the upstream, before it charges, with that token and the paying account (``HEADER``:
-one more PDK call). A request the gate then lets through
+the request to the upstream, before it charges, with the charge's random token and the paying account
+(``HEADER``: one more PDK call). The token is not Kong's request id, which Kong 3.5+ shows the client
+(``X-Kong-Request-Id``): a client cannot name a charge to give back. A request the gate then lets through
 has the mark blanked in the same call that sets its ``X-Credit-*`` headers, so the API never sees a
 token. A request the gate never finished (the plugin server died after the charge) still carries it to
 the fail-closed dead end, whose Kong log plugin (``http-log``) reports it to ``credit-gate serve``; serve
@@ -20,15 +21,14 @@ from urllib.parse import quote, unquote
 
 HEADER = "X-Credit-Gate-Witness"
 _TOKEN = re.compile(r"[0-9a-f]{16}")
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 MAX_ACCOUNT = 4096  # characters of a percent-encoded account name in a mark
 
 
-def token_of(request_id: object) -> str | None:
-    """The charge's token from nginx's ``$request_id`` (32 random hex digits, one per request: the same
-    when Kong runs the request's event again on a respawned server), or None when it is not one."""
-    if isinstance(request_id, str) and len(request_id) == 32 and _TOKEN.fullmatch(request_id[:16]):
-        return request_id[:16]
-    return None
+def request_id_of(value: object) -> str:
+    """nginx's ``$request_id`` (32 random hex digits, one per request, the same when Kong runs the
+    request's event again on a respawned server), or "" when it is not one."""
+    return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else ""
 
 
 def mark(account: str, token: str) -> str:
@@ -54,4 +54,4 @@ def read_mark(value: object) -> tuple[str, str] | None:
     return (account, token) if account else None
 
 
-__all__ = ["HEADER", "mark", "read_mark", "token_of"]
+__all__ = ["HEADER", "mark", "read_mark", "request_id_of"]

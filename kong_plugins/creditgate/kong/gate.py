@@ -139,10 +139,10 @@ class Gate:
         if marked:
             # Before the charge, on the request to the upstream: if this server dies after charging,
             # Kong itself carries the mark to the fail-closed dead end, whose log reports it (witness.py).
-            # The charge is named after Kong's request id: an event Kong runs again charges once.
-            token = witness.token_of(kong.nginx.get_var("request_id")) or urandom(8).hex()
-            request = request._replace(token=token)
-            kong.service.request.set_header(witness.HEADER, witness.mark(request.account, token))
+            # Kong's request id goes with the charge: an event Kong runs again charges once.
+            request_id = witness.request_id_of(kong.nginx.get_var("request_id"))
+            request = request._replace(token=urandom(8).hex(), request_id=request_id)
+            kong.service.request.set_header(witness.HEADER, witness.mark(request.account, request.token))
         try:
             action = self._charge(config, store, request)
         except Exception as error:

@@ -30,6 +30,7 @@ from creditgate.service.state import Bearer, Service, service_of
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
 
+DEAD_END_STATUS = 503  # what the dead end answers (kong.yml's request-termination)
 MAX_ENTRIES = 1000  # log entries a report at most (http-log's queue sends batches of max_batch_size)
 _HEADER = HEADER.lower()  # Kong's serializer gives request headers lower-cased
 
@@ -45,8 +46,15 @@ Witness = Annotated[Service, Depends(witness)]
 
 
 def _mark_of(entry: Any) -> object:
-    """The mark in one of Kong's log entries (``request.headers``), or None."""
-    request = entry.get("request") if isinstance(entry, dict) else None
+    """The mark in one of Kong's log entries (``request.headers``), or None: also when the dead end did
+    not answer it (``response.status`` is not its 503; kong.yml's ip-restriction answers 403 to a
+    request that reached the dead-end route from anywhere but Kong itself)."""
+    if not isinstance(entry, dict):
+        return None
+    response = entry.get("response")
+    if not isinstance(response, dict) or response.get("status") != DEAD_END_STATUS:
+        return None
+    request = entry.get("request")
     headers = request.get("headers") if isinstance(request, dict) else None
     return headers.get(_HEADER) if isinstance(headers, dict) else None
 
@@ -70,10 +78,26 @@ def _void_all(service: Service, marks: list[tuple[str, str]]) -> dict[str, int]:
     return counts
 
 
+LOG_ENTRY = {"type": "object", "description": "One of Kong's log entries (its serializer's shape)"}
+REPORT = {"oneOf": [LOG_ENTRY, {"type": "array", "items": LOG_ENTRY, "maxItems": MAX_ENTRIES}]}
+
+
 @router.post(
     "/kong/bypassed",
     tags=["kong"],
     responses=_problems(400, 401, 403, 413, 415, 503),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [LOG_ENTRY, {"type": "array", "items": LOG_ENTRY, "maxItems": MAX_ENTRIES}]
+                    }
+                }
+            },
+        }
+    },
 )
 async def bypassed(request: Request, service: Witness) -> dict[str, Any]:
     """Kong's ``http-log`` entries of requests that reached the fail-closed dead end (one entry or an

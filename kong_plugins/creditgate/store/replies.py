@@ -203,7 +203,7 @@ def charge_arguments(
     the charge for voiding it when its reply does not come back (store/voids.py). ``totals`` is where
     the day's totals over every account are counted (``Keyspace.totals_prefix``), "" for nowhere."""
     (_account, cost, now, entitled, route, ledger_retention, shadow, idempotency_key, idempotency_window,
-     member, hold_seconds, settle_window, _token) = request  # fmt: skip
+     member, hold_seconds, settle_window, _token, request_id) = request  # fmt: skip
     window = idempotency_window if idempotency_key else 0
     local_or_redis = time.time() if redis_now is None else redis_now
     day_of = int(local_or_redis) if now is None else now
@@ -241,6 +241,7 @@ def charge_arguments(
         token,
         TOKEN_SECONDS,
         request.account if totals else "",
+        request_id,
     ]
 
 

@@ -30,12 +30,15 @@
 --          ledger id under <base>token:<token> for ARGV[14] seconds; a token with a void marker
 --          (<base>void:<token>, void.lua) is refused deadline_passed with nothing written. The caller
 --          voids a charge whose reply it did not get, so that it is charged and answered, or neither.
---          A token already charged is answered as a replay of that charge (see "Idempotency").
+--          A replay by request id (ARGV[16]) keeps the earlier charge's ledger id under this token.
 -- ARGV[14] token_seconds: how long the token's ledger id is kept
 -- KEYS[10] the day's totals over every account on this account's slot (store/totals.py; "" for none):
 --          what count_usage adds to the account's usage hash, a pool member's own counters left out,
 --          also added there in this same step (add_total in _lib.lua)
 -- ARGV[15] account: the paying account's name, for the day's totals
+-- ARGV[16] request_id: Kong's id of the request (hex), or "" for none: a charge that charges keeps its
+--          ledger id under <base>rid:<request_id> for ARGV[14] seconds, and a charge sent again with
+--          the same request id is a replay of it (see "Idempotency")
 --
 -- Returns {allowed (1|0), reason ("" when allowed), plan, status, cost, balance, allowance,
 --          allowance_remaining, period_end, starts_at, expires_at, now, from_allowance, from_balance,
@@ -121,6 +124,9 @@ local token_seconds = arg_int(14, 1, 1e9)
 local token_key, void_key = '', ''
 -- The day's totals over every account (KEYS[10]), counted under the account's name; none without it.
 local account = ARGV[15] or ''
+local request_id = ARGV[16] or ''
+local request_key = ''
+if request_id ~= '' then request_key = string.sub(KEYS[1], 1, -8) .. 'rid:' .. request_id end
 local totals = {key = account ~= '' and KEYS[10] or '', ttl = usage_ttl, account = account}
 if token ~= '' then
   local base = string.sub(KEYS[1], 1, -8)  -- '<base>account' -> '<base>'
@@ -204,11 +210,14 @@ local function charge_at(key)
   return id
 end
 local earlier = false
--- A token already charged: the same request run again (Kong re-runs an event on a respawned plugin
--- server, and a gate with bypass_witness names its charge after Kong's request id): a replay of it.
-if token ~= '' and not shadow then
-  check_type(token_key, 'string')
-  earlier = charge_at(token_key)
+-- The same request run again (Kong runs an event again on a respawned plugin server; a gate with
+-- bypass_witness sends Kong's request id): a replay of its charge, whose token becomes this one's too,
+-- so that voiding this token gives that charge back.
+local by_request = false
+if request_key ~= '' and not shadow then
+  check_type(request_key, 'string')
+  earlier = charge_at(request_key)
+  by_request = earlier ~= false
 end
 if not earlier and idempotency_window > 0 and not shadow then
   earlier = charge_at(idempotency_key)
@@ -302,6 +311,9 @@ end
 -- charge, not charged again.
 if earlier then
   count_usage('replayed', 1)
+  if by_request and token ~= '' then
+    redis.call('SET', token_key, earlier, 'EX', token_seconds)
+  end
   return answer(1, '', 0, 0, earlier, 1)
 end
 
@@ -378,6 +390,9 @@ end
 local ledger_id = ledger_append(account_key, ledger_key, ledger, fields)
 if token ~= '' then
   redis.call('SET', token_key, ledger_id, 'EX', token_seconds)  -- what void.lua finds
+end
+if request_key ~= '' then
+  redis.call('SET', request_key, ledger_id, 'EX', token_seconds)  -- what the same request run again finds
 end
 if idempotency_window > 0 then
   redis.call('SET', idempotency_key, ledger_id, 'EX', idempotency_window)
