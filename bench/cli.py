@@ -108,6 +108,11 @@ def parser() -> argparse.ArgumentParser:
         default=defaults.instruction_requests,
         help="per window of --instructions (default: %(default)s)",
     )
+    p.add_argument(
+        "--witness",
+        action="store_true",
+        help="the gate with bypass_witness: true (docs/fail-closed.md), to count what it costs",
+    )
     p.add_argument("--json", type=Path, help="also write the raw results as JSON to this path")
     return p
 
@@ -146,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         overspend_servers=args.overspend_servers,
         instructions=args.instructions,
         instruction_requests=args.instruction_requests,
+        witness=args.witness,
     )
     command = command_line(args_list)
     about = machine()

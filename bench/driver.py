@@ -62,6 +62,7 @@ _REQUEST: dict[str, Any] = {
     "kong.request.get_header": None,
     "kong.service.set_upstream": True,
 }
+_REQUEST_ID = "kong.nginx.get_var"  # $request_id (bypass_witness): one of its own per request
 
 
 class RpcError(Exception):
@@ -287,12 +288,15 @@ class _Driver:
                 result.sample_calls.append((method, args))
             if method not in _EXIT:
                 step = _STEP_METHOD.get(method)
+                value: Any
                 if step is not None:
                     value = self.consumer if step == "plugin.StepConsumer" else None
                 elif method in _PLAIN_STEP or method.startswith("kong.log."):
                     step, value = "plugin.Step", None
                 elif method in _REQUEST:
                     step, value = "plugin.Step", _REQUEST[method]
+                elif method == _REQUEST_ID:
+                    step, value = "plugin.Step", os.urandom(16).hex()
                 else:
                     raise RpcError(f"the benchmark does not answer {method}")
                 # A nil result is an absent key in the Lua table Kong encodes.

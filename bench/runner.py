@@ -70,6 +70,7 @@ class Settings:
     overspend_servers: int = 3
     instructions: bool = False  # --instructions: instructions per request, under valgrind's callgrind
     instruction_requests: int = 300
+    witness: bool = False  # --witness: the gate with bypass_witness (two PDK calls more a request)
 
 
 def mode_label(mode: str, transport: str, processes: int = 1) -> str:
@@ -228,7 +229,10 @@ class Bench:
         }
         if transport == "unix":
             redis["socket_path"] = str(self.redis.unix_socket)
-        return kong_config(self.gate_fields, {"cost": self.settings.cost, "redis": redis}, plugin_id)
+        fields: dict[str, Any] = {"cost": self.settings.cost, "redis": redis}
+        if self.settings.witness:
+            fields["bypass_witness"] = True
+        return kong_config(self.gate_fields, fields, plugin_id)
 
     def round_trip_config(
         self, plugin_id: str, transport: str = "tcp", read_timeout_ms: int | None = None

@@ -121,6 +121,11 @@ def main() -> None:
         # An acceptor in front of `--processes` server processes (processes.py): nothing heavy
         # is imported in this process, each server process runs this main() with --processes 1.
         raise SystemExit(processes.run_acceptor(flags.processes, flags.rest))
+    listener = None
+    if flags.channel_fd is None and not processes.ONE_SHOT_FLAGS & set(flags.rest):
+        # A single server process listens first: Kong's calls then wait for it to start instead of
+        # failing to connect meanwhile (processes.listen_early).
+        listener = processes.listen_early(flags.rest)
     if runtime.wants_gevent(sys.argv[1:]):
         runtime.patch_for_gevent()
     from kong_pdk.cli import start_dedicated_server
@@ -136,6 +141,8 @@ def main() -> None:
         plugin = SettlingPlugin
     if flags.channel_fd is not None:
         processes.serve_from_channel(flags.channel_fd)
+    elif listener is not None:
+        processes.serve_from_listener(listener)
     start_dedicated_server("credit-gate", plugin, version, priority, Schema)
 
 

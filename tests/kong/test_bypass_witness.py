@@ -104,7 +104,7 @@ def test_anything_but_a_mark_is_no_mark(value: object) -> None:
 # The gate's PDK exchange
 
 
-def test_the_gate_marks_before_charging_and_blanks_the_mark_of_a_request_it_lets_through(
+def test_the_gate_marks_before_charging_and_sets_the_headers_before_the_upstream(
     kong: KongSide, settings: RedisSettings, funded: Admin
 ) -> None:
     gate = gate_config(settings, cost=COST, upstream="paid-api", bypass_witness=True)
@@ -115,7 +115,10 @@ def test_the_gate_marks_before_charging_and_blanks_the_mark_of_a_request_it_lets
     assert allowed.pdk_calls[mark_at].args[0] == witness.HEADER
     account, token = witness.read_mark(allowed.pdk_calls[mark_at].args[1]) or ("", "")
     assert account == "acme" and len(token) == 16
-    assert allowed.upstream_headers.get(witness.HEADER) == ""  # the API never sees the token
+    # The X-Credit-* headers before the upstream: a server that dies between the two leaves the request
+    # on its way to the dead end (its mark reported), never to the API without its headers.
+    assert calls.index("kong.service.request.set_headers") < calls.index("kong.service.set_upstream")
+    assert allowed.upstream_headers.get("X-Credit-Charge-Id")
     assert allowed.proxied and allowed.upstream_name == "paid-api"
     refused = through_gate(
         kong, gate_config(settings, cost=10**9, bypass_witness=True), KongRequest(consumer=ACCOUNT)

@@ -253,7 +253,11 @@ def test_with_an_upstream_configured_only_allowed_requests_are_routed_to_it(
     allowed = call(kong, settings, upstream="paid-api")
     refused = call(kong, settings, upstream="paid-api", cost=1000)
     assert allowed.upstream_name == "paid-api"
-    assert allowed.methods[:2] == ["kong.client.get_consumer", "kong.service.set_upstream"]
+    assert allowed.methods[:3] == [
+        "kong.client.get_consumer",
+        "kong.service.request.set_headers",
+        "kong.service.set_upstream",
+    ]
     assert refused.upstream_name is None
 
 

@@ -5,10 +5,10 @@ With ``bypass_witness`` on, the gate sends Kong's request id with the charge (``
 call, so that a request whose event Kong runs again on a respawned server is charged once) and marks
 the request to the upstream, before it charges, with the charge's random token and the paying account
 (``HEADER``: one more PDK call). The token is not Kong's request id, which Kong 3.5+ shows the client
-(``X-Kong-Request-Id``): a client cannot name a charge to give back. A request the gate then lets through
-has the mark blanked in the same call that sets its ``X-Credit-*`` headers, so the API never sees a
-token. A request the gate never finished (the plugin server died after the charge) still carries it to
-the fail-closed dead end, whose Kong log plugin (``http-log``) reports it to ``credit-gate serve``; serve
+(``X-Kong-Request-Id``). A request the gate lets through goes to the API with its mark (a token there
+gives nothing back: only the dead end's reports count, and only Kong reaches the dead end). A request
+the gate never finished (the plugin server died after the charge) carries it to the fail-closed dead
+end, whose Kong log plugin (``http-log``) reports it to ``credit-gate serve``; serve
 voids that charge (gives it back, or marks the token so that a charge still on its way never charges).
 Kong's own code, not the plugin server, carries the mark from the first hop to the dead end, so a dead
 server cannot lose it. The dead end must be reachable only from Kong itself (docs/fail-closed.md).

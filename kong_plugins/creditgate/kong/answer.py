@@ -34,10 +34,12 @@ def apply(kong: Any, action: Action) -> bool:
             problem = action.problem
             kong.response.exit(problem.status, problem.encoded(), problem.headers)
             return True  # Kong sends nothing more for this event after exit.
+        # The upstream's headers before the upstream: a plugin server that dies between the two calls
+        # leaves the request on its way to the dead end, never to the API without its X-Credit-*.
+        kong.service.request.set_headers(action.upstream)
         if action.route_to:
             # Fail-closed deployments: only an allowed request is sent to the paid upstream.
             kong.service.set_upstream(action.route_to)
-        kong.service.request.set_headers(action.upstream)
         if action.charge:
             kong.ctx.shared.set(CHARGE_CONTEXT_KEY, action.charge)
         if action.client:

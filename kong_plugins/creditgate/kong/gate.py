@@ -33,7 +33,7 @@ from typing import Any
 
 from creditgate.core import policy, witness
 from creditgate.core.config import AccountBy, GateConfig, Role, parse_config
-from creditgate.core.policy import IDEMPOTENCY_HEADER, Action, ChargeRequest, Proxy, RequestFacts
+from creditgate.core.policy import IDEMPOTENCY_HEADER, Action, ChargeRequest, RequestFacts
 from creditgate.errors import ConfigError, StoreError, StoreRefused
 from creditgate.kong import balance as balance_route
 from creditgate.kong import notices
@@ -147,8 +147,6 @@ class Gate:
             action = self._charge(config, store, request)
         except Exception as error:
             action = policy.internal_error(config, error)
-        if marked and isinstance(action, Proxy):
-            action.upstream[witness.HEADER] = ""  # let through: the API never sees the token
         return action
 
     def _charge(self, config: GateConfig, store: RedisStore, request: ChargeRequest) -> Action:

@@ -55,6 +55,7 @@ STOP_TIMEOUT = 5.0  # seconds the server processes get to exit after SIGTERM bef
 MAX_WAITING = 4096  # connections held while their server process restarts; more are closed
 EVENT_ID_SPAN = 2**52  # below 2**53: Kong decodes msgpack integers into Lua doubles
 USAGE_ERROR = 2  # the status argparse (and main()'s own refusals) exit with
+LISTEN_QUEUE = 4096  # kong-pdk's default --listen-queue-size
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -130,13 +131,35 @@ def split_flags(argv: Sequence[str], default: Callable[[], int] = default_proces
     return Flags(processes if processes is not None else default(), channel, rest)
 
 
-def socket_path(argv: Sequence[str]) -> str:
-    """Where kong-pdk's dedicated server would listen: ``--kong-prefix`` / ``--socket-name``."""
+def _socket_flags(argv: Sequence[str]) -> argparse.Namespace:
+    """kong-pdk's flags that say where and how its dedicated server listens (``kong_pdk/cli.py``)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("-p", "--kong-prefix", "-kong-prefix", dest="prefix", default="/usr/local/kong/")
     parser.add_argument("--socket-name", dest="socket_name", default=f"{PLUGIN_NAME}.sock")
+    parser.add_argument("--listen-queue-size", dest="listen_queue_size", type=int, default=LISTEN_QUEUE)
     known, _ = parser.parse_known_args(list(argv))
+    return known
+
+
+def socket_path(argv: Sequence[str]) -> str:
+    """Where kong-pdk's dedicated server would listen: ``--kong-prefix`` / ``--socket-name``."""
+    known = _socket_flags(argv)
     return str(os.path.join(known.prefix, known.socket_name))
+
+
+def bind_listener(path: str, backlog: int = LISTEN_QUEUE) -> socket.socket:
+    """A unix socket listening on ``path``, in place of a dead server's socket file, as kong-pdk's
+    listener does; ``OSError`` if it cannot."""
+    if os.path.exists(path):
+        os.remove(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        listener.listen(backlog)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 # -- the acceptor ----------------------------------------------------------------------------------------
@@ -200,15 +223,7 @@ class Acceptor:
         self.stopping = True
 
     def _listen(self) -> socket.socket:
-        if os.path.exists(self.path):
-            os.remove(self.path)  # a dead server's socket file, as kong-pdk's listener does
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(self.path)
-            listener.listen(4096)
-        except OSError:
-            listener.close()
-            raise
+        listener = bind_listener(self.path)
         listener.setblocking(False)
         return listener
 
@@ -525,3 +540,60 @@ def serve_from_channel(channel_fd: int) -> None:
                 conn.close()
 
     kong_pdk.cli.UnixStreamServer = ChannelServer
+
+
+# -- a single server process -----------------------------------------------------------------------------
+
+
+def listen_early(argv: Sequence[str]) -> socket.socket | None:
+    """The single server process's socket, listening before the server imports what it runs on.
+
+    Until a server listens, every call Kong makes to it fails to connect: Kong 3.9.1 runs that request
+    without the plugin, or answers 500 when its worker has to start an instance first
+    (``kong/runloop/plugin_servers/plugin.lua``, ``get_instance_id``; docs/fail-closed.md). Once it
+    listens, a call waits in the socket's backlog until the server reads it, and is answered. gevent,
+    kong-pdk and redis-py take most of a start, so the socket listens before they are imported.
+    None when it cannot be bound here: kong-pdk then binds it itself, as before, and says why it
+    cannot.
+    """
+    known = _socket_flags(argv)
+    try:
+        return bind_listener(os.path.join(known.prefix, known.socket_name), known.listen_queue_size)
+    except OSError:
+        return None
+
+
+def serve_from_listener(listener: socket.socket) -> None:
+    """Make kong-pdk's dedicated server serve ``listener`` (``listen_early``) instead of binding its own.
+
+    kong-pdk's ``UnixStreamServer.serve_forever`` (``kong_pdk/listener.py``) binds the socket, starts
+    its watchdog (which ends the server once Kong is gone) and serves; this subclass does the same on
+    the socket already listening: a gevent ``StreamServer`` with ``-g``, a thread per connection
+    otherwise.
+    """
+    import kong_pdk.cli
+    from kong_pdk import listener as pdk_listener
+
+    class ListeningServer(pdk_listener.UnixStreamServer):  # type: ignore[misc]  # kong-pdk is untyped
+        def serve_forever(self) -> None:
+            if self.use_gevent:
+                from gevent import sleep, spawn
+                from gevent import socket as gevent_socket
+                from gevent.server import StreamServer
+
+                self.logger.info("server (gevent) started at path " + self.path)
+                spawn(pdk_listener.watchdog, sleep, self.logger)
+                StreamServer(gevent_socket.socket(fileno=listener.detach()), self.handle).serve_forever()
+                return
+            import threading
+
+            self.logger.info("server started at path " + self.path)
+            threading.Thread(
+                target=pdk_listener.watchdog, args=(time.sleep, self.logger), daemon=True
+            ).start()
+            server = pdk_listener.tUnixStreamServer(self.path, self.handle, bind_and_activate=False)
+            server.socket.close()
+            server.socket = listener
+            server.serve_forever()
+
+    kong_pdk.cli.UnixStreamServer = ListeningServer
