@@ -32,7 +32,7 @@ from tests.service_support import ADMIN_TOKEN, READ_TOKEN, Running, running_serv
 ACCOUNT: dict[str, Any] = {"id": "acme", "username": "acme", "custom_id": None}
 COST = 5
 WITNESS_TOKEN = "witness-token-0123456789abcdef"
-KILLS = 6
+KILLS = 10
 
 
 @pytest.fixture(scope="module", params=["1", "2"], ids=["1-process", "2-processes"])
