@@ -47,6 +47,23 @@ BALANCE_EVERY = 60.0  # seconds between two sums of every account's balance
 BALANCE_AT_ONCE = 5_000  # up to this many accounts, the first scrape adds the balances up itself
 
 
+def balances(store: Any, names: list[str]) -> int:
+    """The accounts' balances added up, in one pipeline of HGET (the field only, not the whole hash); a
+    balance that is not a whole number is left out (the account's own reads refuse it as bad data)."""
+
+    def fill(pipe: Any) -> None:
+        for name in names:
+            pipe.hget(store.keys.account(name).state, "balance")
+
+    total = 0
+    for raw in store._pipeline(fill):
+        try:
+            total += int(raw) if raw is not None else 0
+        except ValueError:
+            continue
+    return total
+
+
 class Balances:
     """Every account's prepaid balance added up in a thread of its own, at most every ``BALANCE_EVERY``
     seconds, so that a scrape never waits for it: a scrape starts the next sum when the last is old."""
@@ -75,7 +92,8 @@ class Balances:
             names = store.account_names()
             total = 0
             for i in range(0, len(names), BATCH):
-                total += sum(s.balance for s in store.account_states(names[i : i + BATCH]))
+                total += balances(store, names[i : i + BATCH])
+                time.sleep(0.001)  # between two reads, the service's requests go first
             with self.lock:
                 self.total, self.at = total, time.monotonic()
         except Exception:

@@ -53,6 +53,8 @@ COMMANDS_BATCH = 4096  # commands a pipeline at most
 PAGE = 100  # sorted set entries a command when ranking accounts, in the first round
 MAX_PAGE = 5000  # ... doubling each round up to this
 ENTRIES_A_PIPELINE = 20_000  # sorted set entries one pipeline reads at most
+# A page of a day's accounts, most charged first: ZRANGE's reply inside a script is a flat array.
+FLAT_PAGE = "return redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'REV', 'WITHSCORES')"
 RESOLVE_AT_ONCE = 5000  # accounts summed over every day at once at most; else read further first
 MAX_RANKED_PER_DAY = 20_000  # entries of one day read at most when ranking; past it the rank may be inexact
 
@@ -378,8 +380,9 @@ class _Ranking:
                 for i in chunk:
                     start = self.offsets[i]
                     key = self.days[i].key + ":accounts"
-                    # Without redis-py's reply conversion (a third of the time at 200,000 entries).
-                    pipe.execute_command("ZRANGE", key, start, start + size - 1, "REV", "WITHSCORES")
+                    # Through a script: its reply is one flat array of strings, which the client reads
+                    # in half the time of RESP3's pair per entry (at 200,000 entries).
+                    pipe.execute_command("EVAL", FLAT_PAGE, 1, key, start, start + size - 1)
 
             read.update(zip(chunk, self.store._pipeline(fill), strict=True))
         pages = []
@@ -448,12 +451,15 @@ class _Ranking:
 
 
 def _pairs(reply: list[Any]) -> list[tuple[str, int]]:
-    """ZRANGE ... WITHSCORES as (member, score) pairs: RESP3 sends pairs, RESP2 a flat list of text."""
+    """ZRANGE ... WITHSCORES as (member, score) pairs: pairs (RESP3), or a flat list of text (RESP2, and
+    ``FLAT_PAGE``'s reply). Scores are whole numbers of credits."""
     if reply and isinstance(reply[0], list):
-        if isinstance(reply[0][0], bytes) and isinstance(reply[0][1], float):  # the common case, fast
-            return [(name.decode(), int(score)) for name, score in reply]
         return [(as_text(name), int(float(score))) for name, score in reply]
-    return [(as_text(reply[j]), int(float(reply[j + 1]))) for j in range(0, len(reply), 2)]
+    names, scores = reply[::2], reply[1::2]
+    try:
+        return [(name.decode(), int(score)) for name, score in zip(names, scores, strict=True)]
+    except (AttributeError, ValueError):  # not bytes, or a score written as a float
+        return [(as_text(name), int(float(score))) for name, score in zip(names, scores, strict=True)]
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
