@@ -10,7 +10,8 @@ at a time:
 - ``GET /v1/usage/totals`` over 400 days (``--repeat`` times): wall time of each answer;
 - ``GET /metrics``: wall time of each scrape;
 
-and the bystander's charge latency (p50, p99, worst, ms) with no reads, then during the reads.
+and the bystander's charge latency (p50, p99, worst, ms) with no reads, then during the reads, and the
+longest single Redis command while the reads ran (SLOWLOG: how long Redis itself was held).
 """
 
 from __future__ import annotations
@@ -167,7 +168,14 @@ def main(argv: list[str]) -> None:
             return times
 
         _, quiet = _during(redis.port, lambda: time.sleep(3))
+        redis.client.config_set("slowlog-log-slower-than", 0)  # every command, with its Redis time
+        redis.client.config_set("slowlog-max-len", 1_000_000)
+        redis.client.slowlog_reset()
         times, busy = _during(redis.port, reads)
+        longest = max(redis.client.slowlog_get(1_000_000), key=lambda e: int(e["duration"]), default=None)
+        if longest is not None:
+            command = " ".join(str(longest["command"].decode(errors="replace")).split()[:2])
+            print(f"longest Redis command during the reads: {int(longest['duration'])} us ({command} ...)")
         for name, values in times.items():
             print(
                 f"{name}: "
