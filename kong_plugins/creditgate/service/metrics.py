@@ -28,7 +28,7 @@ from creditgate.service import event_metrics
 from creditgate.service.routes import READ
 from creditgate.service.state import Service, reader
 from creditgate.store.nodes import CAUSES
-from creditgate.store.reports import account_count
+from creditgate.store.reports import account_count, balances
 from creditgate.store.totals import Totals
 
 log = logging.getLogger(__name__)
@@ -45,23 +45,6 @@ REASONED = ("refused", "shadow_refused")
 
 BALANCE_EVERY = 60.0  # seconds between two sums of every account's balance
 BALANCE_AT_ONCE = 5_000  # up to this many accounts, the first scrape adds the balances up itself
-
-
-def balances(store: Any, names: list[str]) -> int:
-    """The accounts' balances added up, in one pipeline of HGET (the field only, not the whole hash); a
-    balance that is not a whole number is left out (the account's own reads refuse it as bad data)."""
-
-    def fill(pipe: Any) -> None:
-        for name in names:
-            pipe.hget(store.keys.account(name).state, "balance")
-
-    total = 0
-    for raw in store._pipeline(fill):
-        try:
-            total += int(raw) if raw is not None else 0
-        except ValueError:
-            continue
-    return total
 
 
 class Balances:
