@@ -124,18 +124,22 @@ def rpc_call(socket_path: str, method: str, arg: Any, timeout: float = 10.0) -> 
         sock.settimeout(timeout)
         sock.connect(socket_path)
         sock.sendall(msgpack.packb([0, 1, method, [arg]]))
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RpcError(f"{method}: connection closed")
-            unpacker.feed(chunk)
-            for message in unpacker:
-                if message[0] != 1:
-                    continue
-                if message[2] is not None:
-                    raise RpcError(f"{method}: {message[2]}")
-                return message[3]
+        return read_reply(sock, msgpack.Unpacker(raw=False, strict_map_key=False), method)
+
+
+def read_reply(sock: socket.socket, unpacker: Any, method: str) -> Any:
+    """The next reply on a connection (requests' notifications skipped): its result, or RpcError."""
+    while True:
+        for message in unpacker:
+            if message[0] != 1:
+                continue
+            if message[2] is not None:
+                raise RpcError(f"{method}: {message[2]}")
+            return message[3]
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RpcError(f"{method}: connection closed")
+        unpacker.feed(chunk)
 
 
 # The driver inside each worker process: an epoll loop of small state machines, one per request in

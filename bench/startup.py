@@ -43,7 +43,7 @@ from typing import Any
 
 import msgpack
 
-from bench.driver import RpcError, rpc_call
+from bench.driver import read_reply, rpc_call
 from bench.instructions import START_TIMEOUT, Counted, valgrind_argv
 from bench.procs import (
     GATE_SERVER,
@@ -93,17 +93,7 @@ def access_event(socket_path: str, instance_id: int, who: dict[str, Any], timeou
             nonlocal msg_id
             msg_id += 1
             sock.sendall(msgpack.packb([0, msg_id, method, [arg]]))
-            while True:
-                for message in unpacker:
-                    if message[0] != 1:
-                        continue
-                    if message[2] is not None:
-                        raise RpcError(f"{method}: {message[2]}")
-                    return message[3]
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise RpcError(f"{method}: connection closed")
-                unpacker.feed(chunk)
+            return read_reply(sock, unpacker, method)
 
         answer = call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": "access"})
         event = answer["EventId"]

@@ -20,32 +20,21 @@ import pytest
 
 from creditgate.core import witness
 from creditgate.core.config import RedisSettings
-from creditgate.core.model import Plan
 from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreTimeout
 from creditgate.ops.admin import Admin
-from tests.gate_fixtures import gate_config, serving, through_gate
+from tests.gate_fixtures import gate_config, through_gate
 from tests.harness import KongNode, KongRequest, KongSide, NodeResult, PluginInfo, PluginServerProcess
-from tests.kong.test_node_load import run_load
+from tests.kong import test_node_load
+from tests.kong.test_node_load import ACCOUNT, run_load
 from tests.service_support import ADMIN_TOKEN, READ_TOKEN, Running, running_service
 
-ACCOUNT: dict[str, Any] = {"id": "acme", "username": "acme", "custom_id": None}
+# The whole-node tests' fixtures: their servers (1 and 2 processes) and their funded account.
+server = test_node_load.server
+pro_account = test_node_load.pro_account
 COST = 5
 WITNESS_TOKEN = "witness-token-0123456789abcdef"
 KILLS = 10
-
-
-@pytest.fixture(scope="module", params=["1", "2"], ids=["1-process", "2-processes"])
-def server(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
-    yield from serving("-g", "--processes", request.param)
-
-
-@pytest.fixture
-def funded(admin: Admin) -> Admin:
-    admin.apply_plan(Plan("pro", prepaid=True))
-    admin.subscribe(ACCOUNT["id"], "pro", starts_at=admin.now() - 60)
-    admin.grant(ACCOUNT["id"], 1_000_000)
-    return admin
 
 
 @pytest.fixture
@@ -105,7 +94,7 @@ def test_anything_but_a_mark_is_no_mark(value: object) -> None:
 
 
 def test_the_gate_marks_before_charging_and_sets_the_headers_before_the_upstream(
-    kong: KongSide, settings: RedisSettings, funded: Admin
+    kong: KongSide, settings: RedisSettings, pro_account: Admin
 ) -> None:
     gate = gate_config(settings, cost=COST, upstream="paid-api", bypass_witness=True)
     allowed = through_gate(kong, gate, KongRequest(consumer=ACCOUNT))
@@ -119,6 +108,8 @@ def test_the_gate_marks_before_charging_and_sets_the_headers_before_the_upstream
     # on its way to the dead end (its mark reported), never to the API without its headers.
     assert calls.index("kong.service.request.set_headers") < calls.index("kong.service.set_upstream")
     assert allowed.upstream_headers.get("X-Credit-Charge-Id")
+    assert calls[-1] == "kong.service.request.clear_header"  # last: the API never sees the token
+    assert witness.HEADER not in allowed.upstream_headers
     assert allowed.proxied and allowed.upstream_name == "paid-api"
     refused = through_gate(
         kong, gate_config(settings, cost=10**9, bypass_witness=True), KongRequest(consumer=ACCOUNT)
@@ -127,7 +118,7 @@ def test_the_gate_marks_before_charging_and_sets_the_headers_before_the_upstream
 
 
 def test_without_the_witness_nothing_is_marked(
-    kong: KongSide, settings: RedisSettings, funded: Admin
+    kong: KongSide, settings: RedisSettings, pro_account: Admin
 ) -> None:
     outcome = through_gate(kong, gate_config(settings, cost=COST), KongRequest(consumer=ACCOUNT))
     assert "kong.service.request.set_header" not in outcome.methods_in("access")
@@ -138,12 +129,12 @@ def test_without_the_witness_nothing_is_marked(
 
 
 def test_a_report_gives_back_the_marked_charge_once_and_refuses_other_tokens(
-    api: Running, funded: Admin
+    api: Running, pro_account: Admin
 ) -> None:
-    store = funded.store
-    before = funded.account("acme").balance
+    store = pro_account.store
+    before = pro_account.account("acme").balance
     charged = store.charge(ChargeRequest("acme", COST, token="00000000000000aa"))
-    assert charged.allowed and funded.account("acme").balance == before - COST
+    assert charged.allowed and pro_account.account("acme").balance == before - COST
     report = [dead_end({"x-credit-gate-witness": witness.mark("acme", "00000000000000aa")})]
     for token, status in ((None, 401), (READ_TOKEN, 403)):
         assert api.call("POST", "/v1/kong/bypassed", token=token, json=report).status_code == status
@@ -151,7 +142,7 @@ def test_a_report_gives_back_the_marked_charge_once_and_refuses_other_tokens(
     assert first == {"entries": 1, "unmarked": 0, "outcomes": {"given_back": 1}}
     again = api.call("POST", "/v1/kong/bypassed", token=WITNESS_TOKEN, json=report[0]).json()
     assert again["outcomes"] == {"already": 1} or again["outcomes"].get("given_back", 0) == 0
-    assert funded.account("acme").balance == before
+    assert pro_account.account("acme").balance == before
     # A mark whose charge has not run yet: voided, and the charge never runs.
     ahead = [dead_end({"x-credit-gate-witness": witness.mark("acme", "00000000000000bb")})]
     assert api.call("POST", "/v1/kong/bypassed", token=WITNESS_TOKEN, json=ahead).json()["outcomes"] == {
@@ -159,7 +150,7 @@ def test_a_report_gives_back_the_marked_charge_once_and_refuses_other_tokens(
     }
     with pytest.raises(StoreTimeout):  # what a voided token answers: nothing charged
         store.charge(ChargeRequest("acme", COST, token="00000000000000bb"))
-    assert funded.account("acme").balance == before
+    assert pro_account.account("acme").balance == before
     # Blank marks (requests the gate let through) and logs without one change nothing.
     blank = [dead_end({"x-credit-gate-witness": ""}), {"request": {}}, "junk"]
     answer = api.call("POST", "/v1/kong/bypassed", token=WITNESS_TOKEN, json=blank).json()
@@ -170,8 +161,8 @@ def test_a_report_gives_back_the_marked_charge_once_and_refuses_other_tokens(
     assert store.charge(ChargeRequest("acme", COST, token="00000000000000ff")).allowed
     answer = api.call("POST", "/v1/kong/bypassed", token=WITNESS_TOKEN, json=[forged]).json()
     assert answer == {"entries": 1, "unmarked": 1, "outcomes": {}}
-    assert funded.account("acme").balance == before - COST
-    assert funded.verify_ledger("acme").ok
+    assert pro_account.account("acme").balance == before - COST
+    assert pro_account.verify_ledger("acme").ok
 
 
 # The whole node, the server killed under load
@@ -182,11 +173,11 @@ def test_kills_under_load_leave_every_charge_served_or_given_back(
     server: PluginServerProcess,
     plugin_info: PluginInfo,
     settings: RedisSettings,
-    funded: Admin,
+    pro_account: Admin,
     api: Running,
     kong_version: str,
 ) -> None:
-    before = funded.account("acme").balance
+    before = pro_account.account("acme").balance
     with KongNode(server, plugin_info, workers=3, kong_version=kong_version, event_delay=0.2) as node:
         node.configure(
             [gate_config(settings, cost=COST, upstream="paid-api", bypass_witness=True, route_id=route)
@@ -202,9 +193,9 @@ def test_kills_under_load_leave_every_charge_served_or_given_back(
         assert reported.status_code == 200, reported.text
         outcomes.update(reported.json()["outcomes"])
     paid = [r for r in results if served(r)]
-    charged = before - funded.account("acme").balance
+    charged = before - pro_account.account("acme").balance
     assert charged == COST * len(paid), (charged, len(paid), outcomes, len(dead_ended))
-    assert funded.verify_ledger("acme").ok
+    assert pro_account.verify_ledger("acme").ok
     assert len(node.kills) == KILLS
     print(
         f"\nKong {kong_version}: {len(results)} requests, {len(paid)} served, {len(dead_ended)} at the dead "
@@ -213,23 +204,23 @@ def test_kills_under_load_leave_every_charge_served_or_given_back(
 
 
 def test_the_same_request_charged_again_is_a_replay_whose_token_gives_the_charge_back(
-    api: Running, funded: Admin
+    api: Running, pro_account: Admin
 ) -> None:
     """Kong runs an event again on a respawned server (after "no plugin instance"), with the same
     request id and a new token: it answers with the first charge, charged once; voiding the new token
     (its request then reached the dead end) gives that one charge back."""
-    store = funded.store
-    before = funded.account("acme").balance
+    store = pro_account.store
+    before = pro_account.account("acme").balance
     request_id = "0123456789abcdef" * 2
     first = store.charge(ChargeRequest("acme", COST, token="00000000000000cc", request_id=request_id))
     again = store.charge(ChargeRequest("acme", COST, token="00000000000000dd", request_id=request_id))
     assert first.allowed and again.allowed and again.replayed and again.charge_id == first.charge_id
-    assert funded.account("acme").balance == before - COST
+    assert pro_account.account("acme").balance == before - COST
     other = store.charge(ChargeRequest("acme", COST, token="00000000000000ee", request_id="f" * 32))
     assert other.allowed and not other.replayed  # another request: charged
     report = [dead_end({"x-credit-gate-witness": witness.mark("acme", "00000000000000dd")})]
     answer = api.call("POST", "/v1/kong/bypassed", token=WITNESS_TOKEN, json=report).json()
     assert answer["outcomes"] == {"given_back": 1}
-    assert funded.account("acme").balance == before - COST  # only the other request's charge stands
+    assert pro_account.account("acme").balance == before - COST  # only the other request's charge stands
     assert witness.request_id_of(request_id) == request_id
     assert witness.request_id_of("not-an-id") == "" and witness.request_id_of(None) == ""

@@ -5,8 +5,8 @@ With ``bypass_witness`` on, the gate sends Kong's request id with the charge (``
 call, so that a request whose event Kong runs again on a respawned server is charged once) and marks
 the request to the upstream, before it charges, with the charge's random token and the paying account
 (``HEADER``: one more PDK call). The token is not Kong's request id, which Kong 3.5+ shows the client
-(``X-Kong-Request-Id``). A request the gate lets through goes to the API with its mark (a token there
-gives nothing back: only the dead end's reports count, and only Kong reaches the dead end). A request
+(``X-Kong-Request-Id``). A request the gate lets through has its mark cleared once its upstream is named
+(one more PDK call), so that no API echoes a token back to a client. A request
 the gate never finished (the plugin server died after the charge) carries it to the fail-closed dead
 end, whose Kong log plugin (``http-log``) reports it to ``credit-gate serve``; serve
 voids that charge (gives it back, or marks the token so that a charge still on its way never charges).
