@@ -62,6 +62,9 @@ credit-gate:
                         give it to the query command too (Kong reads the phases from --dump)
   --processes N         server processes behind the socket (default one per core; 1 is a single
                         process): each nginx worker's connections stay with one of them
+  --runtime NAME        credit-gate (default: Kong's protocol on one event loop, about a third of
+                        kong-pdk's cost per request) or kong-pdk (kong-pdk's own server, with -g
+                        for gevent or threads without it)
 
 Kong starts this command with an empty environment (no PATH): give kong.conf its absolute path, or
 link it into /usr/local/bin. `credit-gate kong-conf` prints the kong.conf lines.
@@ -117,15 +120,26 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    if flags.processes > 1 and flags.channel_fd is None and not processes.ONE_SHOT_FLAGS & set(flags.rest):
+    one_shot = bool(processes.ONE_SHOT_FLAGS & set(flags.rest))
+    if flags.processes > 1 and flags.channel_fd is None and not one_shot:
         # An acceptor in front of `--processes` server processes (processes.py): nothing heavy
         # is imported in this process, each server process runs this main() with --processes 1.
-        raise SystemExit(processes.run_acceptor(flags.processes, flags.rest))
+        raise SystemExit(processes.run_acceptor(flags.processes, flags.rest, flags.runtime))
     listener = None
-    if flags.channel_fd is None and not processes.ONE_SHOT_FLAGS & set(flags.rest):
+    if flags.channel_fd is None and not one_shot:
         # A single server process listens first: Kong's calls then wait for it to start instead of
         # failing to connect meanwhile (processes.listen_early).
         listener = processes.listen_early(flags.rest)
+    if "--no-lua-style" not in sys.argv:
+        sys.argv.append("--no-lua-style")
+    plugin: type[Plugin] = Plugin
+    if LOG_PHASE_FLAG in sys.argv:
+        sys.argv.remove(LOG_PHASE_FLAG)
+        plugin = SettlingPlugin
+    if flags.runtime == processes.RUNTIMES[0] and not one_shot:
+        runtime.patch_for_gevent()
+        serve_on_own_runtime(plugin, listener, flags.channel_fd)
+        return
     if runtime.wants_gevent(sys.argv[1:]):
         runtime.patch_for_gevent()
     from kong_pdk.cli import start_dedicated_server
@@ -133,17 +147,44 @@ def main() -> None:
     runtime.install_exit_fix()
     runtime.install_small_read_buffers()
     runtime.install_unique_ids()
-    if "--no-lua-style" not in sys.argv:
-        sys.argv.append("--no-lua-style")
-    plugin = Plugin
-    if LOG_PHASE_FLAG in sys.argv:
-        sys.argv.remove(LOG_PHASE_FLAG)
-        plugin = SettlingPlugin
+    runtime.install_lean_dispatch()
     if flags.channel_fd is not None:
-        processes.serve_from_channel(flags.channel_fd)
+        runtime.serve_from_channel(flags.channel_fd)
     elif listener is not None:
-        processes.serve_from_listener(listener)
+        runtime.serve_from_listener(listener)
     start_dedicated_server("credit-gate", plugin, version, priority, Schema)
+
+
+def serve_on_own_runtime(plugin: type[Plugin], listener: Any, channel_fd: int | None) -> None:
+    """credit-gate's runtime (``creditgate.kong.plugin_server``), after kong-pdk's own flag checks."""
+    from kong_pdk.cli import parse
+
+    from creditgate.kong import plugin_server, processes
+
+    try:
+        args = parse(dedicated=True)  # kong-pdk's flags, its usage errors (status 2) and their text
+    except OSError as error:  # the Kong prefix does not exist
+        print(f"credit-gate-pluginserver: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if channel_fd is not None:
+        processes.die_with_the_acceptor()
+    elif listener is None:
+        path = processes.socket_path(sys.argv[1:])
+        try:
+            listener = processes.bind_listener(path, args.listen_queue_size)
+        except OSError as error:
+            print(f"credit-gate-pluginserver: cannot listen on {path}: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
+    plugin_server.serve(
+        "credit-gate",
+        plugin,
+        version,
+        priority,
+        Schema,
+        listener=listener,
+        channel_fd=channel_fd,
+        lua_style=not args.no_lua_style,
+    )
 
 
 if __name__ == "__main__":

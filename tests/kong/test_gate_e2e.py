@@ -21,10 +21,23 @@ from creditgate.core.periods import Period
 from creditgate.ops.admin import Admin
 from creditgate.store.store import RedisStore
 from tests.core.test_decision import validate_problem
-from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, kong_side, serving, through_gate
+from tests.gate_fixtures import (
+    KONG_PDK_THREADS,
+    MODES,
+    PLUGIN_SERVER,
+    gate_config,
+    kong_side,
+    serving,
+    through_gate,
+)
 from tests.harness import KONG_VERSIONS, KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
 
-SERVERS = {**MODES, "gevent-2-processes": ("-g", "--processes", "2")}
+SERVERS = {
+    **MODES,
+    "kong-pdk-threads": KONG_PDK_THREADS,
+    "credit-gate-2-processes": ("--processes", "2"),
+    "kong-pdk-2-processes": (*MODES["kong-pdk"], "--processes", "2"),
+}
 
 
 @pytest.fixture(scope="module", params=sorted(SERVERS))

@@ -25,7 +25,7 @@ import pytest
 from creditgate.core.config import RedisSettings
 from creditgate.kong import processes as multiprocess
 from creditgate.ops.admin import Admin
-from tests.gate_fixtures import PLUGIN_SERVER, gate_config, start_plugin_server
+from tests.gate_fixtures import MODES, PLUGIN_SERVER, gate_config, start_plugin_server
 from tests.harness import (
     KongRequest,
     KongSide,
@@ -140,9 +140,9 @@ def redis_timeout_ms() -> int:
     return 2000  # a loaded machine must not turn a slow charge into a 503
 
 
-@pytest.fixture(params=["threads", "gevent"])
+@pytest.fixture(params=sorted(MODES))
 def two_processes(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
-    flags = ("--processes", "2") + (("-g",) if request.param == "gevent" else ())
+    flags = ("--processes", "2", *MODES[request.param])
     server = start_plugin_server(*flags)
     wait_until(lambda: len(server_processes(server)) == 2)
     yield server

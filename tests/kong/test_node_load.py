@@ -23,7 +23,7 @@ import pytest
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.ops.admin import Admin
-from tests.gate_fixtures import gate_config, serving
+from tests.gate_fixtures import MODES, gate_config, serving
 from tests.harness import KongNode, KongRequest, NodeResult, PluginInfo, PluginServerProcess
 
 ACCOUNT: dict[str, Any] = {"id": "acme", "username": "acme", "custom_id": None}
@@ -35,10 +35,15 @@ PAUSE = 0.02  # seconds a client waits between two requests: a dead server fails
 WORKERS = 3
 
 
-@pytest.fixture(scope="module", params=["1", "2"], ids=["1-process", "2-processes"])
+@pytest.fixture(
+    scope="module",
+    params=[(runtime, processes) for runtime in sorted(MODES) for processes in ("1", "2")],
+    ids=lambda param: f"{param[0]}-{param[1]}-process",
+)
 def server(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
     """Shared by both Kong releases' runs: the first run leaves it respawned and serving."""
-    yield from serving("-g", "--processes", request.param)
+    runtime, processes = request.param
+    yield from serving(*MODES[runtime], "--processes", processes)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ def redis_timeout_ms() -> int:
 def reporting_server(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[PluginServerProcess]:
-    """A plugin server (threads or gevent) that writes its report every 0.2 s."""
+    """A plugin server (each runtime) that writes its report every 0.2 s."""
     monkeypatch.setenv(INTERVAL_ENV, "0.2")
     server = start_plugin_server(*MODES[request.param])
     yield server

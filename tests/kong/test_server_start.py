@@ -43,7 +43,10 @@ WITH_BIND_REPORT = textwrap.dedent(
 ).format(heavy=HEAVY, server=PLUGIN_SERVER[0])
 
 
-@pytest.fixture(params=[(), ("-g",)], ids=["threads", "gevent"])
+@pytest.fixture(
+    params=[(), ("--runtime", "kong-pdk"), ("--runtime", "kong-pdk", "-g")],
+    ids=["credit-gate", "kong-pdk-threads", "kong-pdk-gevent"],
+)
 def started(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
     prefix = short_dir()
     script = prefix / "credit-gate-pluginserver"  # a file: kong-pdk reads its __main__'s path

@@ -1,8 +1,8 @@
 """Connections Redis closed while idle (its ``timeout`` setting) are never used for a charge.
 
-Through the plugin server in both modes (threads: a pool of sockets; gevent: one pipelined
-connection) and a real Redis started with ``timeout 1``: every request of a burst after an idle pause
-is charged and proxied, and each exactly once.
+Through the plugin server on both of the store's paths (kong-pdk's threads: a pool of sockets;
+credit-gate's runtime, on gevent's loop: one pipelined connection) and a real Redis started with
+``timeout 1``: every request of a burst after an idle pause is charged and proxied, and each exactly once.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.ops.admin import Admin
 from creditgate.store.store import RedisStore
-from tests.gate_fixtures import MODES, gate_config, start_plugin_server, through_gate
+from tests.gate_fixtures import KONG_PDK_THREADS, MODES, gate_config, start_plugin_server, through_gate
 from tests.harness import KongRequest, KongSide, Outcome, PluginInfo, PluginServerProcess
 from tests.redis_servers import RedisServer
 
@@ -34,9 +34,12 @@ def closing_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(params=sorted(MODES))
+PATHS = {"pipelined": MODES["credit-gate"], "pooled": KONG_PDK_THREADS}
+
+
+@pytest.fixture(params=sorted(PATHS))
 def server(request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
-    server = start_plugin_server(*MODES[request.param])
+    server = start_plugin_server(*PATHS[request.param])
     yield server
     server.stop()
     shutil.rmtree(Path(server.socket_path).parent, ignore_errors=True)

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import math
 import os
-import secrets
 import selectors
 import signal
 import socket
@@ -46,6 +45,8 @@ from typing import Any
 
 PROCESSES_FLAG = "--processes"
 CHANNEL_FLAG = "--serve-from-fd"
+RUNTIME_FLAG = "--runtime"
+RUNTIMES = ("credit-gate", "kong-pdk")  # the first is the default (kong/plugin_server/)
 PLUGIN_NAME = "credit-gate"
 # Flags that make kong-pdk print and exit: answered by one process, as today.
 ONE_SHOT_FLAGS = frozenset({"--dump", "-dump", "-h", "--help", "--version", "-version"})
@@ -53,7 +54,6 @@ ONE_SHOT_FLAGS = frozenset({"--dump", "-dump", "-h", "--help", "--version", "-ve
 RESTART_INTERVAL = 1.0  # seconds between two starts of one server process, as Kong's process.lua
 STOP_TIMEOUT = 5.0  # seconds the server processes get to exit after SIGTERM before SIGKILL
 MAX_WAITING = 4096  # connections held while their server process restarts; more are closed
-EVENT_ID_SPAN = 2**52  # below 2**53: Kong decodes msgpack integers into Lua doubles
 USAGE_ERROR = 2  # the status argparse (and main()'s own refusals) exit with
 LISTEN_QUEUE = 4096  # kong-pdk's default --listen-queue-size
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -95,19 +95,22 @@ class Flags:
     processes: int
     channel_fd: int | None
     rest: list[str]
+    runtime: str = RUNTIMES[0]
 
 
 def split_flags(argv: Sequence[str], default: Callable[[], int] = default_processes) -> Flags:
-    """Take ``--processes N`` and ``--serve-from-fd FD`` out of ``argv``; ``ValueError`` on bad values."""
+    """Take ``--processes N``, ``--runtime NAME`` and ``--serve-from-fd FD`` out of ``argv``;
+    ``ValueError`` on bad values."""
     processes: int | None = None
     channel: int | None = None
+    runtime = RUNTIMES[0]
     rest: list[str] = []
     args = list(argv)
     i = 0
     while i < len(args):
         arg = args[i]
         name, _, inline = arg.partition("=")
-        if name in (PROCESSES_FLAG, CHANNEL_FLAG):
+        if name in (PROCESSES_FLAG, CHANNEL_FLAG, RUNTIME_FLAG):
             if inline:
                 text = inline
             elif i + 1 < len(args):
@@ -115,6 +118,12 @@ def split_flags(argv: Sequence[str], default: Callable[[], int] = default_proces
                 text = args[i]
             else:
                 raise ValueError(f"{name} needs a value")
+            if name == RUNTIME_FLAG:
+                if text not in RUNTIMES:
+                    raise ValueError(f"{RUNTIME_FLAG} is one of {', '.join(RUNTIMES)}, got {text!r}")
+                runtime = text
+                i += 1
+                continue
             try:
                 value = int(text)
             except ValueError:
@@ -128,7 +137,7 @@ def split_flags(argv: Sequence[str], default: Callable[[], int] = default_proces
         else:
             rest.append(arg)
         i += 1
-    return Flags(processes if processes is not None else default(), channel, rest)
+    return Flags(processes if processes is not None else default(), channel, rest, runtime)
 
 
 def _socket_flags(argv: Sequence[str]) -> argparse.Namespace:
@@ -182,8 +191,11 @@ class _Slot:
 class Acceptor:
     """Accepts Kong's connections and hands each to the server process its nginx worker is pinned to."""
 
-    def __init__(self, processes: int, server_argv: Sequence[str], path: str) -> None:
+    def __init__(
+        self, processes: int, server_argv: Sequence[str], path: str, runtime: str = RUNTIMES[0]
+    ) -> None:
         self.server_argv = list(server_argv)
+        self.runtime = runtime
         self.path = path
         self.slots = [_Slot(i) for i in range(processes)]
         self.pins: dict[int, _Slot] = {}
@@ -275,6 +287,8 @@ class Acceptor:
             "-m",
             "credit_gate",
             *self.server_argv,
+            RUNTIME_FLAG,
+            self.runtime,
             PROCESSES_FLAG,
             "1",
             CHANNEL_FLAG,
@@ -451,18 +465,18 @@ def _reap(process: subprocess.Popen[bytes] | None, timeout: float = 2.0) -> str:
     return f"pid {process.pid}, status {code}"
 
 
-def run_acceptor(processes: int, server_argv: Sequence[str]) -> int:
+def run_acceptor(processes: int, server_argv: Sequence[str], runtime: str = RUNTIMES[0]) -> int:
     path = socket_path(server_argv)
     if not os.path.isdir(os.path.dirname(path) or "."):
         log(f"the Kong prefix of {path} does not exist; cannot create the unix socket")
         return 2
-    return Acceptor(processes, server_argv, path).run()
+    return Acceptor(processes, server_argv, path, runtime).run()
 
 
 # -- a server process ------------------------------------------------------------------------------------
 
 
-def _die_with_the_acceptor() -> None:
+def die_with_the_acceptor() -> None:
     """SIGKILL from the kernel when the acceptor dies (``PR_SET_PDEATHSIG``): no server process outlives
     it, still serving pooled connections with an instance table the new server does not share."""
     import ctypes
@@ -472,74 +486,6 @@ def _die_with_the_acceptor() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:  # the acceptor died before the line above
         os._exit(0)
-
-
-def serve_from_channel(channel_fd: int) -> None:
-    """Make kong-pdk's dedicated server take its connections from the acceptor's channel.
-
-    kong-pdk's ``start_dedicated_server`` builds ``kong_pdk.cli.UnixStreamServer`` and calls its
-    ``serve_forever``, which binds the socket; this swaps in a subclass whose ``serve_forever`` reads
-    connections from ``channel_fd`` and runs kong-pdk's own ``handle`` on each, as its listener would
-    (a greenlet each with ``-g``, a thread each otherwise). It returns when the channel closes: the
-    acceptor is gone, and Kong will start a whole new server.
-    """
-    import kong_pdk.cli
-    from kong_pdk.listener import UnixStreamServer
-
-    _die_with_the_acceptor()
-
-    class ChannelServer(UnixStreamServer):  # type: ignore[misc]  # kong-pdk is untyped
-        def serve_forever(self) -> None:
-            # kong-pdk numbers events from 0 in every process: start elsewhere, so that a Step meant
-            # for an event of a process that died cannot land in an event of this one.
-            self.ps.event_id = secrets.randbelow(EVENT_ID_SPAN)
-            channel = socket.socket(fileno=channel_fd)
-            spawn = self._spawner()
-            self.logger.info(f"server process {os.getpid()} serving connections from the acceptor")
-            while True:
-                try:
-                    data, fds, _flags, _addr = socket.recv_fds(channel, 16, 64)
-                except InterruptedError:
-                    continue
-                except OSError:
-                    os._exit(0)
-                if not data and not fds:
-                    # The acceptor is gone: go at once, connections and all, as a single server
-                    # killed would; Kong respawns the whole server.
-                    self.logger.info(f"server process {os.getpid()}: the acceptor is gone, exiting")
-                    os._exit(0)
-                try:
-                    # The acceptor keeps its copy of a connection until told, so that one sent to a
-                    # process that dies before reading it is served by the replacement instead.
-                    channel.send(b"a" * len(fds))
-                except OSError:
-                    os._exit(0)  # the acceptor is gone
-                for fd in fds:
-                    spawn(fd)
-
-        def _spawner(self) -> Callable[[int], None]:
-            if self.use_gevent:
-                from gevent import spawn as gspawn
-
-                return lambda fd: gspawn(self._serve, fd)
-
-            import threading
-
-            def start_thread(fd: int) -> None:
-                threading.Thread(target=self._serve, args=(fd,), daemon=True).start()
-
-            return start_thread
-
-        def _serve(self, fd: int) -> None:
-            conn = socket.socket(fileno=fd)
-            try:
-                self.handle(conn, None)
-            except Exception as error:  # a reset connection or garbage on it: this connection only
-                self.logger.debug(f"connection ended: {type(error).__name__}: {error}")
-            finally:
-                conn.close()
-
-    kong_pdk.cli.UnixStreamServer = ChannelServer
 
 
 # -- a single server process -----------------------------------------------------------------------------
@@ -561,39 +507,3 @@ def listen_early(argv: Sequence[str]) -> socket.socket | None:
         return bind_listener(os.path.join(known.prefix, known.socket_name), known.listen_queue_size)
     except OSError:
         return None
-
-
-def serve_from_listener(listener: socket.socket) -> None:
-    """Make kong-pdk's dedicated server serve ``listener`` (``listen_early``) instead of binding its own.
-
-    kong-pdk's ``UnixStreamServer.serve_forever`` (``kong_pdk/listener.py``) binds the socket, starts
-    its watchdog (which ends the server once Kong is gone) and serves; this subclass does the same on
-    the socket already listening: a gevent ``StreamServer`` with ``-g``, a thread per connection
-    otherwise.
-    """
-    import kong_pdk.cli
-    from kong_pdk import listener as pdk_listener
-
-    class ListeningServer(pdk_listener.UnixStreamServer):  # type: ignore[misc]  # kong-pdk is untyped
-        def serve_forever(self) -> None:
-            if self.use_gevent:
-                from gevent import sleep, spawn
-                from gevent import socket as gevent_socket
-                from gevent.server import StreamServer
-
-                self.logger.info("server (gevent) started at path " + self.path)
-                spawn(pdk_listener.watchdog, sleep, self.logger)
-                StreamServer(gevent_socket.socket(fileno=listener.detach()), self.handle).serve_forever()
-                return
-            import threading
-
-            self.logger.info("server started at path " + self.path)
-            threading.Thread(
-                target=pdk_listener.watchdog, args=(time.sleep, self.logger), daemon=True
-            ).start()
-            server = pdk_listener.tUnixStreamServer(self.path, self.handle, bind_and_activate=False)
-            server.socket.close()
-            server.socket = listener
-            server.serve_forever()
-
-    kong_pdk.cli.UnixStreamServer = ListeningServer
