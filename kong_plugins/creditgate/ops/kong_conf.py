@@ -10,8 +10,8 @@ from __future__ import annotations
 PLUGIN_NAME = "credit-gate"
 SERVER_COMMAND = "credit-gate-pluginserver"
 SOCKET_NAME = f"{PLUGIN_NAME}.sock"
-# kong-pdk's gevent mode: measured best (bench/, README "Performance"): about half the plugin server's
-# CPU per request of the threads mode, and 2-3 times the throughput.
+# credit-gate's own runtime (the default) always runs on gevent's loop and takes the flag as it is; with
+# `--runtime kong-pdk` it is kong-pdk's gevent mode, about half the CPU per request of its threads mode.
 CONCURRENCY_FLAG = "-g"
 LOG_PHASE_FLAG = "--log-phase"
 

@@ -245,6 +245,10 @@ def charge_arguments(
     ]
 
 
+# The reasons by code: ``Reason(code)`` runs the enum's Python-level lookup on every refused request.
+REASON_OF = {reason._value_: reason for reason in Reason}
+
+
 def charge_reply(reply: Sequence[Any]) -> tuple[int, ChargeResult | StoreError]:
     """charge.lua's reply, read by name in the one order the script writes it (``answer`` there):
     Redis's clock in milliseconds, and the decision, or the error that a reason only the store sees
@@ -260,7 +264,7 @@ def charge_reply(reply: Sequence[Any]) -> tuple[int, ChargeResult | StoreError]:
     return redis_ms, _charge_result(
         (
             allowed == 1,
-            Reason(reason) if reason else None,
+            (REASON_OF.get(reason) or Reason(reason)) if reason else None,  # Reason() refuses a stranger
             plan,
             status,
             cost,

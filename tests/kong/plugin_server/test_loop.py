@@ -278,3 +278,24 @@ def test_live_events_are_bounded(ours: PluginServerProcess) -> None:
     time.sleep(1.5)  # abandoned: room again
     error, _ = kong.call("plugin.HandleEvent", {"InstanceId": iid, "EventName": "access"})
     assert error is None
+
+
+@pytest.mark.parametrize("lua_style", [False, True], ids=["python-style", "lua-style"])
+def test_kong_s_error_answer_raises_or_is_returned_as_kong_pdk_s_styles(lua_style: bool) -> None:
+    server = start("credit-gate", **({"TINY_LUA_STYLE": "1"} if lua_style else {}))
+    try:
+        kong = Kong(server.socket_path)
+        iid = kong.start(mode="errors")
+        _, answer = kong.call("plugin.HandleEvent", {"InstanceId": iid, "EventName": "access"})
+        eid = answer["EventId"]
+        _, answer = kong.call("plugin.StepConsumer", {"EventId": eid, "Data": {"id": "c"}})
+        _, answer = kong.call("plugin.StepError", {"EventId": eid, "Data": "bad header"})
+        expected = (
+            "(None, 'bad header')"
+            if lua_style
+            else "'PDKException: exception from kong.request.get_header: bad header'"
+        )
+        assert answer["Data"] == {"Method": "kong.service.request.set_header", "Args": ["X-Answer", expected]}
+    finally:
+        server.stop()
+        shutil.rmtree(server.prefix, ignore_errors=True)

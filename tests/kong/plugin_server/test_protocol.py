@@ -11,12 +11,10 @@ from kong_pdk.server import PluginServer
 
 from creditgate.kong.plugin_server.protocol import (
     ID_SPAN,
-    BadMessage,
     CallError,
     Instances,
     PluginInfo,
     event_target,
-    read_request,
     step_value,
 )
 
@@ -35,20 +33,6 @@ SCHEMA = [{"cost": {"type": "integer", "default": 1}}]
 
 def info() -> PluginInfo:
     return PluginInfo.of("sample", Sample, "2.0.0", 5, SCHEMA)
-
-
-def test_a_request_is_a_four_element_list_of_type_0() -> None:
-    assert read_request([0, 7, "plugin.GetStatus", []]) == (7, "plugin.GetStatus", [])
-    for bad in (
-        [1, 7, "plugin.GetStatus", []],
-        [0, "7", "m", []],
-        [0, 7, "m", {}],
-        [0, 7, "m"],
-        {"a": 1},
-        b"x",
-    ):
-        with pytest.raises(BadMessage):
-            read_request(bad)
 
 
 def test_the_plugin_info_is_kong_pdk_s() -> None:

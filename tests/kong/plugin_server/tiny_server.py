@@ -45,6 +45,13 @@ class Plugin:
             except TypeError:
                 kong.service.request.set_header("X-Unpackable", "refused")
             return
+        if mode == "errors":  # Kong answers the next call with an error (StepError)
+            try:
+                answer = kong.request.get_header("X-Missing")
+            except Exception as error:
+                answer = f"{type(error).__name__}: {error}"
+            kong.service.request.set_header("X-Answer", repr(answer))
+            return
         if mode == "stall":
             import time
 
@@ -82,7 +89,8 @@ def main() -> None:
     loop.MAX_EVENTS = int(os.environ.get("TINY_MAX_EVENTS", loop.MAX_EVENTS))
     loop.SWEEP_SECONDS = min(loop.SWEEP_SECONDS, loop.EVENT_BOUND / 4)
     listener = processes.bind_listener(os.path.join(args.prefix, args.socket_name))
-    plugin_server.serve("tiny", Plugin, version, priority, Schema, listener=listener)
+    lua_style = bool(os.environ.get("TINY_LUA_STYLE"))
+    plugin_server.serve("tiny", Plugin, version, priority, Schema, listener=listener, lua_style=lua_style)
 
 
 if __name__ == "__main__":

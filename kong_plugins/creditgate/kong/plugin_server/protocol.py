@@ -38,18 +38,8 @@ class BadMessage(Exception):
     """Not a MessagePack-RPC request: the connection that sent it is closed."""
 
 
-def read_request(message: Any) -> tuple[int, str, list[Any]]:
-    """``(msgid, method, args)`` of a request, or ``BadMessage``."""
-    if type(message) is not list or len(message) != 4 or message[0] != REQUEST:
-        raise BadMessage(f"not a request: {str(message)[:80]}")
-    _, msgid, method, args = message
-    if type(msgid) is not int or type(method) is not str or type(args) is not list:
-        raise BadMessage(f"malformed request: {str(message)[:80]}")
-    return msgid, method, args
-
-
 def first_map(args: list[Any], what: str) -> Mapping[str, Any]:
-    if not args or not isinstance(args[0], Mapping):
+    if not args or not isinstance(args[0], dict):
         raise CallError(f"{what} takes a map")
     return args[0]
 
