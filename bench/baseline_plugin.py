@@ -11,10 +11,18 @@ is the round trip alone; what the gate costs above it is the gate's own logic. I
 Redis (``redis_port``, or ``redis_socket`` for the unix socket) and its ``redis_read_timeout``
 (milliseconds, the gate's as the benchmark configures it).
 
-Run as a script with kong-pdk's flags (``--kong-prefix``, ``--socket-name``, ``-g``, ``-m``); it adds
-``--no-lua-style`` as ``credit-gate-pluginserver`` does. It imports kong-pdk, and runs on the same
-kong-pdk fix as ``credit-gate-pluginserver`` (16 KiB read buffers for Kong's connections, see
-``creditgate.kong.runtime``), so that what differs between the servers is what each adds.
+Run as a script with kong-pdk's flags (``--kong-prefix``, ``--socket-name``, ``-g``, ``-m``) and
+``--runtime``, as ``credit-gate-pluginserver``:
+
+- ``--runtime kong-pdk``: kong-pdk's dedicated server, with ``--no-lua-style`` as
+  ``credit-gate-pluginserver`` adds it, on the same kong-pdk fix (16 KiB read buffers for Kong's
+  connections, see ``creditgate.kong.runtime``), so that what differs between the servers is what
+  each adds;
+- ``--runtime credit-gate`` (the default, as the gate server's): credit-gate's own runtime
+  (``creditgate.kong.plugin_server``) on a socket bound here at ``--kong-prefix`` /
+  ``--socket-name``; kong-pdk's mode flags mean nothing to it.
+
+``--dump`` is kong-pdk's on either runtime.
 """
 
 from __future__ import annotations
@@ -117,16 +125,35 @@ class RoundTripPlugin(Plugin):
         self.set_headers(kong, account)
 
 
-def main() -> None:
+def serve_on_own_runtime(plugin: type[Plugin], schema: list[dict[str, Any]]) -> None:
+    """credit-gate's runtime, as ``credit-gate-pluginserver`` runs it: gevent patched first, then a
+    socket of its own at ``--kong-prefix`` / ``--socket-name``, then ``plugin_server.serve``."""
     from creditgate.kong import runtime as pdk_runtime
 
+    pdk_runtime.patch_for_gevent()
+    from creditgate.kong import plugin_server
+    from creditgate.kong.processes import bind_listener, socket_path
+
+    listener = bind_listener(socket_path(sys.argv[1:]))
+    plugin_server.serve("baseline", plugin, version, priority, schema, listener=listener, lua_style=False)
+
+
+def main() -> None:
+    from creditgate.kong import runtime as pdk_runtime
+    from creditgate.kong.processes import ONE_SHOT_FLAGS, RUNTIMES, split_flags
+
+    flags = split_flags(sys.argv[1:], default=lambda: 1)  # --runtime, the gate server's default
+    sys.argv[1:] = flags.rest
     plugin: type[Plugin] = Plugin
     schema = Schema
     if ROUND_TRIP_FLAG in sys.argv:
         sys.argv.remove(ROUND_TRIP_FLAG)
         plugin, schema = RoundTripPlugin, ROUND_TRIP_SCHEMA
-        if pdk_runtime.wants_gevent(sys.argv[1:]):
-            pdk_runtime.patch_for_gevent()  # as credit-gate-pluginserver does: the connection yields
+    if flags.runtime == RUNTIMES[0] and not ONE_SHOT_FLAGS & set(sys.argv[1:]):
+        serve_on_own_runtime(plugin, schema)
+        return
+    if plugin is RoundTripPlugin and pdk_runtime.wants_gevent(sys.argv[1:]):
+        pdk_runtime.patch_for_gevent()  # as credit-gate-pluginserver does: the connection yields
     from kong_pdk.cli import start_dedicated_server
 
     pdk_runtime.install_small_read_buffers()

@@ -10,10 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+from bench import js_peer
 from bench.instructions import InstructionCell, instructions
+from bench.lineup import Settings
 from bench.procs import MODE_FLAGS, BenchError, machine
 from bench.report import as_json, markdown
-from bench.runner import Bench, LongResult, OverspendResult, Settings
+from bench.runner import Bench, LongResult, OverspendResult
+from creditgate.kong.processes import RUNTIMES
 
 
 def _positive(text: str) -> int:
@@ -38,13 +41,26 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="credit-gate against a baseline plugin making the same PDK calls, through Kong's "
-        "plugin-server protocol, on a redis-server of its own.",
+        "plugin-server protocol, on a redis-server of its own, on each plugin-server runtime, against "
+        "kong-pdk 0.36 gevent's baseline (the reference) and Kong's JavaScript plugin server (the peer).",
+    )
+    p.add_argument(
+        "--runtime",
+        action="append",
+        choices=RUNTIMES,
+        help="the Python servers' runtime, repeatable: credit-gate's own or kong-pdk's (default: both)",
     )
     p.add_argument(
         "--mode",
         action="append",
         choices=sorted(MODE_FLAGS),
-        help="kong-pdk concurrency mode, repeatable (default: threads and gevent)",
+        help="kong-pdk's concurrency mode for the kong-pdk runtime's rows, repeatable (default: threads and "
+        "gevent); credit-gate's runtime has none and runs once",
+    )
+    p.add_argument(
+        "--no-js",
+        action="store_true",
+        help="skip the peer row, Kong's JavaScript plugin server (which needs node and npm)",
     )
     p.add_argument(
         "--processes",
@@ -131,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     args_list = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(args_list)
     settings = Settings(
+        runtimes=tuple(dict.fromkeys(args.runtime)) if args.runtime else Settings.runtimes,
         modes=tuple(dict.fromkeys(args.mode)) if args.mode else Settings.modes,
+        js=not args.no_js,
         transports=tuple(dict.fromkeys(args.redis)) if args.redis else Settings.transports,
         processes=tuple(dict.fromkeys(args.processes)),
         concurrencies=args.concurrency,
@@ -155,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     command = command_line(args_list)
     about = machine()
+    if settings.js:
+        about |= js_peer.versions()
     print(f"# {command}\n# {json.dumps(about)}", file=sys.stderr, flush=True)
     started = time.monotonic()
     longs: list[LongResult] = []

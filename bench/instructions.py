@@ -23,23 +23,16 @@ import re
 import shutil
 import statistics
 import subprocess
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import js_peer
 from bench.driver import Target
-from bench.procs import (
-    BASELINE_SERVER,
-    GATE_SERVER,
-    ROUND_TRIP_SERVER,
-    BenchError,
-    PluginServer,
-    process_tree,
-    short_dir,
-)
-from bench.runner import BROKE, PAYING, Bench, consumer, kong_config, mode_label, start_instance
+from bench.lineup import ServerSpec, lineup, mode_label
+from bench.procs import KONG_JS, BenchError, PluginServer, Runtime, process_tree, short_dir
+from bench.runner import BROKE, PAYING, Bench, consumer, start_instance
 
 START_TIMEOUT = 180.0  # seconds a server under valgrind may take to listen, or to start an instance
 # Under valgrind a turn of the server's event loop at 64 in flight can take a second or more: a Redis
@@ -106,7 +99,7 @@ def _control(pid: int, *args: str) -> None:
 class InstructionCell:
     """One path at one concurrency: instructions per request in each of its windows."""
 
-    mode: str
+    mode: str  # the row set's label (runner.mode_label)
     concurrency: int
     path: str
     processes: int
@@ -116,6 +109,9 @@ class InstructionCell:
     errors: int = 0
     first_error: str | None = None
     statuses: dict[int, int] = field(default_factory=dict)
+    runtime: str = ""  # credit-gate, kong-pdk or kong-js-pdk
+    kong_pdk_mode: str | None = None
+    transport: str = "tcp"
 
     @property
     def ok(self) -> bool:
@@ -136,99 +132,79 @@ class InstructionCell:
         return {**asdict(self), "ok": self.ok, "median": self.median, "spread": self.spread}
 
 
-# (path, gate processes, server, target, account)
-Plan = list[tuple[str, int, Counted, Target, str]]
-
-
-@contextmanager
-def _counted(argv: list[str], name: str, mode: str, out_dir: Path) -> Iterator[Counted]:
-    """A server under callgrind, started without waiting for it to listen: see ``_start``."""
-    server = PluginServer(
-        [*valgrind_argv(out_dir), *argv],
-        name,
-        mode,
-        start_timeout=START_TIMEOUT,
-        wait=False,
-        env={"PYTHONHASHSEED": "0"},
-    )
-    try:
-        yield Counted(server, out_dir)
-    finally:
-        server.stop()
+# (runtime, path, gate processes, server, target, account)
+Plan = list[tuple[Runtime, str, int, Counted, Target, str]]
 
 
 def instructions(bench: Bench) -> list[InstructionCell]:
-    """Every path (and the gate on each process count) at each concurrency, ``repeat`` windows each,
-    the paths taking turns; the servers of one mode and transport up at once."""
+    """Every row of the table's row set (``lineup``) at each concurrency, ``repeat`` windows each, the
+    rows taking turns; the servers of one transport up at once."""
     s = bench.settings
     cells: list[InstructionCell] = []
     out_dir = short_dir("cgb-callgrind-")
     try:
-        for mode in s.modes:
-            for transport in s.transports:
-                with ExitStack() as stack:
-                    cells += _measure(bench, _start(bench, stack, mode, transport, out_dir), mode, transport)
+        for transport in s.transports:
+            with ExitStack() as stack:
+                cells += _measure(bench, _start(bench, stack, transport, out_dir), transport)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     return cells
 
 
-def _start(bench: Bench, stack: ExitStack, mode: str, transport: str, out_dir: Path) -> Plan:
-    """The baseline, the round trip and a gate per process count, under callgrind, each instance started."""
-    baseline = stack.enter_context(_counted(BASELINE_SERVER, "baseline", mode, out_dir))
-    round_trip = stack.enter_context(_counted(ROUND_TRIP_SERVER, "round-trip", mode, out_dir))
-    gates = {
-        p: stack.enter_context(
-            _counted([*GATE_SERVER, "--processes", str(p)], f"credit-gate-{p}", mode, out_dir)
-        )
-        for p in bench.settings.processes
-    }
-    for counted in (baseline, round_trip, *gates.values()):
-        counted.server.wait_listening()  # valgrind starts slowly: all at once, then wait
-    base_config = kong_config(bench.baseline_fields, {}, f"baseline-{mode}")
-    rt_config = bench.round_trip_config(f"round-trip-{mode}-{transport}", transport, READ_TIMEOUT_MS)
-    plan: Plan = [
-        (
-            "baseline",
-            1,
-            baseline,
-            start_instance(baseline.server, "baseline", base_config, START_TIMEOUT),
-            PAYING,
-        ),
-        (
-            "round_trip",
-            1,
-            round_trip,
-            start_instance(round_trip.server, "baseline", rt_config, START_TIMEOUT),
-            PAYING,
-        ),
-    ]
-    for p, gate in gates.items():
-        config = bench.gate_config(f"gate-{mode}-{transport}", transport, READ_TIMEOUT_MS)
-        target = start_instance(gate.server, "credit-gate", config, START_TIMEOUT)
-        plan += [("allowed", p, gate, target, PAYING), ("refused", p, gate, target, BROKE)]
+def _start(bench: Bench, stack: ExitStack, transport: str, out_dir: Path) -> Plan:
+    """Every server of the row set under callgrind (``PYTHONHASHSEED=0``, so that two runs hash alike),
+    all started at once, each instance started."""
+    specs: list[ServerSpec] = lineup(bench.settings)
+    servers = bench.launch(
+        stack,
+        specs,
+        prefix=tuple(valgrind_argv(out_dir)),
+        env={"PYTHONHASHSEED": "0"},
+        start_timeout=START_TIMEOUT,
+    )
+    plan: Plan = []
+    for spec, server in servers.items():
+        config = bench.instance_config(spec, transport, READ_TIMEOUT_MS)
+        target = start_instance(server, spec.plugin, config, START_TIMEOUT)
+        counted = Counted(server, out_dir)
+        for path in spec.paths:
+            account = BROKE if path == "refused" else PAYING
+            plan.append((spec.runtime, path, spec.processes, counted, target, account))
     return plan
 
 
-def _measure(bench: Bench, plan: Plan, mode: str, transport: str) -> list[InstructionCell]:
+def _measure(bench: Bench, plan: Plan, transport: str) -> list[InstructionCell]:
     s = bench.settings
     requests = s.instruction_requests
-    timeout = max(s.timeout, requests * 0.5)
-    # Uninstrumented warm-up, then counting on (its first requests are thrown away with the zero).
-    for _path, _p, _server, target, account in plan:
-        bench.driver.run([target], consumer(account), s.warmup, max(s.concurrencies), timeout)
-    for counted in dict.fromkeys(entry[2] for entry in plan):
+    # Uninstrumented warm-up (V8 compiles the JS server's code after a while: it gets more), then
+    # counting on (its first requests are thrown away with the zero).
+    for runtime, _path, _p, _server, target, account in plan:
+        warmup = max(s.warmup, js_peer.WARMUP) if runtime.name == KONG_JS else s.warmup
+        timeout = max(s.timeout, warmup * 0.5)
+        bench.driver.run([target], consumer(account), warmup, max(s.concurrencies), timeout)
+    for counted in dict.fromkeys(entry[3] for entry in plan):
         counted.control("-i", "on")
+    timeout = max(s.timeout, requests * 0.5)
     cells: list[InstructionCell] = []
     for concurrency in s.concurrencies:
         paced = concurrency == 1
         row = {
-            (path, p): InstructionCell(mode_label(mode, transport, p), concurrency, path, p, requests, paced)
-            for path, p, _, _, _ in plan
+            (runtime, path, p): InstructionCell(
+                mode_label(runtime, transport, p),
+                concurrency,
+                path,
+                p,
+                requests,
+                paced,
+                runtime=runtime.name,
+                kong_pdk_mode=runtime.mode,
+                transport=transport,
+            )
+            for runtime, path, p, _, _, _ in plan
         }
         for _turn in range(s.repeat):
-            for path, p, counted, target, account in plan:
-                cell = row[(path, p)]
+            for runtime, path, p, counted, target, account in plan:
+                cell = row[(runtime, path, p)]
                 who = consumer(account)
                 idle = counted.server.pid if paced else 0
                 bench.driver.run([target], who, min(REWARM_REQUESTS, s.warmup), concurrency, timeout, idle)
@@ -242,7 +218,7 @@ def _measure(bench: Bench, plan: Plan, mode: str, transport: str) -> list[Instru
                 if run.completed:
                     cell.per_request.append(total / run.completed)
                 bench.progress(
-                    f"instructions {cell.mode:9} c={concurrency:<3} {path:10} "
+                    f"instructions {cell.mode:28} c={concurrency:<3} {path:10} "
                     f"{total / max(1, run.completed):12,.0f} per request  statuses {run.statuses}"
                 )
         cells += row.values()

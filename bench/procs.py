@@ -16,12 +16,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
 import redis
+
+from creditgate.kong.processes import RUNTIME_FLAG, RUNTIMES
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGESIZE") // 1024
@@ -33,6 +36,53 @@ ROUND_TRIP_SERVER = [*BASELINE_SERVER, "--round-trip"]
 
 # kong-pdk 0.36's concurrency flags (``kong_pdk/cli.py``).
 MODE_FLAGS: dict[str, list[str]] = {"threads": [], "gevent": ["-g"], "processes": ["-m"]}
+
+# What serves Kong's protocol for a row. The Python servers (the gate's and bench/baseline_plugin.py)
+# take ``--runtime``: credit-gate's own runtime (``creditgate.kong.plugin_server``, the gate's default)
+# or kong-pdk 0.36's server. Kong's JavaScript plugin server (npm kong-pdk, bench/js_peer.py) is the peer.
+CREDIT_GATE, KONG_PDK, KONG_JS = RUNTIMES[0], RUNTIMES[1], "kong-js-pdk"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A runtime, and kong-pdk's concurrency mode when it is kong-pdk's (the others have none to choose:
+    credit-gate's runs one gevent loop, Kong's JS server node's event loop)."""
+
+    name: str
+    mode: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.mode}" if self.mode else self.name
+
+    @property
+    def slug(self) -> str:
+        """For file names: short, as the socket's path must stay under 108 bytes."""
+        return {CREDIT_GATE: "cg", KONG_PDK: "kp", KONG_JS: "js"}[self.name] + (self.mode or "")[:2]
+
+    def flags(self) -> list[str]:
+        """The server's flags for this runtime (Kong's JS server has neither ``--runtime`` nor modes)."""
+        if self.name == KONG_JS:
+            return []
+        return [RUNTIME_FLAG, self.name, *(MODE_FLAGS[self.mode] if self.mode else [])]
+
+    @property
+    def socket_flag(self) -> str:
+        """kong-pdk's ``--socket-name``; Kong's JS server calls it ``--sock-name`` (its ``cli.js``)."""
+        return "--sock-name" if self.name == KONG_JS else "--socket-name"
+
+
+# Every other row is divided by this one's windows: kong-pdk 0.36 in gevent mode running the baseline.
+REFERENCE = Runtime(KONG_PDK, "gevent")
+PEER = Runtime(KONG_JS)
+
+
+def runtimes(names: Sequence[str], modes: Sequence[str]) -> list[Runtime]:
+    """The rows' runtimes: credit-gate's once (no mode to choose), kong-pdk's in each mode."""
+    out: list[Runtime] = []
+    for name in names:
+        out += [Runtime(name)] if name == CREDIT_GATE else [Runtime(name, mode) for mode in modes]
+    return out
 
 
 class BenchError(RuntimeError):
@@ -244,28 +294,28 @@ class RedisStats:
 
 
 class PluginServer:
-    """One dedicated kong-pdk plugin server, listening on ``<temporary prefix>/<name>.sock``."""
+    """One plugin server on ``runtime``, listening on ``<temporary prefix>/<name>.sock``."""
 
     def __init__(
         self,
         argv: list[str],
         name: str,
-        mode: str,
+        runtime: Runtime,
         start_timeout: float = 15.0,
         *,
         wait: bool = True,
         env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
-        self.mode = mode
+        self.runtime = runtime
         self.prefix = short_dir("cgb-")
         self.socket_path = str(self.prefix / f"{name}.sock")
         self.argv = [
             *argv,
-            *MODE_FLAGS[mode],
+            *runtime.flags(),
             "--kong-prefix",
             str(self.prefix),
-            "--socket-name",
+            runtime.socket_flag,
             f"{name}.sock",
         ]
         self.log_path = self.prefix / f"{name}.log"
@@ -288,7 +338,7 @@ class PluginServer:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 log = self.log_text()
                 self.stop()
-                raise BenchError(f"plugin server {self.name} ({self.mode}) did not listen:\n{log}")
+                raise BenchError(f"plugin server {self.name} ({self.runtime.label}) did not listen:\n{log}")
             time.sleep(0.02)
 
     @property

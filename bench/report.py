@@ -8,8 +8,18 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.compare import (
+    Verdict,
+    counted_reference_ratio,
+    is_reference,
+    reference_ratio,
+    runtime_lines,
+    runtime_rows,
+    runtime_verdicts,
+)
 from bench.instructions import InstructionCell
-from bench.runner import GATE_PATHS, Cell, LongResult, OverspendResult, Settings
+from bench.lineup import GATE_PATHS, Settings
+from bench.runner import Cell, LongResult, OverspendResult
 
 LABELS = {
     "baseline": "baseline",
@@ -26,18 +36,6 @@ RSS_GROWTH_TARGET_MB = 10.0
 LONG_TARGET_REQUESTS = 100_000
 
 
-@dataclass(frozen=True)
-class Verdict:
-    target: str
-    measured: str
-    passed: bool | None  # None: not measured in this run, or not as the target states
-    unmeasured: str = "not run"
-
-    @property
-    def word(self) -> str:
-        return self.unmeasured if self.passed is None else "pass" if self.passed else "FAIL"
-
-
 def _num(value: float, digits: int = 0) -> str:
     if value is None or math.isnan(value):
         return "-"
@@ -50,6 +48,14 @@ def _ratio(value: float) -> str:
 
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.1f}"
+
+
+def _precise(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}x"
+
+
+def _plugin(cell: Cell | InstructionCell) -> str:
+    return LABELS[cell.path] + (" (reference)" if is_reference(cell) else "")
 
 
 def _baseline(cells: Sequence[Cell], cell: Cell) -> Cell | None:
@@ -261,6 +267,7 @@ def verdicts(
                 "16/64 not run",
             )
         )
+    out += runtime_verdicts(cells, counted)
     rss_target = f"RSS growth < {RSS_GROWTH_TARGET_MB:.0f} MB over {LONG_TARGET_REQUESTS:,} requests"
     if longs:
         gate_runs = [r for r in longs if r.cell.path != "baseline"]
@@ -305,39 +312,45 @@ def markdown(
         "",
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, Python {m['python']}, "
         f"redis-server {m['redis_server']}, kong-pdk {m['kong_pdk']}, redis-py {m['redis_py']}, "
-        f"hiredis {m['hiredis']}, gevent {m['gevent']}. The load driver runs on the same CPUs "
-        f"({settings.drivers} processes), so the figures compare plugins within the run, not with other "
-        "machines.",
+        f"hiredis {m['hiredis']}, gevent {m['gevent']}"
+        + (f", node {m['node']}, kong-pdk (npm) {m['kong_js_pdk']}" if m.get("node") else "")
+        + f". The load driver runs on the same CPUs ({settings.drivers} processes), so the figures "
+        "compare plugins within the run, not with other machines.",
         "",
     ]
     if cells:
         lines += [
             f"Each row: the median (by server CPU) of {settings.repeat} windows of {settings.requests:,} "
-            "requests, the paths (the gate's for each process count) taking turns, after "
+            "requests, every row of a Redis transport (each runtime's paths, the gate's for each process "
+            "count, the reference and the JavaScript peer) taking turns, after "
             f"{settings.warmup:,} requests of warm-up "
-            "at the same concurrency. Server CPU is utime + stime of the plugin server process and its "
+            "at the same concurrency (the JavaScript server: at least 3,000, as V8 compiles after a while). "
+            "Server CPU is utime + stime of the plugin server process and its "
             'children (`/proc/<pid>/stat`) over the window, divided by the requests; "vs baseline" is the '
-            "median, over the turns, of a window's server CPU over the baseline window's of the same turn; "
+            "median, over the turns, of a window's server CPU over the same runtime's baseline window of "
+            'the same turn, "vs reference" the same over the reference\'s (kong-pdk 0.36 in gevent mode '
+            "running the baseline); "
             "PDK round trips are counted by "
             "the Kong side (HandleEvent included); Redis commands are Redis's own count of the commands the "
             "plugin sent (`INFO commandstats`: EVALSHA, and the set-up of new connections; pipelined "
             "commands share network writes); RSS "
             "is `VmRSS` before and after the window.",
             "",
-            "| mode | in flight | plugin | req/s | p50 ms | p99 ms | server CPU µs/req | vs baseline "
-            "| PDK RT/req | Redis cmds/req | new Redis conns | RSS MiB before → after |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| runtime | in flight | plugin | req/s | p50 ms | p99 ms | server CPU µs/req | vs baseline "
+            "| vs reference | PDK RT/req | Redis cmds/req | new Redis conns | RSS MiB before → after |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for c in cells:
             if c.skipped or c.completed == 0:
                 why = c.first_error or "no request completed"
-                lines.append(f"| {c.mode} | {c.concurrency} | {LABELS[c.path]} | {why} ||||||||| ")
+                lines.append(f"| {c.mode} | {c.concurrency} | {_plugin(c)} | {why} |||||||||| ")
                 continue
             note = "" if c.ok else f" ({c.errors} errors{', timed out' if c.timed_out else ''})"
             lines.append(
-                f"| {c.mode} | {c.concurrency} | {LABELS[c.path]}{note} | {_num(c.requests_per_second)} "
+                f"| {c.mode} | {c.concurrency} | {_plugin(c)}{note} | {_num(c.requests_per_second)} "
                 f"| {_num(c.p50_ms, 2)} | {_num(c.p99_ms, 2)} | {_num(c.server_cpu_us)} "
-                f"| {_ratio(cpu_ratio(cells, c))} | {_num(c.pdk_round_trips, 2)} "
+                f"| {_ratio(cpu_ratio(cells, c))} | {_ratio(reference_ratio(cells, c))} "
+                f"| {_num(c.pdk_round_trips, 2)} "
                 f"| {_num(c.redis_round_trips, 3)} | {c.redis_connections} "
                 f"| {_mib(c.rss_before_kib)} → {_mib(c.rss_after_kib)} |"
             )
@@ -347,7 +360,7 @@ def markdown(
             "(this benchmark's driver), the redis-server process, and the time Redis itself reports for the "
             "charge script (`INFO commandstats`).",
             "",
-            "| mode | in flight | plugin | plugin server | Kong side (driver) | redis-server "
+            "| runtime | in flight | plugin | plugin server | Kong side (driver) | redis-server "
             "| charge script in Redis |",
             "|---|---:|---|---:|---:|---:|---:|",
         ]
@@ -356,9 +369,12 @@ def markdown(
                 continue
             script = sum(c.redis_usec.get(k, 0.0) for k in ("evalsha", "eval"))
             lines.append(
-                f"| {c.mode} | {c.concurrency} | {LABELS[c.path]} | {_num(c.server_cpu_us)} "
+                f"| {c.mode} | {c.concurrency} | {_plugin(c)} | {_num(c.server_cpu_us)} "
                 f"| {_num(c.driver_cpu_us)} | {_num(c.redis_cpu_us)} | {_num(script)} |"
             )
+        side_by_side = runtime_lines(cells)
+        if side_by_side:
+            lines += ["", *side_by_side]
         rows = process_rows(cells)
         if any(r.processes > 1 for r in rows):
             lines += [
@@ -448,28 +464,28 @@ def instruction_lines(settings: Settings, counted: Sequence[InstructionCell]) ->
         '"spread" the largest window less the smallest over the median. At 1 in flight the driver sends a '
         "message only once every thread of the server sleeps, so that every message finds it waiting; "
         "at more in flight the server under valgrind is the bottleneck and messages queue for it. "
-        "\"over the floor\" is the row less the baseline + the round trip's: the gate's own logic.",
+        '"over the floor" is the row less the baseline + the round trip\'s on the same runtime: the '
+        "gate's own logic; \"vs reference\" divides by kong-pdk 0.36 gevent's baseline.",
         "",
-        "| mode | in flight | plugin | instructions/req | spread | vs baseline | over the floor "
-        + ("| vs 1 process |" if many else "|"),
-        "|---|---:|---|---:|---:|---:|---:|" + ("---:|" if many else ""),
+        "| runtime | in flight | plugin | instructions/req | spread | vs baseline | vs reference "
+        "| over the floor " + ("| vs 1 process |" if many else "|"),
+        "|---|---:|---|---:|---:|---:|---:|---:|" + ("---:|" if many else ""),
     ]
     for c in counted:
         if not c.ok:
             why = c.first_error or f"{c.errors} errors"
-            lines.append(
-                f"| {c.mode} | {c.concurrency} | {LABELS[c.path]} | {why} ||||" + ("|" if many else "")
-            )
+            lines.append(f"| {c.mode} | {c.concurrency} | {_plugin(c)} | {why} |||||" + ("|" if many else ""))
             continue
         floor = over_floor(counted, c) if c.path in GATE_PATHS else float("nan")
         gate_only = "-" if math.isnan(floor) else f"{floor:+,.0f}"
         line = (
-            f"| {c.mode} | {c.concurrency} | {LABELS[c.path]} | {_num(c.median)} | {c.spread * 100:.2f}% "
-            f"| {_ratio(counted_ratio(counted, c, 'baseline'))} | {gate_only} |"
+            f"| {c.mode} | {c.concurrency} | {_plugin(c)} | {_num(c.median)} | {c.spread * 100:.2f}% "
+            f"| {_ratio(counted_ratio(counted, c, 'baseline'))} "
+            f"| {_precise(counted_reference_ratio(counted, c))} | {gate_only} |"
         )
         if many:
             one = counted_ratio(counted, c, c.path, 1) if c.path in GATE_PATHS else float("nan")
-            line += f" {'-' if math.isnan(one) else f'{one:.3f}x'} |"
+            line += f" {_precise(one)} |"
         lines.append(line)
     return lines
 
@@ -500,15 +516,27 @@ def as_json(
             "command": command,
             "machine": machine,
             "settings": asdict(settings),
-            "cells": [{**asdict(c), "ok": c.ok, "cpu_ratio_to_baseline": cpu_ratio(cells, c)} for c in cells],
+            "cells": [
+                {
+                    **asdict(c),
+                    "ok": c.ok,
+                    "reference": is_reference(c),
+                    "cpu_ratio_to_baseline": cpu_ratio(cells, c),
+                    "cpu_ratio_to_reference": reference_ratio(cells, c),
+                }
+                for c in cells
+            ],
             "best_mode": mode,
             "allowed_server_cpu_us_by_mode": means,
+            "runtimes": [r.to_json() for r in runtime_rows(cells)],
             "long": [r.to_json() for r in longs],
             "overspend": [{**asdict(o), "ok": o.ok} for o in overspends],
             "instructions": [
                 {
                     **c.to_json(),
+                    "reference": is_reference(c),
                     "ratio_to_baseline": counted_ratio(counted, c, "baseline"),
+                    "ratio_to_reference": counted_reference_ratio(counted, c),
                     "over_the_floor": over_floor(counted, c),
                 }
                 for c in counted

@@ -9,29 +9,34 @@ and the driver's CPU, so every per-request figure is a delta divided by the requ
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench import js_peer
 from bench.driver import LoadDriver, Run, Target, rpc_call
+from bench.lineup import SERVER_STARTS, RowKey, ServerSpec, Settings, lineup, mode_label
 from bench.procs import (
     BASELINE_SERVER,
     GATE_SERVER,
+    KONG_JS,
     ROUND_TRIP_SERVER,
     PluginServer,
     RedisServer,
+    Runtime,
     cpu_seconds,
     dump,
     rss_kib,
+    runtimes,
 )
 from creditgate.core.config import RedisSettings
 from creditgate.core.model import Plan
 from creditgate.core.periods import Period
-from creditgate.kong.processes import PROCESSES_FLAG, default_processes
+from creditgate.kong.processes import PROCESSES_FLAG
 from creditgate.ops.admin import Admin
 
 PLAN = "bench-paid"
@@ -39,45 +44,6 @@ PAYING = "bench-paying"  # a huge prepaid balance: every request is allowed
 BROKE = "bench-broke"  # balance 0 on a prepaid plan without allowance: insufficient_credit
 HUGE_BALANCE = 10**15
 ROUTE_ID = "bench-route"
-
-# "round_trip": the baseline plus the charge's Redis round trip, without the gate's logic.
-PATHS = ("baseline", "round_trip", "allowed", "refused")
-GATE_PATHS = ("allowed", "refused")
-
-
-@dataclass(frozen=True)
-class Settings:
-    modes: tuple[str, ...] = ("threads", "gevent")
-    # The gate's server processes (--processes): today's single process, and one per core.
-    processes: tuple[int, ...] = tuple(dict.fromkeys((1, default_processes())))
-    transports: tuple[str, ...] = ("tcp", "unix")  # how the gate reaches Redis: loopback TCP, unix socket
-    concurrencies: tuple[int, ...] = (1, 16, 64)
-    requests: int = 3_000
-    warmup: int = 1_000
-    repeat: int = 5
-    drivers: int = 2
-    timeout: float = 60.0
-    cost: int = 1
-    redis_read_timeout_ms: int = 2_000
-    table: bool = True
-    long: bool = False
-    long_requests: int = 100_000
-    long_concurrency: int = 16
-    overspend: bool = False
-    overspend_balance: int = 1_000
-    overspend_requests: int = 5_000
-    overspend_concurrency: int = 64
-    overspend_servers: int = 3
-    instructions: bool = False  # --instructions: instructions per request, under valgrind's callgrind
-    instruction_requests: int = 300
-    witness: bool = False  # --witness: the gate with bypass_witness (two PDK calls more a request)
-
-
-def mode_label(mode: str, transport: str, processes: int = 1) -> str:
-    """How a mode reads in the results: the kong-pdk mode, the gate's server processes, and the way
-    to Redis if not TCP."""
-    label = f"{mode}, {processes} process{'es' if processes > 1 else ''}"
-    return label if transport == "tcp" else f"{label} (unix socket)"
 
 
 def consumer(account: str) -> dict[str, Any]:
@@ -150,6 +116,18 @@ class Cell:
     # windows share the machine's state, so their ratio is steadier than a ratio of medians.
     turn_ratios: list[float] = field(default_factory=list)
     processes: int = 1  # the gate server's processes (the baseline servers have one)
+    runtime: str = ""  # credit-gate, kong-pdk or kong-js-pdk (procs.Runtime)
+    kong_pdk_mode: str | None = None  # kong-pdk's mode (threads, gevent) on its runtime
+    transport: str = "tcp"  # how the row set's gate reaches Redis
+    # Each turn's window, server CPU µs per request (NaN where it did not complete): rows of one row set
+    # are paired turn by turn (report.paired_ratio), as turn_ratios pairs them with the baseline.
+    turn_cpu_us: list[float] = field(default_factory=list)
+
+    def place(self, runtime: Runtime, transport: str, processes: int) -> Cell:
+        """Tag the window with what ran it."""
+        self.runtime, self.kong_pdk_mode = runtime.name, runtime.mode
+        self.transport, self.processes = transport, processes
+        return self
 
     @property
     def ok(self) -> bool:
@@ -245,15 +223,44 @@ class Bench:
             given["redis_socket"] = str(self.redis.unix_socket)
         return kong_config(self.round_trip_fields, given, plugin_id)
 
+    def instance_config(self, spec: ServerSpec, transport: str, read_timeout_ms: int | None = None) -> str:
+        """``plugin.StartInstance``'s Config for ``spec``'s plugin in a row set."""
+        plugin_id = f"{spec.name}-{transport}"
+        if spec.kind == "gate":
+            return self.gate_config(plugin_id, transport, read_timeout_ms)
+        if spec.kind == "round_trip":
+            return self.round_trip_config(plugin_id, transport, read_timeout_ms)
+        return kong_config([] if spec.runtime.name == KONG_JS else self.baseline_fields, {}, plugin_id)
+
+    def launch(
+        self,
+        stack: contextlib.ExitStack,
+        specs: list[ServerSpec],
+        prefix: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        start_timeout: float = SERVER_STARTS,
+    ) -> dict[ServerSpec, PluginServer]:
+        """Every server of ``specs`` (under ``prefix``, a valgrind command), started at once, then
+        waited for; stopped when ``stack`` closes."""
+        started: dict[ServerSpec, PluginServer] = {}
+        for spec in specs:
+            argv = [*prefix, *spec.argv()]
+            server = PluginServer(argv, spec.name, spec.runtime, start_timeout, wait=False, env=env)
+            stack.callback(server.stop)
+            started[spec] = server
+        for server in started.values():
+            server.wait_listening()
+        return started
+
     @contextmanager
     def servers(
-        self, argv: list[str], name: str, mode: str, count: int = 1, processes: int | None = None
+        self, argv: list[str], name: str, runtime: Runtime, count: int = 1, processes: int | None = None
     ) -> Iterator[list[PluginServer]]:
         started: list[PluginServer] = []
         flags = [] if processes is None else [PROCESSES_FLAG, str(processes)]
         try:
             for _ in range(count):
-                started.append(PluginServer([*argv, *flags], name, mode))
+                started.append(PluginServer([*argv, *flags], name, runtime))
             yield started
         finally:
             for server in started:
@@ -331,106 +338,99 @@ class Bench:
     # The table
 
     def table(self) -> list[Cell]:
+        """Per Redis transport, one row set: every server of ``lineup`` up at once, so that every
+        row's windows take turns with the reference's and the baselines' and their ratios come from
+        adjacent windows."""
         s = self.settings
+        specs = lineup(s)
         cells: list[Cell] = []
-        for mode, transport in itertools.product(s.modes, s.transports):
+        for transport in s.transports:
             with contextlib.ExitStack() as stack:
-                # One gate server per process count, all up at once, so that their windows take turns
-                # with the baselines' and their ratios come from adjacent windows.
-                gates = {
-                    p: stack.enter_context(self.servers(GATE_SERVER, f"credit-gate-{p}", mode, processes=p))[
-                        0
-                    ]
-                    for p in s.processes
-                }
-                (baseline,) = stack.enter_context(self.servers(BASELINE_SERVER, "baseline", mode))
-                (round_trip,) = stack.enter_context(self.servers(ROUND_TRIP_SERVER, "round-trip", mode))
-                base_target = start_instance(
-                    baseline, "baseline", kong_config(self.baseline_fields, {}, f"baseline-{mode}")
-                )
-                round_trip_target = start_instance(
-                    round_trip,
-                    "baseline",
-                    self.round_trip_config(f"round-trip-{mode}-{transport}", transport),
-                )
-                # (path, processes) -> server, target, account
-                plan: dict[tuple[str, int], tuple[PluginServer, Target, str]] = {
-                    ("baseline", 1): (baseline, base_target, PAYING),
-                    ("round_trip", 1): (round_trip, round_trip_target, PAYING),
-                }
-                for p, gate in gates.items():
-                    target = start_instance(
-                        gate, "credit-gate", self.gate_config(f"gate-{mode}-{transport}", transport)
-                    )
-                    plan[("allowed", p)] = (gate, target, PAYING)
-                    plan[("refused", p)] = (gate, target, BROKE)
-                broken: dict[str, str] = {}
+                servers = self.launch(stack, specs)
+                plan: dict[RowKey, tuple[PluginServer, Target, str]] = {}
+                for spec, server in servers.items():
+                    target = start_instance(server, spec.plugin, self.instance_config(spec, transport))
+                    for path in spec.paths:
+                        account = BROKE if path == "refused" else PAYING
+                        plan[(spec.runtime, path, spec.processes)] = (server, target, account)
                 for concurrency in s.concurrencies:
-                    # The paths take turns, --repeat times; each path's median window is kept, so a
-                    # burst of noise on the shared CPUs does not decide a ratio.
-                    runs: dict[tuple[str, int], list[Cell]] = {key: [] for key in plan}
-                    for turn in range(s.repeat):
-                        for key, (server, target, account) in plan.items():
-                            path, processes = key
-                            if server.name in broken or not server.running():
-                                continue
-                            cell = self.measure(
-                                server,
-                                [target],
-                                account,
-                                mode=mode_label(mode, transport, processes),
-                                path=path,
-                                requests=s.requests,
-                                concurrency=concurrency,
-                                warmup=s.warmup if turn == 0 else min(s.warmup, 300),
-                            )
-                            cell.processes = processes
-                            runs[key].append(cell)
-                            self.progress(_progress_line(cell))
-                            if cell.timed_out:
-                                broken[server.name] = f"skipped: the {server.name} server stopped answering"
-                                self.progress(
-                                    f"  {server.name} server log tail:\n{server.log_text()[-2000:]}"
-                                )
-                    base_runs = runs[("baseline", 1)]
-                    for key, (server, _, _) in plan.items():
-                        path, processes = key
-                        measured = runs[key]
-                        if measured and not any(c.timed_out for c in measured):
-                            kept = sorted(measured, key=lambda c: c.server_cpu_us)[len(measured) // 2]
-                            if path != "baseline" and len(base_runs) == len(measured):
-                                kept.turn_ratios = [
-                                    c.server_cpu_us / b.server_cpu_us
-                                    for c, b in zip(measured, base_runs, strict=True)
-                                    if c.ok and b.ok and b.server_cpu_us > 0
-                                ]
-                            cells.append(kept)
-                        elif measured:
-                            cells.append(next(c for c in measured if c.timed_out))
-                        else:
-                            why = broken.get(server.name, "the plugin server exited")
-                            failed = failed_cell(
-                                mode_label(mode, transport, processes), concurrency, path, why
-                            )
-                            failed.processes = processes
-                            cells.append(failed)
+                    cells += self._turns(plan, transport, concurrency)
+        return cells
+
+    def _turns(
+        self, plan: dict[RowKey, tuple[PluginServer, Target, str]], transport: str, concurrency: int
+    ) -> list[Cell]:
+        """The rows take turns, --repeat times; each row's median window is kept, so that a burst of
+        noise on the shared CPUs does not decide a ratio."""
+        s = self.settings
+        broken: dict[str, str] = {}
+        runs: dict[RowKey, list[Cell]] = {key: [] for key in plan}
+        turn_cpu: dict[RowKey, list[float]] = {key: [math.nan] * s.repeat for key in plan}
+        for turn in range(s.repeat):
+            for key, (server, target, account) in plan.items():
+                runtime, path, processes = key
+                if server.name in broken or not server.running():
+                    continue
+                warmup = s.warmup if turn == 0 else min(s.warmup, 300)
+                if turn == 0 and runtime.name == KONG_JS:
+                    warmup = max(warmup, js_peer.WARMUP)  # measured warm: V8 compiles after a while
+                cell = self.measure(
+                    server,
+                    [target],
+                    account,
+                    mode=mode_label(runtime, transport, processes),
+                    path=path,
+                    requests=s.requests,
+                    concurrency=concurrency,
+                    warmup=warmup,
+                ).place(runtime, transport, processes)
+                runs[key].append(cell)
+                if cell.ok:
+                    turn_cpu[key][turn] = cell.server_cpu_us
+                self.progress(_progress_line(cell))
+                if cell.timed_out:
+                    broken[server.name] = f"skipped: the {server.name} server stopped answering"
+                    self.progress(f"  {server.name} server log tail:\n{server.log_text()[-2000:]}")
+        cells: list[Cell] = []
+        for key, (server, _, _) in plan.items():
+            runtime, path, processes = key
+            measured = runs[key]
+            base_runs = runs.get((runtime, "baseline", 1), [])
+            if measured and not any(c.timed_out for c in measured):
+                kept = sorted(measured, key=lambda c: c.server_cpu_us)[len(measured) // 2]
+                if path != "baseline" and len(base_runs) == len(measured):
+                    kept.turn_ratios = [
+                        c.server_cpu_us / b.server_cpu_us
+                        for c, b in zip(measured, base_runs, strict=True)
+                        if c.ok and b.ok and b.server_cpu_us > 0
+                    ]
+                kept.turn_cpu_us = turn_cpu[key]
+                cells.append(kept)
+            elif measured:
+                cells.append(next(c for c in measured if c.timed_out))
+            else:
+                why = broken.get(server.name, "the plugin server exited")
+                label = mode_label(runtime, transport, processes)
+                cells.append(failed_cell(label, concurrency, path, why).place(runtime, transport, processes))
         return cells
 
     # --long
 
     def long(self) -> list[LongResult]:
         """RSS over many requests: the gate's allowed and refused paths, and the baseline for
-        comparison (what kong-pdk itself keeps), each on a fresh server after a warm-up."""
+        comparison (what the runtime itself keeps), each on a fresh server after a warm-up, per runtime."""
         s = self.settings
         results: list[LongResult] = []
-        for mode in s.modes:
+        for runtime in runtimes(s.runtimes, s.modes):
             with (
-                self.servers(GATE_SERVER, "credit-gate", mode, processes=max(s.processes)) as (gate,),
-                self.servers(BASELINE_SERVER, "baseline", mode) as (baseline,),
+                self.servers(GATE_SERVER, "credit-gate", runtime, processes=max(s.processes)) as (gate,),
+                self.servers(BASELINE_SERVER, "baseline", runtime) as (baseline,),
             ):
-                gate_target = start_instance(gate, "credit-gate", self.gate_config(f"long-{mode}"))
+                gate_target = start_instance(gate, "credit-gate", self.gate_config(f"long-{runtime.slug}"))
                 base_target = start_instance(
-                    baseline, "baseline", kong_config(self.baseline_fields, {}, f"long-baseline-{mode}")
+                    baseline,
+                    "baseline",
+                    kong_config(self.baseline_fields, {}, f"long-baseline-{runtime.slug}"),
                 )
                 plan = (
                     ("baseline", baseline, base_target, PAYING),
@@ -444,12 +444,12 @@ class Bench:
                             server,
                             [target],
                             account,
-                            mode=mode_label(mode, "tcp", max(s.processes)),
+                            mode=mode_label(runtime, "tcp", max(s.processes)),
                             path=path,
                             requests=count,
                             concurrency=s.long_concurrency,
                             warmup=warmup,
-                        )
+                        ).place(runtime, "tcp", max(s.processes))
                         for count, warmup in (
                             (s.long_requests // 2, max(s.warmup, 2_000)),
                             (s.long_requests - s.long_requests // 2, 0),
@@ -459,7 +459,7 @@ class Bench:
                     results.append(result)
                     before, after = result.cell.rss_before_kib / 1024, result.second.rss_after_kib / 1024
                     self.progress(
-                        f"long {mode:9} {path:8} {result.requests} requests: "
+                        f"long {runtime.label:15} {path:8} {result.requests} requests: "
                         f"RSS {before:.1f} -> {after:.1f} MiB "
                         f"({result.growth_mb:+.2f} MB, second half {result.second_half_growth_mb:+.2f} MB)"
                     )
@@ -470,12 +470,12 @@ class Bench:
     def overspend(self) -> list[OverspendResult]:
         s = self.settings
         results: list[OverspendResult] = []
-        for mode in s.modes:
-            account = f"bench-overspend-{mode}"
+        for runtime in runtimes(s.runtimes, s.modes):
+            account = f"bench-overspend-{runtime.slug}"
             self.admin.subscribe(account, PLAN, starts_at=self.admin.now() - 60)
             self.admin.grant(account, s.overspend_balance, note="overspend scenario")
             with self.servers(
-                GATE_SERVER, "credit-gate", mode, s.overspend_servers, processes=max(s.processes)
+                GATE_SERVER, "credit-gate", runtime, s.overspend_servers, processes=max(s.processes)
             ) as servers:
                 # One plugin entity, so one instance per server, as every Kong node would start.
                 targets = [start_instance(g, "credit-gate", self.gate_config("overspend")) for g in servers]
@@ -488,7 +488,7 @@ class Bench:
                 )
             state = self.admin.account(account)
             result = OverspendResult(
-                mode=mode_label(mode, "tcp", max(s.processes)),
+                mode=mode_label(runtime, "tcp", max(s.processes)),
                 servers=s.overspend_servers,
                 concurrency=s.overspend_concurrency,
                 balance=s.overspend_balance,
@@ -503,7 +503,7 @@ class Bench:
             )
             results.append(result)
             self.progress(
-                f"overspend {mode:9} balance {result.balance}, {result.completed} requests "
+                f"overspend {runtime.label:15} balance {result.balance}, {result.completed} requests "
                 f"({result.concurrency} in flight, {result.servers} servers): allowed {result.allowed}, "
                 f"final balance {result.final_balance}, ledger {'ok' if result.ledger_ok else 'MISMATCH'}"
             )
@@ -566,7 +566,7 @@ class OverspendResult:
 def _progress_line(cell: Cell) -> str:
     flag = "" if cell.ok else f"  !! {cell.first_error or 'incomplete'}"
     return (
-        f"{cell.mode:9} c={cell.concurrency:<3} {cell.path:8} {cell.requests_per_second:8.0f} req/s  "
+        f"{cell.mode:28} c={cell.concurrency:<3} {cell.path:10} {cell.requests_per_second:8.0f} req/s  "
         f"p50 {cell.p50_ms:6.2f} ms  p99 {cell.p99_ms:6.2f} ms  server {cell.server_cpu_us:6.0f} us/req  "
         f"statuses {cell.statuses}{flag}"
     )

@@ -46,11 +46,14 @@ import msgpack
 from bench.driver import read_reply, rpc_call
 from bench.instructions import START_TIMEOUT, Counted, valgrind_argv
 from bench.procs import (
+    CREDIT_GATE,
     GATE_SERVER,
+    REFERENCE,
     ROUND_TRIP_SERVER,
     BenchError,
     PluginServer,
     RedisServer,
+    Runtime,
     cpu_seconds,
     dump,
     machine,
@@ -181,7 +184,7 @@ class Startup:
         self.close()
 
     @contextmanager
-    def _server(self, argv: list[str], name: str) -> Iterator[tuple[PluginServer, float]]:
+    def _server(self, argv: list[str], name: str, runtime: Runtime) -> Iterator[tuple[PluginServer, float]]:
         prefix: list[str] = []
         if self.instructions:  # counted from the first instruction (the per-request benchmark starts later)
             prefix = [
@@ -189,7 +192,7 @@ class Startup:
             ]
         env = {"PYTHONHASHSEED": "0"} if self.instructions else None
         started = time.monotonic()
-        server = PluginServer([*prefix, *argv], name, "gevent", wait=False, env=env)
+        server = PluginServer([*prefix, *argv], name, runtime, wait=False, env=env)
         try:
             yield server, started
         finally:
@@ -201,7 +204,9 @@ class Startup:
         else:
             argv, name, config = ROUND_TRIP_SERVER, "baseline", self.baseline_config
         timeout = START_TIMEOUT if self.instructions else 30.0
-        with self._server(argv, name) as (server, started):
+        # The gate on its default runtime (credit-gate's); the baseline on kong-pdk's, gevent mode.
+        runtime = Runtime(CREDIT_GATE) if server_name == GATE else REFERENCE
+        with self._server(argv, name, runtime) as (server, started):
             deadline = started + timeout
             while not listening(server.socket_path):
                 if not server.running() or time.monotonic() > deadline:
