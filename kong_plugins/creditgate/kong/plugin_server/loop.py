@@ -26,7 +26,6 @@ import os
 import secrets
 import socket
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from time import monotonic
@@ -209,7 +208,7 @@ class Event:
         self.conn: Connection | None = conn  # where the answer to Kong's last message goes
         self.msgid = msgid
         self.state = RUNNING
-        self.deadline = time.monotonic() + EVENT_BOUND
+        self.deadline = monotonic() + EVENT_BOUND
         self.worker: Worker | None = None
 
 
@@ -251,11 +250,11 @@ class Worker:
             why = f"{type(error).__name__}: {error}"
             log(f"event {event.id}: the phase raised {why}\n{traceback.format_exc()}")
             if event.state is RUNNING and event.conn is not None:
-                event.conn.send(server.pack([RESPONSE, event.msgid, why, None]))
+                event.conn.send(pack([RESPONSE, event.msgid, why, None]))
         else:
             if event.state is RUNNING and event.conn is not None:
                 answer = {"Data": RET, "EventId": event.id}
-                event.conn.send(server.pack([RESPONSE, event.msgid, None, answer]))
+                event.conn.send(pack([RESPONSE, event.msgid, None, answer]))
         finally:
             self.event = None
             if event.state is not ABANDONED:
@@ -327,7 +326,6 @@ class Server:
         self.next_event = secrets.randbelow(protocol.ID_SPAN) if first_id is None else first_id
         self.idle: list[Worker] = []
         self.connections: set[Connection] = set()
-        self.pack = pack
         self.buffer = bytearray(READ_SIZE)
         self.view = memoryview(self.buffer)
         handlers: dict[str, Callable[[Connection, int, list[Any]], None]] = {
@@ -349,7 +347,7 @@ class Server:
 
     def _answering(self, answer: Callable[[list[Any]], Any]) -> Callable[[Connection, int, list[Any]], None]:
         def handle(conn: Connection, msgid: int, args: list[Any]) -> None:
-            conn.send(self.pack([RESPONSE, msgid, None, answer(args)]))
+            conn.send(pack([RESPONSE, msgid, None, answer(args)]))
 
         return handle
 
@@ -372,9 +370,9 @@ class Server:
             try:
                 answer = self.instances.add(name, config, self.plugin.cls)
             except Exception as error:
-                conn.send(self.pack([RESPONSE, msgid, f"{type(error).__name__}: {error}", None]))
+                conn.send(pack([RESPONSE, msgid, f"{type(error).__name__}: {error}", None]))
                 return
-            conn.send(self.pack([RESPONSE, msgid, None, answer]))
+            conn.send(pack([RESPONSE, msgid, None, answer]))
             log(f"instance #{answer['Id']} of {name} started")
 
         self._worker().glet.switch(start)
@@ -421,12 +419,12 @@ class Server:
         self._step(conn, msgid, args, True)
 
     def refuse(self, conn: Connection, msgid: int, why: str) -> None:
-        conn.send(self.pack([RESPONSE, msgid, why, None]))
+        conn.send(pack([RESPONSE, msgid, why, None]))
 
     # bounds (in the loop)
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        now = monotonic()
         late = [event for event in self.events.values() if event.deadline <= now]
         for event in late:
             self.events.pop(event.id, None)
