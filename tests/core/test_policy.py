@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from creditgate.core import policy
 from creditgate.core.config import GateConfig, parse_config
 from creditgate.core.decision import ChargeResult, Reason
 from creditgate.core.policy import (
@@ -314,6 +315,33 @@ def test_a_refusal_carries_the_rate_limit_fields_when_asked() -> None:
     action = refused(decided(cfg, request_for(cfg), result(Reason.QUOTA_EXHAUSTED)))
     assert action.problem.headers["RateLimit"] == '"pro";r=0;t=3600'
     assert action.problem.headers["Retry-After"] == "3600"
+
+
+def test_a_refusal_in_the_same_state_is_the_same_answer_built_once_and_encoded_with_it() -> None:
+    cfg = config(payment_url="https://billing.example/pay")
+    first = refused(decided(cfg, request_for(cfg), result(Reason.INSUFFICIENT_CREDIT)))
+    again = refused(decided(cfg, request_for(cfg), result(Reason.INSUFFICIENT_CREDIT)))
+    assert again is first
+    assert first.encoded == first.problem.encoded()
+    assert json.loads(first.encoded) == first.problem.body
+
+
+def test_a_refusal_in_another_state_or_through_another_config_is_built_for_it() -> None:
+    cfg, other = config(), config(problem_type_base="https://e.x/p/")
+    first = refused(decided(cfg, request_for(cfg), result(Reason.INSUFFICIENT_CREDIT)))
+    later = refused(decided(cfg, request_for(cfg), result(Reason.INSUFFICIENT_CREDIT)._replace(now=NOW + 1)))
+    poorer = refused(decided(cfg, request_for(cfg), result(Reason.INSUFFICIENT_CREDIT)._replace(balance=2)))
+    elsewhere = refused(decided(other, request_for(other), result(Reason.INSUFFICIENT_CREDIT)))
+    assert later is not first and poorer is not first
+    assert poorer.problem.body["balance"] == 2
+    assert elsewhere.problem.body["type"] == "https://e.x/p/insufficient_credit"
+
+
+def test_the_refusals_a_config_keeps_are_bounded() -> None:
+    cfg = config()
+    for balance in range(policy.REFUSALS_KEPT + 10):
+        decided(cfg, request_for(cfg), result(Reason.INSUFFICIENT_CREDIT)._replace(balance=balance))
+    assert 0 < len(cfg.refusals) <= policy.REFUSALS_KEPT
 
 
 # Shadow mode

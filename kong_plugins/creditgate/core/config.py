@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from creditgate.core.decision import Warnings
 from creditgate.core.model import check_plan_name
+from creditgate.core.periods import DAY_SECONDS
 from creditgate.core.pricing import Pricing, RefundPolicy, parse_refund_statuses, parse_rules
 from creditgate.core.redis_settings import RedisSettings as RedisSettings  # re-exported
 from creditgate.core.redis_settings import parse_redis
@@ -37,6 +38,15 @@ class AccountBy(str, enum.Enum):
     CONSUMER_USERNAME = "consumer_username"
     CONSUMER_CUSTOM_ID = "consumer_custom_id"
     CREDENTIAL_ID = "credential_id"
+
+
+# The field of Kong's consumer (or credential) entity that names the account.
+ACCOUNT_FIELD = {
+    AccountBy.CONSUMER_ID: "id",
+    AccountBy.CONSUMER_USERNAME: "username",
+    AccountBy.CONSUMER_CUSTOM_ID: "custom_id",
+    AccountBy.CREDENTIAL_ID: "id",
+}
 
 
 # The namespace of each kind of identity, unless the operator names one (``account_namespace``): a
@@ -97,6 +107,39 @@ class GateConfig:
     def cost(self) -> int:
         """The flat cost: what a request no cost rule matches costs."""
         return self.pricing.cost
+
+    # Derived once, read by every request (an enum's hash, an attribute read, a call: each costs).
+
+    @cached_property
+    def identity_field(self) -> str:
+        """The field of Kong's identity entity that names the account (``ACCOUNT_FIELD``)."""
+        return ACCOUNT_FIELD[self.account_by]
+
+    @cached_property
+    def refund_window(self) -> int:
+        """Seconds within which a charge can still be refunded: a day at least, whatever settle_timeout."""
+        return max(self.settle_timeout, DAY_SECONDS)
+
+    @cached_property
+    def charge_terms(self) -> tuple[tuple[str, ...], str, int, bool, int, int, int]:
+        """What every charge through this config asks alike, in ``ChargeRequest``'s order (policy.py):
+        the plans, the route, the ledger's retention, shadow mode, the idempotency window, the hold
+        (seconds a settlement may take) and the refund window (0 without a log phase)."""
+        return (
+            self.plans,
+            self.route,
+            self.ledger_retention,
+            not self.enforce,
+            self.idempotency_window,
+            self.settle_timeout if self.settle_header else 0,
+            self.refund_window if self.needs_log_phase else 0,
+        )
+
+    @cached_property
+    def refusals(self) -> dict[Any, Any]:
+        """The refusals answered lately through this config, by the store's result (``policy.decided``
+        keeps them): the only state a config holds, and never part of its equality."""
+        return {}
 
     @cached_property  # asked on every allowed request
     def needs_log_phase(self) -> bool:

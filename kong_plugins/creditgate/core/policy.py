@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple, cast
 
-from creditgate.core.config import AccountBy, GateConfig
+from creditgate.core.config import ACCOUNT_FIELD, AccountBy, GateConfig
 from creditgate.core.decision import (
     SHADOW_HEADER,
     ChargeResult,
@@ -32,7 +32,6 @@ from creditgate.core.decision import (
     warning_headers,
 )
 from creditgate.core.model import account_name
-from creditgate.core.periods import DAY_SECONDS
 from creditgate.core.pricing import MAX_PATH_LENGTH, parse_settled_cost
 from creditgate.errors import StoreDataError, StoreError
 
@@ -42,13 +41,6 @@ DEFAULT_TYPE_BASE = GateConfig.problem_type_base
 DEFAULT_LEDGER_RETENTION = GateConfig.ledger_retention
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-# The field of Kong's consumer (or credential) entity that names the account.
-ACCOUNT_FIELD = {
-    AccountBy.CONSUMER_ID: "id",
-    AccountBy.CONSUMER_USERNAME: "username",
-    AccountBy.CONSUMER_CUSTOM_ID: "custom_id",
-    AccountBy.CREDENTIAL_ID: "id",
-}
 
 
 class RequestFacts(NamedTuple):
@@ -105,6 +97,7 @@ class Respond(NamedTuple):
     problem: Problem
     log: str | None = None
     log_level: str = "err"
+    encoded: str | None = None  # the problem's body as JSON, when built already
 
 
 Action = Proxy | Respond
@@ -114,16 +107,18 @@ Action = Proxy | Respond
 # fields in order with tuple's own, at half the cost.
 _charge_request = cast(Callable[[tuple[Any, ...]], ChargeRequest], partial(tuple.__new__, ChargeRequest))
 _proxy = cast(Callable[[tuple[Any, ...]], Proxy], partial(tuple.__new__, Proxy))
+request_facts = cast(Callable[[tuple[Any, ...]], RequestFacts], partial(tuple.__new__, RequestFacts))
 
 
 # Who pays
 
 
-def account_of(identity: Mapping[str, Any] | None, by: AccountBy) -> str | None:
-    """The name Kong's consumer (or credential) gives the account, or None when it gives none."""
+def account_of(identity: Mapping[str, Any] | None, by: AccountBy | str) -> str | None:
+    """The name Kong's consumer (or credential) gives the account, or None when it gives none. ``by``
+    is the config's ``account_by`` or the entity's field it names (``GateConfig.identity_field``)."""
     if not identity or (type(identity) is not dict and not isinstance(identity, Mapping)):
         return None  # (Kong's entity arrives as a dict: the exact check spares the ABC's)
-    value = identity.get(ACCOUNT_FIELD[by])
+    value = identity.get(by if type(by) is str else ACCOUNT_FIELD[AccountBy(by)])
     return value if isinstance(value, str) and value else None
 
 
@@ -137,11 +132,6 @@ def payer_of(identity: Mapping[str, Any] | None, account: str, prefix: str) -> t
             if isinstance(tag, str) and tag.startswith(prefix) and len(tag) > len(prefix):
                 return tag[len(prefix) :], account
     return account, ""
-
-
-def refund_window(config: GateConfig) -> int:
-    """Seconds within which a charge can still be refunded: a day at least, whatever settle_timeout."""
-    return max(config.settle_timeout, DAY_SECONDS)
 
 
 def unauthenticated(config: GateConfig) -> Respond:
@@ -159,7 +149,7 @@ def unauthenticated(config: GateConfig) -> Respond:
 def who_pays(config: GateConfig, identity: Mapping[str, Any] | None) -> tuple[str, str] | None:
     """(the account that pays, the pool member asking or ""), or None when Kong authenticated no one
     by the name the config asks for. The gate and the balance role both ask this."""
-    name = account_of(identity, config.account_by)
+    name = account_of(identity, config.identity_field)
     if name is None:
         return None
     payer, member = account_name(config.account_namespace, name), ""
@@ -182,20 +172,21 @@ def charge_request(
     cost = pricing.cost_of(facts.method, facts.path) if pricing.rules else pricing.cost
     if cost is None:
         return unpriced(config, payer, member, len(facts.path))
+    plans, route, retention, shadow, window, hold, settle_window = config.charge_terms
     return _charge_request(
         (
             payer,
             cost,
             now,
-            config.plans,
-            config.route,
-            config.ledger_retention,
-            not config.enforce,
+            plans,
+            route,
+            retention,
+            shadow,
             facts.idempotency_key,
-            config.idempotency_window,
+            window,
             member,
-            config.settle_timeout if config.settle_header else 0,
-            refund_window(config) if config.needs_log_phase else 0,
+            hold,
+            settle_window,
             "",  # the token: the store draws one, or the gate with bypass_witness (kong/gate.py)
             "",  # Kong's request id: the gate's, with bypass_witness
         )
@@ -251,15 +242,34 @@ def decided(config: GateConfig, request: ChargeRequest, result: ChargeResult) ->
                 charge,
             )
         )
-    problem = refusal(
-        result,
-        type_base=config.problem_type_base,
-        payment_url=config.payment_url,
-        entitled=config.plans,
-    )
-    if config.rate_limit_headers:
-        problem.headers.update(rate_limit_headers(result))
-    return Respond(problem)
+    return refused(config, result)
+
+
+# Refusals kept per config (GateConfig.refusals), after which the cache starts again.
+REFUSALS_KEPT = 1024
+
+
+def refused(config: GateConfig, result: ChargeResult) -> Respond:
+    """The enforcing gate's answer to a refused charge, its body encoded. The answer is a function of
+    the config and the result alone (the result carries Redis's second): a client refused again in the
+    same state (an empty account retrying in a loop, the refusal hammered) gets it built once. Kept
+    answers are shared: nothing changes an answer once built."""
+    kept = config.refusals
+    answer: Respond | None = kept.get(result)
+    if answer is None:
+        problem = refusal(
+            result,
+            type_base=config.problem_type_base,
+            payment_url=config.payment_url,
+            entitled=config.plans,
+        )
+        if config.rate_limit_headers:
+            problem.headers.update(rate_limit_headers(result))
+        answer = Respond(problem, encoded=problem.encoded())
+        if len(kept) >= REFUSALS_KEPT:
+            kept.clear()
+        kept[result] = answer
+    return answer
 
 
 def shadowed(config: GateConfig, request: ChargeRequest, result: ChargeResult) -> Proxy:
@@ -389,7 +399,7 @@ def settlement(config: GateConfig, held: int, *, refund: bool, reported: object 
     """A refund (``refund``), or the hold settled to the cost the upstream ``reported`` in the
     settle header; a missing or bad report settles at the hold."""
     if refund:
-        return Settlement(0, True, refund_window(config))
+        return Settlement(0, True, config.refund_window)
     final, problem = parse_settled_cost(reported, held)
     note = f"settle header {config.settle_header}: {problem}; settled at the hold" if problem else None
     return Settlement(final, False, config.settle_timeout, note)

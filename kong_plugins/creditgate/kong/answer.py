@@ -32,7 +32,7 @@ def apply(kong: Any, action: Action) -> bool:
             getattr(kong.log, action.log_level)(action.log)
         if isinstance(action, Respond):
             problem = action.problem
-            kong.response.exit(problem.status, problem.encoded(), problem.headers)
+            kong.response.exit(problem.status, action.encoded or problem.encoded(), problem.headers)
             return True  # Kong sends nothing more for this event after exit.
         # The upstream's headers before the upstream: a plugin server that dies between the two calls
         # leaves the request on its way to the dead end, never to the API without its X-Credit-*.

@@ -127,7 +127,9 @@ class Gate:
         method = kong.request.get_method() if pricing.needs_method else ""
         path = kong.request.get_path() if pricing.needs_path else ""
         key = kong.request.get_header(IDEMPOTENCY_HEADER) if config.idempotency_window else None
-        return RequestFacts(identity, method or "", path or "", key or None)
+        return policy.request_facts(
+            (identity, method or "", path or "", key or None)
+        )  # all its fields, in order
 
     # The decision: no PDK calls below this line until apply (answer.py), but the bypass witness's mark.
 

@@ -33,18 +33,30 @@ class RedisClock:
             return math.inf
         return self._error_ms + abs(now_ms - self._taken_ms) * self.DRIFT
 
+    def redis_seconds(self, now_ms: float) -> float | None:
+        """Redis's time (Unix seconds) at this host's ``now_ms``, None while the offset is unknown."""
+        return None if self.offset_ms is None else (now_ms + self.offset_ms) / 1000
+
     def observe(self, redis_ms: int, sent_ms: float, received_ms: float) -> None:
-        error = max(received_ms - sent_ms, 0) / 2 + 1  # + 1: Redis's milliseconds are truncated
+        error = (
+            (received_ms - sent_ms) / 2 + 1 if received_ms > sent_ms else 1
+        )  # + 1: Redis's ms are truncated
         offset = redis_ms - (sent_ms + received_ms) / 2
-        current = self.error_ms(received_ms)
-        if error <= current or self.offset_ms is None or abs(offset - self.offset_ms) > error + current:
-            self.offset_ms, self._error_ms, self._taken_ms = offset, error, received_ms
+        known = self.offset_ms
+        if known is not None:  # error_ms, inline: the charge calls this every time
+            current = self._error_ms + abs(received_ms - self._taken_ms) * self.DRIFT
+            if error > current and abs(offset - known) <= error + current:
+                return
+        self.offset_ms, self._error_ms, self._taken_ms = offset, error, received_ms
 
     def deadline(self, sent_ms: float, budget_ms: float) -> int:
         """The Redis time after which a charge sent at ``sent_ms`` must not apply (>= 1: always a
         deadline); 0 only without a budget (a caller that waits for ever). Needs an offset."""
         if budget_ms <= 0:
             return 0
-        if self.offset_ms is None:
+        offset = self.offset_ms
+        if offset is None:
             raise StoreTimeout("Redis's clock is not known yet; nothing was charged")
-        return max(1, int(sent_ms + self.offset_ms + budget_ms - self.error_ms(sent_ms)))
+        error = self._error_ms + abs(sent_ms - self._taken_ms) * self.DRIFT  # error_ms, inline
+        deadline = int(sent_ms + offset + budget_ms - error)
+        return deadline if deadline > 1 else 1

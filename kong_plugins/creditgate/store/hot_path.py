@@ -50,30 +50,59 @@ def pack(*parts: Any) -> bytes:
 
 
 class CommandPacker:
-    """The charge's EVALSHA in Redis's protocol, its head (the script and the account's keys) packed once.
+    """EVALSHA commands in Redis's protocol, what repeats from one call to the next packed once.
 
     hiredis formats every argument's length with ``sprintf``: about 40,000 instructions for the
-    charge's 29 arguments, a tenth of an allowed request. The script and the keys repeat from one
-    charge of an account to the next: they are packed by hiredis once and kept (up to ``limit``
-    accounts' worth, after which the cache starts again); the arguments are packed by hiredis each
-    time (reusing them by position from Python costs more than hiredis's packing). The bytes are
-    hiredis's own.
+    charge's 26 arguments and keys, a tenth of an allowed request. From one charge of an account on a
+    route to the next only its last arguments change (``varying`` of them: the deadline, the token,
+    Kong's request id); the script, the keys and the rest repeat. A caller that can name the repeating
+    part (``cache_key``: equal keys promise equal keys and equal arguments but the last ``varying``)
+    gets it packed by hiredis once and kept (up to ``limit`` commands' worth, after which the cache
+    starts again; a new script SHA starts it again too); the varying arguments are packed by hiredis
+    each time. The bytes are hiredis's own either way.
     """
 
-    def __init__(self, limit: int = 4096) -> None:
+    def __init__(self, varying: int = 0, limit: int = 4096) -> None:
+        self.varying = varying
         self.limit = limit
-        self._heads: dict[tuple[Any, ...], bytes] = {}
+        self._count_length = len(b"*%d\r\n" % varying)  # what hiredis puts before the varying ones
+        self._sha = ""
+        self._heads: dict[Any, bytes] = {}
 
-    def __call__(self, command: str, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
-        head_of = (command, sha, *keys)
-        head = self._heads.get(head_of)
+    def __call__(
+        self,
+        sha: str,
+        cache_key: Any,
+        varying: tuple[Any, ...],
+        build: Callable[[], tuple[Sequence[Any], Sequence[Any]]],
+    ) -> bytes:
+        """EVALSHA ``sha`` with ``build()``'s keys and arguments (called only when nothing is kept:
+        ``cache_key`` None, or seen first); ``varying`` are its last arguments."""
+        if cache_key is None or len(varying) != self.varying or not varying:
+            return _whole(sha, *build())
+        if sha != self._sha:
+            self._heads.clear()
+            self._sha = sha
+        try:
+            head = self._heads.get(cache_key)
+        except TypeError:  # an unhashable key: nothing kept
+            return _whole(sha, *build())
         if head is None:
+            keys, args = build()
+            if len(args) < len(varying) or list(args[len(args) - len(varying) :]) != list(varying):
+                return _whole(sha, keys, args)  # not the arguments the caller said: nothing kept
+            head = _without_count(_whole(sha, keys, args[: len(args) - len(varying)]))
+            head = b"*%d\r\n%b" % (3 + len(keys) + len(args), head)
             if len(self._heads) >= self.limit:
                 self._heads.clear()
-            head = _without_count(hiredis.pack_command((command, sha, len(keys), *keys)))
-            self._heads[head_of] = head
-        tail = _without_count(hiredis.pack_command(tuple(args))) if args else b""
-        return b"*%d\r\n%b%b" % (3 + len(keys) + len(args), head, tail)
+            self._heads[cache_key] = head
+        tail: bytes = hiredis.pack_command(varying)
+        return head + tail[self._count_length :]
+
+
+def _whole(sha: str, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
+    packed: bytes = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
+    return packed
 
 
 def _without_count(packed: bytes) -> bytes:
@@ -85,7 +114,13 @@ class HotPath:
     """EVALSHA of one script on a pool of plain connections to one standalone Redis."""
 
     def __init__(
-        self, settings: RedisSettings, sha: str, load_script: Callable[[], str], source: str = ""
+        self,
+        settings: RedisSettings,
+        sha: str,
+        load_script: Callable[[], str],
+        source: str = "",
+        *,
+        varying_args: int = 0,
     ) -> None:
         self._address: str | tuple[str, int] = settings.socket_path or (settings.host, settings.port)
         self._connect_timeout = settings.connect_timeout / 1000
@@ -95,7 +130,7 @@ class HotPath:
         self._load_script = load_script
         self._source = source
         self._idle: list[socket.socket] = []
-        self._pack = CommandPacker()
+        self._pack = CommandPacker(varying_args)  # how many of the last arguments change between calls
         self._lock = threading.Lock()
         self._pipeline: _GeventPipeline | None = None
         if _gevent_patched():
@@ -133,14 +168,25 @@ class HotPath:
 
     def evalsha(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """The script's reply; bulk strings arrive decoded (UTF-8)."""
+        return self.evalsha_kept(None, (), lambda: (keys, args))
+
+    def evalsha_kept(
+        self,
+        cache_key: Any,
+        varying: tuple[Any, ...],
+        build: Callable[[], tuple[Sequence[str], Sequence[Any]]],
+    ) -> Any:
+        """The same for ``build()``'s keys and arguments, the repeating part packed once and kept under
+        ``cache_key`` (see ``CommandPacker``: ``varying`` are the last arguments, packed each time)."""
         loaded = False
         while True:
-            reply = self._round_trip(self._pack("EVALSHA", self._sha, keys, args))
+            reply = self._round_trip(self._pack(self._sha, cache_key, varying, build))
             if not isinstance(reply, hiredis.ReplyError):
                 return reply
             if not str(reply).startswith("NOSCRIPT"):
                 raise redis.exceptions.ResponseError(str(reply))
             if loaded and self._source:  # flushed again in between: the whole script, once
+                keys, args = build()
                 reply = self._round_trip(
                     hiredis.pack_command(("EVAL", self._source, len(keys), *keys, *args))
                 )
@@ -406,7 +452,8 @@ class _PipelinedConnection:
             return
         del self._unsent[:sent]
         if not self._unsent:
-            self._writable.stop()
+            if self._writable.active:
+                self._writable.stop()
         elif not self._writable.active:
             self._writable.start(self._on_writable)  # the kernel took part: the rest when it has room
 

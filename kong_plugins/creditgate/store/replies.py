@@ -17,6 +17,7 @@ import redis
 
 from creditgate.core.balance import BalanceView
 from creditgate.core.decision import ChargeResult, Reason
+from creditgate.core.model import Plan, Subscription
 from creditgate.core.periods import Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.errors import StoreDataError, StoreEmpty, StoreError, StoreRefused, StoreTimeout
@@ -187,6 +188,57 @@ def legacy_request_key_input(route: str, cost: int, idempotency_key: str) -> str
     return f"{route}\0{cost}\0{idempotency_key}"
 
 
+# charge.lua's ARGV ends with the arguments that change from one charge of an account on a route to
+# the next (charge_varying): the hot path packs what comes before them once (hot_path.CommandPacker),
+# kept under charge_cache_key.
+_REPEATING = ChargeRequest._fields.index("token")  # the request's fields before the varying ones
+assert ChargeRequest._fields[_REPEATING:] == ("token", "request_id")
+
+
+def import_terms(subscription: tuple[Subscription, Plan] | None) -> list[Any]:
+    """import_row.lua's subscription terms (the plan's name first), empty for a row without one."""
+    if subscription is None:
+        return ["", "", 0, 0, 0, "", 0, "0"]
+    sub, plan = subscription
+    return [
+        plan.name,
+        sub.status.value,
+        sub.starts_at,
+        sub.anchor,
+        sub.expires_at or 0,
+        plan.period.value,
+        plan.allowance,
+        "1" if plan.prepaid else "0",
+    ]
+
+
+def charge_time(now: int | None, redis_now: float | None) -> int:
+    """The Unix second whose day names the charge's usage and totals keys: the request's ``now``, else
+    Redis's clock as this host estimates it, else this host's."""
+    if now is not None:
+        return now
+    return int(time.time() if redis_now is None else redis_now)
+
+
+def charge_cache_key(request: ChargeRequest, when: int) -> tuple[Any, ...] | None:
+    """What charge_arguments' KEYS and ARGV depend on but the varying ones, for the same store: the
+    request but its token and request id, and the day of ``when`` (``charge_time``). None (nothing
+    kept) for a request with an idempotency key: the client picks it, a new one each time, and kept
+    it would fill the cache with what clients sent."""
+    if request.idempotency_key is not None:
+        return None
+    return (request[:_REPEATING], when // 86_400)
+
+
+def charge_varying(request: ChargeRequest, deadline: int, token: str) -> tuple[int, str, str]:
+    """The last of charge.lua's ARGV, which change from one charge to the next: the deadline, the
+    token, Kong's request id."""
+    return (deadline, token, request.request_id)
+
+
+CHARGE_VARYING = 3  # len(charge_varying(...))
+
+
 def charge_arguments(
     request: ChargeRequest,
     keys: AccountKeys,
@@ -203,10 +255,9 @@ def charge_arguments(
     the charge for voiding it when its reply does not come back (store/voids.py). ``totals`` is where
     the day's totals over every account are counted (``Keyspace.totals_prefix``), "" for nowhere."""
     (_account, cost, now, entitled, route, ledger_retention, shadow, idempotency_key, idempotency_window,
-     member, hold_seconds, settle_window, _token, request_id) = request  # fmt: skip
+     member, hold_seconds, settle_window, _token, _request_id) = request  # fmt: skip
     window = idempotency_window if idempotency_key else 0
-    local_or_redis = time.time() if redis_now is None else redis_now
-    day_of = int(local_or_redis) if now is None else now
+    day_of = charge_time(now, redis_now)
     # Unused by the script without a key: any key of the account's slot will do. The last is where a
     # version before member-bound keys kept this key, read for a retry across the upgrade (charge.lua).
     request_key = legacy_key = keys.members
@@ -232,16 +283,14 @@ def charge_arguments(
         route,
         ledger_retention,
         USAGE_TTL_SECONDS,
-        deadline,
         "shadow" if shadow else "charge",
         window,
         member,
         hold_seconds,
         settle_window,
-        token,
         TOKEN_SECONDS,
         request.account if totals else "",
-        request_id,
+        *charge_varying(request, deadline, token),  # last: the hot path packs what comes before once
     ]
 
 

@@ -57,8 +57,12 @@ from creditgate.store.replies import (
     as_text,
     balance_reply,
     charge_arguments,
+    charge_cache_key,
     charge_reply,
+    charge_time,
+    charge_varying,
     data_error,
+    import_terms,
     ledger_entry_reply,
     refusal,
     write_fault,
@@ -127,10 +131,6 @@ class RedisStore:
         self.voider = Voider(self, client.register_script(_script_source("void")))  # replies never received
         # Leave the reply time to travel back before the client's own timeout fires.
         self.charge_budget_ms = timeout_ms - max(timeout_ms / 5, 5) if timeout_ms else 0
-        # How the charge script is sent: the hot path when there is one, else redis-py.
-        self._send_charge: Callable[[Sequence[str], Sequence[Any]], Any] = (
-            self._charge_via_client if hot_path is None else hot_path.evalsha  # strings arrive decoded
-        )
         self._charge = client.register_script(_script_source("charge"))
         self._settle = client.register_script(_script_source("settle"))
         self._credit = client.register_script(_script_source("credit"))
@@ -222,9 +222,6 @@ class RedisStore:
     def _call(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._guarded(self._script, script, keys, args)
 
-    def _charge_via_client(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return [as_text(v) if isinstance(v, bytes) else v for v in self._script(self._charge, keys, args)]
-
     def _script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA; on NOSCRIPT (the script did not run) it is loaded and sent once more (how, the
         keyspace says: on a Cluster, to the key's node only)."""
@@ -237,19 +234,16 @@ class RedisStore:
 
     def charge(self, request: ChargeRequest) -> ChargeResult:
         """Decide and charge one request in one script (see charge.lua for the rules)."""
-        keys = self._account_keys(request.account)
-        marker = self._marker(request.account)  # on a Cluster the first call builds the slot table: not timed
+        if self.hot_path is None:
+            self._marker(request.account)  # on a Cluster the first call builds the slot table: not timed
         if self.clock.offset_ms is None and self.charge_budget_ms > 0:
-            self._learn_clock(keys.state)
+            self._learn_clock(self._account_keys(request.account).state)
         sent_ms = time.time() * 1000
         deadline = self.clock.deadline(sent_ms, self.charge_budget_ms)
-        offset_ms = self.clock.offset_ms
-        redis_now = None if offset_ms is None else (sent_ms + offset_ms) / 1000
+        when = charge_time(request.now, self.clock.redis_seconds(sent_ms))
         token = request.token or urandom(8).hex()  # names this charge for voiding it (store/voids.py)
         try:
-            totals = self._totals(request.account)
-            sent = charge_arguments(request, keys, marker, deadline, redis_now, token, totals)
-            reply = self._guarded(self._send_charge, *sent)
+            reply = self._guarded(self._send_charge, request, deadline, when, token)
         except StoreError as error:
             if maybe_sent(error) and not request.shadow:  # the charge's outcome is unknown
                 self.voider.submit(request.account, token, request.ledger_retention)
@@ -259,6 +253,21 @@ class RedisStore:
         if isinstance(outcome, StoreError):
             raise outcome
         return outcome
+
+    def _send_charge(self, request: ChargeRequest, deadline: int, when: int, token: str) -> Any:
+        """charge.lua's reply, strings decoded: on the hot path, what repeats from one charge of the
+        account to the next packed once (hot_path.py); else through the client."""
+        account = request.account
+
+        def sent() -> tuple[list[str], list[Any]]:
+            keys, marker, totals = self._account_keys(account), self._marker(account), self._totals(account)
+            return charge_arguments(request, keys, marker, deadline, when, token, totals)
+
+        if self.hot_path is not None:
+            varying = charge_varying(request, deadline, token)
+            return self.hot_path.evalsha_kept(charge_cache_key(request, when), varying, sent)
+        keys, args = sent()
+        return [as_text(v) if isinstance(v, bytes) else v for v in self._script(self._charge, keys, args)]
 
     def _marker(self, account: str) -> str:
         return self.keyspace.marker(self.keys, account)
@@ -535,22 +544,9 @@ class RedisStore:
     ) -> ImportOutcome:
         """One import row (a subscription, an opening grant) in one script: applied wholly or not at all."""
         keys = self.keys.account(account)
-        if subscription is None:
-            terms: list[Any] = ["", "", 0, 0, 0, "", 0, "0"]
-            plan_name = ""
-        else:
-            sub, plan = subscription
-            terms = [
-                plan.name,
-                sub.status.value,
-                sub.starts_at,
-                sub.anchor,
-                sub.expires_at or 0,
-                plan.period.value,
-                plan.allowance,
-                "1" if plan.prepaid else "0",
-            ]
-            plan_name = plan.name
+        terms = import_terms(subscription)
+        plan_name = terms[0]
+        if plan_name:
             self._plan_index.before(account, plan_name)
         previous, outcome, balance, ledger_id = self._call(
             self._import_row,

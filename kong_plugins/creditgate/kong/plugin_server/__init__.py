@@ -8,6 +8,7 @@ command line and ``--dump``. ``--runtime kong-pdk`` runs kong-pdk's own server i
 
 from __future__ import annotations
 
+import gc
 import socket
 from typing import Any
 
@@ -32,6 +33,10 @@ def serve(
     the plugin does blocks only its own request.
     """
     server = Server(PluginInfo.of(name, plugin, version, priority, schema), lua=lua_style)
+    # What start-up built (the modules, the plugin, the schema: most of the heap) lives as long as the
+    # process: out of the collector's reach, a full collection scans only what requests left behind
+    # (it scanned the whole heap, some 1,700,000 instructions, every few hundred requests).
+    gc.freeze()
     if channel_fd is not None:
         server.serve_channel(channel_fd)
     elif listener is not None:

@@ -4,14 +4,14 @@
 -- KEYS[2]  the paying account's ledger stream
 -- KEYS[3]  the paying account's usage hash for the UTC day of `now`
 -- KEYS[4]  the idempotency key of this request: the consumer's (the pool member's, or the account's
---          own when ARGV[10] is ""), bound to the route and the cost (a string key; unused when
---          ARGV[9] is 0)
+--          own when ARGV[9] is ""), bound to the route and the cost (a string key; unused when
+--          ARGV[8] is 0)
 -- KEYS[5]  the paying account's members hash (pools: caps and period usage per member)
 -- KEYS[6]  the paying account's holds hash (charge id -> what settling it needs)
 -- KEYS[7]  the paying account's holds index (sorted set: charge id by the end of its settle window)
 -- KEYS[8]  the store marker of the account's slot (operators' tools write it; see store/keys.py)
 -- KEYS[9]  where versions before member-bound keys kept this idempotency key: per account, bound to
---          the route and the cost only (a string key, read only; unused when ARGV[9] is 0)
+--          the route and the cost only (a string key, read only; unused when ARGV[8] is 0)
 -- ARGV[1]  now: Unix seconds to decide with, or "" for Redis's own clock (what the gate sends)
 -- ARGV[2]  cost: credits, integer >= 0 (for a hold: the most the request may cost)
 -- ARGV[3]  entitled: the plans that may use this route, separated by ",", or "" for any plan
@@ -19,25 +19,27 @@
 --          and ledger
 -- ARGV[5]  retention: ledger entries kept per account
 -- ARGV[6]  usage_ttl: seconds a day's usage hash is kept
--- ARGV[7]  deadline: milliseconds on Redis's clock after which the caller has stopped waiting, 0 = none
--- ARGV[8]  shadow: the mode, "charge", or "shadow" (decide, count in usage, write nothing else)
--- ARGV[9]  idempotency_window: seconds a charge answers for its idempotency key, 0 = off
--- ARGV[10] member: the pool member the request is from, or "" when the account pays for itself
--- ARGV[11] hold_seconds: seconds within which the charge may be settled to a lower cost, 0 = final
--- ARGV[12] settle_window: seconds the charge can be settled or refunded in (its facts are kept in
+-- ARGV[7]  shadow: the mode, "charge", or "shadow" (decide, count in usage, write nothing else)
+-- ARGV[8]  idempotency_window: seconds a charge answers for its idempotency key, 0 = off
+-- ARGV[9]  member: the pool member the request is from, or "" when the account pays for itself
+-- ARGV[10] hold_seconds: seconds within which the charge may be settled to a lower cost, 0 = final
+-- ARGV[11] settle_window: seconds the charge can be settled or refunded in (its facts are kept in
 --          the holds hash that long), 0 = never settled
--- ARGV[13] token: an id for this charge (hex), or "" for none. A charge that charges keeps its
---          ledger id under <base>token:<token> for ARGV[14] seconds; a token with a void marker
---          (<base>void:<token>, void.lua) is refused deadline_passed with nothing written. The caller
---          voids a charge whose reply it did not get, so that it is charged and answered, or neither.
---          A replay by request id (ARGV[16]) keeps the earlier charge's ledger id under this token.
--- ARGV[14] token_seconds: how long the token's ledger id is kept
+-- ARGV[12] token_seconds: how long the token's ledger id is kept
 -- KEYS[10] the day's totals over every account on this account's slot (store/totals.py; "" for none):
 --          what count_usage adds to the account's usage hash, a pool member's own counters left out,
 --          also added there in this same step (add_total in _lib.lua)
--- ARGV[15] account: the paying account's name, for the day's totals
+-- ARGV[13] account: the paying account's name, for the day's totals
+-- The last three change from one charge to the next; the caller packs what comes before them once
+-- (store/hot_path.py):
+-- ARGV[14] deadline: milliseconds on Redis's clock after which the caller has stopped waiting, 0 = none
+-- ARGV[15] token: an id for this charge (hex), or "" for none. A charge that charges keeps its
+--          ledger id under <base>token:<token> for ARGV[12] seconds; a token with a void marker
+--          (<base>void:<token>, void.lua) is refused deadline_passed with nothing written. The caller
+--          voids a charge whose reply it did not get, so that it is charged and answered, or neither.
+--          A replay by request id (ARGV[16]) keeps the earlier charge's ledger id under this token.
 -- ARGV[16] request_id: Kong's id of the request (hex), or "" for none: a charge that charges keeps its
---          ledger id under <base>rid:<request_id> for ARGV[14] seconds, and a charge sent again with
+--          ledger id under <base>rid:<request_id> for ARGV[12] seconds, and a charge sent again with
 --          the same request id is a replay of it (see "Idempotency")
 --
 -- Returns {allowed (1|0), reason ("" when allowed), plan, status, cost, balance, allowance,
@@ -111,19 +113,19 @@ local entitled = ARGV[3]
 local route = ARGV[4]
 local retention = arg_int(5, 0, 1e12)
 local usage_ttl = arg_int(6, 1, 1e12)
-local deadline = arg_int(7, 0, 1e15)
-local shadow = ARGV[8] == 'shadow'
-local idempotency_window = arg_int(9, 0, 1e12)
-local member = ARGV[10]
-local hold_seconds = arg_int(11, 0, 1e12)
-local settle_window = arg_int(12, 0, 1e12)
+local shadow = ARGV[7] == 'shadow'
+local idempotency_window = arg_int(8, 0, 1e12)
+local member = ARGV[9]
+local hold_seconds = arg_int(10, 0, 1e12)
+local settle_window = arg_int(11, 0, 1e12)
+local token_seconds = arg_int(12, 1, 1e9)
+-- The day's totals over every account (KEYS[10]), counted under the account's name; none without it.
+local account = ARGV[13]
+local deadline = arg_int(14, 0, 1e15)
 -- The charge's token (a random id the caller gives each charge), and the keys it names in the account's
 -- slot: <base>token:<token> (this charge's ledger id, once charged) and <base>void:<token>.
-local token = ARGV[13]
-local token_seconds = arg_int(14, 1, 1e9)
+local token = ARGV[15]
 local token_key, void_key = '', ''
--- The day's totals over every account (KEYS[10]), counted under the account's name; none without it.
-local account = ARGV[15] or ''
 local request_id = ARGV[16] or ''
 local request_key = ''
 if request_id ~= '' then request_key = string.sub(KEYS[1], 1, -8) .. 'rid:' .. request_id end

@@ -12,6 +12,7 @@ import redis
 
 from creditgate.core.redis_settings import RedisSettings
 from creditgate.store.hot_path import HotPath
+from creditgate.store.replies import CHARGE_VARYING
 from creditgate.store.topology.base import Client, Topology, common_options, no_retry, server_url, user
 
 
@@ -51,4 +52,4 @@ class Standalone(Topology):
 
         # The script's SHA1, as SCRIPT LOAD answers it: known before any round trip.
         sha = hashlib.sha1(charge_script.encode()).hexdigest()
-        return HotPath(self.settings, sha, load, charge_script)
+        return HotPath(self.settings, sha, load, charge_script, varying_args=CHARGE_VARYING)
