@@ -5,13 +5,17 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup check lint types test test-fast schema bench constraints dist
 
-# Everything the checks need, on a fresh Debian or Ubuntu machine with Python 3.10+: redis-server,
+# Everything the checks need, on a fresh Debian or Ubuntu machine with Python 3.10 to 3.12: redis-server,
 # decK, valgrind and Chromium from the distribution (.ci/system-tools), then a virtual environment with
 # the package and its test tools at the versions constraints.txt pins (the image installs the same pins).
+# PYTHON is checked first: one that does not run (not installed, or a pyenv shim of a version pyenv has
+# not selected) is told apart from one that is too old.
 setup:
+	@$(PYTHON) -c 'import sys' >/dev/null 2>&1 \
+		|| { echo "error: '$(PYTHON)' does not run: it is not installed, or it is a pyenv shim of a version pyenv has not selected; name the interpreter by its path (make setup PYTHON=<pyenv root>/versions/3.12.x/bin/python3.12) or install Python 3.10 to 3.12" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))' \
+		|| { echo "error: '$(PYTHON)' is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); credit-gate runs on 3.10 to 3.12: name one (make setup PYTHON=python3.12, or its path)" >&2; exit 1; }
 	bash .ci/system-tools
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-		|| { echo "error: $(PYTHON) is older than 3.10 (make setup PYTHON=python3.12)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 

@@ -85,7 +85,11 @@ def print_help() -> None:
             parse(dedicated=True)
     finally:
         sys.argv = argv
-    sys.stdout.write(text.getvalue() + HELP_EPILOG)
+    from creditgate.kong.processes import PLUGIN_NAME
+
+    # kong-pdk's parser names its own default socket; this server's is the plugin's (processes.py).
+    kong_pdk_help = text.getvalue().replace("python_pluginserver.sock", f"{PLUGIN_NAME}.sock")
+    sys.stdout.write(kong_pdk_help + HELP_EPILOG)
 
 
 def main() -> None:
@@ -109,6 +113,14 @@ def main() -> None:
     except ValueError as error:
         print(f"credit-gate-pluginserver: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    unknown = processes.unknown_flags(flags.rest)
+    if unknown:
+        print(
+            f"credit-gate-pluginserver: unknown argument(s): {' '.join(unknown)} "
+            "(`credit-gate-pluginserver --help` lists the flags)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     sys.argv[1:] = flags.rest
     if runtime.wants_processes(sys.argv[1:]):
         # kong-pdk's process mode pickles the plugin instance for each event; an instance holds a Redis

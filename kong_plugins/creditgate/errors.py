@@ -18,9 +18,23 @@ CreditGateError                 base of everything below
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+_E = TypeVar("_E", bound="CreditGateError")
+
 
 class CreditGateError(Exception):
-    """Base of every error credit-gate raises on purpose."""
+    """Base of every error credit-gate raises on purpose.
+
+    ``cli_hint``: what to run next, for an operator at the ``credit-gate`` CLI (which adds it to the
+    message); the HTTP API and the Python API leave it out, their callers have no such command.
+    """
+
+    cli_hint = ""
+
+    def hinted(self: _E, cli_hint: str) -> _E:
+        self.cli_hint = cli_hint
+        return self
 
 
 class ConfigError(CreditGateError):

@@ -49,6 +49,16 @@ def test_grant_refuses_an_amount_that_is_not_a_positive_whole_number(
     assert store.account_state("acme").balance == 0
 
 
+def test_a_negative_amount_is_explained_not_taken_for_an_unknown_option(cli: Cli, store: RedisStore) -> None:
+    result = cli.run("grant", "acme", "-5")
+    assert result.exit_code == EXIT_INVALID
+    assert "No such option" not in result.stderr
+    assert "-5: amounts are whole numbers of credits and never negative" in result.stderr
+    assert "credit-gate adjust-down ACCOUNT AMOUNT" in result.stderr
+    assert store.account_state("acme").balance == 0
+    assert "No such option '--bogus'" in cli.run("grant", "acme", "--bogus").stderr  # a real typo still is
+
+
 def test_grant_to_an_unknown_account_is_refused_unless_created(cli: Cli, store: RedisStore) -> None:
     refused = cli.run("grant", "acme-typo", "5")
     assert refused.exit_code == EXIT_NOT_FOUND

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,3 +147,26 @@ def test_an_invalid_plan_name_is_refused_before_redis_is_asked(cli: Cli) -> None
 def test_help_and_version_exit_0(cli: Cli) -> None:
     assert "Exit codes: 0 done, 1 invalid input, 2 not found" in cli.ok("--help").stdout
     assert "credit-gate, version" in cli.ok("--version").stdout
+
+
+@pytest.mark.server  # credit-gate serve, a process
+def test_serve_without_tokens_warns_as_a_warning_and_serves(redis_server: RedisServer) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDIT_GATE_")}
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    command = [
+        str(Path(sys.executable).parent / "credit-gate"),
+        "--redis-url",
+        url,
+        "serve",
+        "--port",
+        str(free_port()),
+    ]
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as serving:
+        try:
+            assert serving.stderr is not None
+            first = serving.stderr.readline()
+        finally:
+            serving.terminate()
+            serving.wait(timeout=30)
+    assert first.startswith("credit-gate: warning: no API token is configured"), first
+    assert "error" not in first

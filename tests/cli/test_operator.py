@@ -18,6 +18,7 @@ import pytest
 
 from creditgate.cli import EXIT_CONFLICT, EXIT_INVALID, EXIT_PIPE_CLOSED, EXIT_STORE
 from creditgate.core.config import RedisSettings
+from creditgate.kong import processes
 from creditgate.ops.admin import Admin
 from tests.cli_support import CONSOLE_SCRIPT, PLANS_YAML, Cli
 from tests.redis_servers import RedisServer
@@ -218,6 +219,9 @@ def test_the_plugin_servers_help_shows_the_log_phase_flag() -> None:
     assert result.returncode == 0
     assert "--log-phase" in result.stdout and "--dump" in result.stdout
     assert "empty environment" in result.stdout
+    # The socket it listens on by default is the plugin's, not kong-pdk's.
+    assert "credit-gate.sock" in " ".join(result.stdout.split())
+    assert "python_pluginserver.sock" not in result.stdout
 
 
 # Credentials
@@ -245,3 +249,27 @@ def test_a_redis_that_wants_a_password_gets_a_hint_about_the_credentials(
         assert outcome.returncode == EXIT_STORE
         assert "give the ACL user and password it expects" in outcome.stderr, outcome.stderr
         assert "wrong" not in outcome.stderr
+
+
+def test_the_plugin_server_names_an_unknown_flag_before_starting_anything(tmp_path: Path) -> None:
+    server = str(Path(sys.executable).with_name("credit-gate-pluginserver"))
+    result = subprocess.run(
+        [server, "--bogus", "-p", str(tmp_path)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 2
+    assert "unknown argument(s): --bogus" in result.stderr
+    assert "prefix" not in result.stderr and not list(tmp_path.iterdir())  # no socket, no process
+
+
+def test_every_flag_the_plugin_servers_help_lists_is_taken() -> None:
+    server = str(Path(sys.executable).with_name("credit-gate-pluginserver"))
+    text = subprocess.run([server, "--help"], capture_output=True, text=True, timeout=30, check=True).stdout
+    flags = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", text.split("credit-gate:")[0])) - {"-h", "--help"}
+    assert {"--kong-prefix", "--socket-name", "--dump", "-g", "--no-lua-style"} <= flags
+    for flag in sorted(flags):
+        value = (
+            ["x"]
+            if flag in {"-p", "--kong-prefix", "-kong-prefix", "--socket-name", "--listen-queue-size"}
+            else []
+        )
+        assert processes.unknown_flags([flag, *value]) == [], flag

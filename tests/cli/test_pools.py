@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from creditgate.cli import EXIT_INVALID
+from creditgate.cli import EXIT_INVALID, EXIT_NOT_FOUND
 from creditgate.core.config import RedisSettings
+from creditgate.core.model import Plan
+from creditgate.core.periods import Period
 from creditgate.ops.admin import Admin
 from creditgate.store.store import RedisStore
 from tests.cli_support import Cli
@@ -14,6 +16,23 @@ from tests.cli_support import Cli
 @pytest.fixture
 def cli(settings: RedisSettings, admin: Admin) -> Cli:
     return Cli(settings)
+
+
+@pytest.fixture(autouse=True)
+def team_a(admin: Admin) -> None:
+    """The pool: an account like any other."""
+    admin.apply_plan(Plan("team", period=Period.MONTH, allowance=0, prepaid=True))
+    admin.subscribe("team-a", "team")
+
+
+def test_a_cap_on_a_pool_that_does_not_exist_is_refused_and_nothing_written(
+    cli: Cli, store: RedisStore
+) -> None:
+    result = cli.run("pool-cap", "team-b", "ann", "500")
+    assert result.exit_code == EXIT_NOT_FOUND
+    assert "no account named 'team-b'" in result.stderr
+    assert store.member_caps("team-b") == {}
+    assert cli.run("pool-cap", "team-b", "ann", "--remove").exit_code == EXIT_NOT_FOUND
 
 
 def test_a_cap_is_set_listed_and_lifted(cli: Cli, store: RedisStore) -> None:

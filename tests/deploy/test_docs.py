@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from creditgate.ops import kong_conf as deploy
 from tests.deploy.test_kong_yml import ROOT
@@ -187,3 +188,30 @@ def test_the_redis_passwords_are_referenceable_in_the_schema_kong_reads() -> Non
     redis = next(f["redis"] for f in config["fields"] if "redis" in f)
     flagged = {name for field in redis["fields"] for name, spec in field.items() if spec.get("referenceable")}
     assert flagged == {"password", "sentinel_password"}
+
+
+def test_the_readme_lists_every_document() -> None:
+    listed = set(re.findall(r"\]\((docs/[^)#]+\.md)\)", section(ROOT / "README.md", "## Documentation")))
+    assert listed == {f"docs/{doc.name}" for doc in (ROOT / "docs").glob("*.md")}
+
+
+def test_the_quick_start_asks_for_every_port_compose_publishes() -> None:
+    """Those of the services `docker compose up` starts (not the ones behind a profile)."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))["services"]
+    published = {
+        str(port).split(":")[-2]
+        for service in services.values()
+        if not service.get("profiles")
+        for port in service.get("ports", ())
+    }
+    needs = section(ROOT / "README.md", "## Quick start").split("\n\n")[1]
+    assert published and published <= set(re.findall(r"\b(\d{4,5})\b", needs)), (published, needs)
+
+
+def section(path: Path, heading: str) -> str:
+    """The text under ``heading`` down to the next heading of its level."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index(heading + "\n")
+    level = heading.split(" ")[0] + " "
+    end = text.find("\n" + level, start + len(heading))
+    return text[start : end if end != -1 else len(text)]

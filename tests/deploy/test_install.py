@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from creditgate.ops import kong_conf as deploy
 from tests.deploy.test_kong_yml import ROOT
@@ -88,6 +89,21 @@ def test_the_build_makes_a_wheel_and_an_sdist_with_the_plugin_the_scripts_and_th
     with tarfile.open(sdist) as archive:
         members = archive.getnames()
     assert any(m.endswith("/kong_plugins/creditgate/store/lua/charge.lua") for m in members)
+    # The source the README's quick start and install steps run in.
+    inside = {m.split("/", 1)[1] for m in members if "/" in m}
+    for needed in (
+        "constraints.txt",
+        "kong.yml",
+        "Dockerfile",
+        ".dockerignore",
+        "docker-compose.yml",
+        "Makefile",
+        ".ci/system-tools",
+        "deploy/demo/seed.sh",
+        "docs/install.md",
+        "schemas/plugin-config.schema.json",
+    ):
+        assert needed in inside, needed
 
 
 def test_the_installed_plugin_server_dumps_its_info_with_an_empty_environment(installed: Path) -> None:
@@ -155,3 +171,55 @@ def test_the_suite_runs_on_the_pinned_versions() -> None:
         except metadata.PackageNotFoundError:
             continue  # pinned for another platform or Python (markers), or not needed here
         assert installed == version, f"{name} {installed} installed, constraints.txt pins {version}"
+
+
+# `make setup`'s interpreter check (the README's Development section)
+
+OLD_PYTHON = """#!/bin/sh
+case "$2" in
+  *platform*) echo 3.9.18 ;;
+  *version_info*) exit 1 ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+def make_setup(python: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "-s", "setup", f"PYTHON={python}", f"VENV={tmp_path / 'venv'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_setup_with_a_python_that_does_not_run_says_so_and_installs_nothing(tmp_path: Path) -> None:
+    done = make_setup(str(tmp_path / "python3.12"), tmp_path)
+    assert done.returncode != 0
+    assert "does not run" in done.stderr and "older" not in done.stderr
+    assert "pyenv" in done.stderr and not (tmp_path / "venv").exists()
+
+
+def test_setup_with_an_old_python_names_its_version(tmp_path: Path) -> None:
+    old = tmp_path / "python3.9"
+    old.write_text(OLD_PYTHON)
+    old.chmod(0o755)
+    done = make_setup(str(old), tmp_path)
+    assert done.returncode != 0
+    assert "is Python 3.9.18" in done.stderr and "runs on 3.10 to 3.12" in done.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def test_pip_installs_on_the_pythons_the_docs_list_and_no_other() -> None:
+    """README and docs/install.md list 3.10 to 3.12 (CI runs 3.10 and 3.12): the package says the same."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    (spec,) = re.findall(r'^requires-python = "([^"]+)"', text, re.MULTILINE)
+    allowed = SpecifierSet(spec)
+    assert [v for v in ("3.9", "3.10", "3.11", "3.12", "3.13") if allowed.contains(f"{v}.0")] == [
+        "3.10",
+        "3.11",
+        "3.12",
+    ]
+    assert "Python 3.10 to 3.12" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "Python 3.10, 3.11 or 3.12" in (ROOT / "docs" / "install.md").read_text(encoding="utf-8")

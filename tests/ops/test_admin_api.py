@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from creditgate.core.config import RedisSettings
 from creditgate.core.inputs import format_instant, parse_credits, parse_instant
-from creditgate.core.model import Plan, Status
+from creditgate.core.model import Plan, Status, check_plan_name
 from creditgate.core.periods import DAY_SECONDS, Period
 from creditgate.core.policy import ChargeRequest
 from creditgate.errors import ConfigError, Conflict, InvalidDocument, NotFound
@@ -128,6 +130,15 @@ def test_connect_refuses_a_key_prefix_that_could_break_the_hash_tags(settings: R
 def test_credits_in_text_are_digits_only(text: str) -> None:
     with pytest.raises(InvalidDocument):
         parse_credits(text, "amount", minimum=1)
+
+
+@pytest.mark.parametrize("parse", [parse_credits, parse_instant, check_plan_name])
+def test_a_value_thousands_of_characters_long_is_refused_and_quoted_short(parse: Any) -> None:
+    """Python reads at most 4,300 digits into an int: a longer number must still be a clear refusal, and
+    no error message sends a client's 5,000-character field back whole."""
+    with pytest.raises(InvalidDocument) as refused:
+        parse("9" * 5000)
+    assert len(str(refused.value)) < 300 and "(5002 characters)" in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -129,6 +129,17 @@ def test_bad_rows_are_rejected_with_their_line_and_the_others_applied(
     assert errors[4] == "account: appears again (first at line 2); give each account one row"
 
 
+def test_a_rejects_file_once_fixed_imports_as_it_is(cli: Cli, tmp_path: Path, store: RedisStore) -> None:
+    text = "account,plan,balance\ngood,pro,10\nbad-amount,pro,1.5\n"
+    rejects = tmp_path / "rejects.csv"
+    assert cli.run("import", str(write(tmp_path, text)), "--rejects", str(rejects)).exit_code == EXIT_PROBLEMS
+    fixed = rejects.read_text().replace(",1.5,", ",15,")
+    assert "line" in fixed.splitlines()[0] and "error" in fixed.splitlines()[0]  # left as written
+    result = cli.run("import", str(write(tmp_path, fixed, "fixed.csv")))
+    assert result.exit_code == 0, result.stdout
+    assert store.account_state("bad-amount").balance == 15
+
+
 def test_a_status_without_a_plan_is_rejected_and_nothing_of_the_row_applied(
     cli: Cli, tmp_path: Path, store: RedisStore
 ) -> None:

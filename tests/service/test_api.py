@@ -62,7 +62,8 @@ def test_plans_are_applied_listed_shown_and_deleted(api: Running) -> None:
     assert api.call("GET", "/v1/plans/free/subscribers").json()["accounts"] == ["a1"]
     problem(api.call("DELETE", "/v1/plans/free"), 409, "conflict")
     assert api.call("DELETE", "/v1/plans/free", params={"force": "true"}).json() == {"deleted": "free"}
-    problem(api.call("GET", "/v1/plans/free"), 404, "not_found")
+    gone = problem(api.call("GET", "/v1/plans/free"), 404, "not_found")
+    assert gone["detail"] == "no plan named 'free'"  # no advice to run a CLI command over HTTP
 
 
 def test_a_bad_plan_is_refused_with_the_schemas_words_and_nothing_is_written(api: Running) -> None:
@@ -283,6 +284,7 @@ def test_usage_export_and_pool_caps(api: Running) -> None:
         "invalid_input",
     )
     assert api.call("PUT", "/v1/accounts/acme/member-caps/dev", json={"cap": 50}).status_code == 200
+    problem(api.call("PUT", "/v1/accounts/nobody/member-caps/dev", json={"cap": 50}), 404, "not_found")
     assert api.call("GET", "/v1/accounts/acme/member-caps").json() == [{"member": "dev", "cap": 50}]
     api.call("DELETE", "/v1/accounts/acme/member-caps/dev")
     assert api.call("GET", "/v1/accounts/acme/member-caps").json() == []

@@ -51,7 +51,8 @@ class App(click.Group):
                 )
             raise Failure(f"cannot use Redis at {where} ({detail}); {hint}", EXIT_STORE) from error
         except CreditGateError as error:
-            raise Failure(str(error), exit_code(error)) from error
+            message = f"{error}; {error.cli_hint}" if error.cli_hint else str(error)
+            raise Failure(message, exit_code(error)) from error
         finally:
             if isinstance(ctx.obj, Env):
                 ctx.obj.close()
@@ -72,7 +73,7 @@ class App(click.Group):
             code = error.code
         except click.UsageError as error:
             command = error.ctx.command_path if error.ctx else "credit-gate"
-            say_error(f"{error.format_message()} (see `{command} --help`)")
+            say_error(f"{_usage_message(error)} (see `{command} --help`)")
             code = EXIT_INVALID
         except click.ClickException as error:
             say_error(error.format_message())
@@ -83,6 +84,18 @@ class App(click.Group):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def _usage_message(error: click.UsageError) -> str:
+    """click's message, but for a negative number, which click takes for an unknown option (`grant acme
+    -5`): say what amounts are, and how credits are taken away."""
+    name = getattr(error, "option_name", "") if isinstance(error, click.NoSuchOption) else ""
+    if name and name[1:].isdigit():
+        return (
+            f"{name}: amounts are whole numbers of credits and never negative; to take credits from an "
+            "account, `credit-gate adjust-down ACCOUNT AMOUNT`"
+        )
+    return error.format_message()
 
 
 _CREDENTIAL_ERRORS = ("noauth", "wrongpass", "authenticat", "invalid username-password", "noperm")

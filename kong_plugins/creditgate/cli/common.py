@@ -50,6 +50,11 @@ def say_error(message: str) -> None:
     click.echo(f"credit-gate: error: {' '.join(message.split())}", err=True)
 
 
+def say_warning(message: str) -> None:
+    """What the operator should know while the command goes on (not an error: the exit code is 0)."""
+    click.echo(f"credit-gate: warning: {' '.join(message.split())}", err=True)
+
+
 def silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:

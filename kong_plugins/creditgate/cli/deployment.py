@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from creditgate.cli.common import Env, json_option, say_error
+from creditgate.cli.common import Env, json_option, say_warning
 from creditgate.cli.output import emit_json
 from creditgate.ops import kong_conf as deploy
 
@@ -101,7 +101,7 @@ def serve(
         emit_json(app.openapi())
         return
     if warning:
-        say_error(f"warning: {warning}")
+        say_warning(warning)
     server.run(app, host, port)
 
 

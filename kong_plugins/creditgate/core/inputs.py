@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from creditgate.core.model import MAX_CREDITS
+from creditgate.core.model import MAX_CREDITS, shown
 from creditgate.errors import InvalidDocument
 
 _DIGITS = re.compile(r"^[0-9]+$")
+_INSTANT_DIGITS = 12  # Unix seconds: 12 digits reach the year 33658
 _FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
@@ -22,7 +23,9 @@ def parse_credits(text: str, where: str = "amount", *, minimum: int = 0) -> int:
     """A whole number of credits written in decimal digits, within ``minimum..MAX_CREDITS``."""
     text = text.strip()
     if not _DIGITS.match(text):
-        raise InvalidDocument(f"must be a whole number of credits in digits, got {text!r}", where)
+        raise InvalidDocument(f"must be a whole number of credits in digits, got {shown(text)}", where)
+    if len(text.lstrip("0")) > len(str(MAX_CREDITS)):  # out of range (and Python reads 4,300 digits at most)
+        raise InvalidDocument(f"must be between {minimum} and {MAX_CREDITS}, got {shown(text)}", where)
     value = int(text)
     if not minimum <= value <= MAX_CREDITS:
         raise InvalidDocument(f"must be between {minimum} and {MAX_CREDITS}, got {value}", where)
@@ -33,13 +36,15 @@ def parse_instant(text: str, where: str = "time") -> int:
     """Unix seconds from RFC 3339 (``2026-01-31T12:00:00Z``, or a full date meaning 00:00 UTC) or digits."""
     text = text.strip()
     if _DIGITS.match(text):
+        if len(text.lstrip("0")) > _INSTANT_DIGITS:
+            raise InvalidDocument(f"is too far in the future for Unix seconds, got {shown(text)}", where)
         return int(text)
     if _FULL_DATE.match(text):
         text += "T00:00:00Z"
     if not _DATE_TIME.match(text):
         raise InvalidDocument(
             f"must be an RFC 3339 time with an offset (2026-01-31T12:00:00Z), a date (2026-01-31) "
-            f"or Unix seconds, got {text!r}",
+            f"or Unix seconds, got {shown(text)}",
             where,
         )
     # Whole seconds are kept; dropping the fraction also keeps Python 3.10's fromisoformat happy.
@@ -49,10 +54,10 @@ def parse_instant(text: str, where: str = "time") -> int:
     try:
         moment = dt.datetime.fromisoformat(normalized)
     except ValueError as error:
-        raise InvalidDocument(f"is not a valid time ({error}), got {text!r}", where) from None
+        raise InvalidDocument(f"is not a valid time ({error}), got {shown(text)}", where) from None
     seconds = int(moment.timestamp())
     if seconds < 0:
-        raise InvalidDocument(f"must not be before 1970, got {text!r}", where)
+        raise InvalidDocument(f"must not be before 1970, got {shown(text)}", where)
     return seconds
 
 

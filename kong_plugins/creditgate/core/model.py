@@ -33,12 +33,22 @@ class Status(str, enum.Enum):
     CANCELED = "canceled"
 
 
+SHOWN = 64  # characters of a rejected value that an error message quotes
+
+
+def shown(value: object) -> str:
+    """A rejected value as an error message quotes it: its repr, cut to ``SHOWN`` characters, so that a
+    client's 5,000-character field is never sent back whole (in a 422, a log line, a terminal)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}... ({len(text)} characters)"
+
+
 def credits(value: object, where: str, *, minimum: int = 0) -> int:
     """An amount of credits, checked: an integer (never a float, never a bool) within bounds."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidDocument(f"must be a whole number of credits, got {value!r}", where)
+        raise InvalidDocument(f"must be a whole number of credits, got {shown(value)}", where)
     if not minimum <= value <= MAX_CREDITS:
-        raise InvalidDocument(f"must be between {minimum} and {MAX_CREDITS}, got {value}", where)
+        raise InvalidDocument(f"must be between {minimum} and {MAX_CREDITS}, got {shown(value)}", where)
     return value
 
 
@@ -46,7 +56,7 @@ def check_plan_name(name: object, where: str = "name") -> str:
     if not isinstance(name, str) or not PLAN_NAME.match(name):
         raise InvalidDocument(
             "must be 1-64 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit; "
-            f"got {name!r}",
+            f"got {shown(name)}",
             where,
         )
     return name

@@ -150,6 +150,25 @@ def _socket_flags(argv: Sequence[str]) -> argparse.Namespace:
     return known
 
 
+def unknown_flags(argv: Sequence[str]) -> list[str]:
+    """The arguments that neither kong-pdk's dedicated server (``kong_pdk/cli.py``, abbreviations as
+    argparse takes them) nor this plugin (``--log-phase``) takes: told before anything starts, not
+    as whatever a process behind the acceptor fails on first."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-p", "--kong-prefix", "-kong-prefix")
+    parser.add_argument("-v", "--verbose", action="count")
+    parser.add_argument("--version", "-version", action="store_true")
+    parser.add_argument("--socket-name")
+    parser.add_argument("--listen-queue-size")
+    parser.add_argument("--no-lua-style", action="store_true")
+    parser.add_argument("-m", "--multiprocessing", action="store_true")
+    parser.add_argument("-g", "--gevent", action="store_true")
+    parser.add_argument("--dump", "-dump", action="store_true")
+    # --log-phase is taken out by its exact name (credit_gate.py), never abbreviated.
+    _, unknown = parser.parse_known_args([arg for arg in argv if arg != "--log-phase"])
+    return unknown
+
+
 def socket_path(argv: Sequence[str]) -> str:
     """Where kong-pdk's dedicated server would listen: ``--kong-prefix`` / ``--socket-name``."""
     known = _socket_flags(argv)

@@ -145,6 +145,9 @@ def stream_bound(epoch: int | None, *, end: bool) -> str:
     return str(epoch * 1000 - 1) if end else str(epoch * 1000)
 
 
+LIST_ACCOUNTS = "`credit-gate accounts` lists the accounts"  # the CLI's hint (errors.py)
+
+
 class Admin:
     """Operations on one credit-gate store."""
 
@@ -204,7 +207,7 @@ class Admin:
         check_plan_name(name, "plan")
         plan = self.store.get_plan(name)
         if plan is None:
-            raise NotFound(f"no plan named '{name}'; `credit-gate plans list` shows the plans")
+            raise NotFound(f"no plan named '{name}'").hinted("`credit-gate plans list` shows the plans")
         return plan
 
     def plans(self) -> list[Plan]:
@@ -294,7 +297,7 @@ class Admin:
         check_account(account)
         state = self.store.account_state(account)
         if not state.exists:
-            raise NotFound(f"no account named '{account}'; `credit-gate accounts` lists the accounts")
+            raise NotFound(f"no account named '{account}'").hinted(LIST_ACCOUNTS)
         return state
 
     def view(self, account: str) -> AccountView:
@@ -323,6 +326,8 @@ class Admin:
         check_account(member, "member")
         if cap is not None:
             credits(cap, "cap")
+        if not self.store.account_state(pool).exists:  # a cap on nothing would wait for a pool by that name
+            raise NotFound(f"no account named '{pool}': a pool is an account, subscribe it to a plan first")
         self.store.set_member_cap(pool, member, cap)
 
     def member_caps(self, pool: str) -> dict[str, int]:
@@ -450,7 +455,7 @@ class Admin:
                 "configured database"
             )
         if not replay.exists:
-            raise NotFound(f"no account named '{account}'; `credit-gate accounts` lists the accounts")
+            raise NotFound(f"no account named '{account}'").hinted(LIST_ACCOUNTS)
         return LedgerCheck(
             account, replay.balance, replay.ledger_base, replay.entries, replay.replayed, replay.through
         )

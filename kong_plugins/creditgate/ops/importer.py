@@ -27,11 +27,14 @@ from pathlib import Path
 from typing import TextIO
 
 from creditgate.core.inputs import parse_credits, parse_instant
-from creditgate.core.model import Status
+from creditgate.core.model import Status, shown
 from creditgate.errors import CreditGateError, InvalidDocument, StoreError
 from creditgate.ops.admin import Admin
 
 COLUMNS = ("account", "plan", "status", "starts_at", "anchor", "expires_at", "balance", "key", "note")
+# What a rejects file (``write_rejects``) adds to a row: read and left out, so that the file, fixed,
+# imports as it is.
+REJECT_COLUMNS = ("line", "error")
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
             raise InvalidDocument("is empty; the first row must name the columns", str(path)) from None
         except (csv.Error, UnicodeDecodeError) as error:
             raise InvalidDocument(f"is not a readable UTF-8 CSV file: {error}", str(path)) from None
-        unknown = [name for name in header if name not in COLUMNS]
+        unknown = [name for name in header if name not in COLUMNS and name not in REJECT_COLUMNS]
         if unknown or "account" not in header or len(set(header)) != len(header):
             raise InvalidDocument(
                 f"has the columns {header}; expected 'account' and any of {list(COLUMNS[1:])}, each once",
@@ -97,7 +100,14 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
                 if len(cells) > len(header):
                     yield reader.line_num, {"__error__": f"has {len(cells)} cells, the header {len(header)}"}
                     continue
-                yield reader.line_num, {name: cell.strip() for name, cell in zip(header, cells, strict=False)}
+                yield (
+                    reader.line_num,
+                    {
+                        name: cell.strip()
+                        for name, cell in zip(header, cells, strict=False)
+                        if name not in REJECT_COLUMNS
+                    },
+                )
         except (csv.Error, UnicodeDecodeError) as error:
             raise InvalidDocument(f"is not a readable UTF-8 CSV file: {error}", str(path)) from None
 
@@ -115,7 +125,7 @@ def apply_row(admin: Admin, row: dict[str, str]) -> tuple[int, bool]:
         status = Status(status_text) if status_text else None
     except ValueError:
         raise InvalidDocument(
-            f"must be one of {[s.value for s in Status]}, got {status_text!r}", "status"
+            f"must be one of {[s.value for s in Status]}, got {shown(status_text)}", "status"
         ) from None
     balance = parse_credits(row["balance"], "balance") if row.get("balance") else 0
     outcome = admin.import_account(
@@ -170,7 +180,7 @@ def import_csv(admin: Admin, path: Path, *, advance: Callable[[], None] | None =
 
 def write_rejects(report: ImportReport, out: TextIO) -> None:
     """The rejected rows as CSV with an ``error`` column, to fix and import again."""
-    writer = csv.DictWriter(out, fieldnames=[*COLUMNS, "line", "error"], lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=[*COLUMNS, *REJECT_COLUMNS], lineterminator="\n")
     writer.writeheader()
     for rejected in report.rejected:
         cells = {k: v for k, v in rejected.row.items() if k in COLUMNS}

@@ -427,7 +427,7 @@ def member_caps(service: Reader, pool: str) -> list[dict[str, Any]]:
 @router.put(
     "/accounts/{pool:name}/member-caps/{member:name}",
     tags=["pools"],
-    responses={**WRITE, **BODY},
+    responses={**WRITE, **BODY, **_problems(404)},
     openapi_extra=_request_body(CAP_SCHEMA),
 )
 def set_member_cap(
@@ -438,7 +438,9 @@ def set_member_cap(
     return {"pool": pool, "member": member, "cap": content["cap"]}
 
 
-@router.delete("/accounts/{pool:name}/member-caps/{member:name}", tags=["pools"], responses=WRITE)
+@router.delete(
+    "/accounts/{pool:name}/member-caps/{member:name}", tags=["pools"], responses={**WRITE, **_problems(404)}
+)
 def remove_member_cap(service: Writer, pool: str, member: str) -> dict[str, Any]:
     service.admin.set_member_cap(pool, member, None)
     return {"pool": pool, "member": member, "cap": None}
