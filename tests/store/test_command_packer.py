@@ -81,6 +81,15 @@ def test_varying_values_that_are_not_the_last_arguments_are_never_kept() -> None
     assert not packer._heads
 
 
+def test_a_head_kept_for_another_script_is_never_sent() -> None:
+    """kong-pdk's threads: a charge that began before a reload can store its head after the cache
+    started again for the new SHA; the head says which script it was packed for."""
+    packer = CommandPacker(VARYING)
+    packer("sha-new", "key", (2, 3), lambda: (["k"], [1, 2, 3]))
+    packer._heads["key"] = ("sha-old", packer._heads["key"][1].replace(b"sha-new", b"sha-old"))
+    assert packer("sha-new", "key", (2, 3), lambda: (["k"], [1, 2, 3])) == whole("sha-new", ["k"], [1, 2, 3])
+
+
 def test_the_commands_kept_are_bounded() -> None:
     packer = CommandPacker(VARYING, limit=2)
     for account in range(10):

@@ -67,7 +67,9 @@ class CommandPacker:
         self.limit = limit
         self._count_length = len(b"*%d\r\n" % varying)  # what hiredis puts before the varying ones
         self._sha = ""
-        self._heads: dict[Any, bytes] = {}
+        # Each head with the SHA it was packed for: under kong-pdk's threads a charge that started
+        # before a reload may store its head after the cache started again for the new SHA.
+        self._heads: dict[Any, tuple[str, bytes]] = {}
 
     def __call__(
         self,
@@ -84,10 +86,12 @@ class CommandPacker:
             self._heads.clear()
             self._sha = sha
         try:
-            head = self._heads.get(cache_key)
+            kept = self._heads.get(cache_key)
         except TypeError:  # an unhashable key: nothing kept
             return _whole(sha, *build())
-        if head is None:
+        if kept is not None and kept[0] == sha:
+            head = kept[1]
+        else:
             keys, args = build()
             if len(args) < len(varying) or list(args[len(args) - len(varying) :]) != list(varying):
                 return _whole(sha, keys, args)  # not the arguments the caller said: nothing kept
@@ -95,7 +99,7 @@ class CommandPacker:
             head = b"*%d\r\n%b" % (3 + len(keys) + len(args), head)
             if len(self._heads) >= self.limit:
                 self._heads.clear()
-            self._heads[cache_key] = head
+            self._heads[cache_key] = (sha, head)
         tail: bytes = hiredis.pack_command(varying)
         return head + tail[self._count_length :]
 
